@@ -1,0 +1,155 @@
+"""The NumPy reference backend: the executable specification of every op in the contract.
+
+Plain and readable first, float32, fast only where NumPy makes it free (BLAS matmuls, no Python
+loops over tokens or heads).  Every other backend is measured against these functions.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from whisperkit.backend import Backend, hookimpl
+from whisperkit.contract import LAYER_NORM_EPS
+
+# Coefficients of the erfc approximation of Numerical Recipes (2nd ed., sec. 6.2, "erfcc"),
+# fractional error below 1.2e-7 for every argument >= 0 -- i.e. within about one float32 ulp.
+_ERFC = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+         0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+
+
+def erfc_nonneg(z: np.ndarray) -> np.ndarray:
+    """erfc(z) for float64 z >= 0 with relative error < 1.2e-7.  Overwrites z."""
+    t = 0.5 * z
+    t += 1.0
+    np.reciprocal(t, out=t)
+    r = t * _ERFC[-1]
+    for c in _ERFC[-2:0:-1]:  # Horner's rule, in place to keep the temporaries few
+        r += c
+        r *= t
+    r += _ERFC[0]
+    z *= z
+    r -= z
+    np.exp(r, out=r)
+    r *= t
+    return r
+
+
+def _split_heads(x: np.ndarray, n_head: int) -> np.ndarray:
+    b, n, d = x.shape
+    return x.reshape(b, n, n_head, d // n_head).transpose(0, 2, 1, 3)  # (batch, n_head, n, d_head)
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+    version = np.__version__
+    description = "reference: NumPy with its BLAS"
+
+    # ---- fine ops -------------------------------------------------------------------------
+    def prepare_linear(self, weight, bias=None):
+        return SimpleNamespace(weight=np.asarray(weight, np.float32), bias=None if bias is None else np.asarray(bias, np.float32))
+
+    def linear(self, x, w):
+        y = np.matmul(x, w.weight.T)  # (..., n_out)
+        if w.bias is not None:
+            y += w.bias
+        return y
+
+    def prepare_conv1d(self, weight, bias, stride, padding):
+        return SimpleNamespace(weight=np.asarray(weight, np.float32), bias=np.asarray(bias, np.float32), stride=int(stride), padding=int(padding))
+
+    def conv1d(self, x, w):
+        c_out, c_in, k = w.weight.shape
+        b, _, t = x.shape
+        xp = np.pad(x, ((0, 0), (0, 0), (w.padding, w.padding)))  # (batch, c_in, t + 2 * padding)
+        t_out = (t + 2 * w.padding - k) // w.stride + 1
+        y = np.zeros((b, c_out, t_out), np.float32)
+        for tap in range(k):  # one GEMM per kernel tap
+            y += np.matmul(w.weight[:, :, tap], xp[:, :, tap: tap + w.stride * (t_out - 1) + 1: w.stride])
+        y += w.bias[:, None]
+        return y
+
+    def prepare_layer_norm(self, weight, bias):
+        return SimpleNamespace(weight=np.asarray(weight, np.float32), bias=np.asarray(bias, np.float32))
+
+    def layer_norm(self, x, w):
+        mean = x.mean(axis=-1, keepdims=True)
+        xc = x - mean
+        var = np.mean(xc * xc, axis=-1, keepdims=True)
+        return (xc / np.sqrt(var + np.float32(LAYER_NORM_EPS))) * w.weight + w.bias
+
+    def gelu(self, x):
+        # 0.5 * x * (1 + erf(x / sqrt 2)) = x * (1 - erfc(x / sqrt 2) / 2) for x >= 0, x * erfc(|x| / sqrt 2) / 2 below:
+        # written with erfc so the negative tail keeps its relative precision (1.6e-7 measured vs math.erfc).
+        x64 = np.asarray(x, np.float64)
+        half_erfc = erfc_nonneg(np.abs(x64) * np.sqrt(0.5))
+        half_erfc *= 0.5
+        np.subtract(1.0, half_erfc, out=half_erfc, where=x64 >= 0)
+        half_erfc *= x64
+        return half_erfc.astype(np.float32)
+
+    def attention_weights(self, q, k, n_head, causal=False, offset=0):
+        d_head = q.shape[-1] // n_head
+        scores = np.matmul(_split_heads(q, n_head), _split_heads(k, n_head).transpose(0, 1, 3, 2))  # (batch, n_head, n_q, n_kv)
+        scores *= np.float32(d_head ** -0.5)
+        if causal:
+            n_q, n_kv = scores.shape[-2:]
+            scores[..., np.triu(np.ones((n_q, n_kv), bool), k=offset + 1)] = -np.inf
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        return scores
+
+    def attention(self, q, k, v, n_head, causal=False, offset=0):
+        b, n_q, d = q.shape
+        p = self.attention_weights(q, k, n_head, causal, offset)  # (batch, n_head, n_q, n_kv)
+        out = np.matmul(p, _split_heads(v, n_head))  # (batch, n_head, n_q, d_head)
+        return np.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(b, n_q, d)
+
+    # ---- coarse ops: compositions of fine ops through the dispatcher ----------------------
+    def prepare(self, op, weights, ops):
+        if op == "mlp_block":
+            return SimpleNamespace(
+                ln=ops.bind("layer_norm", weight=weights["ln_weight"], bias=weights["ln_bias"]),
+                fc1=ops.bind("linear", weight=weights["fc1_weight"], bias=weights["fc1_bias"]),
+                fc2=ops.bind("linear", weight=weights["fc2_weight"], bias=weights["fc2_bias"]),
+                gelu=ops.gelu)
+        if op in ("encoder_layer", "decoder_layer"):
+            w = SimpleNamespace(
+                n_head=int(weights["n_head"]),
+                attn_ln=ops.bind("layer_norm", weight=weights["attn_ln_weight"], bias=weights["attn_ln_bias"]),
+                qkv=ops.bind("linear", weight=weights["qkv_weight"], bias=weights["qkv_bias"]),
+                out=ops.bind("linear", weight=weights["out_weight"], bias=weights["out_bias"]),
+                mlp=ops.bind("mlp_block", **{k: weights[m] for k, m in (
+                    ("ln_weight", "mlp_ln_weight"), ("ln_bias", "mlp_ln_bias"), ("fc1_weight", "fc1_weight"),
+                    ("fc1_bias", "fc1_bias"), ("fc2_weight", "fc2_weight"), ("fc2_bias", "fc2_bias"))}),
+                attention=ops.attention)
+            if op == "decoder_layer":
+                w.cross_ln = ops.bind("layer_norm", weight=weights["cross_ln_weight"], bias=weights["cross_ln_bias"])
+                w.cross_q = ops.bind("linear", weight=weights["cross_q_weight"], bias=weights["cross_q_bias"])
+                w.cross_out = ops.bind("linear", weight=weights["cross_out_weight"], bias=weights["cross_out_bias"])
+            return w
+        return super().prepare(op, weights, ops)
+
+    def mlp_block(self, x, w):
+        return x + w.fc2(w.gelu(w.fc1(w.ln(x))))
+
+    def encoder_layer(self, x, w):
+        q, k, v = np.split(w.qkv(w.attn_ln(x)), 3, axis=-1)  # each (batch, n_ctx, n_state)
+        x = x + w.out(w.attention(q, k, v, w.n_head))
+        return w.mlp(x)
+
+    def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
+        n = x.shape[1]
+        q, k, v = np.split(w.qkv(w.attn_ln(x)), 3, axis=-1)  # each (batch, n_q, n_state)
+        k_cache[:, offset:offset + n] = k
+        v_cache[:, offset:offset + n] = v
+        end = offset + n
+        x = x + w.out(w.attention(q, k_cache[:, :end], v_cache[:, :end], w.n_head, causal=True, offset=offset))
+        x = x + w.cross_out(w.attention(w.cross_q(w.cross_ln(x)), cross_k, cross_v, w.n_head))
+        return w.mlp(x)
+
+
+@hookimpl
+def whisperkit_backends():
+    return [NumpyBackend()]

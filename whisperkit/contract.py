@@ -1,0 +1,151 @@
+"""The op contract: every heavy op of the Whisper graph, written down once.
+
+A backend implements any subset of these ops; the dispatcher (`whisperkit.dispatch.Ops`) runs the
+rest on the NumPy reference (`whisperkit.backends.numpy_backend`), which *is* the specification:
+where this text and the reference disagree, the reference is right and this text is a bug.
+
+Conventions shared by every op
+------------------------------
+* Arrays are NumPy ``float32``.  Inputs may have any strides (sliced, transposed, Fortran-ordered);
+  an op never writes into its inputs unless the op says so (``decoder_layer`` writes its KV cache).
+  Outputs are new arrays, C-contiguous, ``float32``.
+* Activations are ``(batch, n_ctx, n_state)``; ``conv1d`` works on ``(batch, channels, time)``.
+* Ops with weights are used in two steps.  At model load time the dispatcher calls
+  ``backend.prepare(op, weights)`` once per weight set; the backend may re-layout, pack, cast or bind
+  the arrays and returns any object it likes.  At run time the op receives that object as ``w``.
+  Weights are never converted per call.
+* Coarse ops (``coarse=True``) fuse several fine ops; their reference is a composition of fine ops
+  through the dispatcher, so a backend that implements only fine ops still accelerates them.
+
+The table `OPS` below is what the registry, the conformance suite and the bench read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Bumped when an op's signature or semantics change; a backend declaring another value is refused.
+API_VERSION = 1
+
+#: LayerNorm epsilon used by Whisper (PyTorch's default).
+LAYER_NORM_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    signature: str
+    weights: tuple[str, ...]  # keyword arguments of prepare(); empty for weightless ops
+    coarse: bool
+    semantics: str
+
+
+OPS: dict[str, OpSpec] = {}
+
+
+def _op(name, signature, weights, semantics, coarse=False):
+    OPS[name] = OpSpec(name, signature, tuple(weights), coarse, semantics.strip())
+
+
+_op(
+    "linear",
+    "linear(x, w) -> y",
+    ("weight", "bias"),
+    """
+    x: (..., n_in).  weight: (n_out, n_in) as stored in the checkpoints, bias: (n_out,) or None.
+    y: (..., n_out) = x @ weight.T + bias.
+    """,
+)
+_op(
+    "conv1d",
+    "conv1d(x, w) -> y",
+    ("weight", "bias", "stride", "padding"),
+    """
+    x: (batch, c_in, t).  weight: (c_out, c_in, k), bias: (c_out,), stride and padding: int.
+    y: (batch, c_out, (t + 2*padding - k) // stride + 1), the cross-correlation of PyTorch's Conv1d
+    with `padding` zeros on both ends of the time axis.
+    """,
+)
+_op(
+    "layer_norm",
+    "layer_norm(x, w) -> y",
+    ("weight", "bias"),
+    """
+    x: (..., n).  weight, bias: (n,).  Over the last axis:
+    y = (x - mean) / sqrt(var + 1e-5) * weight + bias, var the biased variance (as torch).
+    """,
+)
+_op(
+    "gelu",
+    "gelu(x) -> y",
+    (),
+    """
+    Elementwise, any shape: y = 0.5 * x * (1 + erf(x / sqrt(2))), the exact erf form of PyTorch's
+    nn.GELU() -- not the tanh approximation.  Must not overflow for |x| up to 3e38.
+    """,
+)
+_op(
+    "attention",
+    "attention(q, k, v, n_head, causal=False, offset=0) -> out",
+    (),
+    """
+    q: (batch, n_q, n_state); k, v: (batch, n_kv, n_state); n_state = n_head * d_head.
+    Per head h (columns h*d_head:(h+1)*d_head):  out_h = softmax(q_h @ k_h.T / sqrt(d_head) + mask) @ v_h
+    with a numerically stable softmax (no overflow for any finite scores).
+    causal=False: no mask.  causal=True: query i sits at absolute position offset + i and sees key j
+    only if j <= offset + i (the decoder's self-attention over a KV cache holding offset + n_q keys).
+    out: (batch, n_q, n_state), heads concatenated in order.
+    """,
+)
+_op(
+    "attention_weights",
+    "attention_weights(q, k, n_head, causal=False, offset=0) -> p",
+    (),
+    """
+    The softmax probabilities of `attention`: p: (batch, n_head, n_q, n_kv), each row summing to 1.
+    Used for word-level timestamps (cross-attention of the alignment heads).
+    """,
+)
+_op(
+    "mlp_block",
+    "mlp_block(x, w) -> y",
+    ("ln_weight", "ln_bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"),
+    """
+    Residual MLP of a Whisper block.  x: (batch, n_ctx, n_state); fc1: (4*n_state, n_state); fc2: (n_state, 4*n_state).
+    y = x + linear(gelu(linear(layer_norm(x, ln), fc1)), fc2).
+    """,
+    coarse=True,
+)
+_op(
+    "encoder_layer",
+    "encoder_layer(x, w) -> y",
+    ("n_head", "attn_ln_weight", "attn_ln_bias", "qkv_weight", "qkv_bias", "out_weight", "out_bias",
+     "mlp_ln_weight", "mlp_ln_bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"),
+    """
+    One encoder block.  x: (batch, n_ctx, n_state); qkv_weight: (3*n_state, n_state), Q, K, V stacked.
+    h = layer_norm(x, attn_ln); q, k, v = split(linear(h, qkv), 3, axis=-1)
+    x = x + linear(attention(q, k, v, n_head), out)
+    y = mlp_block(x, mlp_ln, fc1, fc2)
+    """,
+    coarse=True,
+)
+_op(
+    "decoder_layer",
+    "decoder_layer(x, w, k_cache, v_cache, cross_k, cross_v, offset) -> y",
+    ("n_head", "attn_ln_weight", "attn_ln_bias", "qkv_weight", "qkv_bias", "out_weight", "out_bias",
+     "cross_ln_weight", "cross_ln_bias", "cross_q_weight", "cross_q_bias", "cross_out_weight", "cross_out_bias",
+     "mlp_ln_weight", "mlp_ln_bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"),
+    """
+    One decoder block step over n_q new tokens at positions offset .. offset + n_q - 1.
+    x: (batch, n_q, n_state).  k_cache, v_cache: (batch, n_text_ctx, n_state), written IN PLACE at
+    [:, offset:offset + n_q].  cross_k, cross_v: (batch, n_audio_ctx, n_state), computed once per window.
+    h = layer_norm(x, attn_ln); q, k, v = split(linear(h, qkv), 3, axis=-1)
+    k_cache[:, offset:offset+n_q] = k;  v_cache[:, offset:offset+n_q] = v
+    x = x + linear(attention(q, k_cache[:, :offset+n_q], v_cache[:, :offset+n_q], n_head, causal=True, offset=offset), out)
+    x = x + linear(attention(linear(layer_norm(x, cross_ln), cross_q), cross_k, cross_v, n_head), cross_out)
+    y = mlp_block(x, mlp_ln, fc1, fc2)
+    """,
+    coarse=True,
+)
+
+FINE_OPS = tuple(name for name, spec in OPS.items() if not spec.coarse)
+COARSE_OPS = tuple(name for name, spec in OPS.items() if spec.coarse)

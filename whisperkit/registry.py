@@ -1,0 +1,138 @@
+"""The backend registry: a pluggy PluginManager fed from the ``whisperkit.backends`` entry points.
+
+Built-in backends are found through the very same entry points as third-party ones.  A plugin that
+fails to import, or whose backend reports itself unusable or speaks another API version, is listed as
+unavailable with the reason and never breaks the others.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .backend import Backend, Ops, hookimpl  # noqa: F401  (re-exported)
+from .contract import API_VERSION
+from .errors import BackendError
+
+ENTRY_POINT_GROUP = "whisperkit.backends"
+REFERENCE = "numpy"
+
+
+@dataclass
+class BackendInfo:
+    name: str
+    backend: Backend | None
+    version: str = "?"
+    ops: tuple[str, ...] = ()
+    usable: bool = False
+    reason: str = ""
+    plugin: str = ""  # the entry point or module that provided it
+
+
+@dataclass
+class Registry:
+    pm: pluggy.PluginManager
+    infos: dict[str, BackendInfo] = field(default_factory=dict)
+
+    def _add_plugin(self, plugin: Any, label: str) -> None:
+        try:
+            self.pm.register(plugin, name=label)
+        except ValueError:  # already registered under this name
+            return
+        impl = getattr(plugin, "whisperkit_backends", None)
+        if impl is None:
+            self.infos.setdefault(label, BackendInfo(label, None, reason=f"plugin {label} has no whisperkit_backends() hook", plugin=label))
+            return
+        try:
+            backends = list(impl())
+        except Exception as exc:  # a broken plugin must not break the others
+            self.infos[label] = BackendInfo(label, None, reason=f"whisperkit_backends() of {label} raised {type(exc).__name__}: {exc}", plugin=label)
+            return
+        for b in backends:
+            self._add_backend(b, label)
+
+    def _add_backend(self, b: Backend, label: str) -> None:
+        info = BackendInfo(b.name or label, b, version=str(getattr(b, "version", "?")), plugin=label)
+        try:
+            info.ops = tuple(b.implemented_ops())
+            if getattr(b, "api_version", None) != API_VERSION:
+                info.reason = (f"backend {info.name} speaks op-contract API version {getattr(b, 'api_version', None)!r}, "
+                               f"whisperkit needs {API_VERSION}")
+            else:
+                reason = b.unavailable_reason()
+                info.reason = reason or ""
+            info.usable = not info.reason
+        except Exception as exc:
+            info.reason = f"{type(exc).__name__}: {exc}"
+        self.infos[info.name] = info
+
+    def register_module(self, module: str | ModuleType) -> list[str]:
+        """Register a backend module not installed as a plugin (``--backend-module``)."""
+        label = module if isinstance(module, str) else module.__name__
+        if isinstance(module, str):
+            try:
+                module = importlib.import_module(module)
+            except Exception as exc:
+                raise BackendError(f"cannot import backend module {label!r}: {type(exc).__name__}: {exc}") from exc
+        before = set(self.infos)
+        self._add_plugin(module, label)
+        return sorted(set(self.infos) - before) or [n for n, i in self.infos.items() if i.plugin == label]
+
+    def register_backend(self, backend: Backend) -> None:
+        """Register one backend object directly (tests, notebooks)."""
+        self._add_backend(backend, type(backend).__module__)
+
+    def names(self) -> list[str]:
+        return sorted(self.infos)
+
+    def get(self, name: str) -> Backend:
+        info = self.infos.get(name)
+        if info is None:
+            raise BackendError(f"unknown backend {name!r}; known backends: {', '.join(self.names()) or 'none'}")
+        if not info.usable:
+            raise BackendError(f"backend {name!r} is not usable here: {info.reason}")
+        return info.backend
+
+    def reference(self) -> Backend:
+        return self.get(REFERENCE)
+
+    def ops(self, name: str | Backend) -> Ops:
+        backend = name if isinstance(name, Backend) else self.get(name)
+        return Ops(backend, self.reference())
+
+
+def build_registry() -> Registry:
+    pm = pluggy.PluginManager("whisperkit")
+    pm.add_hookspecs(hookspecs)
+    reg = Registry(pm)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in reg.infos:
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            reg.infos[ep.name] = BackendInfo(ep.name, None, reason=f"import of {ep.value} failed: {type(exc).__name__}: {exc}", plugin=ep.value)
+            continue
+        reg._add_plugin(plugin, ep.value)
+    if REFERENCE not in reg.infos:  # running from a source tree that was never pip-installed
+        reg._add_plugin(importlib.import_module("whisperkit.backends.numpy_backend"), "whisperkit.backends.numpy_backend")
+    return reg
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry() -> Registry:
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = build_registry()
+    return _REGISTRY
+
+
+def get_backend(name: str) -> Backend:
+    return get_registry().get(name)
