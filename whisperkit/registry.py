@@ -39,19 +39,21 @@ class Registry:
     pm: pluggy.PluginManager
     infos: dict[str, BackendInfo] = field(default_factory=dict)
 
-    def _add_plugin(self, plugin: Any, label: str) -> None:
+    def _add_plugin(self, plugin: Any, label: str, key: str | None = None) -> None:
+        """Register a plugin object; problems are recorded under `key` (the entry point's name)."""
+        key = key or label
         try:
             self.pm.register(plugin, name=label)
         except ValueError:  # already registered under this name
             return
         impl = getattr(plugin, "whisperkit_backends", None)
         if impl is None:
-            self.infos.setdefault(label, BackendInfo(label, None, reason=f"plugin {label} has no whisperkit_backends() hook", plugin=label))
+            self.infos.setdefault(key, BackendInfo(key, None, reason=f"plugin {label} has no whisperkit_backends() hook", plugin=label))
             return
         try:
             backends = list(impl())
         except Exception as exc:  # a broken plugin must not break the others
-            self.infos[label] = BackendInfo(label, None, reason=f"whisperkit_backends() of {label} raised {type(exc).__name__}: {exc}", plugin=label)
+            self.infos[key] = BackendInfo(key, None, reason=f"whisperkit_backends() of {label} raised {type(exc).__name__}: {exc}", plugin=label)
             return
         for b in backends:
             self._add_backend(b, label)
@@ -118,7 +120,7 @@ def build_registry() -> Registry:
         except Exception as exc:
             reg.infos[ep.name] = BackendInfo(ep.name, None, reason=f"import of {ep.value} failed: {type(exc).__name__}: {exc}", plugin=ep.value)
             continue
-        reg._add_plugin(plugin, ep.value)
+        reg._add_plugin(plugin, ep.value, ep.name)
     if REFERENCE not in reg.infos:  # running from a source tree that was never pip-installed
         reg._add_plugin(importlib.import_module("whisperkit.backends.numpy_backend"), "whisperkit.backends.numpy_backend")
     return reg
