@@ -1,0 +1,125 @@
+"""The public face: ``Whisper(name_or_path, backend=...)``, ``WhisperTiny`` and ``load_model``."""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import numpy as np
+
+from .audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
+from .backend import Backend
+from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
+from .model import ModelDimensions, WhisperGraph
+from .registry import get_registry
+from .tokenizer import Tokenizer, get_tokenizer
+from .transcribe import TranscriptionResult, transcribe
+from .weights import LoadedWeights, resolve_model
+
+
+class Whisper:
+    """A Whisper model of any size on any backend.  Dimensions come from the weights.
+
+    >>> model = Whisper("tiny.en", backend="numpy")
+    >>> model.transcribe("talk.flac").text
+    """
+
+    def __init__(self, name_or_path: str | os.PathLike = "tiny.en", backend: str | Backend = "numpy",
+                 *, weights: LoadedWeights | None = None, download_root: str | None = None):
+        registry = get_registry()
+        self.backend = registry.get(backend) if isinstance(backend, str) else backend
+        self.weights = weights if weights is not None else resolve_model(name_or_path, download_root=download_root)
+        self.name = self.weights.name
+        self.dims: ModelDimensions = self.weights.dims
+        self.ops = registry.ops(self.backend)
+        self.graph = WhisperGraph(self.ops, self.dims, self.weights.tensors)
+        self.alignment_heads = self.weights.alignment_heads
+        if self.weights.tokenizer_json is None:
+            from .errors import ModelFileError
+            raise ModelFileError(f"model {self.name} ({self.weights.source}) has no tokenizer.json beside its weights")
+
+    # ---- facts ------------------------------------------------------------------------------
+    @property
+    def is_multilingual(self) -> bool:
+        return self.dims.is_multilingual
+
+    @property
+    def num_languages(self) -> int:
+        return self.dims.num_languages
+
+    @property
+    def fallback_ops(self) -> set[str]:
+        """Ops that run on the reference because the backend does not support them."""
+        return set(self.ops.fallbacks)
+
+    def tokenizer_for(self, language: str | None = None, task: str | None = None) -> Tokenizer:
+        return _tokenizer(str(self.weights.tokenizer_json), self.is_multilingual, self.num_languages, language, task)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.tokenizer_for()
+
+    # ---- the graph --------------------------------------------------------------------------
+    def embed_audio(self, mel: np.ndarray) -> np.ndarray:
+        """mel (batch, n_mels, 3000) -> audio features (batch, n_audio_ctx, n_audio_state)."""
+        return self.graph.embed_audio(mel)
+
+    def logits(self, tokens: np.ndarray, audio_features: np.ndarray) -> np.ndarray:
+        """Decoder logits (batch, n_tokens, n_vocab) for whole token sequences (no cache reuse)."""
+        tokens = np.atleast_2d(np.asarray(tokens, np.int64))
+        cache = self.graph.new_cache(audio_features)
+        return self.graph.decoder(tokens, cache, 0, range(tokens.shape[1]))
+
+    def _features(self, audio_or_mel) -> np.ndarray:
+        if isinstance(audio_or_mel, np.ndarray) and audio_or_mel.ndim >= 2:
+            mel = audio_or_mel
+        else:
+            mel = log_mel_spectrogram(pad_or_trim_audio(audio_or_mel), self.dims.n_mels)
+        mel = pad_or_trim(mel, N_FRAMES)
+        return self.embed_audio(mel if mel.ndim == 3 else mel[None])
+
+    # ---- tasks ------------------------------------------------------------------------------
+    def detect_language(self, audio_or_mel) -> tuple[str, dict[str, float]]:
+        """The most probable language of the first 30 s and the probability of every language."""
+        if not self.is_multilingual:
+            raise ValueError(f"model {self.name} is English-only: it has no language detection")
+        codes, probs = detect_language(self.graph, self.tokenizer_for(), self._features(audio_or_mel))
+        return codes[0], probs[0]
+
+    def decode(self, audio_or_mel, options: DecodingOptions | None = None, **kwargs: Any) -> DecodingResult:
+        """Decode one 30 s window (openai-whisper's `decode`): audio (path/array) or a log-mel."""
+        options = options or DecodingOptions(**kwargs)
+        features = self._features(audio_or_mel)
+        language = options.language
+        if language is None and self.is_multilingual:
+            language = detect_language(self.graph, self.tokenizer_for(), features)[0][0]
+        tokenizer = self.tokenizer_for(language=language, task=options.task)
+        return DecodingTask(self.graph, tokenizer, options).run(features)[0]
+
+    def transcribe(self, audio, **options: Any) -> TranscriptionResult:
+        """Transcribe a path or a float32 16 kHz mono array; options as openai-whisper's transcribe()."""
+        return transcribe(self, audio, **options)
+
+    def __repr__(self) -> str:
+        return f"<Whisper {self.name} on {self.backend.name}>"
+
+
+def pad_or_trim_audio(audio):
+    from .audio import load_audio
+    return pad_or_trim(load_audio(audio), N_SAMPLES)
+
+
+@functools.lru_cache(maxsize=32)
+def _tokenizer(path: str, multilingual: bool, num_languages: int, language, task) -> Tokenizer:
+    return get_tokenizer(path, multilingual=multilingual, num_languages=num_languages, language=language, task=task)
+
+
+class WhisperTiny(Whisper):
+    """The bundled, offline default: Whisper tiny.en."""
+
+    def __init__(self, backend: str | Backend = "numpy", **kwargs: Any):
+        super().__init__("tiny.en", backend=backend, **kwargs)
+
+
+def load_model(name_or_path: str | os.PathLike = "tiny.en", backend: str | Backend = "numpy", **kwargs: Any) -> Whisper:
+    return Whisper(name_or_path, backend=backend, **kwargs)

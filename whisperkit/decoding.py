@@ -1,0 +1,368 @@
+"""Decoding one 30-second window, cut at small seams so strategies and filters compose:
+
+* `Inference`      -- runs the decoder with its KV cache, feeding only the tokens it has not seen;
+* `LogitFilter`s   -- suppress tokens and enforce the timestamp grammar, in place on the logits;
+* `TokenDecoder`   -- picks the next tokens (greedy / sampling, beam search);
+* `SequenceRanker` -- picks the final sequence among candidates.
+
+The rules are openai-whisper's (whisper/decoding.py), so that tokens match it one for one.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .audio import CHUNK_LENGTH
+
+if TYPE_CHECKING:
+    from .model import KVCache, WhisperGraph
+    from .tokenizer import Tokenizer
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """log_softmax over the last axis in float32; -inf entries stay -inf."""
+    x = np.asarray(x, np.float32)
+    m = np.max(x, axis=-1, keepdims=True)
+    shifted = x - m
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data))
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    task: str = "transcribe"
+    language: str | None = None
+    temperature: float = 0.0
+    sample_len: int | None = None  # maximum number of tokens to sample
+    best_of: int | None = None  # independent samples when temperature > 0
+    beam_size: int | None = None  # beams when temperature == 0
+    patience: float | None = None
+    length_penalty: float | None = None
+    prompt: str | list[int] | None = None  # text or tokens of the previous context
+    prefix: str | list[int] | None = None  # text or tokens to start the current window with
+    suppress_tokens: str | Sequence[int] | None = "-1"  # "-1": the non-speech symbols
+    suppress_blank: bool = True
+    without_timestamps: bool = False
+    max_initial_timestamp: float | None = 1.0
+    seed: int | None = 0  # sampling seed, so a run with temperature > 0 can be repeated
+
+
+@dataclass
+class DecodingResult:
+    audio_features: np.ndarray | None
+    language: str
+    language_probs: dict[str, float] | None = None
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    avg_logprob: float = np.nan
+    no_speech_prob: float = np.nan
+    temperature: float = np.nan
+    compression_ratio: float = np.nan
+
+
+class Inference:
+    """The decoder with a KV cache for one window.  Feeds only the tokens not yet in the cache."""
+
+    def __init__(self, graph: "WhisperGraph", audio_features: np.ndarray):
+        self.graph = graph
+        self.cache: "KVCache" = graph.new_cache(audio_features)
+        self.offset = 0  # tokens already in the cache
+
+    def logits(self, tokens: np.ndarray, positions: Sequence[int] | None = None) -> np.ndarray:
+        """tokens: (batch, n) with the first `offset` already seen.  Returns logits (batch, n_pos, n_vocab)
+        at `positions` (absolute indices into tokens; default: the last)."""
+        new = tokens[:, self.offset:]
+        rel = None if positions is None else [p - self.offset if p >= 0 else p for p in positions]
+        out = self.graph.decoder(new, self.cache, self.offset, rel)
+        self.offset = tokens.shape[1]
+        return out
+
+    def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
+        if list(source_indices) != list(range(len(source_indices))):
+            self.cache.reorder(np.asarray(source_indices))
+
+
+# ---- logit filters ------------------------------------------------------------------------
+class LogitFilter:
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        """Edit logits (batch, n_vocab) in place given the tokens so far (batch, n)."""
+        raise NotImplementedError
+
+
+class SuppressBlank(LogitFilter):
+    """At the first sampled position, forbid a blank (a lone space) and end-of-text."""
+
+    def __init__(self, tokenizer: "Tokenizer", sample_begin: int):
+        self.ids = list(tokenizer.encode(" ")) + [tokenizer.eot]
+        self.sample_begin = sample_begin
+
+    def apply(self, logits, tokens):
+        if tokens.shape[1] == self.sample_begin:
+            logits[:, self.ids] = -np.inf
+
+
+class SuppressTokens(LogitFilter):
+    def __init__(self, suppress_tokens: Sequence[int]):
+        self.ids = list(suppress_tokens)
+
+    def apply(self, logits, tokens):
+        logits[:, self.ids] = -np.inf
+
+
+class ApplyTimestampRules(LogitFilter):
+    """Timestamps come in pairs (except right before end-of-text), never go backwards, the first token
+    is a timestamp no later than max_initial_timestamp, and when the timestamps together are more
+    probable than any text token, a timestamp is forced."""
+
+    def __init__(self, tokenizer: "Tokenizer", sample_begin: int, max_initial_timestamp_index: int | None):
+        self.tokenizer = tokenizer
+        self.sample_begin = sample_begin
+        self.max_initial_timestamp_index = max_initial_timestamp_index
+
+    def apply(self, logits, tokens):
+        tb, eot = self.tokenizer.timestamp_begin, self.tokenizer.eot
+        if self.tokenizer.no_timestamps is not None:
+            logits[:, self.tokenizer.no_timestamps] = -np.inf
+        for k in range(tokens.shape[0]):
+            seq = tokens[k, self.sample_begin:]
+            last_was_timestamp = len(seq) >= 1 and seq[-1] >= tb
+            penultimate_was_timestamp = len(seq) < 2 or seq[-2] >= tb
+            if last_was_timestamp:
+                if penultimate_was_timestamp:  # a pair just closed: text must follow
+                    logits[k, tb:] = -np.inf
+                else:  # an opening timestamp: it cannot be followed by text
+                    logits[k, :eot] = -np.inf
+            timestamps = seq[seq >= tb]
+            if timestamps.size > 0:
+                # no going backwards; after a closed pair, no zero-length segment either
+                last = timestamps[-1] if (last_was_timestamp and not penultimate_was_timestamp) else timestamps[-1] + 1
+                logits[k, tb:last] = -np.inf
+        if tokens.shape[1] == self.sample_begin:
+            logits[:, :tb] = -np.inf  # the first sampled token is a timestamp
+            if self.max_initial_timestamp_index is not None:
+                logits[:, tb + self.max_initial_timestamp_index + 1:] = -np.inf
+        logprobs = log_softmax(logits)
+        for k in range(tokens.shape[0]):
+            ts = logprobs[k, tb:]
+            m = ts.max()
+            timestamp_logprob = m + np.log(np.sum(np.exp(ts - m))) if np.isfinite(m) else -np.inf
+            if timestamp_logprob > logprobs[k, :tb].max():
+                logits[k, :tb] = -np.inf
+
+
+# ---- token decoders -----------------------------------------------------------------------
+class TokenDecoder:
+    #: After update(): for each new row, the row it continues (beam search reorders the KV cache
+    #: with it); None when rows never move.
+    source_indices: list[int] | None = None
+
+    def reset(self) -> None:
+        """Called before each window."""
+
+    def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Append the next token to every sequence; return (tokens, completed)."""
+        raise NotImplementedError
+
+    def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray):
+        """Return candidate sequences per audio (list of lists of token arrays) and their sum logprobs."""
+        raise NotImplementedError
+
+
+class GreedyDecoder(TokenDecoder):
+    """Argmax at temperature 0, else one sample from softmax(logits / temperature)."""
+
+    def __init__(self, temperature: float, eot: int, rng: np.random.Generator):
+        self.temperature, self.eot, self.rng = temperature, eot, rng
+
+    def update(self, tokens, logits, sum_logprobs):
+        if self.temperature == 0:
+            next_tokens = logits.argmax(axis=-1)
+        else:  # Gumbel-max: argmax(logits / T + Gumbel noise) samples softmax(logits / T)
+            noise = self.rng.gumbel(size=logits.shape).astype(np.float32)
+            next_tokens = (logits / np.float32(self.temperature) + noise).argmax(axis=-1)
+        logprobs = log_softmax(logits)
+        current = logprobs[np.arange(logprobs.shape[0]), next_tokens]
+        sum_logprobs += current * (tokens[:, -1] != self.eot)
+        next_tokens[tokens[:, -1] == self.eot] = self.eot
+        tokens = np.concatenate([tokens, next_tokens[:, None]], axis=-1)
+        return tokens, bool((tokens[:, -1] == self.eot).all())
+
+    def finalize(self, tokens, sum_logprobs):
+        tokens = np.pad(tokens, ((0, 0), (0, 1)), constant_values=self.eot)  # make sure each ends with eot
+        return tokens, sum_logprobs.tolist()
+
+
+# ---- ranking ------------------------------------------------------------------------------
+class SequenceRanker:
+    def rank(self, tokens: list[list[np.ndarray]], sum_logprobs: list[list[float]]) -> list[int]:
+        raise NotImplementedError
+
+
+class MaximumLikelihoodRanker(SequenceRanker):
+    """Highest sum logprob normalised by length: plain length when length_penalty is None, else the
+    Google NMT penalty ((5 + length) / 6) ** length_penalty."""
+
+    def __init__(self, length_penalty: float | None):
+        self.length_penalty = length_penalty
+
+    def rank(self, tokens, sum_logprobs):
+        def scores(logprobs, lengths):
+            out = []
+            for logprob, length in zip(logprobs, lengths):
+                penalty = length if self.length_penalty is None else ((5 + length) / 6) ** self.length_penalty
+                out.append(logprob / penalty)
+            return out
+        lengths = [[len(t) for t in s] for s in tokens]
+        return [int(np.argmax(scores(p, l))) for p, l in zip(sum_logprobs, lengths)]
+
+
+# ---- one window -----------------------------------------------------------------------------
+def detect_language(graph: "WhisperGraph", tokenizer: "Tokenizer", audio_features: np.ndarray):
+    """Returns (language codes (batch,), probabilities: list of {code: p}) from the logits after <|startoftranscript|>."""
+    if tokenizer.language is None or not tokenizer.all_language_tokens:
+        raise ValueError("this model has no language tokens: it cannot detect the language")
+    cache = graph.new_cache(audio_features)
+    tokens = np.full((audio_features.shape[0], 1), tokenizer.sot, dtype=np.int64)
+    logits = graph.decoder(tokens, cache, 0)[:, 0].astype(np.float32)  # (batch, n_vocab)
+    lang_tokens = np.asarray(tokenizer.all_language_tokens)
+    lang_logits = logits[:, lang_tokens]
+    probs = np.exp(log_softmax(lang_logits))
+    codes = tokenizer.all_language_codes
+    best = [codes[i] for i in probs.argmax(axis=-1)]
+    return best, [dict(zip(codes, map(float, p))) for p in probs]
+
+
+class DecodingTask:
+    def __init__(self, graph: "WhisperGraph", tokenizer: "Tokenizer", options: DecodingOptions):
+        self.graph = graph
+        self.tokenizer = tokenizer
+        self.options = options = self._verify_options(options)
+        self.n_ctx = graph.dims.n_text_ctx
+        self.sample_len = options.sample_len or self.n_ctx // 2
+        self.n_group = options.beam_size or options.best_of or 1
+        self.sot_sequence = tokenizer.sot_sequence_including_notimestamps if options.without_timestamps else tokenizer.sot_sequence
+        self.initial_tokens = self._initial_tokens()
+        self.sample_begin = len(self.initial_tokens)
+        self.sot_index = self.initial_tokens.index(tokenizer.sot)
+        rng = np.random.default_rng(options.seed)
+        if options.beam_size is not None:
+            from .beam import BeamSearchDecoder
+            self.decoder: TokenDecoder = BeamSearchDecoder(options.beam_size, tokenizer.eot, options.patience)
+        else:
+            self.decoder = GreedyDecoder(options.temperature, tokenizer.eot, rng)
+        self.ranker = MaximumLikelihoodRanker(options.length_penalty)
+        self.logit_filters: list[LogitFilter] = []
+        if options.suppress_blank:
+            self.logit_filters.append(SuppressBlank(tokenizer, self.sample_begin))
+        if options.suppress_tokens:
+            self.logit_filters.append(SuppressTokens(self._suppress_tokens()))
+        if not options.without_timestamps:
+            precision = CHUNK_LENGTH / graph.dims.n_audio_ctx  # 0.02 s per timestamp step
+            max_index = None
+            if options.max_initial_timestamp:
+                max_index = round(options.max_initial_timestamp / precision)
+            self.logit_filters.append(ApplyTimestampRules(tokenizer, self.sample_begin, max_index))
+
+    @staticmethod
+    def _verify_options(o: DecodingOptions) -> DecodingOptions:
+        if o.beam_size is not None and o.best_of is not None:
+            raise ValueError("beam_size and best_of can't be given together")
+        if o.temperature == 0 and o.best_of is not None:
+            raise ValueError("best_of with greedy sampling (temperature 0) is not compatible")
+        if o.patience is not None and o.beam_size is None:
+            raise ValueError("patience requires beam_size to be given")
+        if o.length_penalty is not None and not (0 <= o.length_penalty <= 1):
+            raise ValueError("length_penalty (alpha) should be a value between 0 and 1")
+        if o.task not in ("transcribe", "translate"):
+            raise ValueError(f"task must be 'transcribe' or 'translate', got {o.task!r}")
+        return o
+
+    def _initial_tokens(self) -> list[int]:
+        tokens = list(self.sot_sequence)
+        if prefix := self.options.prefix:
+            prefix_tokens = self.tokenizer.encode(" " + prefix.strip()) if isinstance(prefix, str) else list(prefix)
+            if self.sample_len is not None:
+                prefix_tokens = prefix_tokens[-(self.n_ctx // 2 - self.sample_len):] if self.n_ctx // 2 - self.sample_len > 0 else []
+            tokens = tokens + prefix_tokens
+        if prompt := self.options.prompt:
+            prompt_tokens = self.tokenizer.encode(" " + prompt.strip()) if isinstance(prompt, str) else list(prompt)
+            tokens = [self.tokenizer.sot_prev] + prompt_tokens[-(self.n_ctx // 2 - 1):] + tokens
+        return tokens
+
+    def _suppress_tokens(self) -> list[int]:
+        st = self.options.suppress_tokens
+        if isinstance(st, str):
+            st = [int(t) for t in st.split(",") if t.strip()]
+        st = list(st)
+        if -1 in st:
+            st = [t for t in st if t >= 0] + list(self.tokenizer.non_speech_tokens)
+        t = self.tokenizer
+        st += [t.transcribe, t.translate, t.sot, t.sot_prev, t.sot_lm]
+        if t.no_speech is not None:
+            st.append(t.no_speech)  # no-speech probability is read, but the token is never sampled
+        return sorted(set(st))
+
+    def run(self, audio_features: np.ndarray) -> list[DecodingResult]:
+        """audio_features: (n_audio, n_audio_ctx, n_audio_state) -> one result per audio."""
+        n_audio = audio_features.shape[0]
+        self.decoder.reset()
+        tokens = np.tile(np.asarray(self.initial_tokens, np.int64), (n_audio, 1))
+        language = self.tokenizer.language or "en"
+        if self.n_group > 1:
+            audio_features = np.repeat(audio_features, self.n_group, axis=0)
+            tokens = np.repeat(tokens, self.n_group, axis=0)
+        inference = Inference(self.graph, audio_features)
+        sum_logprobs = np.zeros(tokens.shape[0], np.float32)
+        no_speech_probs = [np.nan] * n_audio
+        for i in range(self.sample_len):
+            if i == 0:
+                logits = inference.logits(tokens, [self.sot_index, tokens.shape[1] - 1])
+                if self.tokenizer.no_speech is not None:
+                    probs_at_sot = np.exp(log_softmax(logits[:, 0]))
+                    no_speech_probs = probs_at_sot[::self.n_group, self.tokenizer.no_speech].tolist()
+                logits = np.ascontiguousarray(logits[:, -1])
+            else:
+                logits = inference.logits(tokens)[:, -1]
+            for f in self.logit_filters:
+                f.apply(logits, tokens)
+            tokens, completed = self.decoder.update(tokens, logits, sum_logprobs)
+            if self.decoder.source_indices is not None:
+                inference.rearrange_kv_cache(self.decoder.source_indices)
+            if completed or tokens.shape[-1] > self.n_ctx:
+                break
+        tokens, sum_lp = self.decoder.finalize(tokens, sum_logprobs)
+        return self._results(audio_features[::self.n_group], language, tokens, sum_lp, no_speech_probs, n_audio)
+
+    def _results(self, audio_features, language, tokens, sum_lp, no_speech_probs, n_audio) -> list[DecodingResult]:
+        eot = self.tokenizer.eot
+        if isinstance(tokens, np.ndarray):  # greedy: (n_audio * n_group, n) -> candidates per audio
+            tokens = [list(tokens[i * self.n_group:(i + 1) * self.n_group]) for i in range(n_audio)]
+            sum_lp = [sum_lp[i * self.n_group:(i + 1) * self.n_group] for i in range(n_audio)]
+        candidates = [[np.asarray(t)[self.sample_begin:] for t in s] for s in tokens]
+        candidates = [[t[:int(np.nonzero(t == eot)[0][0])] if (t == eot).any() else t for t in s] for s in candidates]
+        selected = self.ranker.rank(candidates, sum_lp)
+        results = []
+        for a in range(n_audio):
+            toks = [int(t) for t in candidates[a][selected[a]]]
+            text = self.tokenizer.decode(toks).strip()
+            lp = float(sum_lp[a][selected[a]])
+            results.append(DecodingResult(
+                audio_features=audio_features[a], language=language, tokens=toks, text=text,
+                avg_logprob=lp / (len(toks) + 1), no_speech_prob=float(no_speech_probs[a]),
+                temperature=self.options.temperature, compression_ratio=compression_ratio(text)))
+        return results
+
+
+def decode(graph: "WhisperGraph", tokenizer: "Tokenizer", audio_features: np.ndarray,
+           options: DecodingOptions = DecodingOptions()) -> list[DecodingResult]:
+    return DecodingTask(graph, tokenizer, options).run(audio_features)
+
+
+__all__ = ["DecodingOptions", "DecodingResult", "DecodingTask", "decode", "detect_language", "replace"]
