@@ -446,10 +446,11 @@ def _ct2_to_canonical(ct2: _CT2File, where: str) -> tuple[ModelDimensions, dict[
         if not ct2.has(ct):
             continue
         b = ct2.float32(ct)
+        k = d * (parts - 2)  # K starts at d in Q,K,V and at 0 in K,V
         if b.shape == (parts * d,):
-            b[d : 2 * d] = 0.0  # K bias: softmax-invariant; canonical layout keeps it zero
+            b[k : k + d] = 0.0  # K bias: softmax-invariant; the canonical layout keeps it zero
         elif b.shape == ((parts - 1) * d,):  # stored without the K part
-            b = np.concatenate([b[:d], np.zeros(d, np.float32), b[d:]])
+            b = np.concatenate([b[:k], np.zeros(d, np.float32), b[k:]])
         tensors[canon] = b
     origin = {**mapping, **{k: v[0] for k, v in fused_bias.items()}}
     _check_tensors(tensors, dims, where, origin)
@@ -951,18 +952,13 @@ def _env_offline() -> bool:
 
 def _download_errors() -> tuple[type[BaseException], ...]:
     errs: list[type[BaseException]] = [OSError, ConnectionError, TimeoutError, ValueError]
-    try:
-        import httpx
+    import importlib
 
-        errs.append(httpx.HTTPError)
-    except ImportError:
-        pass
-    try:
-        import requests
-
-        errs.append(requests.RequestException)
-    except ImportError:
-        pass
+    for module, attr in (("httpx", "HTTPError"), ("httpx2", "HTTPError"), ("requests", "RequestException")):
+        try:  # whichever HTTP client this huggingface_hub version uses
+            errs.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            pass
     return tuple(errs)
 
 
