@@ -1,0 +1,235 @@
+"""Audio loading and Whisper's log-mel front end, in NumPy.
+
+Decoding is done by libsndfile (through ``soundfile``) and resampling by ``soxr``; no ffmpeg.
+The log-mel spectrogram reproduces openai-whisper's ``log_mel_spectrogram`` (periodic Hann
+window, centred STFT with reflect padding, last frame dropped, Slaney mel filterbank).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from .errors import AudioError
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160
+CHUNK_LENGTH = 30
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30-second chunk
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 frames in a mel spectrogram input
+N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # the initial convolutions have stride 2
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 10 ms per audio frame
+TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 20 ms per audio token
+
+AudioSource = Union[str, os.PathLike, np.ndarray]
+
+__all__ = [
+    "SAMPLE_RATE",
+    "N_FFT",
+    "HOP_LENGTH",
+    "CHUNK_LENGTH",
+    "N_SAMPLES",
+    "N_FRAMES",
+    "N_SAMPLES_PER_TOKEN",
+    "FRAMES_PER_SECOND",
+    "TOKENS_PER_SECOND",
+    "load_audio",
+    "mel_filters",
+    "log_mel_spectrogram",
+    "pad_or_trim",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def _check_array(audio: np.ndarray, what: str = "audio array") -> np.ndarray:
+    if audio.ndim != 1:
+        raise AudioError(
+            f"{what} must be 1-D mono samples at {SAMPLE_RATE} Hz, got shape {audio.shape}"
+        )
+    if not (np.issubdtype(audio.dtype, np.floating) or np.issubdtype(audio.dtype, np.integer)):
+        raise AudioError(f"{what} must have a float or integer dtype, got {audio.dtype}")
+    out = np.ascontiguousarray(audio, dtype=np.float32)
+    if out.size and not np.all(np.isfinite(out)):
+        raise AudioError(f"{what} contains NaN or Inf values")
+    return out
+
+
+def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Return mono float32 samples at ``sr`` Hz (16 kHz by default).
+
+    ``source`` is a path to an audio file libsndfile can read (wav, flac, ogg, mp3, ...), or a
+    1-D NumPy array that is already mono at 16 kHz (it is only converted to float32 and checked).
+    """
+    if isinstance(source, np.ndarray):
+        return _check_array(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise AudioError(
+            f"audio source must be a file path or a NumPy array, got {type(source).__name__}"
+        )
+
+    path = Path(source)
+    if not path.exists():
+        raise AudioError(f"audio file not found: {path}")
+    if path.is_dir():
+        raise AudioError(f"audio path is a directory, not a file: {path}")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise AudioError(f"cannot access audio file {path}: {exc}") from None
+    if size == 0:
+        raise AudioError(f"audio file is empty (0 bytes): {path}")
+
+    import soundfile
+
+    try:
+        data, in_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        reason = str(exc).strip() or type(exc).__name__
+        raise AudioError(
+            f"{path} is not a readable audio file (libsndfile: {reason})"
+        ) from None
+    except OSError as exc:
+        raise AudioError(f"cannot read audio file {path}: {exc}") from None
+
+    if data.shape[0] == 0:
+        raise AudioError(f"audio file contains no samples: {path}")
+
+    audio = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if in_rate != sr:
+        import soxr
+
+        audio = soxr.resample(audio, in_rate, sr, quality="HQ")
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    if audio.size == 0:
+        raise AudioError(f"audio file contains no samples: {path}")
+    return audio
+
+
+# --------------------------------------------------------------------------------------------
+# mel filterbank (Slaney-style, as librosa.filters.mel with its defaults)
+
+_F_SP = 200.0 / 3  # Hz per mel in the linear part
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP  # 15.0
+_LOGSTEP = np.log(6.4) / 27.0
+
+
+def _hz_to_mel(freqs: np.ndarray) -> np.ndarray:
+    freqs = np.asanyarray(freqs, dtype=np.float64)
+    mels = freqs / _F_SP
+    log_part = freqs >= _MIN_LOG_HZ
+    mels = np.where(
+        log_part,
+        _MIN_LOG_MEL + np.log(np.maximum(freqs, 1e-300) / _MIN_LOG_HZ) / _LOGSTEP,
+        mels,
+    )
+    return mels
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    mels = np.asanyarray(mels, dtype=np.float64)
+    freqs = _F_SP * mels
+    log_part = mels >= _MIN_LOG_MEL
+    return np.where(log_part, _MIN_LOG_HZ * np.exp(_LOGSTEP * (mels - _MIN_LOG_MEL)), freqs)
+
+
+@functools.lru_cache(maxsize=None)
+def _mel_filters_cached(n_mels: int, sr: int, n_fft: int) -> np.ndarray:
+    n_bins = 1 + n_fft // 2
+    fft_freqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)
+    min_mel = _hz_to_mel(0.0)
+    max_mel = _hz_to_mel(sr / 2.0)
+    mel_f = _mel_to_hz(np.linspace(min_mel, max_mel, n_mels + 2))  # band edges in Hz
+
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper)).astype(np.float32)
+
+    # Slaney normalisation: each triangle has unit area in Hz
+    enorm = 2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels])
+    weights = (weights * enorm[:, None]).astype(np.float32)
+    assert weights.shape == (n_mels, n_bins)
+    weights.setflags(write=False)
+    return weights
+
+
+def mel_filters(n_mels: int, sr: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.ndarray:
+    """The (n_mels, 1 + n_fft // 2) float32 Slaney mel filterbank (htk=False, norm="slaney",
+    fmin=0, fmax=sr/2), identical to ``librosa.filters.mel`` with its defaults. Cached; the
+    returned array is read-only."""
+    if int(n_mels) <= 0:
+        raise ValueError(f"n_mels must be positive, got {n_mels}")
+    return _mel_filters_cached(int(n_mels), int(sr), int(n_fft))
+
+
+# --------------------------------------------------------------------------------------------
+# STFT and log-mel
+
+
+@functools.lru_cache(maxsize=None)
+def _periodic_hann(n: int) -> np.ndarray:
+    k = np.arange(n, dtype=np.float64)
+    w = 0.5 - 0.5 * np.cos(2.0 * np.pi * k / n)
+    w.setflags(write=False)
+    return w
+
+
+def _power_spectrum(audio: np.ndarray, n_fft: int = N_FFT, hop: int = HOP_LENGTH) -> np.ndarray:
+    """|STFT|^2 with a periodic Hann window, centred with reflect padding, last frame dropped.
+    Returns (1 + n_fft // 2, n_frames) float64."""
+    x = np.asarray(audio, dtype=np.float64)
+    half = n_fft // 2
+    if x.size <= half:
+        # reflect padding needs more than n_fft//2 samples; zero-extend like a silent tail
+        x = np.pad(x, (0, half + 1 - x.size))
+    x = np.pad(x, (half, half), mode="reflect")
+    n_frames = 1 + (x.size - n_fft) // hop
+    frames = np.lib.stride_tricks.as_strided(
+        x, shape=(n_frames, n_fft), strides=(x.strides[0] * hop, x.strides[0]), writeable=False
+    )
+    spec = np.fft.rfft(frames * _periodic_hann(n_fft), axis=-1)
+    power = spec.real**2 + spec.imag**2
+    return power[:-1].T  # openai drops the last frame
+
+
+def log_mel_spectrogram(
+    audio: AudioSource, n_mels: int = 80, padding: int = 0
+) -> np.ndarray:
+    """Whisper's log-mel spectrogram, (n_mels, n_frames) float32.
+
+    ``audio`` is a path or a 1-D array of 16 kHz samples; ``padding`` zeros are appended first.
+    """
+    samples = load_audio(audio)
+    if padding > 0:
+        samples = np.pad(samples, (0, int(padding)))
+    power = _power_spectrum(samples)
+    filters = mel_filters(n_mels).astype(np.float64)
+    mel = filters @ power
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    log_spec = (log_spec + 4.0) / 4.0
+    return log_spec.astype(np.float32)
+
+
+def pad_or_trim(array: np.ndarray, length: int = N_SAMPLES, *, axis: int = -1) -> np.ndarray:
+    """Pad with zeros or trim ``array`` along ``axis`` to ``length`` (the encoder expects
+    N_SAMPLES samples or N_FRAMES mel frames)."""
+    array = np.asarray(array)
+    n = array.shape[axis]
+    if n > length:
+        array = array.take(indices=range(length), axis=axis)
+    if array.shape[axis] < length:
+        pad_widths = [(0, 0)] * array.ndim
+        pad_widths[axis] = (0, length - array.shape[axis])
+        array = np.pad(array, pad_widths)
+    return array
