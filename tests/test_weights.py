@@ -266,6 +266,8 @@ def test_k_bias_absent_and_int8_quantized(tmp_path, tiny_bin, tiny):
         if n == "encoder/layer_0/self_attention/linear_0/bias":
             b = np.frombuffer(r, "<f2")
             return n, (2 * D,), d, np.concatenate([b[:D], b[2 * D :]]).tobytes()
+        if n == "decoder/layer_1/attention/linear_1/bias":  # cross K,V stored as V only
+            return n, (D,), d, r[2 * D :]
         if n == "decoder/layer_0/ffn/linear_0/weight":
             w = np.frombuffer(r, "<f2").astype(np.float32).reshape(s)
             scale = (127.0 / np.abs(w).max(axis=1)).astype(np.float32)
@@ -283,6 +285,9 @@ def test_k_bias_absent_and_int8_quantized(tmp_path, tiny_bin, tiny):
     np.testing.assert_array_equal(b[:D], tiny.tensors["encoder.blocks.0.attn.qkv.bias"][:D])
     assert not b[D : 2 * D].any()
     np.testing.assert_array_equal(b[2 * D :], tiny.tensors["encoder.blocks.0.attn.qkv.bias"][2 * D :])
+    kv = w.tensors["decoder.blocks.1.cross_attn.kv.bias"]
+    assert not kv[:D].any()
+    np.testing.assert_array_equal(kv, tiny.tensors["decoder.blocks.1.cross_attn.kv.bias"])
     ref = tiny.tensors["decoder.blocks.0.mlp.fc1.weight"]
     got = w.tensors["decoder.blocks.0.mlp.fc1.weight"]
     assert np.abs(got - ref).max() <= np.abs(ref).max() / 127

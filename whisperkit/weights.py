@@ -659,7 +659,7 @@ def read_hf(path: str | os.PathLike, *, name: str | None = None) -> LoadedWeight
             if a is not None:
                 tensors[canon] = a
 
-        def fused(canon: str, hf_parts: list[str | None], zero_like: int) -> None:
+        def fused(canon: str, hf_parts: list[str | None]) -> None:
             arrays = []
             for part in hf_parts:
                 if part is None:
@@ -696,16 +696,16 @@ def read_hf(path: str | os.PathLike, *, name: str | None = None) -> LoadedWeight
                     put(f"{c}.mlp.fc1.{wb}", f"{h}.fc1.{wb}")
                     put(f"{c}.mlp.fc2.{wb}", f"{h}.fc2.{wb}")
                 a = f"{h}.self_attn"
-                fused(f"{c}.attn.qkv.weight", [f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"], 0)
-                fused(f"{c}.attn.qkv.bias", [f"{a}.q_proj.bias", None, f"{a}.v_proj.bias"], 0)
+                fused(f"{c}.attn.qkv.weight", [f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"])
+                fused(f"{c}.attn.qkv.bias", [f"{a}.q_proj.bias", None, f"{a}.v_proj.bias"])
                 if side == dd:
                     x = f"{h}.encoder_attn"
                     for wb in ("weight", "bias"):
                         put(f"{c}.cross_attn_ln.{wb}", f"{h}.encoder_attn_layer_norm.{wb}")
                         put(f"{c}.cross_attn.query.{wb}", f"{x}.q_proj.{wb}")
                         put(f"{c}.cross_attn.out.{wb}", f"{x}.out_proj.{wb}")
-                    fused(f"{c}.cross_attn.kv.weight", [f"{x}.k_proj.weight", f"{x}.v_proj.weight"], 0)
-                    fused(f"{c}.cross_attn.kv.bias", [None, f"{x}.v_proj.bias"], 0)
+                    fused(f"{c}.cross_attn.kv.weight", [f"{x}.k_proj.weight", f"{x}.v_proj.weight"])
+                    fused(f"{c}.cross_attn.kv.bias", [None, f"{x}.v_proj.bias"])
         _check_tensors(tensors, dims, where, used)
         proj = owner.get("proj_out.weight")
         if proj is not None:
