@@ -1,0 +1,256 @@
+"""ONNX graphs of the contract's ops, built in code with `onnx.helper`.
+
+Every graph has dynamic batch / sequence dimensions ("b", "n", ...).  Weights are *not* stored in the
+graph: they are graph inputs (with their concrete shapes), and the backend binds them once per weight
+set as OrtValues over the prepared numpy memory (IO binding).  So building a model never serialises
+megabytes of weights into protobuf, no weight is copied, and one session serves every weight set of the
+same shape (the 4 encoder layers of tiny share one session, as do the 4 decoder layers).
+
+(ORT's ``add_initializer`` would have made them constant initializers, but it only replaces an
+initializer already present *with its data* in the model, i.e. the weights would be serialised anyway.
+Pre-packing, the one thing constant weights buy, matters little here: MLAS packs B panels per call at
+a cost far below the GEMM for the encoder's 1500 rows, and its M == 1 decoder path does not pack.)
+
+Imported lazily by the backend: needs `onnx`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from whisperkit.contract import LAYER_NORM_EPS
+
+from whisperkit.backends.numpy_backend import _ERFC as ERFC_COEFFS  # the reference's own coefficients
+
+OPSET = 20  # LayerNormalization needs >= 17; Gelu(approximate="none") needs 20
+IR_VERSION = 10  # ONNX Runtime 1.17+ reads IR 10
+F32 = TensorProto.FLOAT
+F64 = TensorProto.DOUBLE
+I64 = TensorProto.INT64
+
+
+class GraphBuilder:
+    """A tiny SSA helper: ``g.op("MatMul", a, b)`` returns the name of the new value."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.nodes: list[onnx.NodeProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self.consts: list[onnx.TensorProto] = []
+        self.weights: dict[str, np.ndarray] = {}  # pre-bound initializers: name -> float32 C-contiguous array
+        self._n = 0
+
+    def _fresh(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def input(self, name: str, dims, elem=F32) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem, dims))
+        return name
+
+    def output(self, value: str, name: str, dims, elem=F32) -> str:
+        if value != name:
+            self.nodes.append(helper.make_node("Identity", [value], [name]))
+        self.outputs.append(helper.make_tensor_value_info(name, elem, dims))
+        return name
+
+    def const(self, value, elem=F32, hint="c") -> str:
+        arr = np.asarray(value, dtype={F32: np.float32, F64: np.float64, I64: np.int64}[elem])
+        name = self._fresh(hint)
+        self.consts.append(helper.make_tensor(name, elem, arr.shape, arr.ravel().tolist()))
+        return name
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        """A weight initializer whose data is bound at session creation (no copy into the proto)."""
+        self.weights[name] = np.ascontiguousarray(array, dtype=np.float32)
+        return name
+
+    def op(self, op_type: str, *inputs: str, n_out: int = 1, domain: str = "", **attrs):
+        outs = [self._fresh(op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, domain=domain or None, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def key(self) -> tuple:
+        """What identifies the session this graph needs: its name and every weight's name and shape."""
+        return (self.name,) + tuple((n, a.shape) for n, a in self.weights.items())
+
+    def model(self) -> onnx.ModelProto:
+        winputs = [helper.make_tensor_value_info(n, F32, a.shape) for n, a in self.weights.items()]
+        graph = helper.make_graph(self.nodes, self.name, self.inputs + winputs, self.outputs, initializer=self.consts)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="whisperkit")
+        m.ir_version = IR_VERSION
+        return m
+
+
+# ---- building blocks ------------------------------------------------------------------------------
+def linear(g: GraphBuilder, x: str, weight: np.ndarray, bias, prefix: str) -> str:
+    """x @ weight.T + bias with weight (n_out, n_in); the transpose is done once here, at load time."""
+    y = g.op("MatMul", x, g.weight(prefix + ".wT", np.asarray(weight, np.float32).T))
+    if bias is not None:
+        y = g.op("Add", y, g.weight(prefix + ".b", bias))
+    return y
+
+
+def layer_norm(g: GraphBuilder, x: str, weight, bias, prefix: str) -> str:
+    return g.op("LayerNormalization", x, g.weight(prefix + ".g", weight), g.weight(prefix + ".b", bias),
+                axis=-1, epsilon=LAYER_NORM_EPS)
+
+
+def gelu_fast(g: GraphBuilder, x: str) -> str:
+    """ONNX Gelu(approximate="none"): MLAS's float32 erf.  Absolute error <= 5e-7 (the float32
+    cancellation in 1 + erf(x) for x < 0), i.e. the same as torch's own float32 GELU."""
+    return g.op("Gelu", x, approximate="none")
+
+
+def gelu_exact(g: GraphBuilder, x: str) -> str:
+    """The reference's gelu, evaluated the same way: float64, x * (1 - erfc(|x|/sqrt2)/2) for x >= 0 and
+    x * erfc(|x|/sqrt2)/2 below, erfc by the Numerical Recipes polynomial.  Bit-equal to the reference
+    (measured), at about the reference's speed; used for the fine `gelu` op only."""
+    xd = g.op("Cast", x, to=F64)
+    one, half = g.const(1.0, F64), g.const(0.5, F64)
+    z = g.op("Mul", g.op("Abs", xd), g.const(math.sqrt(0.5), F64))
+    t = g.op("Reciprocal", g.op("Add", g.op("Mul", z, half), one))
+    r = g.op("Mul", t, g.const(ERFC_COEFFS[-1], F64))
+    for c in ERFC_COEFFS[-2:0:-1]:
+        r = g.op("Mul", g.op("Add", r, g.const(c, F64)), t)
+    r = g.op("Sub", g.op("Add", r, g.const(ERFC_COEFFS[0], F64)), g.op("Mul", z, z))
+    half_erfc = g.op("Mul", g.op("Mul", g.op("Exp", r), t), half)
+    phi = g.op("Where", g.op("Less", xd, g.const(0.0, F64)), half_erfc, g.op("Sub", one, half_erfc))
+    return g.op("Cast", g.op("Mul", phi, xd), to=F32)
+
+
+def split_heads(g: GraphBuilder, x: str, n_head: int, d_head: int, perm) -> str:
+    """(b, n, n_head*d_head) -> transposed per `perm` from (b, n, n_head, d_head)."""
+    shape = g.const([0, 0, n_head, d_head], I64)  # 0 copies the input's dim (allowzero=0)
+    return g.op("Transpose", g.op("Reshape", x, shape), perm=perm)
+
+
+def attention_probs(g: GraphBuilder, q: str, k: str, n_head: int, d_head: int, mask: str | None) -> str:
+    qh = split_heads(g, q, n_head, d_head, [0, 2, 1, 3])  # (b, h, n_q, d_head)
+    kt = split_heads(g, k, n_head, d_head, [0, 2, 3, 1])  # (b, h, d_head, n_kv)
+    scores = g.op("Mul", g.op("MatMul", qh, kt), g.const(d_head ** -0.5))
+    if mask is not None:
+        scores = g.op("Add", scores, mask)  # (n_q, n_kv) additive mask: 0 or -inf
+    return g.op("Softmax", scores, axis=-1)
+
+
+def attention(g: GraphBuilder, q: str, k: str, v: str, n_head: int, d_head: int, mask: str | None) -> str:
+    p = attention_probs(g, q, k, n_head, d_head, mask)
+    vh = split_heads(g, v, n_head, d_head, [0, 2, 1, 3])  # (b, h, n_kv, d_head)
+    o = g.op("Transpose", g.op("MatMul", p, vh), perm=[0, 2, 1, 3])  # (b, n_q, h, d_head)
+    return g.op("Reshape", o, g.const([0, 0, n_head * d_head], I64))
+
+
+def mlp(g: GraphBuilder, x: str, w: dict, prefix: str = "mlp") -> str:
+    h = layer_norm(g, x, w["ln_weight"], w["ln_bias"], prefix + ".ln")
+    h = gelu_fast(g, linear(g, h, w["fc1_weight"], w["fc1_bias"], prefix + ".fc1"))
+    return g.op("Add", x, linear(g, h, w["fc2_weight"], w["fc2_bias"], prefix + ".fc2"))
+
+
+def _qkv(g: GraphBuilder, h: str, w: dict, n_state: int, prefix: str):
+    qkv_w = np.asarray(w["qkv_weight"], np.float32)
+    qkv_b = np.asarray(w["qkv_bias"], np.float32)
+    # Three MatMuls rather than one + Split: each result lands where it is consumed (no Split copy).
+    return [linear(g, h, qkv_w[i * n_state:(i + 1) * n_state], qkv_b[i * n_state:(i + 1) * n_state], f"{prefix}.{c}")
+            for i, c in enumerate("qkv")]
+
+
+def _mlp_weights(w: dict) -> dict:
+    return {"ln_weight": w["mlp_ln_weight"], "ln_bias": w["mlp_ln_bias"], "fc1_weight": w["fc1_weight"],
+            "fc1_bias": w["fc1_bias"], "fc2_weight": w["fc2_weight"], "fc2_bias": w["fc2_bias"]}
+
+
+# ---- one graph per op ---------------------------------------------------------------------------
+def build_linear(weight, bias) -> GraphBuilder:
+    g = GraphBuilder("linear" if bias is not None else "linear_nobias")
+    x = g.input("x", None)  # any leading dims
+    g.output(linear(g, x, weight, bias, "lin"), "y", None)
+    return g
+
+
+def build_conv1d(weight, bias, stride, padding) -> GraphBuilder:
+    g = GraphBuilder(f"conv1d_s{int(stride)}_p{int(padding)}")
+    c_out, c_in, k = np.shape(weight)
+    x = g.input("x", ["b", c_in, "t"])
+    y = g.op("Conv", x, g.weight("conv.w", weight), g.weight("conv.b", bias),
+             kernel_shape=[k], strides=[int(stride)], pads=[int(padding), int(padding)])
+    g.output(y, "y", ["b", c_out, "t_out"])
+    return g
+
+
+def build_layer_norm(weight, bias) -> GraphBuilder:
+    g = GraphBuilder("layer_norm")
+    x = g.input("x", None)
+    g.output(layer_norm(g, x, weight, bias, "ln"), "y", None)
+    return g
+
+
+def build_gelu() -> GraphBuilder:
+    g = GraphBuilder("gelu")
+    g.output(gelu_exact(g, g.input("x", None)), "y", None)
+    return g
+
+
+def build_attention(n_head: int, d_state: int, causal: bool, weights_only: bool) -> GraphBuilder:
+    g = GraphBuilder(f"{'attention_weights' if weights_only else 'attention'}_h{n_head}_d{d_state}{'_causal' if causal else ''}")
+    d_head = d_state // n_head
+    q = g.input("q", ["b", "n_q", d_state])
+    k = g.input("k", ["b", "n_kv", d_state])
+    mask = g.input("mask", ["n_q", "n_kv"]) if causal else None
+    if weights_only:
+        g.output(attention_probs(g, q, k, n_head, d_head, mask), "p", ["b", n_head, "n_q", "n_kv"])
+    else:
+        v = g.input("v", ["b", "n_kv", d_state])
+        g.output(attention(g, q, k, v, n_head, d_head, mask), "y", ["b", "n_q", d_state])
+    return g
+
+
+def build_mlp_block(w: dict) -> GraphBuilder:
+    g = GraphBuilder("mlp_block")
+    n_state = np.shape(w["ln_weight"])[0]
+    g.output(mlp(g, g.input("x", ["b", "n", n_state]), w), "y", ["b", "n", n_state])
+    return g
+
+
+def build_encoder_layer(w: dict) -> GraphBuilder:
+    n_state = np.shape(w["attn_ln_weight"])[0]
+    n_head = int(w["n_head"])
+    g = GraphBuilder(f"encoder_layer_h{n_head}")
+    x = g.input("x", ["b", "n", n_state])
+    h = layer_norm(g, x, w["attn_ln_weight"], w["attn_ln_bias"], "attn_ln")
+    q, k, v = _qkv(g, h, w, n_state, "attn")
+    x = g.op("Add", x, linear(g, attention(g, q, k, v, n_head, n_state // n_head, None), w["out_weight"], w["out_bias"], "attn.out"))
+    g.output(mlp(g, x, _mlp_weights(w)), "y", ["b", "n", n_state])
+    return g
+
+
+def build_decoder_layer(w: dict) -> GraphBuilder:
+    """Inputs: x (b, n_q, d), the cache prefix k_past/v_past (b, offset, d), cross_k/cross_v (b, n_audio, d),
+    mask (n_q, offset + n_q).  Outputs: y and this step's k_new/v_new (b, n_q, d), which the backend binds
+    straight into the caller's cache rows [offset, offset + n_q) when that memory is contiguous."""
+    n_state = np.shape(w["attn_ln_weight"])[0]
+    n_head = int(w["n_head"])
+    g = GraphBuilder(f"decoder_layer_h{n_head}")
+    d_head = n_state // n_head
+    x = g.input("x", ["b", "n_q", n_state])
+    k_past = g.input("k_past", ["b", "n_past", n_state])
+    v_past = g.input("v_past", ["b", "n_past", n_state])
+    cross_k = g.input("cross_k", ["b", "n_audio", n_state])
+    cross_v = g.input("cross_v", ["b", "n_audio", n_state])
+    mask = g.input("mask", ["n_q", "n_kv"])
+    h = layer_norm(g, x, w["attn_ln_weight"], w["attn_ln_bias"], "attn_ln")
+    q, k_new, v_new = _qkv(g, h, w, n_state, "attn")
+    k_all = g.op("Concat", k_past, k_new, axis=1)
+    v_all = g.op("Concat", v_past, v_new, axis=1)
+    x = g.op("Add", x, linear(g, attention(g, q, k_all, v_all, n_head, d_head, mask), w["out_weight"], w["out_bias"], "attn.out"))
+    h = layer_norm(g, x, w["cross_ln_weight"], w["cross_ln_bias"], "cross_ln")
+    cq = linear(g, h, w["cross_q_weight"], w["cross_q_bias"], "cross.q")
+    x = g.op("Add", x, linear(g, attention(g, cq, cross_k, cross_v, n_head, d_head, None), w["cross_out_weight"], w["cross_out_bias"], "cross.out"))
+    g.output(mlp(g, x, _mlp_weights(w)), "y", ["b", "n_q", n_state])
+    g.output(k_new, "k_new", ["b", "n_q", n_state])
+    g.output(v_new, "v_new", ["b", "n_q", n_state])
+    return g
