@@ -1,0 +1,237 @@
+"""The Numba backend: every op of the contract as parallel Numba kernels, GEMMs through NumPy's OpenBLAS.
+
+See `_kernels` for the kernels and the reasons behind them.  The module imports without Numba: the
+backend then reports itself unavailable with the reason.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from whisperkit.backend import Backend, hookimpl
+
+try:
+    import numba
+    _IMPORT_ERROR = None
+except Exception as exc:  # pragma: no cover - exercised only without numba
+    numba = None
+    _IMPORT_ERROR = f"Numba cannot be imported ({type(exc).__name__}: {exc}); install the 'numba' extra"
+
+_K = None  # the kernels module, imported on first use (it compiles/loads the kernels)
+
+
+def _kern():
+    global _K
+    if _K is None:
+        from . import _kernels as k
+        _K = k
+    return _K
+
+
+_F32 = np.float32
+
+
+def _nt():
+    """Numba's current thread count, passed to the kernels (calling numba.get_num_threads() inside a
+    kernel embeds a ctypes pointer, which makes the function uncacheable)."""
+    return numba.get_num_threads()
+
+#: Row-block sizes: encoder blocks of 128 rows keep the (128, 1536) fc1 block and the (128, 1500)
+#: score block of a thread in its 1 MB L2 while leaving OpenBLAS a GEMM large enough to run at speed.
+_ROW_BLOCK = 128
+_ATTN_BLOCK = 128
+
+
+def _f32c(a):
+    return np.ascontiguousarray(a, dtype=_F32)
+
+
+def _rows(x):
+    """(..., n) -> C-contiguous float32 (rows, n) (a view when already so)."""
+    x = np.asarray(x)
+    return np.ascontiguousarray(x, dtype=_F32).reshape(-1, x.shape[-1])
+
+
+def _unit_last(a):
+    a = np.asarray(a)
+    if a.dtype != _F32 or a.strides[-1] != 4 or a.ndim != 3:
+        a = np.ascontiguousarray(a, dtype=_F32)
+    return a
+
+
+class NumbaBackend(Backend):
+    name = "numba"
+    version = getattr(numba, "__version__", "missing")
+    description = "Numba parallel kernels (prange over rows/heads), GEMMs via NumPy's OpenBLAS called from Numba"
+
+    def unavailable_reason(self):
+        if _IMPORT_ERROR is not None:
+            return _IMPORT_ERROR
+        try:
+            _kern()
+        except ImportError as exc:
+            return f"Numba backend kernels cannot be loaded: {exc}"
+        return None
+
+    def set_num_threads(self, n):
+        if numba is not None:
+            numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+    # ---- fine ops ---------------------------------------------------------------------------------
+    def prepare_linear(self, weight, bias=None):
+        weight = _f32c(weight)
+        b = np.zeros(weight.shape[0], _F32) if bias is None else _f32c(bias)
+        return SimpleNamespace(weight=weight, bias=b)
+
+    def linear(self, x, w):
+        x = np.asarray(x)
+        if x.shape[-1] != w.weight.shape[1]:
+            raise ValueError(f"linear: input has {x.shape[-1]} features, weight expects {w.weight.shape[1]}")
+        x2 = _rows(x)
+        out = np.empty((x2.shape[0], w.weight.shape[0]), _F32)
+        _kern().linear_kernel(x2, w.weight, w.bias, out, None, _nt())
+        return out.reshape(x.shape[:-1] + (w.weight.shape[0],))
+
+    def prepare_conv1d(self, weight, bias, stride, padding):
+        weight = np.asarray(weight, _F32)
+        return SimpleNamespace(weight=_f32c(weight.transpose(2, 0, 1)),  # (k, c_out, c_in): one GEMM operand per tap
+                               bias=_f32c(bias), stride=int(stride), padding=int(padding), k=weight.shape[2])
+
+    def conv1d(self, x, w):
+        x = np.asarray(x, _F32)
+        b, c_in, t = x.shape
+        k, c_out, wc_in = w.weight.shape
+        if c_in != wc_in:
+            raise ValueError(f"conv1d: input has {c_in} channels, weight expects {wc_in}")
+        s, p = w.stride, w.padding
+        t_out = (t + 2 * p - k) // s + 1
+        t_ph = t_out + (k - 1) // s  # frames each phase must hold
+        out = np.empty((b, c_out, t_out), _F32)
+        # The padded input split into `stride` phases (xs[ph, :, j] = xpad[:, j*stride + ph]): one copy of
+        # the input, against k copies for im2col; every tap is then a plain strided GEMM operand.
+        xs = np.zeros((s, c_in, t_ph), _F32)
+        xpad = np.zeros((c_in, t + 2 * p), _F32)
+        for i in range(b):
+            xpad[:, p:p + t] = x[i]
+            for ph in range(s):
+                src = xpad[:, ph::s][:, :t_ph]
+                xs[ph, :, :src.shape[1]] = src
+            _kern().conv1d_kernel(xs, w.weight, w.bias, out[i], s, t_out, _nt())
+        return out
+
+    def prepare_layer_norm(self, weight, bias):
+        return SimpleNamespace(weight=_f32c(weight), bias=_f32c(bias))
+
+    def layer_norm(self, x, w):
+        x = np.asarray(x)
+        x2 = _rows(x)
+        out = np.empty_like(x2)
+        _kern().layer_norm_kernel(x2, w.weight, w.bias, out, _nt())
+        return out.reshape(x.shape)
+
+    def gelu(self, x):
+        x = np.asarray(x)
+        flat = np.ascontiguousarray(x, dtype=_F32).reshape(-1)
+        out = np.empty_like(flat)
+        _kern().gelu_kernel(flat, out, _nt())
+        return out.reshape(x.shape)
+
+    def _attention(self, q, k, v, n_head, causal, offset, want_p):
+        q, k = _unit_last(q), _unit_last(k)
+        v = _unit_last(v) if v is not None else k
+        b, n_q, d = q.shape
+        n_kv = k.shape[1]
+        if d % n_head:
+            raise ValueError(f"attention: n_state {d} is not a multiple of n_head {n_head}")
+        if causal and offset + n_q > n_kv:
+            raise ValueError(f"attention: causal with offset {offset} needs {offset + n_q} keys, got {n_kv}")
+        K = _kern()
+        if want_p:
+            p = np.empty((b, n_head, n_q, n_kv), _F32)
+            out_addr = 0
+        else:
+            p = np.empty((1, 1, 1, 1), _F32)
+            out = np.empty((b, n_q, d), _F32)
+            out_addr = out.ctypes.data
+        st = lambda a: (a.strides[0] // 4, a.strides[1] // 4)  # noqa: E731
+        (qb, qr), (kb, kr), (vb, vr) = st(q), st(k), st(v)
+        K.attention_kernel(q.ctypes.data, qb, qr, k.ctypes.data, kb, kr, v.ctypes.data, vb, vr,
+                           out_addr, n_q * d, d, b, n_q, n_kv, n_head, d // n_head, bool(causal), int(offset),
+                           _ATTN_BLOCK, p, _nt())
+        return p if want_p else out
+
+    def attention(self, q, k, v, n_head, causal=False, offset=0):
+        return self._attention(q, k, v, n_head, causal, offset, False)
+
+    def attention_weights(self, q, k, n_head, causal=False, offset=0):
+        return self._attention(q, k, None, n_head, causal, offset, True)
+
+    # ---- coarse ops ---------------------------------------------------------------------------------
+    def prepare_mlp_block(self, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
+        return SimpleNamespace(lng=_f32c(ln_weight), lnb=_f32c(ln_bias), w1=_f32c(fc1_weight), b1=_f32c(fc1_bias),
+                               w2=_f32c(fc2_weight), b2=_f32c(fc2_bias))
+
+    def mlp_block(self, x, w):
+        x = np.asarray(x)
+        x2 = _rows(x)
+        y = np.empty_like(x2)
+        _kern().mlp_kernel(x2, w.lng, w.lnb, w.w1, w.b1, w.w2, w.b2, y, _ROW_BLOCK, _nt())
+        return y.reshape(x.shape)
+
+    def prepare_encoder_layer(self, n_head, attn_ln_weight, attn_ln_bias, qkv_weight, qkv_bias, out_weight, out_bias,
+                              mlp_ln_weight, mlp_ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
+        return SimpleNamespace(
+            n_head=int(n_head), ln1g=_f32c(attn_ln_weight), ln1b=_f32c(attn_ln_bias), wqkv=_f32c(qkv_weight),
+            bqkv=_f32c(qkv_bias), wo=_f32c(out_weight), bo=_f32c(out_bias), ln2g=_f32c(mlp_ln_weight),
+            ln2b=_f32c(mlp_ln_bias), w1=_f32c(fc1_weight), b1=_f32c(fc1_bias), w2=_f32c(fc2_weight), b2=_f32c(fc2_bias))
+
+    def encoder_layer(self, x, w):
+        x = np.asarray(x)
+        b = x.shape[0]
+        y = _kern().encoder_layer_kernel(_rows(x), b, w.n_head, w.ln1g, w.ln1b, w.wqkv, w.bqkv, w.wo, w.bo,
+                                            w.ln2g, w.ln2b, w.w1, w.b1, w.w2, w.b2, _ROW_BLOCK, _ATTN_BLOCK, _nt())
+        return y.reshape(x.shape)
+
+    def prepare_decoder_layer(self, n_head, attn_ln_weight, attn_ln_bias, qkv_weight, qkv_bias, out_weight, out_bias,
+                              cross_ln_weight, cross_ln_bias, cross_q_weight, cross_q_bias, cross_out_weight,
+                              cross_out_bias, mlp_ln_weight, mlp_ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
+        w = self.prepare_encoder_layer(n_head, attn_ln_weight, attn_ln_bias, qkv_weight, qkv_bias, out_weight,
+                                       out_bias, mlp_ln_weight, mlp_ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+        w.lncg, w.lncb = _f32c(cross_ln_weight), _f32c(cross_ln_bias)
+        w.wcq, w.bcq = _f32c(cross_q_weight), _f32c(cross_q_bias)
+        w.wco, w.bco = _f32c(cross_out_weight), _f32c(cross_out_bias)
+        w.buffers = {}  # row count -> preallocated work buffers of the decode step
+        w.dummy = np.empty((1, 1, 1, 1), _F32)
+        return w
+
+    def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
+        x = np.asarray(x)
+        b, n_q, n = x.shape
+        offset = int(offset)
+        if offset < 0 or offset + n_q > k_cache.shape[1]:
+            raise ValueError(f"decoder_layer: positions {offset}..{offset + n_q - 1} outside the KV cache of {k_cache.shape[1]}")
+        x2 = _rows(x)
+        m = x2.shape[0]
+        bufs = w.buffers.get(m)
+        if bufs is None:
+            e = lambda c: np.empty((m, c), _F32)  # noqa: E731
+            bufs = w.buffers[m] = (e(n), e(3 * n), e(n), e(n), e(n), e(w.w1.shape[0]))
+        kc, vc = k_cache, v_cache
+        direct = (kc.dtype == _F32 and vc.dtype == _F32 and kc.flags.c_contiguous and vc.flags.c_contiguous)
+        if not direct:  # write through contiguous copies, then back into the caller's caches
+            kc, vc = _f32c(k_cache), _f32c(v_cache)
+        y = np.empty((m, n), _F32)
+        _kern().decoder_layer_kernel(x2, n_q, w.n_head, kc, vc, _f32c(cross_k), _f32c(cross_v), offset,
+                                        w.ln1g, w.ln1b, w.wqkv, w.bqkv, w.wo, w.bo, w.lncg, w.lncb, w.wcq, w.bcq,
+                                        w.wco, w.bco, w.ln2g, w.ln2b, w.w1, w.b1, w.w2, w.b2, *bufs, y,
+                                        _ATTN_BLOCK, w.dummy, _nt())
+        if not direct:
+            k_cache[:, offset:offset + n_q] = kc[:, offset:offset + n_q]
+            v_cache[:, offset:offset + n_q] = vc[:, offset:offset + n_q]
+        return y.reshape(b, n_q, n)
+
+
+@hookimpl
+def whisperkit_backends():
+    return [NumbaBackend()]

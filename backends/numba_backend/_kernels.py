@@ -1,0 +1,475 @@
+"""The Numba kernels of the Numba backend.  Imported only when Numba is available.
+
+Layout conventions: every kernel takes 2-D row-major float32 arrays ("rows" = batch * n_ctx flattened)
+or raw element offsets into them, so a handful of signatures serve every shape (few compilations,
+``cache=True`` so a second process compiles nothing).
+
+GEMMs: every matrix product (linear, conv1d taps, QK^T and PV of attention) is a call to the OpenBLAS
+``sgemm`` bundled with NumPy, made from inside the Numba kernels (see `_blas`), single-threaded per call
+while Numba's `prange` spreads the blocks over the threads.  Measured on this machine (2 cores,
+AVX-512), (1500,384)x(384,1536): OpenBLAS sgemm ~180 GFLOP/s; the best register-blocked Numba loop
+nest we wrote reached well under half of that (LLVM does not keep a 2-D accumulator tile in registers
+from Numba code), so BLAS it is.  Weights stay (n_out, n_in) row-major and are used with transB=Trans:
+OpenBLAS packs B either way, and the row slice W[c0:c1] a column-split GEMV needs is then contiguous.
+Everything between the GEMMs (bias, residual, LayerNorm, GELU, mask, softmax) is Numba code fused into
+the same parallel loop, on blocks still in cache.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from . import _blas
+
+_blas.bind()
+if _blas.SGEMM is None:
+    raise ImportError(_blas.ERROR)
+
+_I = types.int64 if _blas.ILP64 else types.int32
+_sgemm = types.ExternalFunction(
+    _blas.SGEMM, types.void(types.int32, types.int32, types.int32, _I, _I, _I, types.float32, types.intp, _I,
+                            types.intp, _I, types.float32, types.intp, _I))
+_set_local_threads = types.ExternalFunction("openblas_set_num_threads_local", types.int32(types.int32))
+
+ROW_MAJOR = np.int32(101)
+NO_T = np.int32(111)
+T = np.int32(112)
+F0 = np.float32(0.0)
+F1 = np.float32(1.0)
+EPS = np.float32(1e-5)
+
+
+@njit(cache=True, nogil=True)
+def mm(transb, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc):
+    """C = alpha * A @ op(B) + beta * C on raw byte addresses; row-major, A never transposed."""
+    if m > 0 and n > 0:
+        _sgemm(ROW_MAJOR, NO_T, transb, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc)
+
+
+@njit(cache=True, nogil=True)
+def blas_single():
+    return _set_local_threads(np.int32(1))
+
+
+@njit(cache=True, nogil=True)
+def blas_restore(prev):
+    _set_local_threads(prev)
+
+
+# ---- vectorisable exp: LLVM cannot vectorise libm's exp (no SVML here), these loops can ----------
+@intrinsic
+def _i64_as_f64(typingctx, x):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+@intrinsic
+def _i32_as_f32(typingctx, x):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@njit(cache=True, inline="always")
+def exp_f32(x):
+    """exp(x) for float32 x <= 0 (clamped below at -87.3, where exp underflows float32 anyway).
+    Cephes expf: x = n ln2 + r, |r| <= ln2/2, degree-5 polynomial; about 1 ulp."""
+    x = max(x, np.float32(-87.3))
+    n = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    y = p * r * r + r + np.float32(1.0)
+    return y * _i32_as_f32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+
+
+@njit(cache=True, inline="always")
+def exp_f64(x):
+    """exp(x) for float64 x in [-700, 700]: x = n ln2 + r, Taylor to r^11 (|r| <= 0.35: error < 1e-14)."""
+    x = min(max(x, -700.0), 700.0)
+    n = np.floor(x * 1.4426950408889634 + 0.5)
+    r = x - n * 0.6931471803691238 - n * 1.9082149292705877e-10
+    p = 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    return p * _i64_as_f64((np.int64(n) + np.int64(1023)) << np.int64(52))
+
+
+@njit(cache=True, inline="always")
+def gelu_scalar(v):
+    """Exact-erf GELU as the reference computes it: float64, Numerical Recipes' erfcc (rel. err < 1.2e-7)."""
+    x = np.float64(v)
+    z = abs(x) * 0.7071067811865476
+    t = 1.0 / (1.0 + 0.5 * z)
+    r = t * 0.17087277
+    r = (r - 0.82215223) * t
+    r = (r + 1.48851587) * t
+    r = (r - 1.13520398) * t
+    r = (r + 0.27886807) * t
+    r = (r - 0.18628806) * t
+    r = (r + 0.09678418) * t
+    r = (r + 0.37409196) * t
+    r = (r + 1.00002368) * t
+    r = r - 1.26551223 - z * z
+    h = 0.5 * t * exp_f64(r)
+    if x >= 0.0:
+        return np.float32(x * (1.0 - h))
+    return np.float32(x * h)
+
+
+# ---- row helpers (serial; called inside the parallel loops) --------------------------------------
+@njit(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def ln_rows(x, r0, r1, g, b, out, o0):
+    """out[o0 + i] = layer_norm(x[r0 + i]) for i < r1 - r0; float64 sums, float32 result."""
+    n = x.shape[1]
+    for i in range(r1 - r0):
+        xr = x[r0 + i]
+        s = 0.0
+        for j in range(n):
+            s += xr[j]
+        mean = np.float32(s / n)
+        s2 = 0.0
+        for j in range(n):
+            d = xr[j] - mean
+            s2 += np.float64(d * d)
+        inv = np.float32(1.0 / np.sqrt(np.float32(s2 / n) + EPS))
+        orow = out[o0 + i]
+        for j in range(n):
+            orow[j] = (xr[j] - mean) * inv * g[j] + b[j]
+
+
+@njit(cache=True)
+def bias_gelu_rows(f, r0, r1, bias):
+    n = f.shape[1]
+    for i in range(r0, r1):
+        fr = f[i]
+        for j in range(n):
+            fr[j] = gelu_scalar(fr[j] + bias[j])
+
+
+@njit(cache=True)
+def fill_rows(out, r0, r1, c0, c1, res, bias):
+    """out[r, c0:c1] = res[r, c0:c1] + bias[c0:c1] (res may be None: bias only)."""
+    for i in range(r0, r1):
+        orow = out[i]
+        if res is None:
+            for j in range(c0, c1):
+                orow[j] = bias[j]
+        else:
+            rrow = res[i]
+            for j in range(c0, c1):
+                orow[j] = rrow[j] + bias[j]
+
+
+@njit(cache=True)
+def gemm_wt(a, r0, r1, w, c0, c1, out, beta):
+    """out[r0:r1, c0:c1] = a[r0:r1] @ w[c0:c1].T + beta * out[r0:r1, c0:c1]; all C-contiguous 2-D."""
+    k = a.shape[1]
+    n = out.shape[1]
+    mm(T, r1 - r0, c1 - c0, k, F1, a.ctypes.data + 4 * r0 * k, k,
+       w.ctypes.data + 4 * c0 * k, k, beta, out.ctypes.data + 4 * (r0 * n + c0), n)
+
+
+@njit(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def softmax_row(s, length, total):
+    """In place over s[:length]; s[length:total] (masked or not computed) set to 0."""
+    m = s[0]
+    for j in range(1, length):
+        m = max(m, s[j])
+    tot = np.float32(0.0)
+    for j in range(length):
+        e = exp_f32(s[j] - m)
+        s[j] = e
+        tot += e
+    inv = np.float32(1.0) / tot
+    for j in range(length):
+        s[j] *= inv
+    for j in range(length, total):
+        s[j] = np.float32(0.0)
+
+
+# ---- fine ops --------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _blocks(n, parts, align):
+    """Boundaries of `parts` near-equal blocks of range(n), inner boundaries multiples of `align`."""
+    bounds = np.empty(parts + 1, np.int64)
+    for p in range(parts + 1):
+        c = (n * p) // parts
+        if 0 < p < parts:
+            c = min(n, (c + align - 1) // align * align)
+        bounds[p] = c
+    return bounds
+
+
+@njit(parallel=True, cache=True)
+def linear_kernel(x, w, bias, out, res, nt):
+    """out = x @ w.T + bias (+ res).  x (M, K), w (N, K), out (M, N).  Row blocks when M is large,
+    column blocks (each thread streams its own slice of w) when M is small (decode)."""
+    m = x.shape[0]
+    n = w.shape[0]
+    nt = nt
+    if m >= 32 * nt:
+        nb = max(nt, (m + 191) // 192)  # blocks of <= ~192 rows keep the output block in L2
+        rb = _blocks(m, nb, 1)
+        for p in prange(nb):
+            prev = blas_single()
+            fill_rows(out, rb[p], rb[p + 1], 0, n, res, bias)
+            gemm_wt(x, rb[p], rb[p + 1], w, 0, n, out, F1)
+            blas_restore(prev)
+    else:
+        cb = _blocks(n, nt, 16)
+        for p in prange(nt):
+            prev = blas_single()
+            fill_rows(out, 0, m, cb[p], cb[p + 1], res, bias)
+            gemm_wt(x, 0, m, w, cb[p], cb[p + 1], out, F1)
+            blas_restore(prev)
+
+
+@njit(parallel=True, cache=True)
+def layer_norm_kernel(x, g, b, out, nt):
+    m = x.shape[0]
+    nt = nt
+    rb = _blocks(m, nt * 4 if m >= nt * 4 else 1, 1)
+    for p in prange(rb.shape[0] - 1):
+        ln_rows(x, rb[p], rb[p + 1], g, b, out, rb[p])
+
+
+@njit(parallel=True, cache=True)
+def gelu_kernel(x, out, nt):
+    """x, out: 1-D contiguous."""
+    n = x.shape[0]
+    nb = max(1, min(64, n // 4096))
+    bnd = _blocks(n, nb, 16)
+    for p in prange(nb):
+        for i in range(bnd[p], bnd[p + 1]):
+            out[i] = gelu_scalar(x[i])
+
+
+@njit(parallel=True, cache=True)
+def conv1d_kernel(xs, w, bias, out, stride, t_out, nt):
+    """One batch item.  xs: (stride, c_in, t_phase) the padded input split into `stride` phases
+    (phase p holds padded frames p, p+stride, ...), w: (k, c_out, c_in), out: (c_out, t_out).
+    y[:, t] = sum_tap w[tap] @ xpad[:, stride*t + tap]; tap lives in phase tap % stride at offset tap // stride."""
+    k = w.shape[0]
+    c_out = w.shape[1]
+    c_in = w.shape[2]
+    tp = xs.shape[2]
+    nt = nt
+    nb = max(nt, (t_out + 255) // 256)
+    tb = _blocks(t_out, nb, 16)
+    for p in prange(nb):
+        prev = blas_single()
+        t0 = tb[p]
+        t1 = tb[p + 1]
+        for o in range(c_out):
+            for t in range(t0, t1):
+                out[o, t] = bias[o]
+        for tap in range(k):
+            ph = tap % stride
+            off = tap // stride
+            # out[:, t0:t1] += w[tap] (c_out, c_in) @ xs[ph][:, off + t0: off + t1] (c_in, t1 - t0)
+            mm(NO_T, c_out, t1 - t0, c_in, F1, w.ctypes.data + 4 * tap * c_out * c_in, c_in,
+               xs.ctypes.data + 4 * (ph * c_in * tp + off + t0), tp, F1, out.ctypes.data + 4 * t0, t_out)
+        blas_restore(prev)
+
+
+# ---- attention -------------------------------------------------------------------------------------
+@njit(cache=True)
+def attn_task(qp, q_bs, q_rs, kp, k_bs, k_rs, vp, v_bs, v_rs, op, o_bs, o_rs,
+              b, h, r0, r1, n_kv, d_head, causal, offset, scale, s, s_rs):
+    """Query rows r0:r1 of head h, batch b: S = scale Q K^T (BLAS), masked stable softmax (Numba),
+    O = P V (BLAS).  s: scores block (C-contiguous, row stride s_rs).  op == 0: keep P in s only."""
+    rows = r1 - r0
+    n_cols = min(n_kv, offset + r1) if causal else n_kv  # keys any of these rows can see
+    mm(T, rows, n_cols, d_head, scale, qp + 4 * (b * q_bs + r0 * q_rs + h * d_head), q_rs,
+       kp + 4 * (b * k_bs + h * d_head), k_rs, F0, s.ctypes.data, s_rs)
+    for i in range(rows):
+        length = min(n_kv, offset + r0 + i + 1) if causal else n_kv
+        softmax_row(s[i], length, n_kv)
+    if op != 0:
+        mm(NO_T, rows, d_head, n_cols, F1, s.ctypes.data, s_rs, vp + 4 * (b * v_bs + h * d_head), v_rs,
+           F0, op + 4 * (b * o_bs + r0 * o_rs + h * d_head), o_rs)
+
+
+@njit(parallel=True, cache=True)
+def attention_kernel(qp, q_bs, q_rs, kp, k_bs, k_rs, vp, v_bs, v_rs, out, o_bs, o_rs,
+                     batch, n_q, n_kv, n_head, d_head, causal, offset, blk, p_out, nt):
+    """Fused attention over tasks (batch, head, block of `blk` query rows), spread over the threads.
+    q/k/v are raw addresses with element strides (batch, row), so views into a QKV buffer need no copy.
+    out: the attention output (written through `out` address) or 0; p_out: (batch, n_head, n_q, n_kv)
+    probabilities when wanted (then written in place), else a (1, 1, 1, 1) dummy."""
+    scale = np.float32(1.0 / np.sqrt(np.float64(d_head)))
+    nrb = (n_q + blk - 1) // blk
+    ntask = batch * n_head * nrb
+    nt = min(nt, ntask)
+    want_p = p_out.shape[3] == n_kv and p_out.shape[2] == n_q and out == 0
+    for t in prange(nt):
+        prev = blas_single()
+        scratch = np.empty((1, 1), np.float32) if want_p else np.empty((blk, n_kv), np.float32)
+        for task in range(t, ntask, nt):
+            b = task // (n_head * nrb)
+            h = (task // nrb) % n_head
+            r0 = (task % nrb) * blk
+            r1 = min(n_q, r0 + blk)
+            if want_p:
+                s = p_out[b, h, r0:r1]
+            else:
+                s = scratch[: r1 - r0]
+            attn_task(qp, q_bs, q_rs, kp, k_bs, k_rs, vp, v_bs, v_rs, out, o_bs, o_rs,
+                      b, h, r0, r1, n_kv, d_head, causal, offset, scale, s, n_kv)
+        blas_restore(prev)
+
+
+@njit(cache=True)
+def keep_alive(a):
+    """A use of `a` after kernels that only saw its address, so Numba does not free it before them."""
+    return a.shape[0]
+
+
+# ---- coarse ops ------------------------------------------------------------------------------------
+@njit(cache=True)
+def add_bias_rows(out, r0, r1, bias):
+    n = out.shape[1]
+    for i in range(r0, r1):
+        orow = out[i]
+        for j in range(n):
+            orow[j] += bias[j]
+
+
+@njit(cache=True)
+def mlp_rows(x1, r0, r1, lng, lnb, w1, b1, w2, b2, y, hbuf, fbuf):
+    """y[r0:r1] = x1 + fc2(gelu(fc1(layer_norm(x1)))) for one row block, in per-thread buffers."""
+    n = x1.shape[1]
+    nf = w1.shape[0]
+    rows = r1 - r0
+    ln_rows(x1, r0, r1, lng, lnb, hbuf, 0)
+    mm(T, rows, nf, n, F1, hbuf.ctypes.data, n, w1.ctypes.data, n, F0, fbuf.ctypes.data, nf)
+    bias_gelu_rows(fbuf, 0, rows, b1)
+    fill_rows(y, r0, r1, 0, n, x1, b2)
+    mm(T, rows, n, nf, F1, fbuf.ctypes.data, nf, w2.ctypes.data, nf, F1, y.ctypes.data + 4 * r0 * n, n)
+
+
+@njit(parallel=True, cache=True)
+def mlp_kernel(x, lng, lnb, w1, b1, w2, b2, y, blk, nt):
+    m, n = x.shape
+    nb = max(nt, (m + blk - 1) // blk) if m >= 32 else 1
+    rb = _blocks(m, nb, 1)
+    for p in prange(nb):
+        prev = blas_single()
+        rows = rb[p + 1] - rb[p]
+        hbuf = np.empty((rows, n), np.float32)
+        fbuf = np.empty((rows, w1.shape[0]), np.float32)
+        mlp_rows(x, rb[p], rb[p + 1], lng, lnb, w1, b1, w2, b2, y, hbuf, fbuf)
+        blas_restore(prev)
+
+
+@njit(parallel=True, cache=True)
+def encoder_layer_kernel(x, batch, n_head, ln1g, ln1b, wqkv, bqkv, wo, bo, ln2g, ln2b, w1, b1, w2, b2,
+                         blk, attn_blk, nt):
+    """x: (batch * n_ctx, n) C-contiguous.  Three parallel phases over row blocks / attention tasks:
+    LayerNorm + QKV GEMM; fused attention; out-projection + residual + LayerNorm + fc1 + GELU + fc2 + residual."""
+    m, n = x.shape
+    n_ctx = m // batch
+    d_head = n // n_head
+    qkv = np.empty((m, 3 * n), np.float32)
+    a = np.empty((m, n), np.float32)
+    x1 = np.empty((m, n), np.float32)
+    y = np.empty((m, n), np.float32)
+    nb = max(nt, (m + blk - 1) // blk)
+    rb = _blocks(m, nb, 1)
+    for p in prange(nb):
+        prev = blas_single()
+        r0 = rb[p]
+        r1 = rb[p + 1]
+        hbuf = np.empty((r1 - r0, n), np.float32)
+        ln_rows(x, r0, r1, ln1g, ln1b, hbuf, 0)
+        mm(T, r1 - r0, 3 * n, n, F1, hbuf.ctypes.data, n, wqkv.ctypes.data, n, F0,
+           qkv.ctypes.data + 4 * r0 * 3 * n, 3 * n)
+        add_bias_rows(qkv, r0, r1, bqkv)
+        blas_restore(prev)
+    qp = qkv.ctypes.data
+    attention_kernel(qp, n_ctx * 3 * n, 3 * n, qp + 4 * n, n_ctx * 3 * n, 3 * n, qp + 8 * n, n_ctx * 3 * n, 3 * n,
+                     a.ctypes.data, n_ctx * n, n, batch, n_ctx, n_ctx, n_head, d_head, False, 0, attn_blk,
+                     np.empty((1, 1, 1, 1), np.float32), nt)
+    keep_alive(qkv)  # qkv was only read through its address: hold it until attention is done
+    for p in prange(nb):
+        prev = blas_single()
+        r0 = rb[p]
+        r1 = rb[p + 1]
+        fill_rows(x1, r0, r1, 0, n, x, bo)
+        mm(T, r1 - r0, n, n, F1, a.ctypes.data + 4 * r0 * n, n, wo.ctypes.data, n, F1,
+           x1.ctypes.data + 4 * r0 * n, n)
+        hbuf = np.empty((r1 - r0, n), np.float32)
+        fbuf = np.empty((r1 - r0, w1.shape[0]), np.float32)
+        mlp_rows(x1, r0, r1, ln2g, ln2b, w1, b1, w2, b2, y, hbuf, fbuf)
+        blas_restore(prev)
+    return y
+
+
+@njit(parallel=True, cache=True)
+def gelu_rows_kernel(f, nt):
+    m = f.shape[0]
+    nt = min(nt, m)
+    rb = _blocks(m, nt, 1)
+    for p in prange(nt):
+        for i in range(rb[p], rb[p + 1]):
+            fr = f[i]
+            for j in range(fr.shape[0]):
+                fr[j] = gelu_scalar(fr[j])
+
+
+@njit(cache=True)
+def decoder_layer_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset,
+                         ln1g, ln1b, wqkv, bqkv, wo, bo, lncg, lncb, wcq, bcq, wco, bco,
+                         ln2g, ln2b, w1, b1, w2, b2, hbuf, qkv, abuf, x1, x2, fbuf, y, attn_blk, dummy, nt):
+    """One decoder block over x: (batch * n_q, n).  All work buffers preallocated by the caller
+    (per row count); the KV caches (batch, n_text_ctx, n), C-contiguous, are written in place."""
+    m, n = x.shape
+    batch = m // n_q
+    d_head = n // n_head
+    ln_rows(x, 0, m, ln1g, ln1b, hbuf, 0)
+    linear_kernel(hbuf, wqkv, bqkv, qkv, None, nt)
+    for b in range(batch):
+        for i in range(n_q):
+            src = qkv[b * n_q + i]
+            kd = k_cache[b, offset + i]
+            vd = v_cache[b, offset + i]
+            for j in range(n):
+                kd[j] = src[n + j]
+                vd[j] = src[2 * n + j]
+    n_text = k_cache.shape[1]
+    n_kv = offset + n_q
+    attention_kernel(qkv.ctypes.data, n_q * 3 * n, 3 * n, k_cache.ctypes.data, n_text * n, n,
+                     v_cache.ctypes.data, n_text * n, n, abuf.ctypes.data, n_q * n, n,
+                     batch, n_q, n_kv, n_head, d_head, True, offset, attn_blk, dummy, nt)
+    linear_kernel(abuf, wo, bo, x1, x, nt)
+    ln_rows(x1, 0, m, lncg, lncb, hbuf, 0)
+    linear_kernel(hbuf, wcq, bcq, abuf, None, nt)
+    # abuf now holds the cross-attention queries; attention output goes to hbuf
+    n_audio = cross_k.shape[1]
+    attention_kernel(abuf.ctypes.data, n_q * n, n, cross_k.ctypes.data, n_audio * n, n,
+                     cross_v.ctypes.data, n_audio * n, n, hbuf.ctypes.data, n_q * n, n,
+                     batch, n_q, n_audio, n_head, d_head, False, 0, attn_blk, dummy, nt)
+    linear_kernel(hbuf, wco, bco, x2, x1, nt)
+    ln_rows(x2, 0, m, ln2g, ln2b, hbuf, 0)
+    linear_kernel(hbuf, w1, b1, fbuf, None, nt)
+    gelu_rows_kernel(fbuf, nt)
+    linear_kernel(fbuf, w2, b2, y, x2, nt)
