@@ -226,7 +226,7 @@ class MaximumLikelihoodRanker(SequenceRanker):
 # ---- one window -----------------------------------------------------------------------------
 def detect_language(graph: "WhisperGraph", tokenizer: "Tokenizer", audio_features: np.ndarray):
     """Returns (language codes (batch,), probabilities: list of {code: p}) from the logits after <|startoftranscript|>."""
-    if tokenizer.language is None or not tokenizer.all_language_tokens:
+    if not tokenizer.all_language_tokens or not getattr(tokenizer, "multilingual", True):
         raise ValueError("this model has no language tokens: it cannot detect the language")
     cache = graph.new_cache(audio_features)
     tokens = np.full((audio_features.shape[0], 1), tokenizer.sot, dtype=np.int64)

@@ -1,0 +1,84 @@
+"""Beam search as openai-whisper does it: every beam proposes its beam_size + 1 best continuations,
+the best beam_size unfinished ones go on (their rows of the KV cache are reordered to follow), and
+finished ones are collected until there are round(beam_size * patience) of them per audio."""
+from __future__ import annotations
+
+import numpy as np
+
+from .decoding import TokenDecoder, log_softmax
+
+
+class BeamSearchDecoder(TokenDecoder):
+    def __init__(self, beam_size: int, eot: int, patience: float | None = None):
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+        self.beam_size = beam_size
+        self.eot = eot
+        self.patience = patience or 1.0
+        self.max_candidates = round(beam_size * self.patience)
+        if self.max_candidates <= 0:
+            raise ValueError(f"patience {patience} leaves no candidates for beam_size {beam_size}")
+        self.finished: list[dict[tuple, float]] | None = None
+        self.source_indices = None
+
+    def reset(self) -> None:
+        self.finished = None
+        self.source_indices = None
+
+    def update(self, tokens, logits, sum_logprobs):
+        if tokens.shape[0] % self.beam_size != 0:
+            raise ValueError(f"{tokens.shape[0]} rows is not a multiple of beam_size {self.beam_size}")
+        n_audio = tokens.shape[0] // self.beam_size
+        if self.finished is None:
+            self.finished = [{} for _ in range(n_audio)]
+        logprobs = log_softmax(logits)  # (n_audio * beam_size, n_vocab)
+        k = self.beam_size + 1
+        top = np.argpartition(-logprobs, k - 1, axis=-1)[:, :k]  # the k best tokens of each row, unordered
+
+        next_tokens, sources, newly_finished = [], [], []
+        for i in range(n_audio):
+            scores: dict[tuple, float] = {}
+            source: dict[tuple, int] = {}
+            for j in range(self.beam_size):
+                row = i * self.beam_size + j
+                prefix = tuple(int(t) for t in tokens[row])
+                cand = top[row][np.argsort(-logprobs[row, top[row]], kind="stable")]
+                for token in cand:
+                    seq = prefix + (int(token),)
+                    scores[seq] = float(np.float32(sum_logprobs[row]) + logprobs[row, token])
+                    source[seq] = row
+            finished: dict[tuple, float] = {}
+            saved = 0
+            for seq in sorted(scores, key=scores.get, reverse=True):
+                if seq[-1] == self.eot:
+                    finished[seq] = scores[seq]
+                else:
+                    sum_logprobs[len(next_tokens)] = scores[seq]
+                    next_tokens.append(seq)
+                    sources.append(source[seq])
+                    saved += 1
+                    if saved == self.beam_size:
+                        break
+            newly_finished.append(finished)
+
+        self.source_indices = sources
+        for previous, new in zip(self.finished, newly_finished):
+            for seq in sorted(new, key=new.get, reverse=True):
+                if len(previous) >= self.max_candidates:
+                    break
+                previous[seq] = new[seq]
+        completed = all(len(s) >= self.max_candidates for s in self.finished)
+        return np.asarray(next_tokens, np.int64), completed
+
+    def finalize(self, tokens, sum_logprobs):
+        n_audio = tokens.shape[0] // self.beam_size
+        tokens = tokens.reshape(n_audio, self.beam_size, -1)
+        lp = np.asarray(sum_logprobs).reshape(n_audio, self.beam_size)
+        for i, sequences in enumerate(self.finished):
+            if len(sequences) < self.beam_size:  # not enough finished: take the best unfinished too
+                for j in np.argsort(lp[i])[::-1]:
+                    sequences[tuple(int(t) for t in tokens[i, j]) + (self.eot,)] = float(lp[i, j])
+                    if len(sequences) >= self.beam_size:
+                        break
+        return ([[np.asarray(s) for s in seqs] for seqs in self.finished],
+                [list(seqs.values()) for seqs in self.finished])
