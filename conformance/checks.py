@@ -1,0 +1,158 @@
+"""Running one case on one backend and comparing it with the reference: shape, then dtype, then values.
+
+The op under test is reached through `whisperkit.backend.Ops(backend, reference)`, exactly as the model
+reaches it: weighted ops are bound with ``ops.bind(op, **weights)``, which calls the backend's
+``supports`` and ``prepare(op, weights, ops)`` (the load-time hook), and weightless ops are the
+dispatcher's attributes.  If the dispatcher sends the op to the reference, the case is a *fallback*.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from whisperkit.backend import Backend, Ops
+from whisperkit.contract import OPS
+
+from .cases import RECORDS, Case, Inputs
+
+FALLBACK_REASON = "falls back to reference"
+
+
+class ConformanceFailure(AssertionError):
+    """A case whose output differs from the reference; the message says how, where, and how to reproduce."""
+
+
+@dataclass
+class Bound:
+    fn: object
+    on_backend: bool
+
+
+def bind(ops: Ops, backend: Backend, case: Case, inp: Inputs) -> Bound:
+    spec = OPS[case.op]
+    if spec.weights:
+        bound = ops.bind(case.op, **inp.weights)
+        return Bound(bound, bound.backend_name == backend.name and getattr(bound.fn, "__self__", backend) is backend)
+    fn = getattr(ops, case.op)
+    return Bound(fn, getattr(fn, "__self__", None) is backend)
+
+
+def _call(b: Bound, inp: Inputs):
+    return b.fn(*inp.args, **inp.kwargs)
+
+
+def compare(name: str, out, ref: np.ndarray, scale: np.ndarray, rtol: float, atol: float) -> str | None:
+    """None when `out` matches `ref`; else the first problem found: shape, dtype, then values."""
+    if not isinstance(out, np.ndarray):
+        return f"{name}: expected a numpy.ndarray, got {type(out).__name__}"
+    if out.shape != ref.shape:
+        return f"{name}: shape {out.shape}, expected {ref.shape}"
+    if out.dtype != ref.dtype:
+        return f"{name}: dtype {out.dtype}, expected {ref.dtype}"
+    if out.size == 0:
+        return None
+    o, r = out.astype(np.float64), ref.astype(np.float64)
+    same_special = (np.isnan(o) & np.isnan(r)) | (np.isinf(o) & (o == r))
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(same_special, 0.0, np.abs(o - r))
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        allowed = atol + rtol * scale
+        bad = diff > allowed
+    if not bad.any():
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        excess = np.where(bad, diff / np.maximum(allowed, 1e-300), 0.0)
+        rel = np.where(np.abs(r) > 0, diff / np.abs(r), np.where(diff > 0, np.inf, 0.0))
+    worst = np.unravel_index(int(np.argmax(excess)), diff.shape)
+    imax = np.unravel_index(int(np.argmax(diff)), diff.shape)
+    n_nan = int(np.isnan(o).sum() - (np.isnan(o) & np.isnan(r)).sum())
+    return (f"{name}: {int(bad.sum())} of {bad.size} values out of tolerance (rtol {rtol:g} of scale, atol {atol:g})"
+            + (f", {n_nan} NaN where the reference has none" if n_nan else "")
+            + f"\n  max abs diff {float(diff.max()):.4g} at index {tuple(int(i) for i in imax)}"
+            f"\n  max rel diff {float(rel.max()):.4g}"
+            f"\n  worst vs tolerance at index {tuple(int(i) for i in worst)}: got {o[worst]!r}, expected {r[worst]!r}, "
+            f"|diff| {diff[worst]:.4g} > allowed {allowed[worst]:.4g} (scale {scale[worst]:.4g})")
+
+
+def _arrays(inp: Inputs):
+    return [(i, a) for i, a in enumerate(inp.args) if isinstance(a, np.ndarray)]
+
+
+def run_case(case: Case, backend: Backend, ops: Ops, ref_ops: Ops, reference_cache: dict | None = None) -> None:
+    """Run `case` on `backend` (through `ops`) and on the reference; raise ConformanceFailure on any
+    difference, or return normally.  Raises `Fallback` when the dispatcher does not send the op to the backend."""
+    record = RECORDS[case.op]
+    inp = case.make()
+    bound = bind(ops, backend, case, inp)
+    if not bound.on_backend:
+        raise Fallback(FALLBACK_REASON)
+    dtype = str(next(a for _, a in _arrays(inp)).dtype)
+    tol = record.tolerances.get(dtype)
+    if tol is None:
+        raise ConformanceFailure(f"no tolerance for dtype {dtype} in the table of {case.op}")
+
+    # the reference's answer, on its own fresh copy of the inputs (an op may write into its KV cache)
+    key = case.id
+    if reference_cache is not None and key in reference_cache:
+        ref_out, ref_inp = reference_cache[key]
+    else:
+        ref_inp = case.make()
+        ref_out = _call(bind(ref_ops, ref_ops.reference, case, ref_inp), ref_inp)
+        if reference_cache is not None:
+            reference_cache.clear()  # keep one: cases run backend after backend, then move on
+            reference_cache[key] = (ref_out, ref_inp)
+
+    before = {i: a.copy() for i, a in _arrays(inp)}
+    weights_before = {k: v.copy() for k, v in (inp.weights or {}).items() if isinstance(v, np.ndarray)}
+    out = _call(bound, inp)
+
+    problems = []
+    scale = np.asarray(record.scale(ref_inp, ref_out), np.float64) if isinstance(out, np.ndarray) and \
+        out.shape == ref_out.shape and out.dtype == ref_out.dtype else np.zeros(ref_out.shape)
+    p = compare("output", out, ref_out, np.broadcast_to(scale, ref_out.shape), tol.rtol, tol.atol)
+    if p:
+        problems.append(p)
+    # inputs untouched (bit for bit), except the KV cache slots the op is told to write
+    for i, a in _arrays(inp):
+        if i in inp.inplace:
+            continue
+        if not np.array_equal(a, before[i], equal_nan=True):
+            problems.append(f"input argument {i} was modified by the call (an op must not write its inputs)")
+    for k, a in weights_before.items():
+        if not np.array_equal(inp.weights[k], a, equal_nan=True):
+            problems.append(f"weight {k!r} was modified by prepare() or the call")
+    if isinstance(out, np.ndarray):
+        for i, a in _arrays(inp):
+            if np.shares_memory(out, a):
+                problems.append(f"the output shares memory with input argument {i} (outputs must be new arrays)")
+    # in-place outputs: the written slots match the reference, everything else is unchanged
+    if inp.inplace:
+        offset = inp.args[-1]
+        n = inp.args[0].shape[1]
+        for i in inp.inplace:
+            got, exp, old = inp.args[i], ref_inp.args[i], before[i]
+            region = (slice(None), slice(offset, offset + n))
+            p = compare(f"cache argument {i} [:, {offset}:{offset + n}]", got[region], exp[region],
+                        _rowwise(exp[region]), tol.rtol, tol.atol)
+            if p:
+                problems.append(p)
+            mask = np.ones(got.shape[1], bool)
+            mask[offset: offset + n] = False
+            if not np.array_equal(got[:, mask], old[:, mask], equal_nan=True):
+                rows = np.nonzero((got[:, mask] != old[:, mask]).any(axis=(0, 2)))[0]
+                changed = np.arange(got.shape[1])[mask][rows]
+                problems.append(f"cache argument {i}: positions {changed[:10].tolist()} outside [{offset}, {offset + n}) were changed")
+    if problems:
+        raise ConformanceFailure(f"{case.id} on backend {backend.name}: " + "\n".join(problems)
+                                 + f"\n  case: seed {case.seed}; {case.describe()}"
+                                 + "\n  reproduce:\n    " + case.snippet(backend.name).replace("\n", "\n    "))
+
+
+def _rowwise(a: np.ndarray) -> np.ndarray:
+    r = np.abs(a.astype(np.float64))
+    return np.broadcast_to(r.max(-1, keepdims=True), r.shape)
+
+
+class Fallback(Exception):
+    """The dispatcher runs this op (for this case) on the reference, not on the backend under test."""

@@ -1,0 +1,40 @@
+"""Every case of the op table (`whisperkit.conformance.cases`) on every backend under test."""
+from __future__ import annotations
+
+import pytest
+
+from whisperkit.conformance.cases import CASES, RECORDS
+from whisperkit.conformance.checks import ConformanceFailure, Fallback, run_case
+from whisperkit.conformance.plugin import ALL_CASE_IDS
+from whisperkit.conformance.selection import match_xfail, unmatched_xfails
+
+
+def test_op(op_case, conformance, request):
+    backend_name, case_id = op_case
+    backend = conformance.backends[backend_name]
+    reason = match_xfail(conformance.xfails[backend_name], case_id)
+    if reason is not None:
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
+    try:
+        run_case(CASES[case_id], backend, conformance.ops[backend_name], conformance.ref_ops, conformance.reference_cache)
+    except Fallback as exc:
+        pytest.skip(str(exc))
+    except ConformanceFailure as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def test_xfail_list(xfail_backend, conformance):
+    """A backend's expected failures must be readable and each must name an existing case."""
+    assert xfail_backend not in conformance.xfail_errors, conformance.xfail_errors.get(xfail_backend)
+    unknown = unmatched_xfails(conformance.xfails[xfail_backend], ALL_CASE_IDS)
+    if unknown:
+        pytest.fail(f"backend {xfail_backend} declares expected failures that match no case: {unknown}; "
+                    f"case ids look like {list(CASES)[:3]} (see whisperkit.conformance.cases.CASES)", pytrace=False)
+
+
+def test_table_covers_the_contract():
+    from whisperkit.contract import OPS
+    assert set(RECORDS) == set(OPS)
+    for op, rec in RECORDS.items():
+        assert rec.cases, f"op {op} has no case"
+        assert all(t.reason for t in rec.tolerances.values())
