@@ -1,0 +1,196 @@
+"""Pythran kernels of the whisperkit Pythran backend, compiled once at install time by setup.py.
+
+float32 in, float32 out: every float literal that meets float32 data is wrapped in np.float32, so no
+array is ever promoted to float64.  The only float64 values are scalars: row accumulators, and the
+per-element erfc of GELU, whose exp(-z*z) tail needs double range and precision to stay within one
+float32 ulp of the reference.  GEMMs are not here: the backend runs them on NumPy's BLAS.
+
+This file is a build input, not a module of the package: it is never imported as plain Python.
+"""
+import numpy as np
+import omp
+
+
+#pythran export set_threads(int)
+def set_threads(n):
+    omp.set_num_threads(n)
+
+
+#pythran export layer_norm(float32[:,:], float32[:], float32[:], float32)
+def layer_norm(x, w, b, eps):
+    n, d = x.shape
+    y = np.empty((n, d), np.float32)
+    #omp parallel for schedule(static)
+    for i in range(n):
+        s = 0.
+        for j in range(d):
+            s += x[i, j]
+        mean = np.float32(s / d)
+        ss = 0.
+        for j in range(d):
+            c = x[i, j] - mean
+            ss += c * c
+        inv = np.float32(1. / np.sqrt(ss / d + eps))
+        for j in range(d):
+            y[i, j] = (x[i, j] - mean) * inv * w[j] + b[j]
+    return y
+
+
+def _gelu1(v):
+    # 0.5 x (1 + erf(x / sqrt 2)) written with erfc (Numerical Recipes "erfcc", relative error
+    # < 1.2e-7, the reference's formula) so the negative tail keeps its relative precision.
+    xd = float(v)
+    z = abs(xd) * 0.7071067811865476
+    t = 1. / (1. + 0.5 * z)
+    r = t * 0.17087277
+    r = (r - 0.82215223) * t
+    r = (r + 1.48851587) * t
+    r = (r - 1.13520398) * t
+    r = (r + 0.27886807) * t
+    r = (r - 0.18628806) * t
+    r = (r + 0.09678418) * t
+    r = (r + 0.37409196) * t
+    r = (r + 1.00002368) * t
+    r = r - 1.26551223 - z * z
+    h = 0.5 * t * np.exp(r)
+    g = xd * (1. - h) if xd >= 0. else xd * h
+    return np.float32(g)
+
+
+#pythran export gelu(float32[:])
+def gelu(x):
+    n = x.shape[0]
+    y = np.empty(n, np.float32)
+    #omp parallel for schedule(static)
+    for i in range(n):
+        y[i] = _gelu1(x[i])
+    return y
+
+
+#pythran export bias_gelu_(float32[:,:], float32[:])
+def bias_gelu_(x, b):
+    """x <- gelu(x + b), in place: the epilogue of fc1 in the MLP."""
+    n, d = x.shape
+    #omp parallel for schedule(static)
+    for i in range(n):
+        for j in range(d):
+            x[i, j] = _gelu1(x[i, j] + b[j])
+
+
+#pythran export bias_residual_(float32[:,:], float32[:], float32[:,:])
+def bias_residual_(y, b, r):
+    """y <- y + b + r, in place: the epilogue of an output projection with its residual."""
+    n, d = y.shape
+    #omp parallel for schedule(static)
+    for i in range(n):
+        for j in range(d):
+            y[i, j] = y[i, j] + b[j] + r[i, j]
+
+
+#pythran export bias_(float32[:,:], float32[:])
+def bias_(y, b):
+    n, d = y.shape
+    #omp parallel for schedule(static)
+    for i in range(n):
+        for j in range(d):
+            y[i, j] += b[j]
+
+
+#pythran export attention_rows(float32[:,:,:], float32[:,:,:], float32[:,:,:], int, bool, int)
+def attention_rows(q, k, v, n_head, causal, offset):
+    """Fused attention for few query rows (the decoder): one (batch, head, query row) per iteration,
+    scores, stable softmax and weighted sum of V without materialising the probabilities."""
+    nb, nq, d = q.shape
+    nkv = k.shape[1]
+    dh = d // n_head
+    out = np.empty((nb, nq, d), np.float32)
+    scale = np.float32(1. / np.sqrt(dh))
+    #omp parallel for schedule(dynamic)
+    for idx in range(nb * n_head * nq):
+        bi = idx // (n_head * nq)
+        h = (idx // nq) % n_head
+        i = idx % nq
+        c0 = h * dh
+        end = min(offset + i + 1, nkv) if causal else nkv
+        s = np.empty(nkv, np.float32)
+        qr = q[bi, i, c0:c0 + dh] * scale
+        for j in range(end):
+            s[j] = np.sum(qr * k[bi, j, c0:c0 + dh])
+        m = np.max(s[:end])
+        tot = 0.
+        for j in range(end):
+            e = np.exp(s[j] - m)
+            s[j] = e
+            tot += e
+        inv = np.float32(1. / tot)
+        o = np.zeros(dh, np.float32)
+        for j in range(end):
+            o += (s[j] * inv) * v[bi, j, c0:c0 + dh]
+        out[bi, i, c0:c0 + dh] = o
+    return out
+
+
+#pythran export attention_weights_rows(float32[:,:,:], float32[:,:,:], int, bool, int)
+def attention_weights_rows(q, k, n_head, causal, offset):
+    nb, nq, d = q.shape
+    nkv = k.shape[1]
+    dh = d // n_head
+    p = np.zeros((nb, n_head, nq, nkv), np.float32)
+    scale = np.float32(1. / np.sqrt(dh))
+    #omp parallel for schedule(dynamic)
+    for idx in range(nb * n_head * nq):
+        bi = idx // (n_head * nq)
+        h = (idx // nq) % n_head
+        i = idx % nq
+        c0 = h * dh
+        end = min(offset + i + 1, nkv) if causal else nkv
+        qr = q[bi, i, c0:c0 + dh] * scale
+        for j in range(end):
+            p[bi, h, i, j] = np.sum(qr * k[bi, j, c0:c0 + dh])
+        m = np.max(p[bi, h, i, :end])
+        tot = 0.
+        for j in range(end):
+            e = np.exp(p[bi, h, i, j] - m)
+            p[bi, h, i, j] = e
+            tot += e
+        inv = np.float32(1. / tot)
+        for j in range(end):
+            p[bi, h, i, j] *= inv
+    return p
+
+
+#pythran export softmax_rows_(float32[:,:], float32, bool, int)
+def softmax_rows_(s, scale, causal, first):
+    """s <- softmax(scale * s) over each row, in place (many query rows, between two GEMMs).
+    causal: row i sits at absolute position first + i and keeps columns j <= first + i, the rest 0."""
+    n, m = s.shape
+    #omp parallel for schedule(static)
+    for i in range(n):
+        end = min(first + i + 1, m) if causal else m
+        mx = np.max(s[i, :end])
+        tot = 0.
+        for j in range(end):
+            e = np.exp((s[i, j] - mx) * scale)
+            s[i, j] = e
+            tot += e
+        inv = np.float32(1. / tot)
+        for j in range(end):
+            s[i, j] *= inv
+        for j in range(end, m):
+            s[i, j] = np.float32(0.)
+
+
+#pythran export im2col(float32[:,:,:], int, int, int, int)
+def im2col(x, k, stride, padding, t_out):
+    """(batch, c_in, t) -> (batch, c_in * k, t_out): cols[b, c*k + tap, o] = x[b, c, o*stride + tap - padding] (0 outside)."""
+    nb, c_in, t = x.shape
+    cols = np.empty((nb, c_in * k, t_out), np.float32)
+    #omp parallel for schedule(static)
+    for idx in range(nb * c_in * k):
+        bi = idx // (c_in * k)
+        c = (idx // k) % c_in
+        tap = idx % k
+        for o in range(t_out):
+            src = o * stride + tap - padding
+            cols[bi, c * k + tap, o] = x[bi, c, src] if 0 <= src < t else np.float32(0.)
+    return cols
