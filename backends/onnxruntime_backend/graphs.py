@@ -81,7 +81,8 @@ class GraphBuilder:
     def model(self) -> onnx.ModelProto:
         winputs = [helper.make_tensor_value_info(n, F32, a.shape) for n, a in self.weights.items()]
         graph = helper.make_graph(self.nodes, self.name, self.inputs + winputs, self.outputs, initializer=self.consts)
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="whisperkit")
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="whisperkit")
         m.ir_version = IR_VERSION
         return m
 
@@ -101,15 +102,17 @@ def layer_norm(g: GraphBuilder, x: str, weight, bias, prefix: str) -> str:
 
 
 def gelu_fast(g: GraphBuilder, x: str) -> str:
-    """ONNX Gelu(approximate="none"): MLAS's float32 erf.  Absolute error <= 5e-7 (the float32
-    cancellation in 1 + erf(x) for x < 0), i.e. the same as torch's own float32 GELU."""
+    """ONNX Gelu(approximate="none"): MLAS's vectorised float32 erf, x * (1 + erf(x / sqrt2)) / 2.  Absolute
+    error <= 5e-7 (the float32 cancellation in 1 + erf for x < -3), i.e. torch's own float32 GELU's;
+    measured <= 2.3e-6 of the conformance scale |gelu(x)| + 0.01 |x| (the suite allows 1e-5), and
+    ~3x faster than `gelu_exact`."""
     return g.op("Gelu", x, approximate="none")
 
 
 def gelu_exact(g: GraphBuilder, x: str) -> str:
     """The reference's gelu, evaluated the same way: float64, x * (1 - erfc(|x|/sqrt2)/2) for x >= 0 and
     x * erfc(|x|/sqrt2)/2 below, erfc by the Numerical Recipes polynomial.  Bit-equal to the reference
-    (measured), at about the reference's speed; used for the fine `gelu` op only."""
+    (measured), at about the reference's speed: the fine `gelu` op with ``OnnxRuntimeBackend(exact_gelu=True)``."""
     xd = g.op("Cast", x, to=F64)
     one, half = g.const(1.0, F64), g.const(0.5, F64)
     z = g.op("Mul", g.op("Abs", xd), g.const(math.sqrt(0.5), F64))
@@ -139,10 +142,14 @@ def attention_probs(g: GraphBuilder, q: str, k: str, n_head: int, d_head: int, m
 
 
 def attention(g: GraphBuilder, q: str, k: str, v: str, n_head: int, d_head: int, mask: str | None) -> str:
-    p = attention_probs(g, q, k, n_head, d_head, mask)
-    vh = split_heads(g, v, n_head, d_head, [0, 2, 1, 3])  # (b, h, n_kv, d_head)
-    o = g.op("Transpose", g.op("MatMul", p, vh), perm=[0, 2, 1, 3])  # (b, n_q, h, d_head)
-    return g.op("Reshape", o, g.const([0, 0, n_head * d_head], I64))
+    """ORT's fused com.microsoft.MultiHeadAttention: takes q, k, v as (b, n, n_state) directly (no head
+    transposes in the graph), scale 1/sqrt(d_head), the causal mask as an additive attention_bias.
+    Measured ~25% faster than MatMul/Softmax/MatMul for the encoder's 1500x1500 and no slower at n_q = 1."""
+    inputs = [q, k, v]
+    if mask is not None:
+        bias = g.op("Unsqueeze", mask, g.const([0, 1], I64))  # (1, 1, n_q, n_kv), broadcast over batch and heads
+        inputs += ["", "", bias]  # bias, key_padding_mask unused
+    return g.op("MultiHeadAttention", *inputs, domain="com.microsoft", num_heads=n_head, scale=d_head ** -0.5)
 
 
 def mlp(g: GraphBuilder, x: str, w: dict, prefix: str = "mlp") -> str:
@@ -189,9 +196,10 @@ def build_layer_norm(weight, bias) -> GraphBuilder:
     return g
 
 
-def build_gelu() -> GraphBuilder:
-    g = GraphBuilder("gelu")
-    g.output(gelu_exact(g, g.input("x", None)), "y", None)
+def build_gelu(exact: bool) -> GraphBuilder:
+    g = GraphBuilder("gelu_exact" if exact else "gelu")
+    x = g.input("x", None)
+    g.output(gelu_exact(g, x) if exact else gelu_fast(g, x), "y", None)
     return g
 
 
