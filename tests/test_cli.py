@@ -1,0 +1,85 @@
+"""The installed `whisperkit` command, run as a user would, and its errors on bad input."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import shared
+
+EXE = shutil.which("whisperkit") or str(Path(sys.executable).parent / "whisperkit")
+
+
+def run(*args, timeout=600):
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_clear_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("whisperkit: error: "), proc.stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+def test_backends_lists_numpy_as_usable():
+    proc = run("backends")
+    assert proc.returncode == 0, proc.stderr
+    row = next(l for l in proc.stdout.splitlines() if l.startswith("numpy "))
+    assert " yes " in row and "linear" in row and "attention" in row
+
+
+def test_transcribe_flac_prints_segments_then_text(golden_tiny):
+    proc = run("transcribe", shared("audio", "jfk.flac"))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("[00:00.000 --> 00:07.740]")
+    assert lines[-1] == golden_tiny["clips"]["jfk_16k.wav"]["transcribe_greedy"]["text"].strip()
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio\n" * 20)
+    zero = tmp_path / "zero.wav"
+    sf.write(zero, np.zeros(0, np.float32), 16000)
+    return dict(missing=tmp_path / "nope.wav", empty=empty, text=text, zero=zero)
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("missing", "not found"), ("empty", "empty"), ("text", "not a readable audio file"), ("zero", "no samples")])
+def test_bad_audio_gives_one_clear_error(bad_inputs, case, fragment):
+    assert_one_clear_error(run("transcribe", bad_inputs[case]), str(bad_inputs[case]), fragment)
+
+
+def test_unknown_backend_gives_one_clear_error():
+    assert_one_clear_error(run("transcribe", "--backend", "nosuch", shared("audio", "jfk_16k.wav")),
+                           "unknown backend 'nosuch'", "numpy")
+
+
+def test_truncated_model_gives_one_clear_error(tmp_path):
+    from whisperkit.weights import resolve_model
+    src = Path(resolve_model("tiny.en").source)
+    src_dir = src if src.is_dir() else src.parent
+    bad = tmp_path / "model"
+    bad.mkdir()
+    data = (src_dir / "model.bin").read_bytes()
+    (bad / "model.bin").write_bytes(data[: len(data) // 2])
+    shutil.copy(src_dir / "config.json", bad / "config.json")
+    shutil.copy(src_dir / "tokenizer.json", bad / "tokenizer.json")
+    assert_one_clear_error(run("transcribe", "--model", bad, shared("audio", "jfk_16k.wav")), "model.bin", "truncated")
+
+
+def test_convert_writes_a_loadable_hf_directory(tmp_path):
+    proc = run("convert", "tiny.en", tmp_path / "hf")
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in (tmp_path / "hf").iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
+    from whisperkit import load_model
+    m = load_model(tmp_path / "hf")
+    assert m.dims.n_text_layer == 4 and m.dims.n_vocab == 51864
