@@ -97,6 +97,43 @@ class TextDecoder:
                        for i in range(dims.n_text_layer)]
         self.ln = ops.bind("layer_norm", weight=t["decoder.ln.weight"], bias=t["decoder.ln.bias"])
         self.logits_proj = ops.bind("linear", weight=self.token_embedding, bias=None)
+        self.ops, self._tensors, self._fine = ops, t, None
+
+    def _fine_ops(self):
+        """The decoder layers as fine ops, bound on first use (word timestamps need the cross-attention
+        queries, which a fused decoder_layer keeps inside)."""
+        if self._fine is None:
+            ops, t = self.ops, self._tensors
+            self._fine = []
+            for i in range(self.dims.n_text_layer):
+                p = f"decoder.blocks.{i}"
+                lin = lambda n: ops.bind("linear", weight=t[f"{p}.{n}.weight"], bias=t[f"{p}.{n}.bias"])  # noqa: E731
+                ln = lambda n: ops.bind("layer_norm", weight=t[f"{p}.{n}.weight"], bias=t[f"{p}.{n}.bias"])  # noqa: E731
+                self._fine.append(dict(
+                    attn_ln=ln("attn_ln"), qkv=lin("attn.qkv"), out=lin("attn.out"), cross_ln=ln("cross_attn_ln"),
+                    cross_q=lin("cross_attn.query"), cross_out=lin("cross_attn.out"),
+                    mlp=ops.bind("mlp_block", ln_weight=t[f"{p}.mlp_ln.weight"], ln_bias=t[f"{p}.mlp_ln.bias"],
+                                 fc1_weight=t[f"{p}.mlp.fc1.weight"], fc1_bias=t[f"{p}.mlp.fc1.bias"],
+                                 fc2_weight=t[f"{p}.mlp.fc2.weight"], fc2_bias=t[f"{p}.mlp.fc2.bias"])))
+        return self._fine
+
+    def forward_with_cross_attention(self, tokens: np.ndarray, cache: KVCache, layers: set[int]):
+        """One pass over whole sequences (offset 0) that also returns the cross-attention probabilities
+        of the given layers, each (batch, n_text_head, n_tokens, n_audio_ctx), from the backend's
+        `attention_weights` op.  Returns (logits (batch, n_tokens, n_vocab), {layer: weights})."""
+        ops, n_head, n = self.ops, self.dims.n_text_head, tokens.shape[1]
+        x = (self.token_embedding[tokens] + self.positional_embedding[:n]).astype(np.float32)  # (batch, n, n_text_state)
+        weights = {}
+        for i, f in enumerate(self._fine_ops()):
+            q, k, v = np.split(f["qkv"](f["attn_ln"](x)), 3, axis=-1)
+            x = x + f["out"](ops.attention(q, k, v, n_head, causal=True, offset=0))
+            cq = f["cross_q"](f["cross_ln"](x))  # (batch, n, n_text_state)
+            ck, cv = cache.cross[i]
+            if i in layers:
+                weights[i] = ops.attention_weights(cq, ck, n_head)
+            x = x + f["cross_out"](ops.attention(cq, ck, cv, n_head))
+            x = f["mlp"](x)
+        return self.logits_proj(self.ln(x)), weights
 
     def set_audio(self, cache: KVCache, audio_features: np.ndarray) -> None:
         """Compute the cross-attention keys and values of every layer once per window."""

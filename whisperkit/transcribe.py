@@ -2,10 +2,12 @@
 conditioned on the text before it, with temperature fallback -- openai-whisper's transcribe()."""
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
 from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
@@ -76,7 +78,9 @@ def transcribe(model: "Whisper", audio, *, verbose: bool | None = None,
                no_speech_threshold: float | None = 0.6, condition_on_previous_text: bool = True,
                initial_prompt: str | None = None, carry_initial_prompt: bool = False,
                clip_timestamps: str | Sequence[float] = "0", language: str | None = None, task: str = "transcribe",
-               **decode_options: Any) -> TranscriptionResult:
+               progress: bool | None = None, **decode_options: Any) -> TranscriptionResult:
+    """openai-whisper's transcribe() with its option names and defaults.  `progress`: a tqdm bar over
+    audio seconds on stderr; None shows it when stderr is a terminal and the audio is longer than a window."""
     mel = log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)  # (n_mels, n_frames + 3000)
     content_frames = mel.shape[-1] - N_FRAMES
 
@@ -98,11 +102,7 @@ def transcribe(model: "Whisper", audio, *, verbose: bool | None = None,
     base_options = {k: v for k, v in decode_options.items() if k != "fp16"}
     base_options.update(language=language, task=task)
 
-    input_stride = N_FRAMES // model.dims.n_audio_ctx  # mel frames per output token: 2
-    time_precision = input_stride * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp step: 0.02
     all_tokens: list[int] = []
-    all_segments: list[Segment] = []
-    prompt_reset_since = 0
     remaining_prompt_length = model.dims.n_text_ctx // 2 - 1
     initial_prompt_tokens: list[int] = []
     if initial_prompt is not None:
@@ -110,9 +110,31 @@ def transcribe(model: "Whisper", audio, *, verbose: bool | None = None,
         all_tokens.extend(initial_prompt_tokens)
         remaining_prompt_length -= len(initial_prompt_tokens)
 
+    if progress is None:
+        progress = sys.stderr.isatty() and content_frames > N_FRAMES and not verbose
+    bar = tqdm(total=round(content_frames / FRAMES_PER_SECOND, 2), unit="s", unit_scale=False, disable=not progress,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
+    try:
+        return _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, temperatures, base_options,
+                                   compression_ratio_threshold, logprob_threshold, no_speech_threshold,
+                                   condition_on_previous_text, carry_initial_prompt, initial_prompt_tokens,
+                                   all_tokens, remaining_prompt_length, language, verbose, bar)
+    finally:
+        bar.close()
+
+
+def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, temperatures, base_options,
+                        compression_ratio_threshold, logprob_threshold, no_speech_threshold,
+                        condition_on_previous_text, carry_initial_prompt, initial_prompt_tokens,
+                        all_tokens, remaining_prompt_length, language, verbose, bar) -> TranscriptionResult:
+    input_stride = N_FRAMES // model.dims.n_audio_ctx  # mel frames per output token: 2
+    time_precision = input_stride * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp step: 0.02
+    all_segments: list[Segment] = []
+    prompt_reset_since = 0
     clip_idx = 0
     seek = seek_clips[clip_idx][0] if seek_clips else 0
     while clip_idx < len(seek_clips):
+        previous_seek = seek
         seek_clip_start, seek_clip_end = seek_clips[clip_idx]
         if seek < seek_clip_start:
             seek = seek_clip_start
@@ -144,6 +166,7 @@ def transcribe(model: "Whisper", audio, *, verbose: bool | None = None,
                 should_skip = False  # confident text despite the no-speech probability
             if should_skip:
                 seek += segment_size
+                bar.update(round((min(content_frames, seek) - previous_seek) / FRAMES_PER_SECOND, 2))
                 continue
 
         current: list[dict] = []
@@ -192,6 +215,7 @@ def transcribe(model: "Whisper", audio, *, verbose: bool | None = None,
                 print(f"[{_fmt(seg['start'])} --> {_fmt(seg['end'])}] {seg['text']}")
         if not condition_on_previous_text or result.temperature > 0.5:
             prompt_reset_since = len(all_tokens)
+        bar.update(round((min(content_frames, seek) - previous_seek) / FRAMES_PER_SECOND, 2))
 
     return TranscriptionResult(text=tokenizer.decode(all_tokens[len(initial_prompt_tokens):]),
                                segments=all_segments, language=language)
