@@ -140,7 +140,14 @@ class OnnxRuntimeBackend(Backend):
     def unavailable_reason(self) -> str | None:
         # find_spec, not import: building the registry must not pay onnxruntime's ~0.1-0.3 s import for
         # users of other backends.  The real import happens at the first op and raises BackendError.
-        missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+        missing = []
+        for m in ("onnxruntime", "onnx"):
+            try:
+                found = importlib.util.find_spec(m) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                missing.append(m)
         if missing:
             return (f"{' and '.join(missing)} cannot be imported (not installed); "
                     "install with: pip install 'whisperkit[onnxruntime]'")
