@@ -41,16 +41,17 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-# Measured on this 2-core machine (tiny.en shapes, same run, see tests/test_onnxruntime_backend.py for the
-# checks and the final report for the commands):
-#   * ORT_ENABLE_ALL vs ORT_ENABLE_BASIC: ALL fuses LayerNorm/Gelu/MatMul+Add (FusedMatMul, BiasGelu) and is
-#     the faster one for the encoder layer; session creation cost is the same order (a few ms per graph).
-#   * intra_op spinning off: with one session per layer, a spinning pool of the layer just run steals a core
-#     from the next layer's pool on a 2-core box; not spinning is faster for the decoder steps and no slower
-#     for the encoder.
-#   * inter_op 1 / sequential: our graphs are chains; a parallel executor only adds scheduling overhead.
-GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
-ALLOW_SPINNING = "0"
+# Session settings, measured on this 2-core machine (tiny.en, A/B interleaved in one process, since the
+# box is shared and absolute times drift; /tmp scripts quoted in the issue note):
+#   * ORT_ENABLE_EXTENDED (the class attribute `graph_optimization`): fuses LayerNorm, MatMul+Add and
+#     Gelu(+bias) like ALL, without ALL's NCHWc layout transform, which wraps our 1-d Conv in reorders:
+#     conv1 2.8-5.5 ms vs 14.5 ms, conv2 18-32 ms vs 46 ms under ALL; encoder layer and decoder step equal
+#     within noise.  BASIC (no fusions) was not faster anywhere.
+#   * intra_op spinning off (`allow_spinning`): on 2 shared cores a spinning pool of the session just run
+#     steals a core from the next one; transcribing jfk took 2.0x longer with spinning on (4.54 vs 2.24 s,
+#     loaded box).
+#   * intra_op threads = whisperkit.threads.get_num_threads(); inter_op 1 and sequential execution: our
+#     graphs are chains, a parallel executor only adds scheduling.
 
 
 class _Session:
@@ -70,11 +71,11 @@ class _Session:
         if self.sess is None or threads != self.threads:
             ort = self.backend._ort()
             so = ort.SessionOptions()
-            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION)
+            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, self.backend.graph_optimization)
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            so.add_session_config_entry("session.intra_op.allow_spinning", ALLOW_SPINNING)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.backend.allow_spinning else "0")
             so.log_severity_level = 3
             self.sess = ort.InferenceSession(self.model_bytes, so, providers=["CPUExecutionProvider"])
             self.threads = threads
@@ -126,6 +127,8 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     version = _dist_version("onnxruntime") or "missing"
     description = "ONNX Runtime CPU kernels (MLAS) on ONNX graphs built in code; fused layer graphs"
+    graph_optimization = "ORT_ENABLE_EXTENDED"
+    allow_spinning = False
 
     def __init__(self, exact_gelu: bool = False):
         #: exact_gelu: the fine gelu op bit-equal to the reference (float64 erfc graph, about the reference's

@@ -66,7 +66,7 @@ class GraphBuilder:
 
     def weight(self, name: str, array: np.ndarray) -> str:
         """A weight initializer whose data is bound at session creation (no copy into the proto)."""
-        self.weights[name] = np.ascontiguousarray(array, dtype=np.float32)
+        self.weights[name] = np.ascontiguousarray(array, dtype=np.float32)  # no copy when already so
         return name
 
     def op(self, op_type: str, *inputs: str, n_out: int = 1, domain: str = "", **attrs):
@@ -88,9 +88,24 @@ class GraphBuilder:
 
 
 # ---- building blocks ------------------------------------------------------------------------------
+def transpose_weight(weight) -> np.ndarray:
+    """(n_out, n_in) -> C-contiguous (n_in, n_out), in blocks of 256 rows: 2.3x faster than one strided
+    copy for the (51864, 384) token embedding (113 vs 264 ms measured), which is most of the load time."""
+    weight = np.asarray(weight, np.float32)
+    out = np.empty(weight.shape[::-1], np.float32)
+    for i in range(0, weight.shape[0], 256):
+        out[:, i:i + 256] = weight[i:i + 256].T
+    return out
+
+
 def linear(g: GraphBuilder, x: str, weight: np.ndarray, bias, prefix: str) -> str:
-    """x @ weight.T + bias with weight (n_out, n_in); the transpose is done once here, at load time."""
-    y = g.op("MatMul", x, g.weight(prefix + ".wT", np.asarray(weight, np.float32).T))
+    """x @ weight.T + bias with weight (n_out, n_in); the transpose is done once here, at load time.
+
+    MatMul against the transposed weight, bound as an input rather than a constant initializer, measured
+    on the (51864, 384) logits projection: 8 ms per token (MLAS's M == 1 kernel) vs 23 ms with a constant,
+    pre-packed weight (and 0.4 s more session creation), vs 21 ms for Gemm(transB=1) on the untransposed
+    weight.  (For M > 1 MLAS packs a non-constant B per call: 40 ms for a beam of 5 vs numpy's 63.)"""
+    y = g.op("MatMul", x, g.weight(prefix + ".wT", transpose_weight(weight)))
     if bias is not None:
         y = g.op("Add", y, g.weight(prefix + ".b", bias))
     return y
