@@ -41,6 +41,8 @@ def _nt():
 #: score block of a thread in its 1 MB L2 while leaving OpenBLAS a GEMM large enough to run at speed.
 _ROW_BLOCK = 128
 _ATTN_BLOCK = 128
+#: The decoder step runs parallel only from this many rows (batch * n_q) on.
+_DECODE_PARALLEL_ROWS = 64
 
 
 def _f32c(a):
@@ -222,14 +224,30 @@ class NumbaBackend(Backend):
         if not direct:  # write through contiguous copies, then back into the caller's caches
             kc, vc = _f32c(k_cache), _f32c(v_cache)
         y = np.empty((m, n), _F32)
-        _kern().decoder_layer_kernel(x2, n_q, w.n_head, kc, vc, _f32c(cross_k), _f32c(cross_v), offset,
-                                        w.ln1g, w.ln1b, w.wqkv, w.bqkv, w.wo, w.bo, w.lncg, w.lncb, w.wcq, w.bcq,
-                                        w.wco, w.bco, w.ln2g, w.ln2b, w.w1, w.b1, w.w2, w.b2, *bufs, y,
-                                        _ATTN_BLOCK, w.dummy, _nt())
+        # The decode step (few rows) runs on one thread: its ~8 small parallel regions per layer cost more
+        # in barriers than they save, catastrophically so when the 2 cores are oversubscribed (measured
+        # with load ~10: 2.3 ms/layer on 1 thread vs 109 ms on 2, NumPy 3.0 ms).  Prompts (many rows) and
+        # the logits GEMV (one large region) stay parallel.
+        nt = _nt() if m >= _DECODE_PARALLEL_ROWS else 1
+        prev_nt = numba.get_num_threads()
+        if nt != prev_nt:
+            numba.set_num_threads(nt)
+        try:
+            self._decoder_call(x2, n_q, w, kc, vc, cross_k, cross_v, offset, bufs, y, nt)
+        finally:
+            if nt != prev_nt:
+                numba.set_num_threads(prev_nt)
         if not direct:
             k_cache[:, offset:offset + n_q] = kc[:, offset:offset + n_q]
             v_cache[:, offset:offset + n_q] = vc[:, offset:offset + n_q]
         return y.reshape(b, n_q, n)
+
+    @staticmethod
+    def _decoder_call(x2, n_q, w, kc, vc, cross_k, cross_v, offset, bufs, y, nt):
+        _kern().decoder_layer_kernel(x2, n_q, w.n_head, kc, vc, _f32c(cross_k), _f32c(cross_v), offset,
+                                        w.ln1g, w.ln1b, w.wqkv, w.bqkv, w.wo, w.bo, w.lncg, w.lncb, w.wcq, w.bcq,
+                                        w.wco, w.bco, w.ln2g, w.ln2b, w.w1, w.b1, w.w2, w.b2, *bufs, y,
+                                        _ATTN_BLOCK, w.dummy, nt)
 
 
 @hookimpl
