@@ -11,6 +11,10 @@ from tqdm import tqdm
 
 from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
 from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
+from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps, get_end
+
+# openai-whisper's transcribe(): these marks are not words when scoring a possible hallucination
+PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"
 
 if TYPE_CHECKING:
     from .api import Whisper
@@ -78,9 +82,18 @@ def transcribe(model: "Whisper", audio, *, verbose: bool | None = None,
                no_speech_threshold: float | None = 0.6, condition_on_previous_text: bool = True,
                initial_prompt: str | None = None, carry_initial_prompt: bool = False,
                clip_timestamps: str | Sequence[float] = "0", language: str | None = None, task: str = "transcribe",
+               word_timestamps: bool = False, prepend_punctuations: str = PREPEND_PUNCTUATIONS,
+               append_punctuations: str = APPEND_PUNCTUATIONS, hallucination_silence_threshold: float | None = None,
                progress: bool | None = None, **decode_options: Any) -> TranscriptionResult:
     """openai-whisper's transcribe() with its option names and defaults.  `progress`: a tqdm bar over
-    audio seconds on stderr; None shows it when stderr is a terminal and the audio is longer than a window."""
+    audio seconds on stderr; None shows it when stderr is a terminal and the audio is longer than a window.
+
+    word_timestamps: give each segment its `words` [{word, start, end, probability}] from the
+    cross-attention of the alignment heads and DTW (whisperkit.timing), and refine the segments'
+    start/end and the seek with them; prepend/append_punctuations: the marks merged into the next /
+    previous word.  hallucination_silence_threshold (seconds, needs word_timestamps): when a segment
+    looks like a hallucination (improbable, very short or very long words), skip the silence
+    before it that is longer than this, as openai-whisper does."""
     mel = log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)  # (n_mels, n_frames + 3000)
     content_frames = mel.shape[-1] - N_FRAMES
 
@@ -110,6 +123,13 @@ def transcribe(model: "Whisper", audio, *, verbose: bool | None = None,
         all_tokens.extend(initial_prompt_tokens)
         remaining_prompt_length -= len(initial_prompt_tokens)
 
+    if word_timestamps and task == "translate":
+        import warnings
+        warnings.warn("Word-level timestamps on translations may not be reliable.", stacklevel=2)
+    word_options = dict(word_timestamps=word_timestamps, prepend_punctuations=prepend_punctuations,
+                        append_punctuations=append_punctuations,
+                        hallucination_silence_threshold=hallucination_silence_threshold)
+
     if progress is None:
         progress = sys.stderr.isatty() and content_frames > N_FRAMES and not verbose
     bar = tqdm(total=round(content_frames / FRAMES_PER_SECOND, 2), unit="s", unit_scale=False, disable=not progress,
@@ -118,7 +138,7 @@ def transcribe(model: "Whisper", audio, *, verbose: bool | None = None,
         return _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, temperatures, base_options,
                                    compression_ratio_threshold, logprob_threshold, no_speech_threshold,
                                    condition_on_previous_text, carry_initial_prompt, initial_prompt_tokens,
-                                   all_tokens, remaining_prompt_length, language, verbose, bar)
+                                   all_tokens, remaining_prompt_length, language, verbose, bar, **word_options)
     finally:
         bar.close()
 
@@ -126,11 +146,15 @@ def transcribe(model: "Whisper", audio, *, verbose: bool | None = None,
 def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, temperatures, base_options,
                         compression_ratio_threshold, logprob_threshold, no_speech_threshold,
                         condition_on_previous_text, carry_initial_prompt, initial_prompt_tokens,
-                        all_tokens, remaining_prompt_length, language, verbose, bar) -> TranscriptionResult:
+                        all_tokens, remaining_prompt_length, language, verbose, bar, *, word_timestamps=False,
+                        prepend_punctuations=PREPEND_PUNCTUATIONS, append_punctuations=APPEND_PUNCTUATIONS,
+                        hallucination_silence_threshold=None) -> TranscriptionResult:
     input_stride = N_FRAMES // model.dims.n_audio_ctx  # mel frames per output token: 2
     time_precision = input_stride * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp step: 0.02
     all_segments: list[Segment] = []
     prompt_reset_since = 0
+    content_duration = float(content_frames * HOP_LENGTH / SAMPLE_RATE)
+    last_speech_timestamp = 0.0
     clip_idx = 0
     seek = seek_clips[clip_idx][0] if seek_clips else 0
     while clip_idx < len(seek_clips):
@@ -143,7 +167,9 @@ def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, tempe
             if clip_idx < len(seek_clips):
                 seek = seek_clips[clip_idx][0]
             continue
+        window_seek = seek  # openai-whisper's previous_seek: where this window starts
         time_offset = float(seek * HOP_LENGTH / SAMPLE_RATE)
+        window_end_time = float((seek + N_FRAMES) * HOP_LENGTH / SAMPLE_RATE)
         segment_size = min(N_FRAMES, content_frames - seek, seek_clip_end - seek)
         mel_segment = pad_or_trim(mel[:, seek:seek + segment_size], N_FRAMES)  # (n_mels, 3000), zero-padded
         segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
@@ -203,9 +229,29 @@ def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, tempe
             current.append(new_segment(time_offset, time_offset + duration, tokens))
             seek += segment_size
 
+        if word_timestamps:
+            add_word_timestamps(segments=current, model=model, tokenizer=tokenizer, audio_features=features,
+                                num_frames=segment_size, prepend_punctuations=prepend_punctuations,
+                                append_punctuations=append_punctuations, last_speech_timestamp=last_speech_timestamp)
+            if not single_timestamp_ending:  # resume right after the last word instead
+                last_word_end = get_end(current)
+                if last_word_end is not None and last_word_end > time_offset:
+                    seek = round(last_word_end * FRAMES_PER_SECOND)
+            if hallucination_silence_threshold is not None:
+                seek, current, skip_window = _skip_hallucination_silence(
+                    current, hallucination_silence_threshold, single_timestamp_ending, seek, window_seek,
+                    segment_size, segment_duration, time_offset, window_end_time, last_speech_timestamp,
+                    content_frames, content_duration)
+                if skip_window:  # the window starts with a hallucination after a long silence: redo it later
+                    bar.update(round((min(content_frames, seek) - previous_seek) / FRAMES_PER_SECOND, 2))
+                    continue
+            last_word_end = get_end(current)
+            if last_word_end is not None:
+                last_speech_timestamp = last_word_end
+
         for seg in current:  # an instantaneous or empty segment keeps its place but loses its text
             if seg["start"] == seg["end"] or seg["text"].strip() == "":
-                seg["text"], seg["tokens"] = "", []
+                seg["text"], seg["tokens"], seg["words"] = "", [], []
 
         for seg in current:
             all_segments.append(Segment(id=len(all_segments), **seg))
@@ -224,3 +270,73 @@ def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, tempe
 def _fmt(seconds: float) -> str:
     m, s = divmod(seconds, 60)
     return f"{int(m):02d}:{s:06.3f}"
+
+
+# ---- hallucination_silence_threshold (openai-whisper's transcribe) ----------------------------
+def _word_anomaly_score(word: dict) -> float:
+    """How implausible a word is: improbable (< 0.15), very short (< 0.133 s) or very long (> 2 s)."""
+    probability = word.get("probability", 0.0)
+    duration = word["end"] - word["start"]
+    score = 0.0
+    if probability < 0.15:
+        score += 1.0
+    if duration < 0.133:
+        score += (0.133 - duration) * 15
+    if duration > 2.0:
+        score += duration - 2.0
+    return score
+
+
+def _is_segment_anomaly(segment: dict | None) -> bool:
+    if segment is None or not segment["words"]:
+        return False
+    words = [w for w in segment["words"] if w["word"] not in PUNCTUATION][:8]
+    score = sum(_word_anomaly_score(w) for w in words)
+    return score >= 3 or score + 0.01 >= len(words)
+
+
+def _next_words_segment(segments: list[dict]) -> dict | None:
+    return next((s for s in segments if s["words"]), None)
+
+
+def _skip_hallucination_silence(current, threshold, single_timestamp_ending, seek, previous_seek, segment_size,
+                                segment_duration, time_offset, window_end_time, last_speech_timestamp,
+                                content_frames, content_duration):
+    """Returns (seek, segments kept, skip the whole window)."""
+    if not single_timestamp_ending:
+        last_word_end = get_end(current)
+        if last_word_end is not None and last_word_end > time_offset:
+            remaining_duration = window_end_time - last_word_end
+            if remaining_duration > threshold:
+                seek = round(last_word_end * FRAMES_PER_SECOND)
+            else:
+                seek = previous_seek + segment_size
+
+    # the first segment might be a hallucination: skip the silence before it
+    first_segment = _next_words_segment(current)
+    if first_segment is not None and _is_segment_anomaly(first_segment):
+        gap = first_segment["start"] - time_offset
+        if gap > threshold:
+            return previous_seek + round(gap * FRAMES_PER_SECOND), current, True
+
+    # skip the silence before any possible hallucination surrounded by silence or more hallucinations
+    hal_last_end = last_speech_timestamp
+    for si in range(len(current)):
+        segment = current[si]
+        if not segment["words"]:
+            continue
+        if _is_segment_anomaly(segment):
+            next_segment = _next_words_segment(current[si + 1:])
+            hal_next_start = next_segment["words"][0]["start"] if next_segment is not None else time_offset + segment_duration
+            silence_before = (segment["start"] - hal_last_end > threshold or segment["start"] < threshold
+                              or segment["start"] - time_offset < 2.0)
+            silence_after = (hal_next_start - segment["end"] > threshold or _is_segment_anomaly(next_segment)
+                             or window_end_time - segment["end"] < 2.0)
+            if silence_before and silence_after:
+                seek = round(max(time_offset + 1, segment["start"]) * FRAMES_PER_SECOND)
+                if content_duration - segment["end"] < threshold:
+                    seek = content_frames
+                current = current[:si]
+                break
+        hal_last_end = segment["end"]
+    return seek, current, False
