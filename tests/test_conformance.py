@@ -1,0 +1,250 @@
+"""The conformance suite itself: it passes the reference, fails deliberately wrong backends on exactly
+the right cases, reports unimplemented ops as fallback, honours declared expected failures, and passes the
+example plugin installed through its entry point.
+
+Each run goes through the command (`python -m whisperkit.conformance.cli`) in a subprocess and reads its
+JSON report, so the suite is exercised as a user runs it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from whisperkit.contract import OPS
+from whisperkit.conformance.cases import CASES
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "gelu_plugin"
+ATTENTION_OPS = ("attention", "attention_weights")
+
+
+def run_suite(tmp_path: Path, *args: str, pythonpath: list[Path] = ()) -> tuple[int, dict, str]:
+    report = tmp_path / f"report-{len(list(tmp_path.glob('report-*')))}.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(p) for p in pythonpath] + [env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    env.pop("WHISPERKIT_CONFORMANCE_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-m", "whisperkit.conformance.cli", *args, "--json-report", str(report)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert report.is_file(), f"no JSON report; output:\n{out[-4000:]}"
+    return proc.returncode, json.loads(report.read_text()), out
+
+
+def statuses(report: dict, backend: str) -> dict[str, str]:
+    """Status of every case (op and model) of `backend`; the check of its expected-failure list is left out."""
+    return {cid: r["status"] for cid, r in report["backends"][backend]["cases"].items() if cid != "xfail-list"}
+
+
+def with_status(st: dict[str, str], *wanted: str) -> set[str]:
+    return {c for c, s in st.items() if s in wanted}
+
+
+def op_cases(*ops: str) -> set[str]:
+    return {c.id for c in CASES.values() if c.op in ops}
+
+
+# --- the reference passes ----------------------------------------------------------------------------------
+def test_numpy_reference_conforms(tmp_path):
+    code, report, out = run_suite(tmp_path, "--backend", "numpy")
+    st = statuses(report, "numpy")
+    assert code == 0, out[-4000:]
+    assert with_status(st, "failed", "error") == set()
+    assert op_cases(*OPS) <= with_status(st, "passed"), "every op case runs on the reference itself"
+    model = {c for c in st if c.startswith("model/")}
+    assert len(model) == 4
+    # shared data is beside the repository: the whole-model checks must have run, not been skipped
+    assert with_status({c: st[c] for c in model}, "passed") == model, {c: report["backends"]["numpy"]["cases"][c] for c in model}
+    assert "whisperkit conformance: machine" in out and "backend under test: numpy" in out
+
+
+# --- deliberately wrong backends fail on exactly the right cases ----------------------------------------------
+WRONG = '''
+import math
+import numpy as np
+import whisperkit
+from whisperkit.backends.numpy_backend import NumpyBackend
+
+
+def _heads(x, n_head):
+    b, n, d = x.shape
+    return x.reshape(b, n, n_head, d // n_head).transpose(0, 2, 1, 3)
+
+
+def _softmax_attention(q, k, n_head, causal, offset, subtract_max, mask):
+    d_head = q.shape[-1] // n_head
+    s = _heads(q, n_head) @ _heads(k, n_head).transpose(0, 1, 3, 2) * np.float32(d_head ** -0.5)
+    if causal and mask:
+        n_q, n_kv = s.shape[-2:]
+        s[..., np.triu(np.ones((n_q, n_kv), bool), k=offset + 1)] = -np.inf
+    if subtract_max:
+        s -= s.max(-1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = np.exp(s)
+        return p / p.sum(-1, keepdims=True)
+
+
+class _Attention(whisperkit.Backend):
+    subtract_max, mask = True, True
+
+    def attention_weights(self, q, k, n_head, causal=False, offset=0):
+        return _softmax_attention(q, k, n_head, causal, offset, self.subtract_max, self.mask)
+
+    def attention(self, q, k, v, n_head, causal=False, offset=0):
+        b, n_q, d = q.shape
+        with np.errstate(invalid="ignore"):
+            out = self.attention_weights(q, k, n_head, causal, offset) @ _heads(v, n_head)
+        return np.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(b, n_q, d)
+
+
+class SoftmaxNoMax(_Attention):
+    name = "wrong_softmax_nomax"
+    subtract_max = False
+
+
+class NoCausalMask(_Attention):
+    name = "wrong_no_causal"
+    mask = False
+
+
+class GeluTanh(whisperkit.Backend):
+    name = "wrong_gelu_tanh"
+
+    def gelu(self, x):
+        x = np.asarray(x, np.float32)
+        with np.errstate(over="ignore"):
+            return (0.5 * x * (1 + np.tanh(np.float32(math.sqrt(2 / math.pi)) * (x + np.float32(0.044715) * x ** 3)))).astype(np.float32)
+
+
+class GeluTanhDeclared(GeluTanh):
+    """The same wrong GELU, declaring its failures in a file next to this module."""
+    name = "wrong_gelu_tanh_declared"
+    conformance_xfail = "gelu_tanh_xfail.txt"
+
+
+class BadXfailList(GeluTanh):
+    name = "wrong_xfail_list"
+    conformance_xfail = {"gelu/odd_7": "tanh approximation", "gelu/no_such_case": "a typo"}
+
+
+@whisperkit.hookimpl
+def whisperkit_backends():
+    return [SoftmaxNoMax(), NoCausalMask(), GeluTanh(), GeluTanhDeclared(), BadXfailList()]
+'''
+
+#: gelu cases whose inputs are all so small (x ~ 0: both forms are x/2 + x^2/sqrt(2 pi)) or so large (x*1 or 0)
+#: that the tanh approximation agrees with erf to float32 precision: a tanh GELU passes these and fails the others.
+GELU_TANH_AGREES = {"gelu/huge_1e30", "gelu/huge_3e38", "gelu/large_1e4", "gelu/tiny_1e-30_and_subnormals", "gelu/empty"}
+
+
+@pytest.fixture(scope="module")
+def wrong_report(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wrong")
+    (d / "wrong_backends.py").write_text(WRONG)
+    (d / "gelu_tanh_xfail.txt").write_text(textwrap.dedent("""\
+        # case id (or glob)     reason
+        gelu/*                  tanh approximation of GELU, not the erf form (errors up to 2e-4)
+        """))
+    return run_suite(d, "--backend-module", "wrong_backends", "--ops-only", pythonpath=[d])
+
+
+def test_wrong_backends_fail_exactly_the_right_cases(wrong_report):
+    code, report, out = wrong_report
+    assert code == 1, out[-3000:]
+
+    st = statuses(report, "wrong_gelu_tanh")
+    assert with_status(st, "failed") == op_cases("gelu") - GELU_TANH_AGREES
+    assert with_status(st, "passed") == GELU_TANH_AGREES
+
+    st = statuses(report, "wrong_softmax_nomax")
+    overflowing = {c.id for c in CASES.values() if c.op in ATTENTION_OPS and c.params.get("qmag", 1.0) >= 100}
+    assert len(overflowing) == 4
+    assert with_status(st, "failed") == overflowing
+    assert with_status(st, "passed") == op_cases(*ATTENTION_OPS) - overflowing
+
+    st = statuses(report, "wrong_no_causal")
+    # the mask matters when a query can see fewer keys than the cache holds: causal with more than one query
+    masked = {c.id for c in CASES.values() if c.op in ATTENTION_OPS and c.params.get("causal") and c.params["q"][1] > 1}
+    assert masked and with_status(st, "failed") == masked
+    assert with_status(st, "passed") == op_cases(*ATTENTION_OPS) - masked
+
+
+def test_failure_message_locates_and_reproduces(wrong_report):
+    _, report, _ = wrong_report
+    detail = report["backends"]["wrong_softmax_nomax"]["cases"]["attention/scores_1e4"]["detail"]
+    for needle in ("max abs diff", "max rel diff", "at index", "NaN", "reproduce", "CASES['attention/scores_1e4']",
+                   "seed"):
+        assert needle in detail, (needle, detail)
+
+
+def test_unimplemented_ops_are_fallback_never_passed(wrong_report):
+    _, report, _ = wrong_report
+    b = report["backends"]["wrong_gelu_tanh"]
+    st = statuses(report, "wrong_gelu_tanh")
+    others = op_cases(*OPS) - op_cases("gelu")
+    assert with_status(st, "fallback") == others
+    assert b["fallback_ops"] == sorted(set(OPS) - {"gelu"})
+    assert b["ops"]["linear"]["passed"] == 0 and b["ops"]["linear"]["fallback"] == len(op_cases("linear"))
+    assert not b["conforms"]
+
+
+def test_declared_expected_failures_are_reported_as_such(wrong_report):
+    _, report, _ = wrong_report
+    st = statuses(report, "wrong_gelu_tanh_declared")
+    assert with_status(st, "xfail") == op_cases("gelu") - GELU_TANH_AGREES
+    assert with_status(st, "failed", "error") == set()
+    cases = report["backends"]["wrong_gelu_tanh_declared"]["cases"]
+    assert "tanh approximation" in cases["gelu/odd_7"]["detail"]
+    assert report["backends"]["wrong_gelu_tanh_declared"]["conforms"]
+
+
+def test_an_expected_failure_matching_no_case_is_an_error(wrong_report):
+    _, report, _ = wrong_report
+    b = report["backends"]["wrong_xfail_list"]
+    assert "xfail-list" in b["failed"], b["failed"]
+    assert "gelu/no_such_case" in b["cases"]["xfail-list"]["detail"]
+    assert b["cases"]["gelu/odd_7"]["status"] == "xfail"
+    assert not b["conforms"]
+
+
+# --- the example plugin, installed through its entry point -------------------------------------------------------
+def install_example(target: Path) -> None:
+    """What `pip install examples/gelu_plugin` leaves on sys.path, without a build or network: the module and a
+    dist-info whose entry_points.txt comes from the example's own pyproject.toml."""
+    import shutil
+    import tomllib
+    project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
+    target.mkdir()
+    for module in tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"]:
+        shutil.copy(EXAMPLE / f"{module}.py", target)
+    info = target / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    eps = "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()) + "\n"
+                  for group, entries in project["entry-points"].items())
+    (info / "entry_points.txt").write_text(eps)
+
+
+def test_example_plugin_conforms_and_runs_the_model(tmp_path):
+    target = tmp_path / "site"
+    install_example(target)
+    code, report, out = run_suite(tmp_path, "--backend", "gelu_example", pythonpath=[target])
+    assert code == 0, out[-4000:]
+    st = statuses(report, "gelu_example")
+    model = {c for c in st if c.startswith("model/")}
+    assert len(model) == 4
+    assert with_status(st, "passed") == op_cases("gelu") | model
+    assert with_status(st, "fallback") == op_cases(*OPS) - op_cases("gelu")
+
+
+def test_unknown_backend_is_one_clear_error(tmp_path):
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-m", "whisperkit.conformance.cli", "--backend", "no_such_backend"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0
+    assert "unknown backend 'no_such_backend'" in proc.stdout + proc.stderr
