@@ -1,0 +1,236 @@
+"""What the bench races: whisperkit's backends and the peers, behind one small interface.
+
+An engine loads once (`load`) and then transcribes a float32 16 kHz mono array greedily at
+temperature 0 (`transcribe` -> every segment's tokens, flattened).  Peers run on the very same
+weights as ours: faster-whisper loads the CTranslate2 directory our loader reads, openai-whisper gets
+a state dict built from our canonical tensors (no hub is reachable here).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+PEERS = ("faster-whisper-fp32", "faster-whisper-int8", "openai-whisper")
+
+
+class EngineUnavailable(Exception):
+    """The engine cannot run here; the message says why (missing package, no weights in its format...)."""
+
+
+class Engine:
+    name: str = ""
+    kind: str = ""  # "backend" or "peer"
+    version: str = "?"
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def transcribe(self, audio: np.ndarray) -> list[int]:
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+# ---------------------------------------------------------------------------------------- ours
+class BackendEngine(Engine):
+    kind = "backend"
+
+    def __init__(self, backend: str, model: str = "tiny.en", weights=None):
+        self.name = backend
+        self.model_name = model
+        self.weights = weights
+        self.model = None
+        self.fallbacks: list[str] = []
+
+    def load(self) -> None:
+        from whisperkit import Whisper
+        from whisperkit.registry import get_registry
+        self.version = get_registry().infos[self.name].version
+        self.model = Whisper(self.model_name, backend=self.name, weights=self.weights)
+        self.fallbacks = sorted(self.model.fallback_ops)
+
+    def transcribe(self, audio: np.ndarray) -> list[int]:
+        result = self.model.transcribe(audio, temperature=0.0)
+        return [int(t) for s in result.segments for t in s.tokens]
+
+    # ---- component timings (ours only) -------------------------------------------------------
+    def first_window_mel(self, audio: np.ndarray) -> np.ndarray:
+        from whisperkit.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
+        mel = log_mel_spectrogram(pad_or_trim(audio, N_SAMPLES), self.model.dims.n_mels)
+        return pad_or_trim(mel, N_FRAMES)[None]
+
+    def decoder_sequence(self, tokens: list[int], n: int) -> list[int]:
+        """The prompt a window starts with, then the transcription's own tokens, `n` in all (teacher forcing)."""
+        seq = list(self.model.tokenizer.sot_sequence) + [t for t in tokens if t != self.model.tokenizer.eot]
+        return seq[:max(1, min(n, self.model.dims.n_text_ctx))]
+
+    def run_decoder(self, cache, seq: list[int]) -> None:
+        """One decoder step per token of `seq` (KV cache, logits of the last position), from position 0."""
+        decoder = self.model.graph.decoder
+        for i, tok in enumerate(seq):
+            decoder(np.array([[tok]], np.int64), cache, i)
+
+
+# ---------------------------------------------------------------------------------------- peers
+def _ct2_dir(weights) -> Path:
+    src = Path(weights.source)
+    d = src if src.is_dir() else src.parent
+    if not (d / "model.bin").is_file():
+        raise EngineUnavailable(f"no CTranslate2 model.bin for {weights.name} in {d} (faster-whisper loads only that format)")
+    return d
+
+
+class FasterWhisperEngine(Engine):
+    kind = "peer"
+
+    def __init__(self, compute_type: str, threads: int, weights):
+        self.compute_type = compute_type
+        self.name = "faster-whisper-" + ("fp32" if compute_type == "float32" else compute_type)
+        self.threads = threads
+        self.weights = weights
+        try:
+            import faster_whisper
+        except ImportError as exc:
+            raise EngineUnavailable(f"faster-whisper is not installed ({exc.__class__.__name__}: {exc})") from None
+        import ctranslate2
+        self.version = f"{faster_whisper.__version__} (ctranslate2 {ctranslate2.__version__})"
+        self.model_dir = _ct2_dir(weights)
+
+    def load(self) -> None:
+        from faster_whisper import WhisperModel
+        self.model = WhisperModel(str(self.model_dir), device="cpu", compute_type=self.compute_type,
+                                  cpu_threads=self.threads, num_workers=1)
+
+    def transcribe(self, audio: np.ndarray) -> list[int]:
+        segments, _info = self.model.transcribe(
+            np.asarray(audio, np.float32), language="en", task="transcribe", beam_size=1, best_of=1,
+            temperature=0.0, condition_on_previous_text=True, without_timestamps=False, vad_filter=False,
+            word_timestamps=False)
+        return [int(t) for s in segments for t in s.tokens]
+
+
+def openai_state_dict(weights) -> dict:
+    """openai-whisper's state dict (names and split Q/K/V) from our canonical float32 tensors."""
+    t = weights.tensors
+    d = weights.dims
+    sd: dict[str, np.ndarray] = {}
+
+    def lin(dst: str, w: np.ndarray, b: np.ndarray | None) -> None:
+        sd[dst + ".weight"] = w
+        if b is not None:
+            sd[dst + ".bias"] = b
+
+    def copy(dst: str, src: str) -> None:
+        sd[dst] = t[src]
+
+    def self_attn(p: str, n: int) -> None:
+        qkv_w, qkv_b = t[f"{p}.attn.qkv.weight"], t[f"{p}.attn.qkv.bias"]
+        lin(f"{p}.attn.query", qkv_w[:n], qkv_b[:n])
+        lin(f"{p}.attn.key", qkv_w[n:2 * n], None)  # openai's key projection has no bias
+        lin(f"{p}.attn.value", qkv_w[2 * n:], qkv_b[2 * n:])
+        lin(f"{p}.attn.out", t[f"{p}.attn.out.weight"], t[f"{p}.attn.out.bias"])
+        for ln in ("attn_ln", "mlp_ln"):
+            lin(f"{p}.{ln}", t[f"{p}.{ln}.weight"], t[f"{p}.{ln}.bias"])
+        lin(f"{p}.mlp.0", t[f"{p}.mlp.fc1.weight"], t[f"{p}.mlp.fc1.bias"])
+        lin(f"{p}.mlp.2", t[f"{p}.mlp.fc2.weight"], t[f"{p}.mlp.fc2.bias"])
+
+    for name in ("encoder.conv1.weight", "encoder.conv1.bias", "encoder.conv2.weight", "encoder.conv2.bias",
+                 "encoder.positional_embedding", "encoder.ln_post.weight", "encoder.ln_post.bias",
+                 "decoder.token_embedding.weight", "decoder.positional_embedding", "decoder.ln.weight", "decoder.ln.bias"):
+        copy(name, name)
+    for i in range(d.n_audio_layer):
+        self_attn(f"encoder.blocks.{i}", d.n_audio_state)
+    n = d.n_text_state
+    for i in range(d.n_text_layer):
+        p = f"decoder.blocks.{i}"
+        self_attn(p, n)
+        lin(f"{p}.cross_attn_ln", t[f"{p}.cross_attn_ln.weight"], t[f"{p}.cross_attn_ln.bias"])
+        lin(f"{p}.cross_attn.query", t[f"{p}.cross_attn.query.weight"], t[f"{p}.cross_attn.query.bias"])
+        kv_w, kv_b = t[f"{p}.cross_attn.kv.weight"], t[f"{p}.cross_attn.kv.bias"]
+        lin(f"{p}.cross_attn.key", kv_w[:n], None)
+        lin(f"{p}.cross_attn.value", kv_w[n:], kv_b[n:])
+        lin(f"{p}.cross_attn.out", t[f"{p}.cross_attn.out.weight"], t[f"{p}.cross_attn.out.bias"])
+    return sd
+
+
+class OpenAIWhisperEngine(Engine):
+    kind = "peer"
+    name = "openai-whisper"
+
+    def __init__(self, threads: int, weights):
+        self.threads = threads
+        self.weights = weights
+        try:
+            import torch  # noqa: F401
+            import whisper  # noqa: F401
+            import whisper.model  # noqa: F401
+        except ImportError as exc:
+            raise EngineUnavailable(f"openai-whisper is not installed ({exc.__class__.__name__}: {exc})") from None
+        self.version = f"{whisper.__version__} (torch {torch.__version__})"
+
+    def load(self) -> None:
+        import torch
+        import whisper.model as wm
+        torch.set_num_threads(self.threads)
+        d = self.weights.dims
+        dims = wm.ModelDimensions(n_mels=d.n_mels, n_audio_ctx=d.n_audio_ctx, n_audio_state=d.n_audio_state,
+                                  n_audio_head=d.n_audio_head, n_audio_layer=d.n_audio_layer, n_vocab=d.n_vocab,
+                                  n_text_ctx=d.n_text_ctx, n_text_state=d.n_text_state, n_text_head=d.n_text_head,
+                                  n_text_layer=d.n_text_layer)
+        model = wm.Whisper(dims)
+        state = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in openai_state_dict(self.weights).items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k not in ("alignment_heads", "decoder.mask")]
+        if missing or unexpected:
+            raise EngineUnavailable(f"openai-whisper state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        heads = self.weights.alignment_heads
+        if heads is not None and len(heads):
+            mask = torch.zeros(d.n_text_layer, d.n_text_head, dtype=torch.bool)
+            for layer, head in np.asarray(heads).reshape(-1, 2):
+                mask[int(layer), int(head)] = True
+            model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
+        self.model = model.eval()
+
+    def transcribe(self, audio: np.ndarray) -> list[int]:
+        import whisper
+        result = whisper.transcribe(self.model, np.asarray(audio, np.float32), temperature=0.0, fp16=False,
+                                    condition_on_previous_text=True, verbose=None)
+        return [int(t) for s in result["segments"] for t in s["tokens"]]
+
+
+# ---------------------------------------------------------------------------------------- lookup
+def make_peer(name: str, threads: int, weights) -> Engine:
+    if name == "faster-whisper-fp32":
+        return FasterWhisperEngine("float32", threads, weights)
+    if name == "faster-whisper-int8":
+        return FasterWhisperEngine("int8", threads, weights)
+    if name == "openai-whisper":
+        return OpenAIWhisperEngine(threads, weights)
+    raise ValueError(f"unknown peer {name!r}; peers: {', '.join(PEERS)}")
+
+
+def make_engine(spec: str, threads: int, model: str = "tiny.en", weights=None) -> Engine:
+    """`backend:<name>` or `peer:<name>` -> an engine (not loaded yet)."""
+    kind, _, name = spec.partition(":")
+    if kind == "backend":
+        return BackendEngine(name, model, weights)
+    if kind == "peer":
+        if weights is None:
+            from whisperkit.weights import resolve_model
+            weights = resolve_model(model)
+        return make_peer(name, threads, weights)
+    raise ValueError(f"engine spec must be backend:<name> or peer:<name>, got {spec!r}")
+
+
+def peer_available(name: str) -> str | None:
+    """None when the peer's packages import, else why not (cheap: no model is built)."""
+    mods = {"faster-whisper-fp32": ("faster_whisper", "ctranslate2"), "faster-whisper-int8": ("faster_whisper", "ctranslate2"),
+            "openai-whisper": ("torch", "whisper")}[name]
+    for m in mods:
+        if importlib.util.find_spec(m) is None:
+            return f"{m} is not installed (pip install {'openai-whisper' if m == 'whisper' else m.replace('_', '-')})"
+    return None

@@ -1,0 +1,185 @@
+"""Output: the terminal tables, the JSON document (one record per engine x clip x figure), markdown."""
+from __future__ import annotations
+
+import math
+
+PEER_SHORT = {"faster-whisper-fp32": "fw fp32", "faster-whisper-int8": "fw int8", "openai-whisper": "openai"}
+SCHEMA = "whisperkit-bench/1"
+
+
+def _f(v, fmt="{:.2f}", none="—"):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return none
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    return fmt.format(v)
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.0f} ms" if ms >= 100 else f"{ms:.3g} ms"
+
+
+# ------------------------------------------------------------------------------------------ records
+def speedups(clip_results) -> dict[tuple[str, str], float]:
+    """(engine, peer) -> peer's warm min / engine's warm min, for every backend on this clip."""
+    by_name = {r.engine: r for r in clip_results}
+    out = {}
+    for r in clip_results:
+        if r.kind != "backend" or r.warm_min_s is None:
+            continue
+        for peer in PEER_SHORT:
+            p = by_name.get(peer)
+            if p is not None and p.warm_min_s is not None:
+                out[(r.engine, peer)] = p.warm_min_s / r.warm_min_s
+    return out
+
+
+def e2e_records(all_results) -> list[dict]:
+    records = []
+    for clip_results in all_results:
+        for r in clip_results:
+            for figure, (value, unit) in r.figures().items():
+                records.append(dict(section="e2e", engine=r.engine, kind=r.kind, clip=r.clip, figure=figure, value=value, unit=unit))
+            if r.error:
+                records.append(dict(section="e2e", engine=r.engine, kind=r.kind, clip=r.clip, figure="error", value=r.error, unit="text"))
+            if r.cold and "error" in r.cold:
+                records.append(dict(section="e2e", engine=r.engine, kind=r.kind, clip=r.clip, figure="cold_error", value=r.cold["error"], unit="text"))
+        for (engine, peer), ratio in speedups(clip_results).items():
+            records.append(dict(section="e2e", engine=engine, kind="backend", clip=clip_results[0].clip,
+                                figure=f"speedup_vs_{peer}", value=ratio, unit="peer time / engine time"))
+    return records
+
+
+def ops_records(op_results: dict) -> list[dict]:
+    """op_results: {backend: {case key: (case, result dict)}}."""
+    records = []
+    units = {"min_s": "s", "median_s": "s", "gflops": "GFLOP/s", "roofline_ratio": "roofline time / time", "reps": "count"}
+    for backend, cases in op_results.items():
+        for key, (case, res) in cases.items():
+            base = dict(section="ops", engine=backend, kind="backend", op=case.op, shape=case.label)
+            records.append(dict(base, figure="status", value=res.get("status"), unit="text"))
+            for fig, unit in units.items():
+                if fig in res:
+                    records.append(dict(base, figure=fig, value=res[fig], unit=unit))
+            if "error" in res:
+                records.append(dict(base, figure="error", value=res["error"], unit="text"))
+    return records
+
+
+# ------------------------------------------------------------------------------------------ tables
+E2E_HEADERS = ["engine", "warm min (s)", "warm median (s)", "RTF", "cold start (s)", "peak RSS (MB)",
+               "encoder / window (ms)", "decoder / token (ms)", "tokens = numpy"]
+
+
+def e2e_rows(clip_results, peers_present: list[str]) -> tuple[list[str], list[list[str]]]:
+    headers = E2E_HEADERS + [f"× {PEER_SHORT[p]}" for p in peers_present]
+    sp = speedups(clip_results)
+    rows = []
+    for r in clip_results:
+        cold = r.cold or {}
+        name = r.engine if r.kind == "backend" else f"{r.engine} (peer)"
+        if r.error:
+            rows.append([name, f"failed: {r.error}"[:90]] + [""] * (len(headers) - 2))
+            continue
+        row = [name, _f(r.warm_min_s), _f(r.warm_median_s), _f(r.rtf, "{:.3f}"),
+               _f(cold.get("outside_s")) if "error" not in cold else "failed",
+               _f(cold.get("peak_rss_mb"), "{:.0f}"), _f(r.encoder_ms_per_window, "{:.0f}"),
+               _f(r.decoder_ms_per_token, "{:.1f}"), _f(r.tokens_equal_ref)]
+        row += [_f(sp.get((r.engine, p)), "{:.2f}×") for p in peers_present]
+        rows.append(row)
+    return headers, rows
+
+
+def ops_table(op_results: dict) -> tuple[list[str], list[list[str]]]:
+    backends = list(op_results)
+    keys: list[str] = []
+    cases = {}
+    for b in backends:
+        for key, (case, _res) in op_results[b].items():
+            if key not in cases:
+                keys.append(key)
+                cases[key] = case
+    headers = ["op", "shape"] + backends
+    rows = []
+    for key in keys:
+        case = cases[key]
+        row = [case.op, case.label]
+        for b in backends:
+            res = op_results[b].get(key, (None, {}))[1]
+            if res.get("status") == "native":
+                row.append(f"{_ms(res['min_s'])}, {res['gflops']:.3g} GF/s, {100 * res['roofline_ratio']:.0f}%")
+            elif res.get("status") == "error":
+                row.append("error")
+            else:
+                row.append(res.get("status", "—"))
+        rows.append(row)
+    return headers, rows
+
+
+def text_table(headers, rows) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
+    line = "  ".join("{:<%d}" % w for w in widths)
+    out = [line.format(*headers), line.format(*["-" * w for w in widths])]
+    out += [line.format(*row) for row in rows]
+    return "\n".join(out)
+
+
+def md_table(headers, rows) -> str:
+    def esc(s):
+        return str(s).replace("|", "\\|")
+    out = ["| " + " | ".join(esc(h) for h in headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
+    out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------ documents
+def render(doc: dict, all_results, op_results, table=text_table, heading=lambda lvl, s: s) -> str:
+    parts = []
+    peers_present = [p for p in PEER_SHORT if any(r.engine == p for cr in all_results for r in cr)]
+    for clip_results in all_results:
+        if not clip_results:
+            continue
+        c = clip_results[0]
+        parts.append(heading(3, f"End to end: {c.clip} ({c.duration_s:.1f} s of audio)"))
+        parts.append(table(*e2e_rows(clip_results, peers_present)))
+    if op_results:
+        roof = doc.get("roofline") or {}
+        parts.append(heading(3, "Per op"))
+        parts.append(f"Roofline measured in this run: NumPy sgemm {roof.get('sgemm_gflops', float('nan')):.1f} GFLOP/s "
+                     f"({roof.get('sgemm_n')}³), copy bandwidth {roof.get('copy_gbs', float('nan')):.1f} GB/s "
+                     f"({roof.get('copy_mib')} MiB arrays).  Cell: best time, GFLOP/s, % of the roofline.")
+        parts.append(table(*ops_table(op_results)))
+    if doc.get("skipped"):
+        parts.append(heading(3, "Skipped"))
+        parts.append("\n".join(f"- {s['engine']} ({s['kind']}): {s['reason']}" for s in doc["skipped"]))
+    return "\n\n".join(parts)
+
+
+def markdown(doc: dict, all_results, op_results) -> str:
+    m = doc["machine"]
+    v = doc["versions"]
+    peers = "; ".join(f"{e['engine']} {e['version']}" for e in doc.get("engines", []) if e["kind"] == "peer")
+    head = [
+        "## Benchmark results",
+        "",
+        f"Measured {doc['date']} with `{doc['command']}` on {m['cpu']} ({m['usable_cores']} usable cores, "
+        f"{m['memory_gb']} GB, {m['platform']}), Python {m['python']}, NumPy {v.get('numpy')} ({m['numpy_blas']}), "
+        f"{doc['threads']} threads for every engine (BLAS: {doc['thread_control']}); model {doc['model']}, greedy, temperature 0; "
+        f"{doc['runs']} warm runs after {doc['warmup']} warm-up, interleaved across engines."
+        + (f" Peers: {peers}." if peers else ""),
+        "",
+        f"**The machine was shared with other engineers' builds and tests during this run (load average "
+        f"{m.get('loadavg_at_start')} at start, on {m['usable_cores']} cores): absolute times are noisy. "
+        "Compare ratios within one table; they come from interleaved runs.**",
+        "",
+        "RTF: warm min time / audio duration (below 1 is faster than real time).  Cold start: a fresh process "
+        "importing, loading and transcribing once, timed from outside; peak RSS is that process's.  Encoder: one "
+        "30 s window; decoder: one token step with the KV cache, teacher-forced on the transcript.  "
+        "`× peer`: the peer's warm min time / this backend's (above 1: faster than the peer).  "
+        "Peers run on the same tiny.en weights (faster-whisper on the CTranslate2 directory, openai-whisper on a "
+        "state dict built from our tensors).",
+        "",
+        "",
+    ]
+    return "\n".join(head) + render(doc, all_results, op_results, md_table, lambda lvl, s: "#" * lvl + " " + s) + "\n"

@@ -1,0 +1,109 @@
+"""whisperkit-bench runs and writes well-formed outputs.  Speed is never asserted: the machine is shared."""
+from __future__ import annotations
+
+import json
+import re
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+from conftest import shared
+
+E2E_FIGURES = {"warm_min_s", "warm_median_s", "rtf", "cold_outside_s", "cold_inside_s", "peak_rss_mb",
+               "encoder_ms_per_window", "decoder_ms_per_token", "tokens_equal_ref"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One short run of the console script: numpy backend, jfk, 1 warm run, cold start, per-op, every output."""
+    out = tmp_path_factory.mktemp("bench")
+    jfk = shared("audio", "jfk_16k.wav")
+    cmd = [sys.executable, "-c", "import sys; from whisperkit.bench.cli import main; sys.exit(main())",
+           "--backend", "numpy", "--quick", "--no-peers", "--audio", str(jfk),
+           "--json", str(out / "b.json"), "--markdown", str(out / "b.md"), "--plot", str(out / "b.png")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_json_has_every_figure(quick_run):
+    out, _ = quick_run
+    doc = json.loads((out / "b.json").read_text())
+    for key in ("schema", "date", "command", "machine", "versions", "threads", "model", "records", "roofline", "skipped"):
+        assert key in doc, key
+    assert doc["machine"]["cores"] >= 1 and doc["versions"]["numpy"]
+    e2e = [r for r in doc["records"] if r["section"] == "e2e"]
+    for r in e2e:
+        assert set(r) >= {"engine", "kind", "clip", "figure", "value", "unit"}
+    figures = {r["figure"]: r["value"] for r in e2e if r["engine"] == "numpy" and r["clip"] == "jfk_16k.wav"}
+    assert E2E_FIGURES <= set(figures), E2E_FIGURES - set(figures)
+    for f in E2E_FIGURES - {"tokens_equal_ref"}:
+        assert isinstance(figures[f], (int, float)) and figures[f] > 0, (f, figures[f])
+    assert figures["tokens_equal_ref"] is True  # the reference against itself
+    assert figures["n_tokens"] > 0
+    assert doc["roofline"]["sgemm_gflops"] > 0 and doc["roofline"]["copy_gbs"] > 0
+    ops = [r for r in doc["records"] if r["section"] == "ops"]
+    status = {(r["op"], r["shape"]): r["value"] for r in ops if r["figure"] == "status"}
+    assert {op for op, _ in status} >= {"linear", "conv1d", "layer_norm", "gelu", "attention", "encoder_layer", "decoder_layer"}
+    assert set(status.values()) == {"native"}  # the reference runs every op itself
+    ratios = [r["value"] for r in ops if r["figure"] == "roofline_ratio"]
+    assert len(ratios) == len(status) and all(x > 0 for x in ratios)
+
+
+def test_markdown_tables(quick_run):
+    out, proc = quick_run
+    md = (out / "b.md").read_text()
+    assert "whisperkit-bench --backend numpy" in md and "shared" in md  # command and the noise warning
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    header = next(ln for ln in rows if ln.startswith("| engine |"))
+    numpy_row = next(ln for ln in rows if ln.startswith("| numpy |"))
+    assert numpy_row.count("|") == header.count("|")
+    assert re.search(r"\| numpy \| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d+ \|", numpy_row), numpy_row
+    assert sum(ln.startswith("| encoder_layer |") for ln in rows) == 1
+    assert "numpy" in proc.stdout and "RTF" in proc.stdout  # the terminal table
+
+
+def test_png_is_a_png(quick_run):
+    out, _ = quick_run
+    data = (out / "b.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR" and length == 13
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    assert width >= 200 and height >= 50 and depth == 8 and colour == 2
+    assert struct.unpack(">I", data[29:33])[0] == zlib.crc32(data[12:29]) & 0xFFFFFFFF
+    idat = data.index(b"IDAT")
+    raw = zlib.decompress(data[idat + 4:idat + 4 + struct.unpack(">I", data[idat - 4:idat])[0]])
+    assert len(raw) == height * (1 + 3 * width)
+    assert data.endswith(b"IEND\xaeB`\x82")
+
+
+def test_unknown_backend_is_one_clear_error(capsys):
+    from whisperkit.bench.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(["--backend", "no-such-backend", "--ops"])
+    assert exc.value.code == 2
+    assert "unknown backend" in capsys.readouterr().err
+
+
+def test_missing_peer_is_a_note_not_an_error():
+    from whisperkit.bench.engines import peer_available
+    for name in ("faster-whisper-fp32", "faster-whisper-int8", "openai-whisper"):
+        reason = peer_available(name)
+        assert reason is None or "not installed" in reason
+
+
+def test_openai_state_dict_splits_fused_projections():
+    from whisperkit.bench.engines import openai_state_dict
+    from whisperkit.weights import resolve_model
+    w = resolve_model("tiny.en")
+    sd = openai_state_dict(w)
+    n = w.dims.n_audio_state
+    assert sd["encoder.blocks.0.attn.key.weight"].shape == (n, n)
+    assert "encoder.blocks.0.attn.key.bias" not in sd
+    assert (sd["decoder.blocks.1.cross_attn.value.weight"] == w.tensors["decoder.blocks.1.cross_attn.kv.weight"][n:]).all()
+    assert (sd["decoder.blocks.0.mlp.2.bias"] == w.tensors["decoder.blocks.0.mlp.fc2.bias"]).all()
