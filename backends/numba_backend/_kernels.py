@@ -7,10 +7,11 @@ or raw element offsets into them, so a handful of signatures serve every shape (
 GEMMs: every matrix product (linear, conv1d taps, QK^T and PV of attention) is a call to the OpenBLAS
 ``sgemm`` bundled with NumPy, made from inside the Numba kernels (see `_blas`), single-threaded per call
 while Numba's `prange` spreads the blocks over the threads.  Measured on this machine (2 cores,
-AVX-512), (1500,384)x(384,1536): OpenBLAS sgemm ~180 GFLOP/s; the best register-blocked Numba loop
-nest we wrote reached well under half of that (LLVM does not keep a 2-D accumulator tile in registers
-from Numba code), so BLAS it is.  Weights stay (n_out, n_in) row-major and are used with transB=Trans:
-OpenBLAS packs B either way, and the row slice W[c0:c1] a column-split GEMV needs is then contiguous.
+AVX-512, quiet): np.matmul (1500,384)x(384,1536) at 183 GFLOP/s; a Numba GEMM for the large products was
+NOT written or measured -- the choice rests on that BLAS figure.  For few rows (the decode step) a Numba
+dot loop was measured against sgemm and won (see `SMALL_M`).  Weights stay (n_out, n_in) row-major and
+are used with transB=Trans (the layout np.matmul(x, W.T) hands OpenBLAS too), so a column slice W[c0:c1]
+is contiguous for the decode loop; the pre-transposed (n_in, n_out) layout was measured no better.
 Everything between the GEMMs (bias, residual, LayerNorm, GELU, mask, softmax) is Numba code fused into
 the same parallel loop, on blocks still in cache.
 """
