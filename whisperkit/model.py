@@ -80,10 +80,11 @@ class KVCache:
         self.cross: list[tuple[np.ndarray, np.ndarray]] = []  # per layer (k, v): (batch, n_audio_ctx, n_text_state)
 
     def reorder(self, index: np.ndarray) -> None:
-        """Select/reorder the batch rows (beam search): row i becomes old row index[i]."""
+        """Select/reorder the batch rows (beam search): row i becomes old row index[i].  Beams only move
+        within their own audio's group of rows, and those rows share one cross-attention K/V, so the
+        cross cache is left alone."""
         self.k = [k[index] for k in self.k]
         self.v = [v[index] for v in self.v]
-        self.cross = [(k[index], v[index]) for k, v in self.cross]
 
 
 class TextDecoder:
