@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("audio")
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--ct2-dir", default=None, help="faster-whisper: the CTranslate2 directory (skips our weight loader)")
     args = ap.parse_args(argv)
 
     t = time.perf_counter()
@@ -42,19 +43,23 @@ def main(argv=None) -> int:
         import whisperkit.api  # noqa: F401  (the graph, the registry and the backends' plugins)
         from whisperkit.registry import get_registry
         get_registry()
-    else:  # the peer's own libraries
+        if args.threads:
+            from whisperkit.bench.machine import apply_threads
+            apply_threads(args.threads)
+    else:  # peers: the thread env vars set by the parent, then cpu_threads / torch.set_num_threads at load
         if name.startswith("faster-whisper"):
             import faster_whisper  # noqa: F401
         else:
             import torch  # noqa: F401
             import whisper  # noqa: F401
-    if args.threads:
-        from whisperkit.bench.machine import apply_threads
-        apply_threads(args.threads)
     t_import = time.perf_counter() - t
 
     t = time.perf_counter()
-    engine = make_engine(args.engine, args.threads or 1, args.model)
+    if args.ct2_dir and name.startswith("faster-whisper"):
+        from whisperkit.bench.engines import FasterWhisperEngine
+        engine = FasterWhisperEngine("float32" if name.endswith("fp32") else "int8", args.threads or 1, None, args.ct2_dir)
+    else:
+        engine = make_engine(args.engine, args.threads or 1, args.model)
     engine.load()
     t_load = time.perf_counter() - t
 

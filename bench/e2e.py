@@ -70,9 +70,11 @@ def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def cold_start(spec: str, audio: Path, model: str, threads: int, timeout: float = 1800) -> dict:
+def cold_start(engine: Engine, audio: Path, model: str, threads: int, timeout: float = 1800) -> dict:
     """Import + load + first transcription in a fresh Python process, timed inside and outside."""
-    cmd = [sys.executable, "-m", "whisperkit.bench.cold", spec, str(audio), "--model", model, "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "whisperkit.bench.cold", engine.spec, str(audio), "--model", model, "--threads", str(threads)]
+    if getattr(engine, "model_dir", None) is not None:
+        cmd += ["--ct2-dir", str(engine.model_dir)]
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=thread_env(threads), capture_output=True, text=True, timeout=timeout)
     outside = time.perf_counter() - t
@@ -160,7 +162,7 @@ def run_clip(engines: list[Engine], clip: Path, audio: np.ndarray, *, runs: int,
             res = results[e.name]
             if not res.error:
                 try:
-                    res.cold = cold_start(e.spec, clip, model, threads)
+                    res.cold = cold_start(e, clip, model, threads)
                 except Exception as exc:
                     res.cold = {"error": _err(exc)}
             step(f"{e.name} cold start")

@@ -87,7 +87,7 @@ def _ct2_dir(weights) -> Path:
 class FasterWhisperEngine(Engine):
     kind = "peer"
 
-    def __init__(self, compute_type: str, threads: int, weights):
+    def __init__(self, compute_type: str, threads: int, weights, model_dir: str | Path | None = None):
         self.compute_type = compute_type
         self.name = "faster-whisper-" + ("fp32" if compute_type == "float32" else compute_type)
         self.threads = threads
@@ -98,7 +98,7 @@ class FasterWhisperEngine(Engine):
             raise EngineUnavailable(f"faster-whisper is not installed ({exc.__class__.__name__}: {exc})") from None
         import ctranslate2
         self.version = f"{faster_whisper.__version__} (ctranslate2 {ctranslate2.__version__})"
-        self.model_dir = _ct2_dir(weights)
+        self.model_dir = Path(model_dir) if model_dir is not None else _ct2_dir(weights)
 
     def load(self) -> None:
         from faster_whisper import WhisperModel
