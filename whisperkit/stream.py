@@ -1,0 +1,195 @@
+"""Streaming log-mel: any length of audio in bounded memory.
+
+openai-whisper computes the log-mel of the whole file (plus 30 s of zeros), clamps it at
+(the whole file's maximum - 8) and slices 30 s windows out of it.  `StreamingMel` gives the same
+windows without ever holding the file's samples or mel:
+
+* pass 1 reads the file once, block by block, and keeps only the maximum of log10(mel);
+* pass 2 (`window(seek, n)`) computes the frames a window needs from a sliding buffer of samples,
+  read forward as the windows advance (seek never goes back in transcribe()).
+
+Each frame is computed exactly as `audio.log_mel_spectrogram` does (centred 400-sample periodic-Hann
+frames every 160 samples, reflect padding at the start, zeros after the end), so the windows equal
+the whole-file computation up to float rounding (checked in tests/test_stream.py).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, _check_array, _periodic_hann, load_audio, mel_filters
+from .errors import AudioError
+
+BLOCK_SECONDS = 30
+_HALF = N_FFT // 2
+
+
+class _Samples:
+    """Forward-only reader of 16 kHz mono float32 samples from a file (soundfile blocks, downmix,
+    soxr stream resampling) or from an array."""
+
+    def __init__(self, source):
+        self.array = None
+        if isinstance(source, np.ndarray):
+            self.array = _check_array(source)
+            return
+        self.path = Path(source)
+        load_audio_checks(self.path)
+        import soundfile
+        try:
+            self.info = soundfile.info(str(self.path))
+        except Exception as exc:
+            raise AudioError(f"{self.path} is not a readable audio file (libsndfile: {exc})") from None
+        if self.info.frames == 0:
+            raise AudioError(f"audio file contains no samples: {self.path}")
+
+    def blocks(self, seconds: int = BLOCK_SECONDS):
+        """Yield consecutive float32 16 kHz mono blocks of the whole audio."""
+        if self.array is not None:
+            step = seconds * SAMPLE_RATE
+            for i in range(0, len(self.array), step):
+                yield self.array[i:i + step]
+            return
+        import soundfile
+        import soxr
+        rate = self.info.samplerate
+        resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ") if rate != SAMPLE_RATE else None
+        try:
+            with soundfile.SoundFile(str(self.path)) as f:
+                while True:
+                    block = f.read(seconds * rate, dtype="float32", always_2d=True)
+                    last = block.shape[0] < seconds * rate
+                    mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+                    if not np.all(np.isfinite(mono)):
+                        raise AudioError(f"audio file {self.path} contains NaN or Inf samples")
+                    if resampler is not None:
+                        mono = resampler.resample_chunk(mono, last=last)
+                    if mono.size:
+                        yield np.ascontiguousarray(mono, np.float32)
+                    if last:
+                        return
+        except AudioError:
+            raise
+        except Exception as exc:
+            raise AudioError(f"{self.path} could not be read to the end (libsndfile: {exc})") from None
+
+
+def load_audio_checks(path: Path) -> None:
+    """The path checks of load_audio (exists, a file, not empty), without reading the samples."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise AudioError(f"audio source must be a file path or a NumPy array, got {type(path).__name__}")
+    if not path.exists():
+        raise AudioError(f"audio file not found: {path}")
+    if path.is_dir():
+        raise AudioError(f"audio path is a directory, not a file: {path}")
+    if path.stat().st_size == 0:
+        raise AudioError(f"audio file is empty (0 bytes): {path}")
+
+
+def _log10_mel(padded: np.ndarray, n_frames: int, filters: np.ndarray) -> np.ndarray:
+    """log10(mel power) of n_frames frames of an already padded float64 signal: frame i covers
+    padded[i * 160 : i * 160 + 400].  Returns (n_mels, n_frames) float64."""
+    frames = np.lib.stride_tricks.as_strided(
+        padded, shape=(n_frames, N_FFT), strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0]), writeable=False)
+    spec = np.fft.rfft(frames * _periodic_hann(N_FFT), axis=-1)
+    power = (spec.real ** 2 + spec.imag ** 2).T  # (n_fft // 2 + 1, n_frames)
+    return np.log10(np.maximum(filters @ power, 1e-10))
+
+
+class StreamingMel:
+    """Log-mel windows of an audio file or array, in memory bounded by a few windows.
+
+    `content_frames` equals openai-whisper's ``mel.shape[-1] - N_FRAMES`` for the same audio, and
+    `window(seek, n)` equals ``mel[:, seek:seek + n]`` of its whole-file log-mel with 30 s of padding.
+    """
+
+    def __init__(self, source, n_mels: int = 80):
+        self.n_mels = n_mels
+        self.filters = mel_filters(n_mels).astype(np.float64)
+        self._source = source
+        self._head = None  # the first 201 samples, for the reflect padding at the start
+        self.n_samples, self.log_max = self._first_pass()
+        self.content_frames = self.n_samples // HOP_LENGTH
+        self._reader = None
+        self._buf = np.zeros(0, np.float64)  # samples [buf_start, buf_start + len(buf))
+        self._buf_start = 0
+
+    # ---- pass 1: length and maximum -------------------------------------------------------
+    def _first_pass(self) -> tuple[int, float]:
+        samples = _Samples(self._source)
+        n, log_max = 0, -np.inf
+        carry = np.zeros(0, np.float64)  # samples not yet covered by a full frame
+        next_frame = 0  # index of the next frame to compute
+        for block in samples.blocks():
+            if self._head is None or len(self._head) <= _HALF:
+                self._head = np.concatenate([self._head if self._head is not None else np.zeros(0), block[:_HALF + 1]])[:_HALF + 1]
+            n += len(block)
+            carry = np.concatenate([carry, block.astype(np.float64)])
+            # frames whose right edge (i * 160 + 200) is inside what we have, with the start padded
+            last = (n - _HALF) // HOP_LENGTH  # frames 0..last-1 are complete
+            if last > next_frame:
+                seg_start = next_frame * HOP_LENGTH - _HALF
+                padded = self._padded(carry, n - len(carry), seg_start, (last - 1) * HOP_LENGTH + _HALF)
+                log_max = max(log_max, float(_log10_mel(padded, last - next_frame, self.filters).max()))
+                keep_from = last * HOP_LENGTH - _HALF - (n - len(carry))
+                carry = carry[max(keep_from, 0):]
+                next_frame = last
+        if n == 0:
+            raise AudioError(f"audio contains no samples: {self._source if not isinstance(self._source, np.ndarray) else 'array'}")
+        # the remaining frames run into the zero padding that follows the audio
+        total_frames = (n + 30 * SAMPLE_RATE) // HOP_LENGTH
+        if total_frames > next_frame:
+            tail_last = min(total_frames, (n + _HALF) // HOP_LENGTH + 1)
+            if tail_last > next_frame:
+                seg_start = next_frame * HOP_LENGTH - _HALF
+                padded = self._padded(carry, n - len(carry), seg_start, (tail_last - 1) * HOP_LENGTH + _HALF, n_total=n)
+                log_max = max(log_max, float(_log10_mel(padded, tail_last - next_frame, self.filters).max()))
+            if total_frames > tail_last:
+                log_max = max(log_max, -10.0)  # frames of zeros only: log10(1e-10)
+        return n, log_max
+
+    def _padded(self, have: np.ndarray, have_start: int, start: int, end: int, n_total: int | None = None) -> np.ndarray:
+        """Samples [start, end) of the padded signal from `have` (samples [have_start, ...)):
+        reflection of the audio before 0, zeros at and after n_total (when known)."""
+        out = np.zeros(end - start, np.float64)
+        lo = max(start, have_start)
+        hi = min(end, have_start + len(have), n_total if n_total is not None else end)
+        if hi > lo:
+            out[lo - start:hi - start] = have[lo - have_start:hi - have_start]
+        if start < 0:  # reflect padding: padded[-j] = x[j]
+            k = min(-start, end - start)
+            idx = np.arange(-start, -start - k, -1)  # x[-start], ..., x[1]
+            head = self._head.astype(np.float64)
+            valid = idx < min(len(head), self.n_samples if hasattr(self, "n_samples") else len(head))
+            out[:k][valid] = head[idx[valid]]
+        return out
+
+    # ---- pass 2: windows --------------------------------------------------------------------
+    def _samples(self, start: int, end: int) -> np.ndarray:
+        """Samples [start, end); reading goes forward, so a start before what the buffer still holds
+        starts the reading over (correct, only slower)."""
+        if self._reader is not None and max(start, 0) < self._buf_start:
+            self._reader, self._buf, self._buf_start = None, np.zeros(0, np.float64), 0
+        if self._reader is None:
+            self._reader = _Samples(self._source).blocks()
+        have_end = self._buf_start + len(self._buf)
+        while have_end < min(end, self.n_samples):
+            block = next(self._reader, None)
+            if block is None:
+                break
+            self._buf = np.concatenate([self._buf, block.astype(np.float64)])
+            have_end += len(block)
+        drop = max(0, max(start, 0) - self._buf_start)  # forget what no later window needs
+        if drop:
+            self._buf = self._buf[drop:]
+            self._buf_start += drop
+        return self._padded(self._buf, self._buf_start, start, end, n_total=self.n_samples)
+
+    def window(self, seek: int, n: int) -> np.ndarray:
+        """Log-mel frames [seek, seek + n) as (n_mels, n) float32, clamped at the file's max - 8."""
+        padded = self._samples(seek * HOP_LENGTH - _HALF, (seek + n - 1) * HOP_LENGTH + _HALF + HOP_LENGTH)
+        log_spec = _log10_mel(padded, n, self.filters)
+        log_spec = np.maximum(log_spec, self.log_max - 8.0)
+        return ((log_spec + 4.0) / 4.0).astype(np.float32)
