@@ -39,6 +39,7 @@ __all__ = [
     "FRAMES_PER_SECOND",
     "TOKENS_PER_SECOND",
     "load_audio",
+    "iter_file_blocks",
     "mel_filters",
     "log_mel_spectrogram",
     "pad_or_trim",
@@ -50,16 +51,123 @@ __all__ = [
 
 
 def _check_array(audio: np.ndarray, what: str = "audio array") -> np.ndarray:
+    if not isinstance(audio, np.ndarray):
+        raise AudioError(f"{what} must be a NumPy array, got {type(audio).__name__}")
     if audio.ndim != 1:
         raise AudioError(
             f"{what} must be 1-D mono samples at {SAMPLE_RATE} Hz, got shape {audio.shape}"
         )
     if not (np.issubdtype(audio.dtype, np.floating) or np.issubdtype(audio.dtype, np.integer)):
         raise AudioError(f"{what} must have a float or integer dtype, got {audio.dtype}")
-    out = np.ascontiguousarray(audio, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32's range becomes inf
+        out = np.ascontiguousarray(audio, dtype=np.float32)
     if out.size and not np.all(np.isfinite(out)):
-        raise AudioError(f"{what} contains NaN or Inf values")
+        bad = int(np.flatnonzero(~np.isfinite(out))[0])
+        raise AudioError(
+            f"{what} contains NaN or Inf values (or values beyond float32's range), first at sample {bad}"
+        )
     return out
+
+
+# Sample rates a file may declare.  Upsampling multiplies the samples held in memory by
+# SAMPLE_RATE / rate, so a hostile header claiming 1 Hz would turn a 1 MB file into gigabytes;
+# below 1 kHz there is no speech band to recognise anyway.  The upper bound is generous (768 kHz
+# is the highest rate audio interfaces record at).
+MIN_FILE_RATE = 1_000
+MAX_FILE_RATE = 1_000_000
+# Frames x channels per read: soundfile allocates a block of this size up front, so it is bounded
+# whatever the header claims (libsndfile allows up to 1024 channels).
+_BLOCK_VALUES = 1 << 20
+
+
+def _open_error(path: Path, exc: BaseException) -> AudioError:
+    reason = str(exc).strip() or type(exc).__name__
+    return AudioError(f"{path} is not a readable audio file (libsndfile: {reason})")
+
+
+def iter_file_blocks(source: Union[str, os.PathLike], sr: int = SAMPLE_RATE):
+    """Yield the file's audio as consecutive mono float32 blocks at ``sr`` Hz.
+
+    Never trusts the header's frame count: the file is read in blocks of at most
+    ``_BLOCK_VALUES`` values, so memory is bounded by what the file really holds, not by what it
+    claims. Channels are averaged (float64 accumulation) and every block is checked: a NaN or Inf
+    sample is an :class:`AudioError` naming the file and the time of the first bad sample (not
+    silently replaced: the file is damaged and its text could not be trusted). Resampling is a soxr
+    stream (bit-identical to one-shot ``soxr.resample``). Raises :class:`AudioError` for a missing,
+    empty, unreadable or unsupported file."""
+    path = _check_path(source)
+    import soundfile
+
+    try:
+        f = soundfile.SoundFile(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
+        raise _open_error(path, exc) from None
+    except OSError as exc:
+        raise AudioError(f"cannot read audio file {path}: {exc}") from None
+    with f:
+        in_rate, channels = int(f.samplerate), int(f.channels)
+        if not MIN_FILE_RATE <= in_rate <= MAX_FILE_RATE:
+            raise AudioError(
+                f"{path}: declares a sample rate of {in_rate} Hz, outside the supported "
+                f"{MIN_FILE_RATE}..{MAX_FILE_RATE} Hz (a corrupt header?)"
+            )
+        if channels < 1:
+            raise AudioError(f"{path}: declares {channels} channels")
+        resampler = None
+        if in_rate != sr:
+            import soxr
+
+            resampler = soxr.ResampleStream(in_rate, sr, 1, dtype="float32", quality="HQ")
+        block_frames = max(1, _BLOCK_VALUES // channels)
+        done = 0  # input frames read so far
+        while True:
+            try:
+                block = f.read(block_frames, dtype="float32", always_2d=True)
+            except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
+                raise AudioError(
+                    f"{path}: cannot be read past {done / in_rate:.3f} s (libsndfile: "
+                    f"{str(exc).strip() or type(exc).__name__})"
+                ) from None
+            except (OSError, MemoryError) as exc:
+                raise AudioError(f"cannot read audio file {path}: {type(exc).__name__}: {exc}") from None
+            last = block.shape[0] < block_frames
+            if channels > 1:
+                mono = block.mean(axis=1, dtype=np.float64).astype(np.float32)
+            else:
+                mono = np.ascontiguousarray(block[:, 0])
+            finite = np.isfinite(mono)
+            if not finite.all():
+                first = done + int(np.flatnonzero(~finite)[0])
+                raise AudioError(
+                    f"{path} contains NaN or Inf samples (first at {first / in_rate:.3f} s, frame {first}); "
+                    "the file is damaged"
+                )
+            done += block.shape[0]
+            if resampler is not None:
+                mono = resampler.resample_chunk(mono, last=last)
+            if mono.size:
+                yield np.ascontiguousarray(mono, dtype=np.float32)
+            if last:
+                return
+
+
+def _check_path(source) -> Path:
+    if not isinstance(source, (str, os.PathLike)):
+        raise AudioError(
+            f"audio source must be a file path or a NumPy array, got {type(source).__name__}"
+        )
+    path = Path(source)
+    try:
+        if not path.exists():
+            raise AudioError(f"audio file not found: {path}")
+        if path.is_dir():
+            raise AudioError(f"audio path is a directory, not a file: {path}")
+        size = path.stat().st_size
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise AudioError(f"cannot access audio file {path}: {exc}") from None
+    if size == 0:
+        raise AudioError(f"audio file is empty (0 bytes): {path}")
+    return path
 
 
 def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -67,50 +175,17 @@ def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> np.ndarray:
 
     ``source`` is a path to an audio file libsndfile can read (wav, flac, ogg, mp3, ...), or a
     1-D NumPy array that is already mono at 16 kHz (it is only converted to float32 and checked).
+    Integer PCM and 8-bit unsigned files come out scaled to [-1, 1]; several channels are averaged;
+    NaN/Inf samples, a sample rate outside [MIN_FILE_RATE, MAX_FILE_RATE] Hz, an unreadable or
+    sample-less file are an :class:`AudioError` naming the file (see :func:`iter_file_blocks`).
     """
     if isinstance(source, np.ndarray):
         return _check_array(source)
-    if not isinstance(source, (str, os.PathLike)):
-        raise AudioError(
-            f"audio source must be a file path or a NumPy array, got {type(source).__name__}"
-        )
-
-    path = Path(source)
-    if not path.exists():
-        raise AudioError(f"audio file not found: {path}")
-    if path.is_dir():
-        raise AudioError(f"audio path is a directory, not a file: {path}")
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise AudioError(f"cannot access audio file {path}: {exc}") from None
-    if size == 0:
-        raise AudioError(f"audio file is empty (0 bytes): {path}")
-
-    import soundfile
-
-    try:
-        data, in_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        reason = str(exc).strip() or type(exc).__name__
-        raise AudioError(
-            f"{path} is not a readable audio file (libsndfile: {reason})"
-        ) from None
-    except OSError as exc:
-        raise AudioError(f"cannot read audio file {path}: {exc}") from None
-
-    if data.shape[0] == 0:
+    path = _check_path(source)
+    blocks = list(iter_file_blocks(path, sr))
+    if not blocks:
         raise AudioError(f"audio file contains no samples: {path}")
-
-    audio = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    if in_rate != sr:
-        import soxr
-
-        audio = soxr.resample(audio, in_rate, sr, quality="HQ")
-    audio = np.ascontiguousarray(audio, dtype=np.float32)
-    if audio.size == 0:
-        raise AudioError(f"audio file contains no samples: {path}")
-    return audio
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 # --------------------------------------------------------------------------------------------
