@@ -111,6 +111,9 @@ def _check_tensors(
         got = tuple(tensors[name].shape)
         if got != shape:
             raise ModelFileError(f"{where}: tensor {name}{src} has shape {got}, expected {shape}")
+        if not np.isfinite(tensors[name]).all():  # NaN weights would decode to confident nonsense
+            bad = int(np.count_nonzero(~np.isfinite(tensors[name])))
+            raise ModelFileError(f"{where}: tensor {name}{src} has {bad} NaN or Inf values")
 
 
 def _alignment_heads(value, where: str, dims: ModelDimensions | None = None) -> np.ndarray | None:
@@ -118,7 +121,7 @@ def _alignment_heads(value, where: str, dims: ModelDimensions | None = None) -> 
         return None
     try:
         arr = np.asarray(value, dtype=np.int64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ModelFileError(f"{where}: alignment_heads is not a list of [layer, head] pairs: {exc}") from None
     if arr.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
@@ -134,10 +137,38 @@ def _alignment_heads(value, where: str, dims: ModelDimensions | None = None) -> 
     return np.ascontiguousarray(arr)
 
 
+def _json_loads(raw: bytes):
+    """``json.loads`` whose every failure is a ValueError: bad UTF-8, bad JSON, a number with more
+    digits than Python converts, or nesting deep enough to exhaust the recursion limit."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _positive_dims(dims: ModelDimensions, where: str, n_values: int) -> None:
+    """Every dimension a positive integer; layer counts no more than the file's ``n_values`` tensors
+    could hold (each layer needs a dozen), so a hostile count cannot make us loop for ever."""
+    for k, v in vars(dims).items():
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ModelFileError(f"{where}: {k} is {v!r}, expected a positive integer")
+    for k in ("n_audio_layer", "n_text_layer"):
+        if getattr(dims, k) > n_values:
+            raise ModelFileError(f"{where}: {k} is {getattr(dims, k)} but the file has only {n_values} tensors")
+    for what, state, heads in (
+        ("encoder", dims.n_audio_state, dims.n_audio_head),
+        ("decoder", dims.n_text_state, dims.n_text_head),
+    ):
+        if state % heads:
+            raise ModelFileError(f"{where}: {what} width {state} is not divisible by its {heads} heads")
+
+
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = _json_loads(path.read_bytes())
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read JSON: {exc}") from None
+    except ValueError as exc:
         raise ModelFileError(f"{path}: cannot read JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ModelFileError(f"{path}: expected a JSON object, got {type(data).__name__}")
@@ -339,7 +370,10 @@ class _CT2File:
     def scalar(self, name: str) -> int | None:
         if not self.has(name):
             return None
-        return int(self.raw(name).reshape(-1)[0])
+        a = self.raw(name).reshape(-1)
+        if a.size != 1 or not np.isfinite(a[0]) or a[0] != int(a[0]):
+            raise ModelFileError(f"{self.src.label}: {name} must hold one integer, got {a[:4].tolist()}")
+        return int(a[0])
 
     def float32(self, name: str) -> np.ndarray:
         real = self.resolve(name)
@@ -355,7 +389,17 @@ class _CT2File:
             )
         scale = self.raw(scale_name).astype(np.float32)
         out = a.astype(np.float32)
-        out /= scale.reshape(scale.shape + (1,) * (out.ndim - scale.ndim)) if scale.ndim else scale
+        if scale.size != 1 and scale.shape != out.shape[: scale.ndim]:
+            raise ModelFileError(
+                f"{self.src.label}: scale {scale_name!r} has shape {scale.shape}, which does not fit "
+                f"tensor {real!r} of shape {out.shape}"
+            )
+        if not (np.isfinite(scale).all() and (scale != 0).all()):
+            raise ModelFileError(f"{self.src.label}: scale {scale_name!r} has zero, NaN or Inf values")
+        if scale.size == 1:
+            out /= scale.reshape(-1)[0]
+        else:
+            out /= scale.reshape(scale.shape + (1,) * (out.ndim - scale.ndim))
         return out
 
 
@@ -376,7 +420,11 @@ def _ct2_to_canonical(ct2: _CT2File, where: str) -> tuple[ModelDimensions, dict[
     def count_layers(prefix: str) -> int:
         pat = re.compile(rf"^{prefix}/layer_(\d+)/")
         idx = {int(m.group(1)) for n in ct2.vars if (m := pat.match(n))}
-        return max(idx) + 1 if idx else 0
+        n = max(idx) + 1 if idx else 0
+        if len(idx) != n:  # also keeps a hostile "layer_4294967295" from sizing the model
+            gap = min(set(range(n)) - idx)
+            raise ModelFileError(f"{where}: {prefix} has layers up to {prefix}/layer_{n - 1} but no {prefix}/layer_{gap}")
+        return n
 
     n_audio_state, n_text_state = conv1[0], emb[1]
     n_audio_head = ct2.scalar("encoder/num_heads") or max(n_audio_state // 64, 1)
@@ -393,9 +441,7 @@ def _ct2_to_canonical(ct2: _CT2File, where: str) -> tuple[ModelDimensions, dict[
         n_text_head=n_text_head,
         n_text_layer=count_layers("decoder"),
     )
-    for what, state, heads in (("encoder", n_audio_state, n_audio_head), ("decoder", n_text_state, n_text_head)):
-        if heads <= 0 or state % heads:
-            raise ModelFileError(f"{where}: {what} width {state} is not divisible by its {heads} heads")
+    _positive_dims(dims, where, len(ct2.vars))
 
     mapping: dict[str, str] = {
         "encoder.conv1.weight": "encoder/conv1/weight",
@@ -531,22 +577,27 @@ class _SafeTensors:
         if n > size - 8:
             raise ModelFileError(f"{where}: truncated safetensors file: header of {n} bytes does not fit in {size} bytes")
         try:
-            header = json.loads(bytes(self.src.view(8, n)).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            header = _json_loads(bytes(self.src.view(8, n)))
+        except ValueError as exc:
             raise ModelFileError(f"{where}: corrupt safetensors header: {exc}") from None
         if not isinstance(header, dict):
             raise ModelFileError(f"{where}: corrupt safetensors header: not a JSON object")
         self.metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(self.metadata, dict):
+            raise ModelFileError(f"{where}: corrupt safetensors header: __metadata__ is not a JSON object")
         self.start = 8 + n
         self.entries: dict[str, tuple[np.dtype, str, tuple[int, ...], int, int]] = {}
         end_max = 0
         for key, e in header.items():
             try:
-                dt, shape, (b, e_) = e["dtype"], tuple(int(s) for s in e["shape"]), e["data_offsets"]
-                b, e_ = int(b), int(e_)
+                dt, shape, (b, e_) = e["dtype"], tuple(e["shape"]), e["data_offsets"]
             except (KeyError, TypeError, ValueError):
-                raise ModelFileError(f"{where}: corrupt safetensors header entry for {key!r}: {e!r}") from None
-            if dt not in _ST_DTYPES:
+                raise ModelFileError(f"{where}: corrupt safetensors header entry for {key!r}: {str(e)[:200]}") from None
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (*shape, b, e_)):
+                raise ModelFileError(
+                    f"{where}: corrupt safetensors header: tensor {key!r} has a non-integer shape or offset: {str(e)[:200]}"
+                )
+            if not isinstance(dt, str) or dt not in _ST_DTYPES:
                 raise ModelFileError(f"{where}: tensor {key!r} has unsupported dtype {dt}")
             expected = math.prod(shape) * _ST_DTYPES[dt].itemsize
             if b < 0 or e_ - b != expected or any(s < 0 for s in shape):
@@ -556,6 +607,15 @@ class _SafeTensors:
                 )
             self.entries[key] = (_ST_DTYPES[dt], dt, shape, b, e_)
             end_max = max(end_max, e_)
+        # the spec: tensors tile the data section, no overlaps and no holes
+        pos = 0
+        for key, (_, _, _, b, e_) in sorted(self.entries.items(), key=lambda kv: (kv[1][3], kv[1][4])):
+            if b != pos:
+                raise ModelFileError(
+                    f"{where}: corrupt safetensors header: tensor {key!r} starts at data byte {b}, expected {pos} "
+                    "(tensors must cover the data without overlaps or holes)"
+                )
+            pos = e_
         if self.start + end_max != size:
             raise ModelFileError(
                 f"{where}: truncated or corrupt safetensors file: the header describes "
@@ -597,7 +657,11 @@ def _hf_weight_files(d: Path) -> list[Path]:
         wm = _read_json(index).get("weight_map")
         if not isinstance(wm, dict):
             raise ModelFileError(f"{index}: no weight_map")
-        files = [d / f for f in sorted(set(wm.values()))]
+        names = set(wm.values())
+        for f in names:
+            if not isinstance(f, str) or not f or f != Path(f).name or f in (".", ".."):
+                raise ModelFileError(f"{index}: shard name {f!r} is not a file name in {d}")
+        files = [d / f for f in sorted(names)]
         for f in files:
             if not f.is_file():
                 raise ModelFileError(f"{index}: shard {f.name} is missing")
@@ -640,9 +704,12 @@ def read_hf(path: str | os.PathLike, *, name: str | None = None) -> LoadedWeight
     )
     files = _hf_weight_files(d)
     where = "+".join(str(f) for f in files)
-    opened = [_SafeTensors(f) for f in files]
+    opened = []
     try:
+        for f in files:
+            opened.append(_SafeTensors(f))
         owner = {k: st for st in opened for k in st.keys()}
+        _positive_dims(dims, str(cfg_path), len(owner))
         prefix = "model." if "model.encoder.conv1.weight" in owner or "encoder.conv1.weight" not in owner else ""
         used: dict[str, str] = {}
 
@@ -669,8 +736,11 @@ def read_hf(path: str | os.PathLike, *, name: str | None = None) -> LoadedWeight
                 if a is None:
                     return
                 arrays.append(a)
-            width = next(a.shape[0] for a in arrays if a is not None)
-            arrays = [np.zeros(width, np.float32) if a is None else a for a in arrays]
+            given = [a for a in arrays if a is not None]
+            if any(a.ndim == 0 for a in given) or len({a.shape[1:] for a in given}) != 1:
+                raise ModelFileError(f"{where}: cannot fuse {hf_parts} into {canon}: shapes {[a.shape for a in given]}")
+            width = given[0].shape[0]
+            arrays = [np.zeros((width,) + given[0].shape[1:], np.float32) if a is None else a for a in arrays]
             if len({a.shape[1:] for a in arrays}) != 1:
                 raise ModelFileError(f"{where}: cannot fuse {hf_parts} into {canon}: shapes {[a.shape for a in arrays]}")
             tensors[canon] = np.concatenate(arrays, axis=0)
