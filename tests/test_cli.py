@@ -13,8 +13,10 @@ from conftest import shared
 EXE = shutil.which("whisperkit") or str(Path(sys.executable).parent / "whisperkit")
 
 
-def run(*args, timeout=600):
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def run(*args, timeout=600, cwd=None):
+    """`transcribe` writes its output files to --output_dir, "." by default: tests pass a temporary
+    cwd or --output_dir so that nothing lands in the repository."""
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def assert_one_clear_error(proc, *fragments):
@@ -33,12 +35,15 @@ def test_backends_lists_numpy_as_usable():
     assert " yes " in row and "linear" in row and "attention" in row
 
 
-def test_transcribe_flac_prints_segments_then_text(golden_tiny):
-    proc = run("transcribe", shared("audio", "jfk.flac"))
+def test_transcribe_flac_prints_segments_then_text(golden_tiny, tmp_path):
+    # greedy (the CLI's default is beam 5, as openai-whisper's `whisper`)
+    proc = run("transcribe", shared("audio", "jfk.flac"), "--beam_size", "None", "--best_of", "None", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("[00:00.000 --> 00:07.740]")
     assert lines[-1] == golden_tiny["clips"]["jfk_16k.wav"]["transcribe_greedy"]["text"].strip()
+    # --output_format all into the default --output_dir "."
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"jfk.{e}" for e in ("json", "srt", "tsv", "txt", "vtt")]
 
 
 @pytest.fixture
@@ -55,11 +60,11 @@ def bad_inputs(tmp_path):
 @pytest.mark.parametrize("case, fragment", [
     ("missing", "not found"), ("empty", "empty"), ("text", "not a readable audio file"), ("zero", "no samples")])
 def test_bad_audio_gives_one_clear_error(bad_inputs, case, fragment):
-    assert_one_clear_error(run("transcribe", bad_inputs[case]), str(bad_inputs[case]), fragment)
+    assert_one_clear_error(run("transcribe", bad_inputs[case], cwd=bad_inputs["empty"].parent), str(bad_inputs[case]), fragment)
 
 
-def test_unknown_backend_gives_one_clear_error():
-    assert_one_clear_error(run("transcribe", "--backend", "nosuch", shared("audio", "jfk_16k.wav")),
+def test_unknown_backend_gives_one_clear_error(tmp_path):
+    assert_one_clear_error(run("transcribe", "--backend", "nosuch", shared("audio", "jfk_16k.wav"), cwd=tmp_path),
                            "unknown backend 'nosuch'", "numpy")
 
 
@@ -73,7 +78,8 @@ def test_truncated_model_gives_one_clear_error(tmp_path):
     (bad / "model.bin").write_bytes(data[: len(data) // 2])
     shutil.copy(src_dir / "config.json", bad / "config.json")
     shutil.copy(src_dir / "tokenizer.json", bad / "tokenizer.json")
-    assert_one_clear_error(run("transcribe", "--model", bad, shared("audio", "jfk_16k.wav")), "model.bin", "truncated")
+    assert_one_clear_error(run("transcribe", "--model", bad, shared("audio", "jfk_16k.wav"), cwd=tmp_path),
+                           "model.bin", "truncated")
 
 
 def test_convert_writes_a_loadable_hf_directory(tmp_path):

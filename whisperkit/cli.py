@@ -6,7 +6,11 @@ import json
 import logging
 import sys
 
+import numpy as np
+
 from .errors import WhisperkitError
+from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS
+from .writers import OUTPUT_FORMATS
 
 
 def _fmt_ts(seconds: float) -> str:
@@ -15,19 +19,83 @@ def _fmt_ts(seconds: float) -> str:
     return (f"{h:d}:" if h else "") + f"{m:02d}:{s:06.3f}"
 
 
+WORD_OPTIONS = ("highlight_words", "max_line_count", "max_line_width", "max_words_per_line")
+
+
+def _warn(message: str) -> None:
+    print(f"whisperkit: warning: {message}", file=sys.stderr)
+
+
+def _transcribe_options(args, model) -> dict:
+    """openai-whisper's `whisper` CLI arguments -> transcribe() options."""
+    from .tokenizer import normalize_language
+    language = args.language
+    if language is not None and language.lower() != "none":
+        try:
+            language = normalize_language(language)
+        except ValueError as exc:
+            raise WhisperkitError(str(exc)) from None
+    else:
+        language = None
+    if not model.is_multilingual and language not in (None, "en"):
+        _warn(f"{model.name} is an English-only model but received language {args.language!r}; using English instead")
+        language = "en"
+    if args.temperature_increment_on_fallback is not None:
+        if args.temperature_increment_on_fallback <= 0:
+            raise WhisperkitError(f"--temperature_increment_on_fallback must be positive, got {args.temperature_increment_on_fallback}")
+        temperature = tuple(float(t) for t in np.arange(args.temperature, 1.0 + 1e-6, args.temperature_increment_on_fallback))
+    else:
+        temperature = (args.temperature,)
+    return dict(
+        verbose=None, temperature=temperature, task=args.task, language=language,
+        best_of=args.best_of, beam_size=args.beam_size, patience=args.patience, length_penalty=args.length_penalty,
+        suppress_tokens=args.suppress_tokens, initial_prompt=args.initial_prompt,
+        carry_initial_prompt=args.carry_initial_prompt, condition_on_previous_text=args.condition_on_previous_text,
+        compression_ratio_threshold=args.compression_ratio_threshold, logprob_threshold=args.logprob_threshold,
+        no_speech_threshold=args.no_speech_threshold, word_timestamps=args.word_timestamps,
+        prepend_punctuations=args.prepend_punctuations, append_punctuations=args.append_punctuations,
+        clip_timestamps=args.clip_timestamps, hallucination_silence_threshold=args.hallucination_silence_threshold,
+        progress=False if args.no_progress else None)
+
+
 def cmd_transcribe(args) -> int:
+    import os
+
     from .api import Whisper
     from .threads import set_num_threads
+    from .writers import get_writer
+
+    if not args.word_timestamps:
+        for option in WORD_OPTIONS:
+            if getattr(args, option):
+                raise WhisperkitError(f"--{option} requires --word_timestamps True")
+    if args.max_line_count and not args.max_line_width:
+        _warn("--max_line_count has no effect without --max_line_width")
+    if args.max_words_per_line and args.max_line_width:
+        _warn("--max_words_per_line has no effect with --max_line_width")
+    writer_args = {option: getattr(args, option) for option in WORD_OPTIONS}
+
     if args.threads:
         set_num_threads(args.threads)
-    model = Whisper(args.model, backend=args.backend)
+    model = Whisper(args.model, backend=args.backend, download_root=args.model_dir)
+    options = _transcribe_options(args, model)
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+    except OSError as exc:
+        raise WhisperkitError(f"cannot create the output directory {args.output_dir}: {exc.strerror}") from None
+    writer = get_writer(args.output_format, args.output_dir)
     for path in args.audio:
-        options = dict(temperature=args.temperature, language=args.language, task=args.task,
-                       condition_on_previous_text=args.condition_on_previous_text,
-                       initial_prompt=args.initial_prompt)
-        result = model.transcribe(path, **options)
+        try:
+            result = model.transcribe(path, **options)
+        except ValueError as exc:  # an option the decoder rejects (e.g. --patience without --beam_size)
+            if isinstance(exc, WhisperkitError):
+                raise
+            raise WhisperkitError(str(exc)) from None
+        writer(result, path, **writer_args)
         if args.json:
             print(json.dumps(result.to_dict(), ensure_ascii=False))
+            continue
+        if not args.transcribe_verbose:
             continue
         if len(args.audio) > 1:
             print(f"# {path}")
@@ -75,17 +143,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log backend fallbacks and loading")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("transcribe", help="transcribe audio files")
+    t = sub.add_parser("transcribe", help="transcribe audio files (openai-whisper's `whisper` options)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3)")
     t.add_argument("--model", default="tiny.en", help="tiny.en (bundled), base (with the base-model extra), a local directory, or a Hub repo id")
+    t.add_argument("--model_dir", default=None, help="where downloaded models are kept")
     t.add_argument("--backend", default="numpy", help="kernel backend (see `whisperkit backends`)")
-    t.add_argument("--language", default=None, help="language spoken (multilingual models); detected when omitted")
-    t.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
-    t.add_argument("--temperature", type=float, default=0.0)
-    t.add_argument("--condition_on_previous_text", type=_str2bool, default=True)
-    t.add_argument("--initial_prompt", default=None)
-    t.add_argument("--threads", type=int, default=0, help="threads for every backend (default: all cores)")
-    t.add_argument("--json", action="store_true", help="print the result as JSON (openai-whisper's shape)")
+    t.add_argument("--output_dir", "-o", default=".", help="directory to save the outputs")
+    t.add_argument("--output_format", "-f", default="all", choices=OUTPUT_FORMATS, help="format of the output files; all: every format")
+    t.add_argument("--verbose", dest="transcribe_verbose", type=_str2bool, default=True,
+                   help="print the timestamped segments, then the text")
+    t.add_argument("--task", default="transcribe", choices=["transcribe", "translate"],
+                   help="X->X speech recognition (transcribe) or X->English translation (translate)")
+    t.add_argument("--language", default=None, help="language spoken (code or name); detected when omitted")
+    t.add_argument("--temperature", type=float, default=0.0, help="temperature of the first decoding attempt")
+    t.add_argument("--best_of", type=_optional_int, default=5, help="candidates when sampling at temperature > 0")
+    t.add_argument("--beam_size", type=_optional_int, default=5, help="beams of beam search at temperature 0 (None: greedy)")
+    t.add_argument("--patience", type=_optional_float, default=None, help="beam search patience (1.0: conventional beam search)")
+    t.add_argument("--length_penalty", type=_optional_float, default=None, help="length penalty alpha; default: plain length normalisation")
+    t.add_argument("--suppress_tokens", default="-1", help="comma-separated token ids to suppress; -1: most special characters")
+    t.add_argument("--initial_prompt", default=None, help="text to prompt the first window with")
+    t.add_argument("--carry_initial_prompt", type=_str2bool, default=False, help="prepend the initial prompt to every window's prompt")
+    t.add_argument("--condition_on_previous_text", type=_str2bool, default=True, help="prompt each window with the text before it")
+    t.add_argument("--fp16", type=_str2bool, default=True, help="accepted for compatibility; whisperkit computes in fp32")
+    t.add_argument("--temperature_increment_on_fallback", type=_optional_float, default=0.2,
+                   help="temperature step when a decoding fails the thresholds below (None: no fallback)")
+    t.add_argument("--compression_ratio_threshold", type=_optional_float, default=2.4, help="a gzip compression ratio above this fails the decoding")
+    t.add_argument("--logprob_threshold", type=_optional_float, default=-1.0, help="an average log probability below this fails the decoding")
+    t.add_argument("--no_speech_threshold", type=_optional_float, default=0.6,
+                   help="no-speech probability above this, with a failed logprob, makes the window silence")
+    t.add_argument("--word_timestamps", type=_str2bool, default=False, help="word-level timestamps (cross-attention + DTW)")
+    t.add_argument("--prepend_punctuations", default=PREPEND_PUNCTUATIONS, help="with word timestamps: marks merged into the next word")
+    t.add_argument("--append_punctuations", default=APPEND_PUNCTUATIONS, help="with word timestamps: marks merged into the previous word")
+    t.add_argument("--highlight_words", type=_str2bool, default=False, help="(needs --word_timestamps True) underline each word as it is spoken in srt and vtt")
+    t.add_argument("--max_line_width", type=_optional_int, default=None, help="(needs --word_timestamps True) characters in a line before breaking it")
+    t.add_argument("--max_line_count", type=_optional_int, default=None, help="(needs --word_timestamps True) lines in a subtitle")
+    t.add_argument("--max_words_per_line", type=_optional_int, default=None,
+                   help="(needs --word_timestamps True, no effect with --max_line_width) words in a line")
+    t.add_argument("--threads", type=_optional_int, default=0, help="threads for every backend (0: all cores)")
+    t.add_argument("--clip_timestamps", default="0", help="start,end,start,end,... seconds of the clips to process; the last end defaults to the end of the file")
+    t.add_argument("--hallucination_silence_threshold", type=_optional_float, default=None,
+                   help="(needs --word_timestamps True) skip silences longer than this (s) before a possible hallucination")
+    t.add_argument("--json", action="store_true", help="print the result as JSON (openai-whisper's shape) instead of the text")
+    t.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar on stderr")
     t.set_defaults(func=cmd_transcribe)
 
     b = sub.add_parser("backends", help="list the registered kernel backends")
@@ -100,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("conformance", help="hold a backend to the reference (run `whisperkit conformance --help`)", add_help=False)
     return p
+
+
+def _optional_int(v: str) -> int | None:
+    return None if v == "None" else int(v)
+
+
+def _optional_float(v: str) -> float | None:
+    return None if v == "None" else float(v)
 
 
 def _str2bool(v: str) -> bool:
