@@ -75,11 +75,8 @@ class PythranBackend(Backend):
     description = "Pythran kernels compiled at install (OpenMP) + NumPy's BLAS for the GEMMs"
 
     def __init__(self):
-        try:
-            import importlib.metadata as md
-            self.version = md.version("pythran")
-        except Exception:
-            self.version = "built"
+        # the pythran that compiled the kernels (the build's, not whatever is installed now)
+        self.version = str(getattr(K, "__pythran__", ("not built",))[0]) if K is not None else "not built"
         self._blas_threads = _numpy_blas_set_threads()
         if K is not None:
             self.set_num_threads(get_num_threads())
@@ -157,9 +154,9 @@ class PythranBackend(Backend):
         return out
 
     def attention_weights(self, q, k, n_head, causal=False, offset=0):
+        # GEMM + the softmax kernel at every size: only word timestamps use it, and a fused row kernel
+        # for it in the same Pythran module made attention_rows 3x slower (Pythran 0.18.1).
         b, n_q, d = q.shape
-        if n_q <= ROWS_FUSED_MAX:
-            return K.attention_weights_rows(_c(q), _c(k), int(n_head), bool(causal), int(offset))
         dh = d // n_head
         n_kv = k.shape[1]
         p = np.empty((b, n_head, n_q, n_kv), np.float32)

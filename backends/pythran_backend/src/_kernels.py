@@ -103,7 +103,8 @@ def attention_rows(q, k, v, n_head, causal, offset):
     nb, nq, d = q.shape
     nkv = k.shape[1]
     dh = d // n_head
-    out = np.empty((nb, nq, d), np.float32)
+    # np.zeros, not np.empty: measured 100x faster here with Pythran 0.18.1 (8 ms vs 85 us, 1 x 1500 keys)
+    out = np.zeros((nb, nq, d), np.float32)
     scale = np.float32(1. / np.sqrt(dh))
     #omp parallel for schedule(dynamic)
     for idx in range(nb * n_head * nq):
@@ -112,7 +113,7 @@ def attention_rows(q, k, v, n_head, causal, offset):
         i = idx % nq
         c0 = h * dh
         end = min(offset + i + 1, nkv) if causal else nkv
-        s = np.empty(nkv, np.float32)
+        s = np.zeros(nkv, np.float32)
         qr = q[bi, i, c0:c0 + dh] * scale
         for j in range(end):
             s[j] = np.sum(qr * k[bi, j, c0:c0 + dh])
@@ -128,35 +129,6 @@ def attention_rows(q, k, v, n_head, causal, offset):
             o += (s[j] * inv) * v[bi, j, c0:c0 + dh]
         out[bi, i, c0:c0 + dh] = o
     return out
-
-
-#pythran export attention_weights_rows(float32[:,:,:], float32[:,:,:], int, bool, int)
-def attention_weights_rows(q, k, n_head, causal, offset):
-    nb, nq, d = q.shape
-    nkv = k.shape[1]
-    dh = d // n_head
-    p = np.zeros((nb, n_head, nq, nkv), np.float32)
-    scale = np.float32(1. / np.sqrt(dh))
-    #omp parallel for schedule(dynamic)
-    for idx in range(nb * n_head * nq):
-        bi = idx // (n_head * nq)
-        h = (idx // nq) % n_head
-        i = idx % nq
-        c0 = h * dh
-        end = min(offset + i + 1, nkv) if causal else nkv
-        qr = q[bi, i, c0:c0 + dh] * scale
-        for j in range(end):
-            p[bi, h, i, j] = np.sum(qr * k[bi, j, c0:c0 + dh])
-        m = np.max(p[bi, h, i, :end])
-        tot = 0.
-        for j in range(end):
-            e = np.exp(p[bi, h, i, j] - m)
-            p[bi, h, i, j] = e
-            tot += e
-        inv = np.float32(1. / tot)
-        for j in range(end):
-            p[bi, h, i, j] *= inv
-    return p
 
 
 #pythran export softmax_rows_(float32[:,:], float32, bool, int)
