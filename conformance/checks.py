@@ -75,13 +75,23 @@ def compare(name: str, out, ref: np.ndarray, scale: np.ndarray, rtol: float, ato
             f"|diff| {diff[worst]:.4g} > allowed {allowed[worst]:.4g} (scale {scale[worst]:.4g})")
 
 
+def worst_ratio(out: np.ndarray, ref: np.ndarray, scale: np.ndarray, rtol: float, atol: float) -> float:
+    """max |out - ref| / (atol + rtol * scale): 1.0 is the edge of the tolerance (reported, to watch margins)."""
+    if out.size == 0:
+        return 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+        d = np.where(np.isfinite(d), d, 0.0)
+        return float((d / (atol + rtol * scale)).max())
+
+
 def _arrays(inp: Inputs):
     return [(i, a) for i, a in enumerate(inp.args) if isinstance(a, np.ndarray)]
 
 
-def run_case(case: Case, backend: Backend, ops: Ops, ref_ops: Ops, reference_cache: dict | None = None) -> None:
+def run_case(case: Case, backend: Backend, ops: Ops, ref_ops: Ops, reference_cache: dict | None = None) -> float:
     """Run `case` on `backend` (through `ops`) and on the reference; raise ConformanceFailure on any
-    difference, or return normally.  Raises `Fallback` when the dispatcher does not send the op to the backend."""
+    difference, else return the worst error as a fraction of the tolerance.  Raises `Fallback` when the dispatcher does not send the op to the backend."""
     record = RECORDS[case.op]
     if case.op not in backend.implemented_ops():  # no need to build the inputs: the dispatcher cannot choose it
         raise Fallback(FALLBACK_REASON)
@@ -115,6 +125,7 @@ def run_case(case: Case, backend: Backend, ops: Ops, ref_ops: Ops, reference_cac
     p = compare("output", out, ref_out, np.broadcast_to(scale, ref_out.shape), tol.rtol, tol.atol)
     if p:
         problems.append(p)
+    margin = None if p else worst_ratio(out, ref_out, np.broadcast_to(scale, ref_out.shape), tol.rtol, tol.atol)
     # inputs untouched (bit for bit), except the KV cache slots the op is told to write
     for i, a in _arrays(inp):
         if i in inp.inplace:
@@ -149,6 +160,7 @@ def run_case(case: Case, backend: Backend, ops: Ops, ref_ops: Ops, reference_cac
         raise ConformanceFailure(f"{case.id} on backend {backend.name}: " + "\n".join(problems)
                                  + f"\n  case: seed {case.seed}; {case.describe()}"
                                  + "\n  reproduce:\n    " + case.snippet(backend.name).replace("\n", "\n    "))
+    return margin
 
 
 def _rowwise(a: np.ndarray) -> np.ndarray:

@@ -187,8 +187,10 @@ def pytest_runtest_makereport(item, call):
         elif rep.failed:
             status = "failed" if rep.when == "call" else "error"
             detail = str(rep.longreprtext)
+        used = dict(rep.user_properties).get("tolerance_used")
         s.results[backend][case_id] = dict(case=case_id, op=case_id.split("/")[0], status=status, detail=detail,
-                                           seconds=round(rep.duration, 4))
+                                           seconds=round(rep.duration, 4),
+                                           tolerance_used=None if used is None else round(float(used), 4))
     elif rep.failed and res is not None:  # teardown error
         res["status"], res["detail"] = "error", str(rep.longreprtext)
 
@@ -201,11 +203,14 @@ def _summary(s: ConformanceSession) -> dict:
     for name, b in s.backends.items():
         results = s.results.get(name, {})
         ops = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
+        worst: dict[str, float] = {}
         for r in results.values():
             ops[r["op"]][r["status"]] += 1
+            if r.get("tolerance_used") is not None:
+                worst[r["op"]] = max(worst.get(r["op"], 0.0), r["tolerance_used"])
         failed = sorted(c for c, r in results.items() if r["status"] in ("failed", "error"))
         out["backends"][name] = dict(
-            backend_info(b, s.ops[name]), ops=dict(ops), cases=results, failed=failed,
+            backend_info(b, s.ops[name]), ops=dict(ops), cases=results, failed=failed, worst_tolerance_used=worst,
             fallback_ops=sorted({r["op"] for r in results.values() if r["status"] == "fallback"}),
             conforms=not failed and bool(results),
         )
@@ -221,7 +226,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         if not b["cases"]:
             continue
         tr.section(f"whisperkit conformance: backend {name} {b['version']}", sep="=")
-        header = f"{'op':<20} {'result':<28} " + " ".join(f"{st:>8}" for st in STATUSES)
+        header = f"{'op':<20} {'result':<28} " + " ".join(f"{st:>8}" for st in STATUSES) + "  worst/tol"
         tr.write_line(header)
         tr.write_line("-" * len(header))
         for op in list(OPS) + ["model"]:
@@ -240,7 +245,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 verdict = "conforms (expected failures)"
             else:
                 verdict = "conforms"
-            tr.write_line(f"{op:<20} {verdict:<28} " + " ".join(f"{counts[st]:>8}" for st in STATUSES))
+            w = b["worst_tolerance_used"].get(op)
+            tr.write_line(f"{op:<20} {verdict:<28} " + " ".join(f"{counts[st]:>8}" for st in STATUSES)
+                          + (f"  {w:9.3f}" if w is not None else ""))
         for st in ("failed", "error", "xfail", "xpass", "not run"):
             rows = [(c, r) for c, r in b["cases"].items() if r["status"] == st]
             for c, r in rows:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from whisperkit.conformance.cases import Tol
-from whisperkit.conformance.checks import FALLBACK_REASON, compare
+from whisperkit.conformance.checks import FALLBACK_REASON, compare, worst_ratio
 from whisperkit.conformance.plugin import NOT_RUN_PREFIX
 from whisperkit.conformance.selection import find_shared, match_xfail
 
@@ -117,3 +117,4 @@ def test_model(model_case, conformance, request):
                     f"    mel = np.load({str(shared / 'golden' / 'jfk_mel.npy')!r})\n"
                     f"    m = Whisper('tiny.en', backend={backend_name!r}); out = {call}\n"
                     f"    (compare with the same on backend 'numpy')", pytrace=False)
+    request.node.user_properties.append(("tolerance_used", worst_ratio(out, expected, _rowwise(expected), tol.rtol, tol.atol)))

@@ -16,11 +16,12 @@ def test_op(op_case, conformance, request):
     if reason is not None:
         request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
     try:
-        run_case(CASES[case_id], backend, conformance.ops[backend_name], conformance.ref_ops, conformance.reference_cache)
+        margin = run_case(CASES[case_id], backend, conformance.ops[backend_name], conformance.ref_ops, conformance.reference_cache)
     except Fallback as exc:
         pytest.skip(str(exc))
     except ConformanceFailure as exc:
         pytest.fail(str(exc), pytrace=False)
+    request.node.user_properties.append(("tolerance_used", margin))
 
 
 def test_xfail_list(xfail_backend, conformance):
