@@ -81,12 +81,12 @@ class NumpyBackend(Backend):
     def gelu(self, x):
         # 0.5 * x * (1 + erf(x / sqrt 2)) = x * (1 - erfc(x / sqrt 2) / 2) for x >= 0, x * erfc(|x| / sqrt 2) / 2 below:
         # written with erfc so the negative tail keeps its relative precision (1.6e-7 measured vs math.erfc).
-        x64 = np.asarray(x, np.float64)
+        x64 = np.asarray(x, np.float64).reshape(-1)  # 1-D, so 0-d inputs work with the in-place steps
         half_erfc = erfc_nonneg(np.abs(x64) * np.sqrt(0.5))
         half_erfc *= 0.5
         np.subtract(1.0, half_erfc, out=half_erfc, where=x64 >= 0)
         half_erfc *= x64
-        return half_erfc.astype(np.float32)
+        return half_erfc.astype(np.float32).reshape(np.shape(x))
 
     def attention_weights(self, q, k, n_head, causal=False, offset=0):
         d_head = q.shape[-1] // n_head
