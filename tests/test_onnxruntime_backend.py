@@ -292,3 +292,13 @@ def test_transcription_tokens_equal_the_reference(tiny_numpy):
     model = load_model("tiny.en", backend="onnxruntime")
     assert [s.tokens for s in model.transcribe(audio).segments] == want
     assert not model.ops.fallbacks  # every op ran on onnxruntime
+
+
+def test_two_threads_share_the_weightless_runners():
+    """Two Python threads calling the same op (the backend's shared gelu/attention sessions) get their own results."""
+    from concurrent.futures import ThreadPoolExecutor
+    xs = [f32(1, 384, 3000, seed=s, scale=3.0) for s in range(4)]
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(ORT.gelu, xs * 3))
+    for x, y in zip(xs * 3, outs):
+        np.testing.assert_array_equal(y, ORT.gelu(x))
