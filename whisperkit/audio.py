@@ -132,7 +132,8 @@ def iter_file_blocks(source: Union[str, os.PathLike], sr: int = SAMPLE_RATE):
                 raise AudioError(f"cannot read audio file {path}: {type(exc).__name__}: {exc}") from None
             last = block.shape[0] < block_frames
             if channels > 1:
-                mono = block.mean(axis=1, dtype=np.float64).astype(np.float32)
+                with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf samples: reported below
+                    mono = block.mean(axis=1, dtype=np.float64).astype(np.float32)
             else:
                 mono = np.ascontiguousarray(block[:, 0])
             finite = np.isfinite(mono)

@@ -422,7 +422,7 @@ def _ct2_to_canonical(ct2: _CT2File, where: str) -> tuple[ModelDimensions, dict[
         idx = {int(m.group(1)) for n in ct2.vars if (m := pat.match(n))}
         n = max(idx) + 1 if idx else 0
         if len(idx) != n:  # also keeps a hostile "layer_4294967295" from sizing the model
-            gap = min(set(range(n)) - idx)
+            gap = next(i for i, k in enumerate(sorted(idx)) if i != k)
             raise ModelFileError(f"{where}: {prefix} has layers up to {prefix}/layer_{n - 1} but no {prefix}/layer_{gap}")
         return n
 
@@ -657,10 +657,10 @@ def _hf_weight_files(d: Path) -> list[Path]:
         wm = _read_json(index).get("weight_map")
         if not isinstance(wm, dict):
             raise ModelFileError(f"{index}: no weight_map")
+        for f in wm.values():
+            if not isinstance(f, str) or not f or "\0" in f or f != Path(f).name or f in (".", ".."):
+                raise ModelFileError(f"{index}: shard name {str(f)[:100]!r} is not a file name in {d}")
         names = set(wm.values())
-        for f in names:
-            if not isinstance(f, str) or not f or f != Path(f).name or f in (".", ".."):
-                raise ModelFileError(f"{index}: shard name {f!r} is not a file name in {d}")
         files = [d / f for f in sorted(names)]
         for f in files:
             if not f.is_file():
