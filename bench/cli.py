@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if do_ops:
         print("per-op: measuring the roofline ...", file=sys.stderr)
-        roof = opsmod.measure_roofline(quick=args.quick)
-        doc["roofline"] = roof
+        roofline = opsmod.Roofline(quick=args.quick)
+        roofline.sample()
         cases = opsmod.op_cases(weights.dims)
         dispatchers = {}
         for n in selected:
@@ -195,15 +195,22 @@ def main(argv: list[str] | None = None) -> int:
         op_results = {n: {} for n in dispatchers}
         min_time, min_reps, op_warmup = (0.02, 1, 1) if args.quick else (0.3, 5, 2)
         with tqdm(total=len(cases) * len(dispatchers), desc="per op", file=sys.stderr, unit="op", mininterval=0.5) as bar:
-            for case in cases:  # case-major: the backends take turns on each op
+            for i, case in enumerate(cases):  # case-major: the backends take turns on each op
                 for n, d in dispatchers.items():
                     bar.set_postfix_str(f"{n} {case.op}", refresh=False)
                     try:
-                        res = opsmod.add_roofline(opsmod.run_op(d, case, min_time=min_time, min_reps=min_reps, warmup=op_warmup), case, roof)
+                        res = opsmod.run_op(d, case, min_time=min_time, min_reps=min_reps, warmup=op_warmup)
                     except Exception as exc:
                         res = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
                     op_results[n][case.key] = (case, res)
                     bar.update(1)
+                if i % 3 == 2:
+                    roofline.sample()
+        roofline.sample()
+        roof = doc["roofline"] = roofline.as_dict()
+        for n in op_results:  # ratios against the best roofline seen in the whole run
+            for key, (case, res) in op_results[n].items():
+                opsmod.add_roofline(res, case, roof)
 
     doc["records"] = report.e2e_records(all_results) + report.ops_records(op_results)
     for e in engines:

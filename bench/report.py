@@ -148,7 +148,9 @@ def render(doc: dict, all_results, op_results, table=text_table, heading=lambda 
         parts.append(heading(3, "Per op"))
         parts.append(f"Roofline measured in this run: NumPy sgemm {roof.get('sgemm_gflops', float('nan')):.1f} GFLOP/s "
                      f"({roof.get('sgemm_n')}³), copy bandwidth {roof.get('copy_gbs', float('nan')):.1f} GB/s "
-                     f"({roof.get('copy_mib')} MiB arrays).  Cell: best time, GFLOP/s, % of the roofline.")
+                     f"({roof.get('copy_mib')} MiB arrays), each the best of {roof.get('samples')} samples taken between the op cases.  "
+                     "Cell: best time, GFLOP/s, % of the roofline (roofline time / time).  Above 100%: a memory-bound op "
+                     "whose working set fits in cache (DRAM bandwidth does not bind it), or a kernel faster than NumPy's sgemm.")
         parts.append(table(*ops_table(op_results)))
     if doc.get("skipped"):
         parts.append(heading(3, "Skipped"))

@@ -107,3 +107,25 @@ def test_openai_state_dict_splits_fused_projections():
     assert "encoder.blocks.0.attn.key.bias" not in sd
     assert (sd["decoder.blocks.1.cross_attn.value.weight"] == w.tensors["decoder.blocks.1.cross_attn.kv.weight"][n:]).all()
     assert (sd["decoder.blocks.0.mlp.2.bias"] == w.tensors["decoder.blocks.0.mlp.fc2.bias"]).all()
+
+
+def test_unusable_backend_is_listed_as_skipped(tmp_path, capsys):
+    from whisperkit import Backend
+    from whisperkit.bench.cli import main
+    from whisperkit.registry import get_registry
+
+    class Absent(Backend):
+        name = "bench-test-absent"
+
+        def unavailable_reason(self):
+            return "its library is not installed"
+
+    reg = get_registry()
+    reg.register_backend(Absent())
+    try:
+        assert main(["--backend", "bench-test-absent", "--ops", "--quick", "--json", str(tmp_path / "s.json")]) == 0
+    finally:
+        del reg.infos["bench-test-absent"]
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert {"engine": "bench-test-absent", "kind": "backend", "reason": "its library is not installed"} in doc["skipped"]
+    assert "its library is not installed" in capsys.readouterr().out
