@@ -125,8 +125,8 @@ def iter_file_blocks(source: Union[str, os.PathLike], sr: int = SAMPLE_RATE):
                 block = f.read(block_frames, dtype="float32", always_2d=True)
             except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
                 raise AudioError(
-                    f"{path}: cannot be read past {done / in_rate:.3f} s (libsndfile: "
-                    f"{str(exc).strip() or type(exc).__name__})"
+                    f"{path}: decoding failed after {done / in_rate:.3f} s (libsndfile: "
+                    f"{str(exc).strip() or type(exc).__name__}); the file is truncated or corrupt"
                 ) from None
             except (OSError, MemoryError) as exc:
                 raise AudioError(f"cannot read audio file {path}: {type(exc).__name__}: {exc}") from None
