@@ -19,13 +19,15 @@ Design
 * Threads follow `whisperkit.threads.get_num_threads()`; `set_num_threads(n)` makes every session
   rebuild lazily at its next call.
 
-Measured (whisperkit-bench --backend numpy,onnxruntime, one run, 2 cores shared with other jobs at load
-average 7-9, so absolute times are ~3x inflated; ratios are what to read):
-  jfk_16k warm 1.66 s vs faster-whisper fp32 2.60 s (1.56x faster), numpy 8.98 s; osr_16k 5.20 vs 6.73 s
-  (1.29x); decoder 20 ms/token vs numpy 61; tokens equal to numpy on both.  Cold start (fresh process,
-  first jfk transcription) 4.72 s vs faster-whisper fp32 4.16 s; of ours, load_model's weight re-layout is
-  ~0.5 s (the blocked transpose of the 80 MB token embedding for the logits), session creation 9 ms in all,
-  first-call overheads ~0.1 s.
+Measured (whisperkit-bench --no-ops, 2 cores shared with other jobs at load average 7-9, so absolute
+times are ~3x inflated and drift; read the ratios within one run):
+  run 1 (--backend numpy,onnxruntime): jfk_16k warm 1.66 s vs faster-whisper fp32 2.60 s (1.56x), numpy
+  8.98 s; osr_16k 5.20 vs 6.73 s (1.29x); decoder 20 ms/token vs numpy 61; tokens equal numpy on both.
+  run 2 (--backend onnxruntime): jfk 2.18 vs 2.07 s (0.95x), osr 4.36 vs 5.80 s (1.33x).
+  Cold start (fresh process, first jfk transcription): 4.72 / 4.92 s vs faster-whisper fp32 4.16 / 3.87 s.
+  Of ours: load_model's weight re-layout ~0.5 s (mostly the blocked transpose of the 80 MB token
+  embedding for the logits), session creation 9 ms in all, first-call overheads ~0.1 s; the rest is
+  imports and the checkpoint's fp16 -> fp32 load, shared with the numpy backend.
 """
 from __future__ import annotations
 
