@@ -20,6 +20,7 @@ import os
 import struct
 import sys
 import tempfile
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -802,3 +803,156 @@ def _body_audio_array(x):
 test_fuzz_audio_arrays, test_fuzz_audio_arrays_slow = _fuzz(
     300, hnp.arrays(_AUDIO_DTYPES, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=50))
 )(_body_audio_array)
+
+
+# ----------------------------------------------------------------------------- regressions (each was a bug)
+
+
+def _ct2_read(workdir: Path, variables, aliases=TINY_ALIASES):
+    d = workdir / "regress-ct2"
+    d.mkdir(exist_ok=True)
+    (d / "model.bin").write_bytes(ct2_bytes(variables, aliases)[0])
+    return read_ctranslate2(d)
+
+
+def _with(variables, name, **change):
+    out = [list(v) for v in variables]
+    for v in out:
+        if v[0] == name:
+            for k, val in change.items():
+                v[{"name": 0, "shape": 1, "dtype": 2, "raw": 3}[k]] = val
+    return out
+
+
+@pytest.mark.parametrize("layer", [2**32 - 1, 10**12])
+def test_hostile_layer_number_is_quick(workdir, layer):
+    """A variable named layer_<huge> once sized the model by it (a loop over 10**12 layers)."""
+    v = tiny_ct2_vars() + [[f"encoder/layer_{layer}/ffn/x", (1,), 0, b"\0" * 4]]
+    t = time.perf_counter()
+    with pytest.raises(ModelFileError, match=rf"model\.bin.*encoder/layer_{layer}.*no encoder/layer_1\b"):
+        _ct2_read(workdir, v)
+    assert time.perf_counter() - t < 2
+
+
+@pytest.mark.parametrize(
+    "shape, dt, value, match",
+    [((0,), 2, 0, "must hold one integer"), ((2,), 2, 2, "must hold one integer"),
+     ((), 4, np.nan, "must hold one integer"), ((), 4, 2.5, "must hold one integer"),
+     ((), 2, -2, "n_text_head is -2"), ((), 2, 3, "not divisible by its 3 heads")],
+)  # fmt: skip
+def test_bad_num_heads(workdir, shape, dt, value, match):
+    raw = np.full(shape, value, _NP_OF_ID[dt]).tobytes()
+    v = _with(tiny_ct2_vars(), "decoder/num_heads", shape=shape, dtype=dt, raw=raw)
+    with pytest.raises(ModelFileError, match=match):
+        _ct2_read(workdir, v)
+
+
+@pytest.mark.parametrize(
+    "sshape, sval, match",
+    [((3,), 1.0, r"scale .* has shape \(3,\)"), ((8, 32), 1.0, "does not fit"), ((32,), 0.0, "zero, NaN or Inf"), ((), np.inf, "zero, NaN or Inf")],
+)
+def test_bad_quantization_scale(workdir, sshape, sval, match):
+    name = "encoder/layer_0/ffn/linear_0/weight"  # (32, 8)
+    v = _with(tiny_ct2_vars(), name, dtype=1, raw=np.ones(256, np.int8).tobytes())
+    v.append([name + "_scale", sshape, 0, np.full(sshape, sval, np.float32).tobytes()])
+    with pytest.raises(ModelFileError, match=match):
+        _ct2_read(workdir, v)
+    v[-1] = [name + "_scale", (32,), 0, np.full(32, 4.0, np.float32).tobytes()]  # a good scale loads
+    w = _ct2_read(workdir, v)
+    assert (w.tensors["encoder.blocks.0.mlp.fc1.weight"] == 0.25).all()
+
+
+def test_nan_weight_refused(workdir):
+    name = "decoder/layer_0/ffn/linear_1/weight"
+    a = np.zeros((8, 32), np.float16)
+    a[3, 5] = np.nan
+    with pytest.raises(ModelFileError, match=r"decoder\.blocks\.0\.mlp\.fc2\.weight \(from decoder/layer_0/ffn/linear_1/weight\) has 1 NaN"):
+        _ct2_read(workdir, _with(tiny_ct2_vars(), name, raw=a.tobytes()))
+
+
+def test_zero_width_model_refused(workdir):
+    dims = ModelDimensions(4, 6, 8, 2, 1, 12, 5, 8, 2, 1)
+    v = _with(tiny_ct2_vars(dims), "encoder/position_encodings/encodings", shape=(0, 8), raw=b"")
+    with pytest.raises(ModelFileError, match="n_audio_ctx is 0, expected a positive integer"):
+        _ct2_read(workdir, v)
+
+
+def _st_with(workdir, tiny_hf_dir, st_bytes, edit=None, raw_header=None):
+    header, body = _split_st(st_bytes)
+    if edit:
+        edit(header)
+    d = workdir / "regress-hf"
+    d.mkdir(exist_ok=True)
+    for name in ("config.json", "generation_config.json"):
+        (d / name).write_bytes((tiny_hf_dir / name).read_bytes())
+    (d / "model.safetensors").write_bytes(_join_st(header, body, raw_header=raw_header))
+    return read_hf(d)
+
+
+def _first(header):
+    return header[next(k for k in header if k != "__metadata__")]
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda h: _first(h).update(dtype=["F32"]), "unsupported dtype"),  # was TypeError: unhashable
+        (lambda h: _first(h).update(shape=[1.5, 2]), "non-integer shape"),
+        (lambda h: _first(h).update(shape=[1e400]), "non-integer shape"),  # was OverflowError
+        (lambda h: _first(h).update(shape=[True]), "non-integer shape"),
+        (lambda h: h.update(__metadata__=[1]), "__metadata__ is not a JSON object"),
+        (lambda h: h.update({k: dict(_first(h)) for k in [next(k for k in h if k != "__metadata__") + "_alias"]}),
+         "overlaps|without overlaps"),  # two names for one byte range
+    ],
+)  # fmt: skip
+def test_safetensors_header_lies(workdir, tiny_hf_dir, st_bytes, edit, match):
+    with pytest.raises(ModelFileError, match=rf"model\.safetensors.*({match})"):
+        _st_with(workdir, tiny_hf_dir, st_bytes, edit)
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000 + b"]" * 100_000, b'{"a": ' + b"9" * 5000 + b"}"])
+def test_safetensors_header_json_bombs(workdir, tiny_hf_dir, st_bytes, raw):
+    """Deep nesting (was RecursionError) and a 5000-digit integer (was a bare ValueError)."""
+    with pytest.raises(ModelFileError, match=r"model\.safetensors: corrupt safetensors header"):
+        _st_with(workdir, tiny_hf_dir, st_bytes, raw_header=raw)
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [("encoder_layers", 10**9, "n_audio_layer is 1000000000 but the file has only"),  # was a 10**9-step loop
+     ("decoder_attention_heads", 3, "decoder width 8 is not divisible by its 3 heads"), ("d_model", 0, "n_audio_state is 0"),
+     ("vocab_size", -1, "n_vocab is -1")],
+)  # fmt: skip
+def test_hf_config_lies(workdir, tiny_hf_dir, st_bytes, key, value, match):
+    d = workdir / "regress-cfg"
+    d.mkdir(exist_ok=True)
+    cfg = json.loads((tiny_hf_dir / "config.json").read_text())
+    cfg[key] = value
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "model.safetensors").write_bytes(st_bytes)
+    t = time.perf_counter()
+    with pytest.raises(ModelFileError, match=rf"config\.json: {match}"):
+        read_hf(d)
+    assert time.perf_counter() - t < 2
+
+
+@pytest.mark.parametrize("heads", [[[1e30, 0]], [[float("nan"), 0]], [[0, 5]]])
+def test_bad_alignment_heads(workdir, tiny_hf_dir, st_bytes, heads):
+    d = workdir / "regress-heads"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_bytes((tiny_hf_dir / "config.json").read_bytes())
+    (d / "generation_config.json").write_text(json.dumps({"alignment_heads": heads}))
+    (d / "model.safetensors").write_bytes(st_bytes)
+    with pytest.raises(ModelFileError, match=r"generation_config\.json: alignment.head"):
+        read_hf(d)
+
+
+@pytest.mark.parametrize("shard", [["a"], 5, "../valid-hf/model.safetensors", "/etc/passwd", ""])
+def test_index_shard_names(workdir, tiny_hf_dir, st_bytes, shard):
+    """Shard names must be plain file names in the model directory (was TypeError, or reads outside)."""
+    d = workdir / "regress-index"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_bytes((tiny_hf_dir / "config.json").read_bytes())
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"model.encoder.conv1.weight": shard}}))
+    with pytest.raises(ModelFileError, match=r"index\.json: shard name .* is not a file name"):
+        read_hf(d)
