@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -34,10 +34,36 @@ class BackendInfo:
     plugin: str = ""  # the entry point or module that provided it
 
 
-@dataclass
 class Registry:
-    pm: pluggy.PluginManager
-    infos: dict[str, BackendInfo] = field(default_factory=dict)
+    """Backends by name.  Entry points are imported lazily: `get(name)` imports only that plugin (and
+    the reference), so a process using one backend does not pay for importing the others; `infos`
+    and `names()` import them all."""
+
+    def __init__(self, pm: pluggy.PluginManager):
+        self.pm = pm
+        self._infos: dict[str, BackendInfo] = {}
+        self._pending: dict[str, importlib.metadata.EntryPoint] = {}
+
+    @property
+    def infos(self) -> dict[str, BackendInfo]:
+        for name in list(self._pending):
+            self._load(name)
+        return self._infos
+
+    def loaded(self) -> dict[str, BackendInfo]:
+        """The backends imported so far (no import happens)."""
+        return self._infos
+
+    def _load(self, name: str) -> None:
+        ep = self._pending.pop(name, None)
+        if ep is None:
+            return
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            self._infos[ep.name] = BackendInfo(ep.name, None, reason=f"import of {ep.value} failed: {type(exc).__name__}: {exc}", plugin=ep.value)
+            return
+        self._add_plugin(plugin, ep.value, ep.name)
 
     def _add_plugin(self, plugin: Any, label: str, key: str | None = None) -> None:
         """Register a plugin object; problems are recorded under `key` (the entry point's name)."""
@@ -48,12 +74,12 @@ class Registry:
             return
         impl = getattr(plugin, "whisperkit_backends", None)
         if impl is None:
-            self.infos.setdefault(key, BackendInfo(key, None, reason=f"plugin {label} has no whisperkit_backends() hook", plugin=label))
+            self._infos.setdefault(key, BackendInfo(key, None, reason=f"plugin {label} has no whisperkit_backends() hook", plugin=label))
             return
         try:
             backends = list(impl())
         except Exception as exc:  # a broken plugin must not break the others
-            self.infos[key] = BackendInfo(key, None, reason=f"whisperkit_backends() of {label} raised {type(exc).__name__}: {exc}", plugin=label)
+            self._infos[key] = BackendInfo(key, None, reason=f"whisperkit_backends() of {label} raised {type(exc).__name__}: {exc}", plugin=label)
             return
         for b in backends:
             self._add_backend(b, label)
@@ -71,7 +97,7 @@ class Registry:
             info.usable = not info.reason
         except Exception as exc:
             info.reason = f"{type(exc).__name__}: {exc}"
-        self.infos[info.name] = info
+        self._infos[info.name] = info
 
     def register_module(self, module: str | ModuleType) -> list[str]:
         """Register a backend module not installed as a plugin (``--backend-module``)."""
@@ -81,9 +107,9 @@ class Registry:
                 module = importlib.import_module(module)
             except Exception as exc:
                 raise BackendError(f"cannot import backend module {label!r}: {type(exc).__name__}: {exc}") from exc
-        before = set(self.infos)
+        before = set(self._infos)
         self._add_plugin(module, label)
-        return sorted(set(self.infos) - before) or [n for n, i in self.infos.items() if i.plugin == label]
+        return sorted(set(self._infos) - before) or [n for n, i in self._infos.items() if i.plugin == label]
 
     def register_backend(self, backend: Backend) -> None:
         """Register one backend object directly (tests, notebooks)."""
@@ -93,7 +119,8 @@ class Registry:
         return sorted(self.infos)
 
     def get(self, name: str) -> Backend:
-        info = self.infos.get(name)
+        self._load(name)
+        info = self._infos.get(name)
         if info is None:
             raise BackendError(f"unknown backend {name!r}; known backends: {', '.join(self.names()) or 'none'}")
         if not info.usable:
@@ -113,15 +140,8 @@ def build_registry() -> Registry:
     pm.add_hookspecs(hookspecs)
     reg = Registry(pm)
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in reg.infos:
-            continue
-        try:
-            plugin = ep.load()
-        except Exception as exc:
-            reg.infos[ep.name] = BackendInfo(ep.name, None, reason=f"import of {ep.value} failed: {type(exc).__name__}: {exc}", plugin=ep.value)
-            continue
-        reg._add_plugin(plugin, ep.value, ep.name)
-    if REFERENCE not in reg.infos:  # running from a source tree that was never pip-installed
+        reg._pending.setdefault(ep.name, ep)
+    if REFERENCE not in reg._pending:  # running from a source tree that was never pip-installed
         reg._add_plugin(importlib.import_module("whisperkit.backends.numpy_backend"), "whisperkit.backends.numpy_backend")
     return reg
 

@@ -38,6 +38,6 @@ def set_num_threads(n: int) -> None:
         raise ValueError(f"number of threads must be a positive integer, got {n!r}")
     _num_threads = n
     from .registry import get_registry
-    for info in get_registry().infos.values():
+    for info in get_registry().loaded().values():
         if info.usable and info.backend is not None:
             info.backend.set_num_threads(n)
