@@ -64,6 +64,10 @@ class OptionalPythranBuildExt(BuildExtBase):
         else:
             if self.extensions:
                 print(f"whisperkit: Pythran kernels compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        finally:  # the C++ that pythran generated next to the source is a build product, not package data
+            generated = os.path.splitext(SOURCE)[0] + ".cpp"
+            if os.path.exists(generated):
+                os.remove(generated)
 
     def build_extension(self, ext):
         try:
@@ -78,4 +82,6 @@ class OptionalPythranBuildExt(BuildExtBase):
         super().copy_extensions_to_source()
 
 
-setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalPythranBuildExt})
+setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalPythranBuildExt},
+      # pythran translates src/_kernels.py to C++ beside it while setuptools lists files: not package data
+      exclude_package_data={"whisperkit.backends.pythran_backend": ["src/*.cpp"]})
