@@ -44,6 +44,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     version = np.__version__
     description = "reference: NumPy with its BLAS"
+    thread_safe = True  # every op allocates its own outputs; nothing is shared between calls
 
     # ---- fine ops -------------------------------------------------------------------------
     def prepare_linear(self, weight, bias=None):

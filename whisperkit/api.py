@@ -1,8 +1,11 @@
 """The public face: ``Whisper(name_or_path, backend=...)``, ``WhisperTiny`` and ``load_model``."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -34,6 +37,7 @@ class Whisper:
         self.ops = registry.ops(self.backend)
         self.graph = WhisperGraph(self.ops, self.dims, self.weights.tensors)
         self.alignment_heads = self.weights.alignment_heads
+        self._lock = _backend_lock(self.backend)
         if self.weights.tokenizer_json is None:
             from .errors import ModelFileError
             raise ModelFileError(f"model {self.name} ({self.weights.source}) has no tokenizer.json beside its weights")
@@ -83,12 +87,17 @@ class Whisper:
         """The most probable language of the first 30 s and the probability of every language."""
         if not self.is_multilingual:
             raise ValueError(f"model {self.name} is English-only: it has no language detection")
-        codes, probs = detect_language(self.graph, self.tokenizer_for(), self._features(audio_or_mel))
+        with self._lock:
+            codes, probs = detect_language(self.graph, self.tokenizer_for(), self._features(audio_or_mel))
         return codes[0], probs[0]
 
     def decode(self, audio_or_mel, options: DecodingOptions | None = None, **kwargs: Any) -> DecodingResult:
         """Decode one 30 s window (openai-whisper's `decode`): audio (path/array) or a log-mel."""
         options = options or DecodingOptions(**kwargs)
+        with self._lock:
+            return self._decode(audio_or_mel, options)
+
+    def _decode(self, audio_or_mel, options: DecodingOptions) -> DecodingResult:
         features = self._features(audio_or_mel)
         language = options.language
         if language is None and self.is_multilingual:
@@ -97,11 +106,30 @@ class Whisper:
         return DecodingTask(self.graph, tokenizer, options).run(features)[0]
 
     def transcribe(self, audio, **options: Any) -> TranscriptionResult:
-        """Transcribe a path or a float32 16 kHz mono array; options as openai-whisper's transcribe()."""
-        return transcribe(self, audio, **options)
+        """Transcribe a path or a float32 16 kHz mono array; options as openai-whisper's transcribe().
+
+        A model may be shared between threads: each call keeps its own KV cache and decoding state;
+        on a backend that is not `thread_safe` the calls take turns (one lock per backend instance)."""
+        with self._lock:
+            return transcribe(self, audio, **options)
 
     def __repr__(self) -> str:
         return f"<Whisper {self.name} on {self.backend.name}>"
+
+
+_LOCKS: "weakref.WeakKeyDictionary[Backend, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _backend_lock(backend: Backend):
+    """One re-entrant lock per backend instance that is not thread-safe; a no-op context otherwise."""
+    if getattr(backend, "thread_safe", False):
+        return contextlib.nullcontext()
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(backend)
+        if lock is None:
+            lock = _LOCKS[backend] = threading.RLock()
+        return lock
 
 
 def pad_or_trim_audio(audio):

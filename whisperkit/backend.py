@@ -28,6 +28,9 @@ class Backend:
     version: str = "0"
     api_version: int = API_VERSION
     description: str = ""
+    #: True when the ops may run from several threads at once (no shared scratch state).  When
+    #: False, whisperkit serialises the models that use this backend instance with one lock.
+    thread_safe: bool = False
 
     def unavailable_reason(self) -> str | None:
         """None when usable on this machine, else a sentence saying why not (missing library...)."""

@@ -148,6 +148,7 @@ def _causal_mask(n_q: int, n_kv: int, offset: int) -> np.ndarray:
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    thread_safe = True  # outputs are allocated per call; each session runner has its own lock
     # the distribution's version without importing it (the registry reads it for every backend); replaced by
     # onnxruntime.__version__ at the first op.  The CPU kernels are the same in the GPU/OpenVINO builds.
     version = next(filter(None, map(_dist_version, ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"))), "missing")
