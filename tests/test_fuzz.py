@@ -58,7 +58,9 @@ def _fuzz(n: int, *strategies):
         common = dict(deadline=None, database=None, suppress_health_check=_HC, print_blob=True)
         ci = settings(max_examples=n, derandomize=True, **common)(given(*strategies)(body))
         slow = settings(max_examples=n * SLOW_FACTOR, derandomize=False, **common)(given(*strategies)(body))
-        return ci, pytest.mark.slow(slow)
+        # run only when asked for (-m slow), even if the default -m set does not exclude slow tests
+        asked = pytest.mark.skipif("'slow' not in config.getoption('markexpr')", reason="slow fuzz run: select it with -m slow")
+        return ci, pytest.mark.slow(asked(slow))
 
     return deco
 
