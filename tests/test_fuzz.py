@@ -370,7 +370,7 @@ def _ct2_structural(draw):
             v[2] = draw(st.integers(0, 255))
             v[3] = v[3][: len(v[3]) // 4 * 4]
         elif op == "nbytes":
-            v.append(draw(st.sampled_from(_BIG) | st.integers(0, 2**32 - 1)))
+            v.append(draw(st.sampled_from(_BIG) | st.integers(0, 2**32 - 1)) % 2**32)  # a 4-byte field
         elif op == "quantize":
             v[2] = draw(st.sampled_from([1, 2, 3]))
             count = math.prod(v[1])
