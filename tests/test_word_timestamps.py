@@ -80,6 +80,28 @@ def test_hallucination_silence_threshold_keeps_clean_speech(tiny_numpy):
     assert [s.words for s in guarded.segments] == [s.words for s in plain.segments]
 
 
+def test_hallucination_silence_threshold_skips_babble(tiny_numpy):
+    """Reversed speech between silences makes tiny.en hallucinate; with the threshold those windows
+    are skipped past (openai-whisper gives the same segments, checked when this was written),
+    while the real speech after them is kept."""
+    from whisperkit.audio import SAMPLE_RATE, load_audio
+    jfk, pv = load_audio(str(shared("audio", "jfk_16k.wav"))), load_audio(str(shared("audio", "pv_en.wav")))
+    silence = lambda s: np.zeros(int(s * SAMPLE_RATE), np.float32)  # noqa: E731
+    t = np.arange(15 * SAMPLE_RATE) / SAMPLE_RATE
+    tone = 0.05 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 0.5 * t) > 0)
+    babble = np.concatenate([pv[::-1], 0.3 * jfk[::-1], 0.5 * pv[::-1]])
+    audio = np.concatenate([silence(6), babble, silence(9), jfk, tone, pv]).astype(np.float32)
+    plain = tiny_numpy.transcribe(audio, temperature=0.0, word_timestamps=True)
+    guarded = tiny_numpy.transcribe(audio, temperature=0.0, word_timestamps=True, hallucination_silence_threshold=1.0)
+    speech_start = (6 + len(babble) / SAMPLE_RATE + 9) - 0.5
+    before = lambda r: [s for s in r.segments if s.text and s.end <= speech_start]  # noqa: E731
+    assert len(before(guarded)) < len(before(plain))
+    assert "ask not what your country can do for you" in guarded.text
+    assert "apostle of the middle classes" in guarded.text
+    ends = [s.end for s in guarded.segments]
+    assert ends == sorted(ends)
+
+
 # ---- the pieces ---------------------------------------------------------------------------------
 def _dtw_by_definition(x):
     """DTW written straight from its definition, cell by cell, with openai's tie-breaking."""
