@@ -284,14 +284,17 @@ class DecodingTask:
             raise ValueError(f"task must be 'transcribe' or 'translate', got {o.task!r}")
         return o
 
-    def _initial_tokens(self) -> list[int]:
+    def _initial_tokens(self, prompt=None) -> list[int]:
+        """sot_prev + prompt + sot sequence + prefix; `prompt` overrides options.prompt when given."""
         tokens = list(self.sot_sequence)
         if prefix := self.options.prefix:
             prefix_tokens = self.tokenizer.encode(" " + prefix.strip()) if isinstance(prefix, str) else list(prefix)
             if self.sample_len is not None:
                 prefix_tokens = prefix_tokens[-(self.n_ctx // 2 - self.sample_len):] if self.n_ctx // 2 - self.sample_len > 0 else []
             tokens = tokens + prefix_tokens
-        if prompt := self.options.prompt:
+        if prompt is None:
+            prompt = self.options.prompt
+        if prompt:
             prompt_tokens = self.tokenizer.encode(" " + prompt.strip()) if isinstance(prompt, str) else list(prompt)
             tokens = [self.tokenizer.sot_prev] + prompt_tokens[-(self.n_ctx // 2 - 1):] + tokens
         return tokens
@@ -309,11 +312,23 @@ class DecodingTask:
             st.append(t.no_speech)  # no-speech probability is read, but the token is never sampled
         return sorted(set(st))
 
-    def run(self, audio_features: np.ndarray) -> list[DecodingResult]:
-        """audio_features: (n_audio, n_audio_ctx, n_audio_state) -> one result per audio."""
+    def initial_length(self, prompt=None) -> int:
+        """Length of the initial tokens for this prompt: audios batched in one run must agree on it."""
+        return len(self._initial_tokens(prompt))
+
+    def run(self, audio_features: np.ndarray, prompts: Sequence | None = None) -> list[DecodingResult]:
+        """audio_features: (n_audio, n_audio_ctx, n_audio_state) -> one result per audio.  `prompts`:
+        one prompt per audio (overriding options.prompt), all giving initial tokens of one length."""
         n_audio = audio_features.shape[0]
         self.decoder.reset()
-        tokens = np.tile(np.asarray(self.initial_tokens, np.int64), (n_audio, 1))
+        if prompts is None:
+            tokens = np.tile(np.asarray(self.initial_tokens, np.int64), (n_audio, 1))
+        else:
+            rows = [self._initial_tokens(p) for p in prompts]
+            if len(rows) != n_audio or len({len(r) for r in rows}) != 1 or rows[0].index(self.tokenizer.sot) != self.sot_index \
+                    or len(rows[0]) != self.sample_begin:
+                raise ValueError("batched prompts must give initial tokens of the task's length, one per audio")
+            tokens = np.asarray(rows, np.int64)
         language = self.tokenizer.language or "en"
         if self.n_group > 1:
             audio_features = np.repeat(audio_features, self.n_group, axis=0)

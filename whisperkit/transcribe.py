@@ -3,15 +3,17 @@ conditioned on the text before it, with temperature fallback -- openai-whisper's
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
-from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
+from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, pad_or_trim
+from .decoding import DecodingOptions, DecodingTask, detect_language
+from .stream import StreamingMel
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps, get_end
+from .vad import VadOptions
 
 # openai-whisper's transcribe(): these marks are not words when scoring a possible hallucination
 PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"
@@ -52,8 +54,10 @@ class TranscriptionResult:
         return {"text": self.text, "segments": [s.to_dict() for s in self.segments], "language": self.language}
 
 
-def _decode_with_fallback(model: "Whisper", tokenizer, features: np.ndarray, temperatures: Sequence[float],
-                          base: dict, compression_ratio_threshold, logprob_threshold, no_speech_threshold) -> DecodingResult:
+def _decode_with_fallback(features: np.ndarray, tokenizer, temperatures: Sequence[float], base: dict,
+                          compression_ratio_threshold, logprob_threshold, no_speech_threshold):
+    """Generator: yields ("decode", features, DecodingOptions, tokenizer) for each temperature tried and is sent
+    the DecodingResult; returns the result kept, as openai-whisper's decode_with_fallback."""
     result = None
     for t in temperatures:
         kwargs = dict(base)
@@ -62,7 +66,7 @@ def _decode_with_fallback(model: "Whisper", tokenizer, features: np.ndarray, tem
             kwargs.pop("patience", None)
         else:
             kwargs.pop("best_of", None)
-        result = DecodingTask(model.graph, tokenizer, DecodingOptions(**kwargs, temperature=t)).run(features)[0]
+        result = yield ("decode", features, DecodingOptions(**kwargs, temperature=t), tokenizer)
         needs_fallback = False
         if compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold:
             needs_fallback = True  # too repetitive
@@ -76,31 +80,132 @@ def _decode_with_fallback(model: "Whisper", tokenizer, features: np.ndarray, tem
     return result
 
 
-def transcribe(model: "Whisper", audio, *, verbose: bool | None = None,
-               temperature: float | Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
-               compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
-               no_speech_threshold: float | None = 0.6, condition_on_previous_text: bool = True,
-               initial_prompt: str | None = None, carry_initial_prompt: bool = False,
-               clip_timestamps: str | Sequence[float] = "0", language: str | None = None, task: str = "transcribe",
-               word_timestamps: bool = False, prepend_punctuations: str = PREPEND_PUNCTUATIONS,
-               append_punctuations: str = APPEND_PUNCTUATIONS, hallucination_silence_threshold: float | None = None,
-               progress: bool | None = None, **decode_options: Any) -> TranscriptionResult:
-    """openai-whisper's transcribe() with its option names and defaults.  `progress`: a tqdm bar over
-    audio seconds on stderr; None shows it when stderr is a terminal and the audio is longer than a window.
+def transcribe(model: "Whisper", audio, **options: Any) -> TranscriptionResult:
+    """openai-whisper's transcribe() with its option names and defaults (see `_transcription`)."""
+    return _drive(model, _transcription(model, audio, **options))
 
+
+def transcribe_batch(model: "Whisper", sources: Sequence, batch_size: int = 8, **options: Any) -> list[TranscriptionResult]:
+    """Transcribe several files (or arrays) together: up to `batch_size` of them advance in lockstep,
+    their windows encoded as one batch and decoded as one batch wherever their decoding options and
+    prompt lengths agree.  Results come back in the order of `sources`.  With temperature > 0 the
+    random draws differ from one-at-a-time runs; at temperature 0 the tokens are the same."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    options.setdefault("progress", False)
+    results: list[TranscriptionResult | None] = [None] * len(sources)
+    queue = list(enumerate(sources))
+    active: dict[int, tuple] = {}  # index -> (generator, pending request)
+    while queue or active:
+        while queue and len(active) < batch_size:
+            i, src = queue.pop(0)
+            gen = _transcription(model, src, **options)
+            try:
+                active[i] = (gen, next(gen))
+            except StopIteration as stop:
+                results[i] = stop.value
+        answers = _serve(model, {i: req for i, (_, req) in active.items()})
+        for i, answer in answers.items():
+            gen = active[i][0]
+            try:
+                active[i] = (gen, gen.send(answer))
+            except StopIteration as stop:
+                results[i] = stop.value
+                del active[i]
+    return results  # type: ignore[return-value]
+
+
+def _drive(model: "Whisper", gen) -> TranscriptionResult:
+    """Run one transcription generator, answering its requests one at a time."""
+    try:
+        request = next(gen)
+        while True:
+            request = gen.send(_serve(model, {0: request})[0])
+    except StopIteration as stop:
+        return stop.value
+
+
+def _serve(model: "Whisper", requests: dict) -> dict:
+    """Answer ("embed", mel (n_mels, 3000)) and ("decode", features (1, ...), options, tokenizer)
+    requests, batching the ones that can share a backend call."""
+    answers = {}
+    embeds = [i for i, r in requests.items() if r[0] == "embed"]
+    if embeds:
+        features = model.embed_audio(np.stack([requests[i][1] for i in embeds]))  # (batch, n_audio_ctx, n_audio_state)
+        for k, i in enumerate(embeds):
+            answers[i] = features[k:k + 1]
+    groups: dict[tuple, list] = {}
+    for i, r in requests.items():
+        if r[0] == "decode":
+            _, features, options, tokenizer = r
+            task = DecodingTask(model.graph, tokenizer, replace(options, prompt=None))
+            key = (id(tokenizer), replace(options, prompt=None, suppress_tokens=_hashable(options.suppress_tokens)),
+                   task.initial_length(options.prompt))
+            groups.setdefault(key, []).append(i)
+    for key, members in groups.items():
+        first = requests[members[0]]
+        task = DecodingTask(model.graph, first[3], first[2])
+        features = np.concatenate([requests[i][1] for i in members])
+        results = task.run(features, prompts=[requests[i][2].prompt for i in members]) if len(members) > 1 \
+            else task.run(features)
+        answers.update(zip(members, results))
+    return answers
+
+
+def _hashable(x):
+    return tuple(x) if isinstance(x, list) else x
+
+
+def _transcription(model: "Whisper", audio, *, verbose: bool | None = None,
+                   temperature: float | Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                   compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
+                   no_speech_threshold: float | None = 0.6, condition_on_previous_text: bool = True,
+                   initial_prompt: str | None = None, carry_initial_prompt: bool = False,
+                   clip_timestamps: str | Sequence[float] = "0", language: str | None = None, task: str = "transcribe",
+                   word_timestamps: bool = False, prepend_punctuations: str = PREPEND_PUNCTUATIONS,
+                   append_punctuations: str = APPEND_PUNCTUATIONS, hallucination_silence_threshold: float | None = None,
+                   progress: bool | None = None, vad_filter: bool = False, vad_options: VadOptions | dict | None = None,
+                   skip_silent_windows: bool = True, **decode_options: Any):
+    """Generator of one transcription: yields ("embed", mel) and ("decode", features, options,
+    tokenizer) requests, is sent their answers, and returns the TranscriptionResult.
+
+    Options are openai-whisper's transcribe() options with its defaults, plus:
+    progress: a tqdm bar over audio seconds on stderr; None shows it when stderr is a terminal and the
+    audio is longer than a window.
     word_timestamps: give each segment its `words` [{word, start, end, probability}] from the
     cross-attention of the alignment heads and DTW (whisperkit.timing), and refine the segments'
     start/end and the seek with them; prepend/append_punctuations: the marks merged into the next /
     previous word.  hallucination_silence_threshold (seconds, needs word_timestamps): when a segment
     looks like a hallucination (improbable, very short or very long words), skip the silence
-    before it that is longer than this, as openai-whisper does."""
-    mel = log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)  # (n_mels, n_frames + 3000)
-    content_frames = mel.shape[-1] - N_FRAMES
+    before it that is longer than this, as openai-whisper does.
+    vad_filter: transcribe only the speech regions found by `whisperkit.vad` (joined together), with
+    every timestamp mapped back to the original audio; vad_options: a VadOptions or its fields.
+    skip_silent_windows (default True, a departure from openai-whisper): a window whose log-mel is
+    flat at the floor (digital silence, or everything 80 dB below the loudest sound) is skipped
+    without decoding; openai-whisper decodes it and tiny.en then often invents " you".
+
+    The audio is never held whole: the log-mel is computed per window from the file (two streaming
+    passes, `whisperkit.stream.StreamingMel`), except with vad_filter, which needs the samples."""
+    speech_map = None
+    if vad_filter:
+        from .audio import load_audio
+        from .vad import SpeechMap, join_speech, speech_regions
+        vo = vad_options if isinstance(vad_options, VadOptions) else VadOptions(**(vad_options or {}))
+        samples = load_audio(audio)
+        regions = speech_regions(samples, vo)
+        if not regions:
+            return TranscriptionResult(text="", segments=[], language=language or "en")
+        speech_map = SpeechMap(regions)
+        audio = join_speech(samples, regions)
+        del samples
+    mel = StreamingMel(audio, model.dims.n_mels)
+    content_frames = mel.content_frames
+    silent_level = max(-1.5, (mel.log_max - 8.0 + 4.0) / 4.0) + 1e-6  # digital silence, or the clamp floor
 
     if not model.is_multilingual:
         language, task = "en", "transcribe"
     elif language is None:
-        features = model.embed_audio(pad_or_trim(mel, N_FRAMES)[None])
+        features = yield ("embed", mel.window(0, N_FRAMES))  # openai: pad_or_trim of the padded whole-file mel
         language = detect_language(model.graph, model.tokenizer_for(language=None, task=task), features)[0][0]
     tokenizer = model.tokenizer_for(language=language, task=task)
 
@@ -135,12 +240,25 @@ def transcribe(model: "Whisper", audio, *, verbose: bool | None = None,
     bar = tqdm(total=round(content_frames / FRAMES_PER_SECOND, 2), unit="s", unit_scale=False, disable=not progress,
                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
     try:
-        return _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, temperatures, base_options,
-                                   compression_ratio_threshold, logprob_threshold, no_speech_threshold,
-                                   condition_on_previous_text, carry_initial_prompt, initial_prompt_tokens,
-                                   all_tokens, remaining_prompt_length, language, verbose, bar, **word_options)
+        result = yield from _transcribe_windows(
+            model, mel, content_frames, seek_clips, tokenizer, temperatures, base_options,
+            compression_ratio_threshold, logprob_threshold, no_speech_threshold,
+            condition_on_previous_text, carry_initial_prompt, initial_prompt_tokens,
+            all_tokens, remaining_prompt_length, language, verbose, bar,
+            silent_level=silent_level if skip_silent_windows else None, **word_options)
     finally:
         bar.close()
+    if speech_map is not None:
+        _map_times(result, speech_map)
+    return result
+
+
+def _map_times(result: TranscriptionResult, speech_map) -> None:
+    """Move every timestamp from the joined speech back to the original audio."""
+    for seg in result.segments:
+        seg.start, seg.end = speech_map.original_time(seg.start), speech_map.original_time(seg.end, is_end=True)
+        for w in seg.words or []:
+            w["start"], w["end"] = speech_map.original_time(w["start"]), speech_map.original_time(w["end"], is_end=True)
 
 
 def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, temperatures, base_options,
@@ -148,7 +266,7 @@ def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, tempe
                         condition_on_previous_text, carry_initial_prompt, initial_prompt_tokens,
                         all_tokens, remaining_prompt_length, language, verbose, bar, *, word_timestamps=False,
                         prepend_punctuations=PREPEND_PUNCTUATIONS, append_punctuations=APPEND_PUNCTUATIONS,
-                        hallucination_silence_threshold=None) -> TranscriptionResult:
+                        hallucination_silence_threshold=None, silent_level=None):
     input_stride = N_FRAMES // model.dims.n_audio_ctx  # mel frames per output token: 2
     time_precision = input_stride * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp step: 0.02
     all_segments: list[Segment] = []
@@ -171,8 +289,12 @@ def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, tempe
         time_offset = float(seek * HOP_LENGTH / SAMPLE_RATE)
         window_end_time = float((seek + N_FRAMES) * HOP_LENGTH / SAMPLE_RATE)
         segment_size = min(N_FRAMES, content_frames - seek, seek_clip_end - seek)
-        mel_segment = pad_or_trim(mel[:, seek:seek + segment_size], N_FRAMES)  # (n_mels, 3000), zero-padded
+        mel_segment = pad_or_trim(mel.window(seek, segment_size), N_FRAMES)  # (n_mels, 3000), zero-padded
         segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
+        if silent_level is not None and mel_segment[:, :segment_size].max() <= silent_level:
+            seek += segment_size  # nothing but silence: nothing to decode
+            bar.update(round((min(content_frames, seek) - previous_seek) / FRAMES_PER_SECOND, 2))
+            continue
 
         if carry_initial_prompt:
             nignored = max(len(initial_prompt_tokens), prompt_reset_since)
@@ -181,9 +303,9 @@ def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, tempe
         else:
             base_options["prompt"] = all_tokens[prompt_reset_since:]
 
-        features = model.embed_audio(mel_segment[None])
-        result = _decode_with_fallback(model, tokenizer, features, temperatures, base_options,
-                                       compression_ratio_threshold, logprob_threshold, no_speech_threshold)
+        features = yield ("embed", mel_segment)
+        result = yield from _decode_with_fallback(features, tokenizer, temperatures, base_options,
+                                                  compression_ratio_threshold, logprob_threshold, no_speech_threshold)
         tokens = np.asarray(result.tokens, np.int64)
 
         if no_speech_threshold is not None:
@@ -264,7 +386,7 @@ def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, tempe
         bar.update(round((min(content_frames, seek) - previous_seek) / FRAMES_PER_SECOND, 2))
 
     return TranscriptionResult(text=tokenizer.decode(all_tokens[len(initial_prompt_tokens):]),
-                               segments=all_segments, language=language)
+                               segments=all_segments, language=language)  # noqa: B901 (generator return)
 
 
 def _fmt(seconds: float) -> str:
