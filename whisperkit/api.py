@@ -16,7 +16,7 @@ from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_lang
 from .model import ModelDimensions, WhisperGraph
 from .registry import get_registry
 from .tokenizer import Tokenizer, get_tokenizer
-from .transcribe import TranscriptionResult, transcribe
+from .transcribe import TranscriptionResult, transcribe, transcribe_batch
 from .weights import LoadedWeights, resolve_model
 
 
@@ -112,6 +112,12 @@ class Whisper:
         on a backend that is not `thread_safe` the calls take turns (one lock per backend instance)."""
         with self._lock:
             return transcribe(self, audio, **options)
+
+    def transcribe_batch(self, sources, batch_size: int = 8, **options: Any) -> list[TranscriptionResult]:
+        """Transcribe several paths/arrays, up to `batch_size` at once with their windows batched
+        through the backend ops; results in the order given (see `transcribe.transcribe_batch`)."""
+        with self._lock:
+            return transcribe_batch(self, list(sources), batch_size=batch_size, **options)
 
     def __repr__(self) -> str:
         return f"<Whisper {self.name} on {self.backend.name}>"

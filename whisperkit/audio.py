@@ -57,8 +57,11 @@ def _check_array(audio: np.ndarray, what: str = "audio array") -> np.ndarray:
         raise AudioError(
             f"{what} must be 1-D mono samples at {SAMPLE_RATE} Hz, got shape {audio.shape}"
         )
-    if not (np.issubdtype(audio.dtype, np.floating) or np.issubdtype(audio.dtype, np.integer)):
-        raise AudioError(f"{what} must have a float or integer dtype, got {audio.dtype}")
+    if np.issubdtype(audio.dtype, np.integer):
+        raise AudioError(f"{what} must hold float samples in [-1, 1], got {audio.dtype} "
+                         f"(for 16-bit PCM, pass audio.astype(np.float32) / 32768)")
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise AudioError(f"{what} must have a float dtype, got {audio.dtype}")
     with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32's range becomes inf
         out = np.ascontiguousarray(audio, dtype=np.float32)
     if out.size and not np.all(np.isfinite(out)):

@@ -55,6 +55,7 @@ def _transcribe_options(args, model) -> dict:
         no_speech_threshold=args.no_speech_threshold, word_timestamps=args.word_timestamps,
         prepend_punctuations=args.prepend_punctuations, append_punctuations=args.append_punctuations,
         clip_timestamps=args.clip_timestamps, hallucination_silence_threshold=args.hallucination_silence_threshold,
+        vad_filter=args.vad_filter,
         progress=False if args.no_progress else None)
 
 
@@ -84,26 +85,34 @@ def cmd_transcribe(args) -> int:
     except OSError as exc:
         raise WhisperkitError(f"cannot create the output directory {args.output_dir}: {exc.strerror}") from None
     writer = get_writer(args.output_format, args.output_dir)
-    for path in args.audio:
-        try:
-            result = model.transcribe(path, **options)
-        except ValueError as exc:  # an option the decoder rejects (e.g. --patience without --beam_size)
-            if isinstance(exc, WhisperkitError):
-                raise
-            raise WhisperkitError(str(exc)) from None
-        writer(result, path, **writer_args)
-        if args.json:
-            print(json.dumps(result.to_dict(), ensure_ascii=False))
-            continue
-        if not args.transcribe_verbose:
-            continue
-        if len(args.audio) > 1:
-            print(f"# {path}")
-        for s in result.segments:
-            print(f"[{_fmt_ts(s.start)} --> {_fmt_ts(s.end)}] {s.text.strip()}")
-        print()
-        print(result.text.strip())
+    try:
+        if args.batch_size > 1 and len(args.audio) > 1:
+            results = model.transcribe_batch(args.audio, batch_size=args.batch_size, **options)
+        else:
+            results = (model.transcribe(path, **options) for path in args.audio)
+        for path, result in zip(args.audio, results):
+            _emit(args, writer, writer_args, path, result)
+    except ValueError as exc:  # an option the decoder rejects (e.g. --patience without --beam_size)
+        if isinstance(exc, WhisperkitError):
+            raise
+        raise WhisperkitError(str(exc)) from None
     return 0
+
+
+def _emit(args, writer, writer_args, path, result) -> None:
+    """Write one result's files and print it as the options ask."""
+    writer(result, path, **writer_args)
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return
+    if not args.transcribe_verbose:
+        return
+    if len(args.audio) > 1:
+        print(f"# {path}")
+    for s in result.segments:
+        print(f"[{_fmt_ts(s.start)} --> {_fmt_ts(s.end)}] {s.text.strip()}")
+    print()
+    print(result.text.strip())
 
 
 def cmd_backends(args) -> int:
@@ -180,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max_line_count", type=_optional_int, default=None, help="(needs --word_timestamps True) lines in a subtitle")
     t.add_argument("--max_words_per_line", type=_optional_int, default=None,
                    help="(needs --word_timestamps True, no effect with --max_line_width) words in a line")
+    t.add_argument("--batch_size", type=int, default=1,
+                   help="files transcribed together, their windows batched through the backend (default 1)")
+    t.add_argument("--vad_filter", type=_str2bool, default=False,
+                   help="transcribe only the speech regions found by the voice-activity filter")
     t.add_argument("--threads", type=_optional_int, default=0, help="threads for every backend (0: all cores)")
     t.add_argument("--clip_timestamps", default="0", help="start,end,start,end,... seconds of the clips to process; the last end defaults to the end of the file")
     t.add_argument("--hallucination_silence_threshold", type=_optional_float, default=None,

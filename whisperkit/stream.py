@@ -14,12 +14,9 @@ the whole-file computation up to float rounding (checked in tests/test_stream.py
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
-from .audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, _check_array, _periodic_hann, load_audio, mel_filters
+from .audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, _check_array, _periodic_hann, iter_file_blocks, mel_filters
 from .errors import AudioError
 
 BLOCK_SECONDS = 30
@@ -27,65 +24,21 @@ _HALF = N_FFT // 2
 
 
 class _Samples:
-    """Forward-only reader of 16 kHz mono float32 samples from a file (soundfile blocks, downmix,
-    soxr stream resampling) or from an array."""
+    """Forward-only reader of 16 kHz mono float32 samples from a file (`audio.iter_file_blocks`:
+    bounded blocks, checked samples, streamed resampling) or from an array."""
 
     def __init__(self, source):
-        self.array = None
-        if isinstance(source, np.ndarray):
-            self.array = _check_array(source)
-            return
-        self.path = Path(source)
-        load_audio_checks(self.path)
-        import soundfile
-        try:
-            self.info = soundfile.info(str(self.path))
-        except Exception as exc:
-            raise AudioError(f"{self.path} is not a readable audio file (libsndfile: {exc})") from None
-        if self.info.frames == 0:
-            raise AudioError(f"audio file contains no samples: {self.path}")
+        self.array = _check_array(source) if isinstance(source, np.ndarray) else None
+        self.path = None if self.array is not None else source
 
     def blocks(self, seconds: int = BLOCK_SECONDS):
         """Yield consecutive float32 16 kHz mono blocks of the whole audio."""
-        if self.array is not None:
-            step = seconds * SAMPLE_RATE
-            for i in range(0, len(self.array), step):
-                yield self.array[i:i + step]
+        if self.array is None:
+            yield from iter_file_blocks(self.path)
             return
-        import soundfile
-        import soxr
-        rate = self.info.samplerate
-        resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ") if rate != SAMPLE_RATE else None
-        try:
-            with soundfile.SoundFile(str(self.path)) as f:
-                while True:
-                    block = f.read(seconds * rate, dtype="float32", always_2d=True)
-                    last = block.shape[0] < seconds * rate
-                    mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
-                    if not np.all(np.isfinite(mono)):
-                        raise AudioError(f"audio file {self.path} contains NaN or Inf samples")
-                    if resampler is not None:
-                        mono = resampler.resample_chunk(mono, last=last)
-                    if mono.size:
-                        yield np.ascontiguousarray(mono, np.float32)
-                    if last:
-                        return
-        except AudioError:
-            raise
-        except Exception as exc:
-            raise AudioError(f"{self.path} could not be read to the end (libsndfile: {exc})") from None
-
-
-def load_audio_checks(path: Path) -> None:
-    """The path checks of load_audio (exists, a file, not empty), without reading the samples."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise AudioError(f"audio source must be a file path or a NumPy array, got {type(path).__name__}")
-    if not path.exists():
-        raise AudioError(f"audio file not found: {path}")
-    if path.is_dir():
-        raise AudioError(f"audio path is a directory, not a file: {path}")
-    if path.stat().st_size == 0:
-        raise AudioError(f"audio file is empty (0 bytes): {path}")
+        step = seconds * SAMPLE_RATE
+        for i in range(0, len(self.array), step):
+            yield self.array[i:i + step]
 
 
 def _log10_mel(padded: np.ndarray, n_frames: int, filters: np.ndarray) -> np.ndarray:
