@@ -15,6 +15,8 @@ EPILOG = """examples:
   whisperkit-bench --backend numba,onnxruntime --audio my.flac --json out.json --markdown out.md --plot out.png
   whisperkit-bench --ops                 # per-op microbenchmarks only
   whisperkit-bench --backend numpy --quick --no-peers
+  whisperkit-bench --backend numpy,onnxruntime --batch 4 --no-ops --no-peers --no-cold --runs 1
+  whisperkit-bench --backend all --long 60 --batch 0 --no-ops   # a 60-minute file: wall time, RTF, peak RSS
 Speed never makes the bench fail: it exits non-zero only on bad arguments."""
 
 
@@ -34,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-peers", action="store_true", help="do not race faster-whisper / openai-whisper")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocesses")
     ap.add_argument("--quick", action="store_true", help="1 run, no warm-up, few decoder steps, short op timings (tests)")
+    ap.add_argument("--batch", type=int, default=None, metavar="N",
+                    help="batch throughput: the clips (jfk_16k, pv_en, osr_16k, pv_de or --audio) repeated to at least N "
+                         "files, one at a time vs transcribe_batch(batch_size=N); default 4, off with --quick; 0 disables")
+    ap.add_argument("--long", type=float, default=None, metavar="MINUTES",
+                    help="also transcribe a MINUTES-long file (clips with silence and noise between them) in a fresh "
+                         "process per backend: wall time, RTF, peak RSS (default: off)")
     ap.add_argument("--json", type=Path, help="write every figure as JSON here")
     ap.add_argument("--markdown", type=Path, help="write the results as markdown here (for the README)")
     ap.add_argument("--plot", type=Path, help="write a PNG bar chart of the real-time factor here")
@@ -60,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--threads must be >= 1")
     if args.ops and args.no_ops:
         ap.error("--ops and --no-ops contradict each other")
+    if args.batch is not None and args.batch < 0:
+        ap.error("--batch must be >= 0 (0 disables)")
+    if args.long is not None and not (args.long > 0 and math.isfinite(args.long)):
+        ap.error("--long must be a positive number of minutes")
+    if args.ops and (args.batch or args.long):
+        ap.error("--ops runs the per-op microbenchmarks only: drop --batch / --long")
+    if args.batch is None:
+        args.batch = 0 if (args.quick or args.ops) else 4
     if args.quick:
         args.runs, args.warmup, args.decoder_tokens = 1, 0, min(args.decoder_tokens, 8)
     threads = args.threads or default_threads()
@@ -76,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         missing = [str(p) for p in clips if not Path(p).is_file()]
         if missing:
             ap.error(f"audio file not found: {', '.join(missing)}")
+    extra_clips: list[Path] = []
+    if args.batch or args.long:
+        from .batch import batch_clips
+        extra_clips = list(args.audio) if args.audio else batch_clips()
+        if not extra_clips:
+            ap.error("no audio for --batch / --long: pass --audio FILE (the shared clips were not found)")
     for out in (args.json, args.markdown, args.plot):
         if out is not None and not out.resolve().parent.is_dir():
             ap.error(f"output folder does not exist: {out.resolve().parent}")
@@ -181,6 +203,45 @@ def main(argv: list[str] | None = None) -> int:
                                                  threads=threads, ref_tokens=ref_tokens, progress=bar))
         del ref_engine
 
+    batch_results = []
+    if args.batch and engines:
+        from .batch import file_set, run_batch
+        clip_audio = []
+        for p in extra_clips:
+            try:
+                clip_audio.append((p.name, audio[p] if p in audio else load_audio(p)))
+            except Exception as exc:
+                ap.error(f"cannot read audio {p}: {exc}")
+        files = file_set(clip_audio, args.batch)
+        doc["batch_clips"] = [name for name, _ in clip_audio]
+        for e in engines:
+            if not isinstance(e, BackendEngine):
+                continue
+            print(f"batch: {e.name}, {len(files)} files, one at a time then batch_size={args.batch} ...", file=sys.stderr)
+            b = run_batch(e, files, args.batch, warmup=args.warmup > 0)
+            batch_results.append(b)
+            if b.error:
+                print(f"  batch failed on {e.name}: {b.error}", file=sys.stderr)
+
+    long_results = []
+    if args.long and selected:
+        import tempfile
+        from .long import GAP_S, run_long, write_long
+        backends = [e.name for e in engines if isinstance(e, BackendEngine)]
+        with tempfile.TemporaryDirectory(prefix="whisperkit-bench-long-") as tmp:
+            path = Path(tmp) / f"long_{args.long:g}min.wav"
+            try:
+                duration = write_long(path, args.long, [load_audio(p) for p in extra_clips])
+            except Exception as exc:
+                ap.error(f"cannot build the long file: {exc}")
+            doc["long"] = dict(minutes=args.long, duration_s=duration, clips=[p.name for p in extra_clips], gap_s=GAP_S)
+            for n in backends:
+                print(f"long: {n}, {args.long:g} minutes in a fresh process ...", file=sys.stderr)
+                r = run_long(n, path, duration, args.model, threads)
+                long_results.append(r)
+                if r.error:
+                    print(f"  long file failed on {n}: {r.error}", file=sys.stderr)
+
     if do_ops:
         print("per-op: measuring the roofline ...", file=sys.stderr)
         roofline = opsmod.Roofline(quick=args.quick)
@@ -212,18 +273,19 @@ def main(argv: list[str] | None = None) -> int:
             for key, (case, res) in op_results[n].items():
                 opsmod.add_roofline(res, case, roof)
 
-    doc["records"] = report.e2e_records(all_results) + report.ops_records(op_results)
+    doc["records"] = (report.e2e_records(all_results) + report.batch_records(batch_results)
+                      + report.long_records(long_results) + report.ops_records(op_results))
     for e in engines:
         if isinstance(e, BackendEngine) and e.fallbacks:
             doc.setdefault("fallbacks", {})[e.name] = e.fallbacks
     doc["engines"] = [dict(engine=e.name, kind=e.kind, version=e.version) for e in engines]
 
-    print(report.render(doc, all_results, op_results))
+    print(report.render(doc, all_results, op_results, batch_results=batch_results, long_results=long_results))
     if args.json:
         args.json.write_text(json.dumps(_finite(doc), indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     if args.markdown:
-        args.markdown.write_text(report.markdown(doc, all_results, op_results))
+        args.markdown.write_text(report.markdown(doc, all_results, op_results, batch_results, long_results))
         print(f"wrote {args.markdown}", file=sys.stderr)
     if args.plot:
         from .png import bar_chart

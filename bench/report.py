@@ -67,6 +67,28 @@ def ops_records(op_results: dict) -> list[dict]:
     return records
 
 
+def batch_records(batch_results) -> list[dict]:
+    records = []
+    for b in batch_results:
+        base = dict(section="batch", engine=b.engine, kind="backend", clip=f"{b.n_files} files")
+        for figure, (value, unit) in b.figures().items():
+            records.append(dict(base, figure=figure, value=value, unit=unit))
+        if b.error:
+            records.append(dict(base, figure="error", value=b.error, unit="text"))
+    return records
+
+
+def long_records(long_results, clip: str = "long") -> list[dict]:
+    records = []
+    for r in long_results:
+        base = dict(section="long", engine=r.engine, kind="backend", clip=clip)
+        for figure, (value, unit) in r.figures().items():
+            records.append(dict(base, figure=figure, value=value, unit=unit))
+        if r.error:
+            records.append(dict(base, figure="error", value=r.error, unit="text"))
+    return records
+
+
 # ------------------------------------------------------------------------------------------ tables
 E2E_HEADERS = ["engine", "warm min (s)", "warm median (s)", "RTF", "cold start (s)", "peak RSS (MB)",
                "encoder / window (ms)", "decoder / token (ms)", "tokens = numpy"]
@@ -89,6 +111,37 @@ def e2e_rows(clip_results, peers_present: list[str]) -> tuple[list[str], list[li
         row += [_f(sp.get((r.engine, p)), "{:.2f}×") for p in peers_present]
         rows.append(row)
     return headers, rows
+
+
+BATCH_HEADERS = ["engine", "batch", "files", "audio (s)", "one at a time (s)", "batched (s)",
+                 "one at a time (× realtime)", "batched (× realtime)", "speedup", "tokens equal"]
+
+
+def batch_rows(batch_results) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for b in batch_results:
+        if b.error:
+            rows.append([b.engine, str(b.batch_size), str(b.n_files), f"{b.audio_s:.1f}", f"failed: {b.error}"[:90]]
+                        + [""] * (len(BATCH_HEADERS) - 5))
+            continue
+        rows.append([b.engine, str(b.batch_size), str(b.n_files), f"{b.audio_s:.1f}", _f(b.sequential_s), _f(b.batched_s),
+                     _f(b.throughput_sequential, "{:.1f}"), _f(b.throughput_batched, "{:.1f}"),
+                     _f(b.speedup, "{:.2f}×"), _f(b.tokens_equal)])
+    return BATCH_HEADERS, rows
+
+
+LONG_HEADERS = ["engine", "audio (min)", "wall (s)", "RTF", "load (s)", "process (s)", "peak RSS (MB)", "segments", "tokens"]
+
+
+def long_rows(long_results) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for r in long_results:
+        if r.error:
+            rows.append([r.engine, f"{r.duration_s / 60:.1f}", f"failed: {r.error}"[:90]] + [""] * (len(LONG_HEADERS) - 3))
+            continue
+        rows.append([r.engine, f"{r.duration_s / 60:.1f}", _f(r.transcribe_s, "{:.1f}"), _f(r.rtf, "{:.3f}"), _f(r.load_s),
+                     _f(r.outside_s, "{:.1f}"), _f(r.peak_rss_mb, "{:.0f}"), _f(r.n_segments, "{}"), _f(r.n_tokens, "{}")])
+    return LONG_HEADERS, rows
 
 
 def ops_table(op_results: dict) -> tuple[list[str], list[list[str]]]:
@@ -134,7 +187,8 @@ def md_table(headers, rows) -> str:
 
 
 # ------------------------------------------------------------------------------------------ documents
-def render(doc: dict, all_results, op_results, table=text_table, heading=lambda lvl, s: s) -> str:
+def render(doc: dict, all_results, op_results, table=text_table, heading=lambda lvl, s: s,
+           batch_results=(), long_results=()) -> str:
     parts = []
     peers_present = [p for p in PEER_SHORT if any(r.engine == p for cr in all_results for r in cr)]
     for clip_results in all_results:
@@ -143,6 +197,23 @@ def render(doc: dict, all_results, op_results, table=text_table, heading=lambda 
         c = clip_results[0]
         parts.append(heading(3, f"End to end: {c.clip} ({c.duration_s:.1f} s of audio)"))
         parts.append(table(*e2e_rows(clip_results, peers_present)))
+    if batch_results:
+        parts.append(heading(3, "Batch throughput"))
+        parts.append("The batch clips (" + ", ".join(doc.get("batch_clips", [])) + ") repeated into a set of files, "
+                     "transcribed one at a time (`transcribe` in a loop) and with `transcribe_batch(batch_size=N)`, "
+                     "greedy at temperature 0, one timed run each after a batched warm-up.  × realtime: audio hours per "
+                     "wall-clock hour.  Speedup: one-at-a-time time / batched time.  Tokens equal: every file's "
+                     "batched tokens are its one-at-a-time tokens.")
+        parts.append(table(*batch_rows(batch_results)))
+    if long_results:
+        lg = doc.get("long") or {}
+        parts.append(heading(3, "Long file"))
+        parts.append(f"A {lg.get('minutes')}-minute WAV built from the shared clips ({', '.join(lg.get('clips', []))}) "
+                     f"with {lg.get('gap_s')} s of digital silence or noise between them, transcribed with the default "
+                     "options (temperature fallback, conditioning on previous text) from the file in a fresh process per "
+                     "backend.  Wall: the transcription alone; RTF: wall / duration; process: the whole process timed from "
+                     "outside; peak RSS: VmHWM of that process (model load included).")
+        parts.append(table(*long_rows(long_results)))
     if op_results:
         roof = doc.get("roofline") or {}
         parts.append(heading(3, "Per op"))
@@ -158,7 +229,7 @@ def render(doc: dict, all_results, op_results, table=text_table, heading=lambda 
     return "\n\n".join(parts)
 
 
-def markdown(doc: dict, all_results, op_results) -> str:
+def markdown(doc: dict, all_results, op_results, batch_results=(), long_results=()) -> str:
     m = doc["machine"]
     v = doc["versions"]
     peers = "; ".join(f"{e['engine']} {e['version']}" for e in doc.get("engines", []) if e["kind"] == "peer")
@@ -184,4 +255,5 @@ def markdown(doc: dict, all_results, op_results) -> str:
         "",
         "",
     ]
-    return "\n".join(head) + render(doc, all_results, op_results, md_table, lambda lvl, s: "#" * lvl + " " + s) + "\n"
+    return "\n".join(head) + render(doc, all_results, op_results, md_table, lambda lvl, s: "#" * lvl + " " + s,
+                                     batch_results, long_results) + "\n"
