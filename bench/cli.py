@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 ap.error(f"cannot read audio {p}: {exc}")
         files = file_set(clip_audio, args.batch)
-        doc["batch_clips"] = [name for name, _ in clip_audio]
+        doc["batch"] = dict(size=args.batch, files=len(files), clips=[name for name, _ in clip_audio], warmup=args.warmup > 0)
         for e in engines:
             if not isinstance(e, BackendEngine):
                 continue

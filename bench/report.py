@@ -199,9 +199,11 @@ def render(doc: dict, all_results, op_results, table=text_table, heading=lambda 
         parts.append(table(*e2e_rows(clip_results, peers_present)))
     if batch_results:
         parts.append(heading(3, "Batch throughput"))
-        parts.append("The batch clips (" + ", ".join(doc.get("batch_clips", [])) + ") repeated into a set of files, "
+        bd = doc.get("batch") or {}
+        parts.append("The batch clips (" + ", ".join(bd.get("clips", [])) + ") repeated into a set of files, "
                      "transcribed one at a time (`transcribe` in a loop) and with `transcribe_batch(batch_size=N)`, "
-                     "greedy at temperature 0, one timed run each after a batched warm-up.  × realtime: audio hours per "
+                     "greedy at temperature 0, one timed run each"
+                     + (" after a batched warm-up" if bd.get("warmup") else " (no warm-up)") + ".  × realtime: audio hours per "
                      "wall-clock hour.  Speedup: one-at-a-time time / batched time.  Tokens equal: every file's "
                      "batched tokens are its one-at-a-time tokens.")
         parts.append(table(*batch_rows(batch_results)))

@@ -129,3 +129,106 @@ def test_unusable_backend_is_listed_as_skipped(tmp_path, capsys):
     doc = json.loads((tmp_path / "s.json").read_text())
     assert {"engine": "bench-test-absent", "kind": "backend", "reason": "its library is not installed"} in doc["skipped"]
     assert "its library is not installed" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ --batch / --long
+BATCH_FIGURES = {"throughput_sequential_x_realtime", "throughput_batched_x_realtime", "batch_speedup", "batch_tokens_equal",
+                 "sequential_s", "batched_s", "batch_audio_s", "batch_files", "batch_size"}
+
+
+@pytest.fixture(scope="module")
+def batch_run(tmp_path_factory):
+    """numpy, jfk + pv_en, --batch 2, no per-op, no cold start: the batch section end to end."""
+    out = tmp_path_factory.mktemp("bench_batch")
+    cmd = [sys.executable, "-c", "import sys; from whisperkit.bench.cli import main; sys.exit(main())",
+           "--backend", "numpy", "--quick", "--no-peers", "--no-ops", "--no-cold", "--batch", "2",
+           "--audio", str(shared("audio", "jfk_16k.wav")), "--audio", str(shared("audio", "pv_en.wav")),
+           "--json", str(out / "b.json"), "--markdown", str(out / "b.md")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_batch_records(batch_run):
+    out, _ = batch_run
+    doc = json.loads((out / "b.json").read_text())
+    recs = [r for r in doc["records"] if r["section"] == "batch" and r["engine"] == "numpy"]
+    figures = {r["figure"]: r["value"] for r in recs}
+    assert BATCH_FIGURES <= set(figures), BATCH_FIGURES - set(figures)
+    assert "error" not in figures, figures.get("error")
+    assert figures["batch_size"] == 2 and figures["batch_files"] == 2  # the two clips, each once: at least 2 files
+    durations = {c["clip"]: c["duration_s"] for c in doc["clips"]}
+    assert figures["batch_audio_s"] == pytest.approx(durations["jfk_16k.wav"] + durations["pv_en.wav"])
+    for f in ("throughput_sequential_x_realtime", "throughput_batched_x_realtime"):
+        wall = figures["sequential_s" if "sequential" in f else "batched_s"]
+        assert figures[f] == pytest.approx(figures["batch_audio_s"] / wall)  # audio hours per wall-clock hour
+    assert figures["batch_speedup"] == pytest.approx(figures["sequential_s"] / figures["batched_s"])
+    assert figures["batch_tokens_equal"] is True  # temperature 0: batching must not change a token
+    assert doc["batch"]["clips"] == ["jfk_16k.wav", "pv_en.wav"]
+
+
+def test_batch_markdown_and_terminal(batch_run):
+    out, proc = batch_run
+    md = (out / "b.md").read_text()
+    assert "### Batch throughput" in md
+    section = md.split("### Batch throughput", 1)[1]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| ")]
+    assert rows[0].startswith("| engine | batch | files |")
+    numpy_row = next(ln for ln in rows if ln.startswith("| numpy |"))
+    assert numpy_row.count("|") == rows[0].count("|")
+    assert re.search(r"\| numpy \| 2 \| 2 \| \d+\.\d \| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d \| \d+\.\d \| \d+\.\d\d× \| yes \|", numpy_row), numpy_row
+    assert "Batch throughput" in proc.stdout and "Long file" not in proc.stdout
+
+
+def test_batch_file_set_repeats_whole_clip_lists():
+    import numpy as np
+    from whisperkit.bench.batch import file_set
+    clips = [("a", np.zeros(3, np.float32)), ("b", np.zeros(5, np.float32)), ("c", np.zeros(7, np.float32))]
+    assert [n for n, _ in file_set(clips, 1)] == ["a", "b", "c"]
+    assert [n for n, _ in file_set(clips, 4)] == ["a", "b", "c"] * 2
+    with pytest.raises(ValueError, match="no clips"):
+        file_set([], 2)
+
+
+def test_bad_batch_and_long_arguments(capsys):
+    from whisperkit.bench.cli import main
+    for argv, msg in ((["--batch", "-1"], "--batch"), (["--long", "0"], "--long"), (["--long", "nan"], "--long"),
+                      (["--ops", "--batch", "2"], "--ops")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert msg in capsys.readouterr().err
+
+
+def test_long_file_builder(tmp_path):
+    """write_long: exactly MINUTES long, speech where the clips are, digital silence and noise between them."""
+    import numpy as np
+    import soundfile as sf
+    from whisperkit.audio import load_audio
+    from whisperkit.bench.long import GAP_S, NOISE_LEVEL, SR, long_layout, write_long
+
+    clips = [load_audio(shared("audio", c)) for c in ("jfk_16k.wav", "pv_en.wav")]
+    minutes = 1.25
+    path = tmp_path / "long.wav"
+    duration = write_long(path, minutes, clips)
+    info = sf.info(str(path))
+    assert info.samplerate == SR and info.channels == 1
+    assert info.frames == int(minutes * 60 * SR) and duration == pytest.approx(minutes * 60)
+
+    # per-second RMS, read back a block at a time
+    rms = np.concatenate([np.sqrt(np.mean(b.reshape(-1, SR) ** 2, axis=1))
+                          for b in sf.blocks(str(path), blocksize=10 * SR, dtype="float32") if len(b) == 10 * SR])
+    assert (rms == 0).sum() >= GAP_S - 2                      # a digital-silence gap
+    noise_like = (rms > 0.5 * NOISE_LEVEL) & (rms < 2 * NOISE_LEVEL)
+    assert noise_like.sum() >= GAP_S - 2                      # a noise gap
+    assert (rms > 4 * NOISE_LEVEL).sum() >= 5                 # speech well above the noise floor
+    # the speech sits where the layout puts it: jfk first, so its opening seconds match the clip
+    data, _ = sf.read(str(path), frames=len(clips[0]), dtype="float32")
+    assert np.abs(data - clips[0]).max() < 1e-3               # PCM_16 rounding only
+
+    pieces = long_layout([len(c) for c in clips], int(minutes * 60 * SR))
+    assert sum(n for _, _, n in pieces) == int(minutes * 60 * SR)
+    kinds = [k for k, _, _ in pieces]
+    assert kinds[:4] == ["clip", "silence", "clip", "noise"]
+    with pytest.raises(ValueError):
+        long_layout([], 100)
