@@ -1,10 +1,9 @@
-"""The ONNX Runtime backend against the NumPy reference, op by op, at Whisper's shapes.
-
-Each check looks at the shape, then the dtype, then the values.  Coarse ops are compared with the
-reference's composition of fine ops (`Ops(reference, reference)`).  The conformance suite
-(`whisperkit conformance --backend onnxruntime`) is the main check; these tests cover what is
-particular to this backend: pointer binding of strided inputs, the in-place KV cache, shared sessions,
-thread changes, the missing-library path, and the transcription's tokens."""
+"""What is particular to the ONNX Runtime backend.  Its ops' values at Whisper's shapes and layouts are the
+conformance suite's (`whisperkit conformance --backend onnxruntime`, run by tests/test_conformance.py); here:
+registration and the missing-library path, the exact-GELU option, the KV cache written in place through pointer
+binding (a beam with strided inputs) and through the copy-back path (a strided cache), sessions shared by layers of
+one shape and rebuilt on a thread change, runners shared by threads, and the transcription's tokens.  Values are
+compared with the suite's tolerance for the op (`assert_matches_reference`)."""
 from __future__ import annotations
 
 import subprocess
@@ -15,36 +14,18 @@ import numpy as np
 import pytest
 
 from conftest import shared
+from test_conformance import assert_decode_steps_match_reference, assert_matches_reference
 from whisperkit.backend import Ops
 from whisperkit.backends.numpy_backend import NumpyBackend
+from whisperkit.conformance.cases import CASES
 
 ort = pytest.importorskip("onnxruntime")
 from whisperkit.backends.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
 
 REF = NumpyBackend()
 ORT = OnnxRuntimeBackend()
-
-# Tolerance per op: values must satisfy |got - ref| <= ATOL[op] * max|ref|, stated once with the reason.
-ATOL = {
-    # MLAS GEMM vs OpenBLAS: float32 sums over n_in <= 1536 (c_in*k <= 1152) terms in another order;
-    # measured ~5e-7 of the output's max.
-    "linear": 1e-5,
-    "conv1d": 1e-5,
-    # float32 mean/variance in another order; measured ~1e-7.
-    "layer_norm": 1e-5,
-    # attention: scores |s| up to ~30 carry ~eps*|s| error that exp() turns into relative error of the
-    # probabilities; measured ~7e-7 of max|out|.
-    "attention": 1e-5,
-    "attention_weights": 1e-5,
-    # compositions of 4-10 fine ops with residuals; measured ~7e-7 of the row max.
-    "mlp_block": 1e-4,
-    "encoder_layer": 1e-4,
-    "decoder_layer": 1e-4,
-}
-# gelu: MLAS's float32 erf has the float32 cancellation of 1 + erf(x/sqrt2) for x < -3 (absolute error
-# ~eps*|x|/2, like torch's own float32 GELU), so it is held to |got - ref| <= 1e-5 * (|ref| + 0.01|x|),
-# the conformance suite's scale (measured 2.3e-6).  exact_gelu=True is bit-equal to the reference.
-GELU_RTOL = 1e-5
+#: a tiny decoder layer's weights (n_state 384, 6 heads), from the conformance table
+DECODER = CASES["decoder_layer/tiny_1_off3"].make().weights
 
 
 def f32(*shape, seed=0, scale=1.0):
@@ -60,32 +41,8 @@ def strided(a):
     return v
 
 
-def check(op, got, ref):
-    assert got.shape == ref.shape, f"{op}: shape {got.shape} != {ref.shape}"
-    assert got.dtype == np.float32, f"{op}: dtype {got.dtype}"
-    assert got.flags.c_contiguous, f"{op}: output not C-contiguous"
-    err = float(np.abs(got.astype(np.float64) - ref).max()) if ref.size else 0.0
-    assert err <= ATOL[op] * float(np.abs(ref).max()), f"{op}: max error {err:.3g} vs max|ref| {np.abs(ref).max():.3g}"
-
-
 def bind_both(op, **weights):
     return Ops(ORT, REF).bind(op, **weights), Ops(REF, REF).bind(op, **weights)
-
-
-def block_weights(n_state, n_head, decoder=False, seed=10):
-    r = np.random.default_rng(seed)
-
-    def m(*shape, s=0.05):
-        return (r.standard_normal(shape) * s).astype(np.float32)
-
-    w = dict(n_head=n_head, attn_ln_weight=1 + m(n_state), attn_ln_bias=m(n_state), qkv_weight=m(3 * n_state, n_state),
-             qkv_bias=m(3 * n_state), out_weight=m(n_state, n_state), out_bias=m(n_state),
-             mlp_ln_weight=1 + m(n_state), mlp_ln_bias=m(n_state), fc1_weight=m(4 * n_state, n_state),
-             fc1_bias=m(4 * n_state), fc2_weight=m(n_state, 4 * n_state), fc2_bias=m(n_state))
-    if decoder:
-        w.update(cross_ln_weight=1 + m(n_state), cross_ln_bias=m(n_state), cross_q_weight=m(n_state, n_state),
-                 cross_q_bias=m(n_state), cross_out_weight=m(n_state, n_state), cross_out_bias=m(n_state))
-    return w
 
 
 # ---- registration ----------------------------------------------------------------------------------
@@ -114,54 +71,7 @@ def test_imports_and_says_why_without_onnxruntime():
     assert "onnxruntime" in out.stdout and "cannot be imported" in out.stdout
 
 
-# ---- fine ops ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("n_in,n_out,rows", [(384, 1152, 1500), (384, 1536, 3), (1536, 384, 1500), (512, 512, 1),
-                                             (384, 768, 1500)])
-def test_linear(n_in, n_out, rows):
-    got, ref = bind_both("linear", weight=f32(n_out, n_in, seed=1, scale=0.05), bias=f32(n_out, seed=2))
-    x = f32(1, rows, n_in, seed=3)
-    check("linear", got(x), ref(x))
-    check("linear", got(strided(x)), ref(x))
-
-
-def test_linear_logits_without_bias_any_leading_dims_and_bad_input():
-    got, ref = bind_both("linear", weight=f32(51864, 384, seed=1, scale=0.05), bias=None)
-    for x in (f32(1, 1, 384), f32(5, 1, 384), f32(2, 3, 384).transpose(1, 0, 2), f32(384)):
-        check("linear", got(x), ref(x))
-    with pytest.raises(ValueError, match="385"):
-        got(f32(1, 3, 385))
-
-
-@pytest.mark.parametrize("c_in,c_out,stride", [(80, 384, 1), (384, 384, 2), (80, 512, 1), (512, 512, 2)])
-def test_conv1d(c_in, c_out, stride):
-    got, ref = bind_both("conv1d", weight=f32(c_out, c_in, 3, seed=1, scale=0.05), bias=f32(c_out, seed=2),
-                         stride=stride, padding=1)
-    x = f32(1, c_in, 3000, seed=3)
-    check("conv1d", got(x), ref(x))
-    check("conv1d", got(np.asfortranarray(x)), ref(x))
-    assert got(x).shape == (1, c_out, 3000 // stride)
-
-
-@pytest.mark.parametrize("n_state", [384, 512])
-def test_layer_norm(n_state):
-    got, ref = bind_both("layer_norm", weight=f32(n_state, seed=1), bias=f32(n_state, seed=2))
-    x = f32(2, 1500, n_state, seed=3, scale=5.0) + 3.0
-    check("layer_norm", got(x), ref(x))
-    check("layer_norm", got(strided(x)), ref(x))
-
-
-def test_gelu_fast_kernel_within_float32_erf_precision():
-    xs = [f32(1, 384, 3000, seed=4, scale=3.0), f32(1500, 1536, seed=5, scale=4.0).T,
-          np.linspace(-10, 10, 4099, dtype=np.float32), -np.linspace(3, 12, 33, dtype=np.float32),
-          np.array([-3e38, -1e30, -1e4, -13.5, -1e-30, 0.0, 1e-45, 1e-30, 13.5, 1e4, 1e30, 3e38], np.float32)]
-    for x in xs:
-        got, ref = ORT.gelu(x), REF.gelu(x)
-        assert got.shape == ref.shape and got.dtype == np.float32
-        assert np.all(np.isfinite(got))
-        scale = np.abs(ref.astype(np.float64)) + 0.01 * np.abs(x.astype(np.float64))
-        assert np.all(np.abs(got.astype(np.float64) - ref) <= GELU_RTOL * scale)
-
-
+# ---- options and bad input ---------------------------------------------------------------------------
 def test_gelu_exact_option_is_bit_equal_to_reference():
     exact = OnnxRuntimeBackend(exact_gelu=True)
     x = np.concatenate([f32(100_000, seed=6, scale=4.0), np.linspace(-20, 20, 4001, dtype=np.float32),
@@ -171,84 +81,40 @@ def test_gelu_exact_option_is_bit_equal_to_reference():
     np.testing.assert_array_equal(got, REF.gelu(x))
 
 
-ATTN_CASES = [  # (n_state, n_head, batch, n_q, n_kv, causal, offset)
-    (384, 6, 1, 1500, 1500, False, 0),  # encoder, tiny
-    (512, 8, 1, 1500, 1500, False, 0),  # encoder, base
-    (384, 6, 1, 3, 3, True, 0),  # SOT prompt
-    (384, 6, 1, 1, 2, True, 1),
-    (384, 6, 2, 3, 4, True, 1),
-    (384, 6, 1, 1, 448, True, 447),  # last cache slot
-    (512, 8, 1, 3, 450, True, 447),
-    (384, 6, 5, 1, 1500, False, 0),  # cross-attention, beam of 5
-]
+def test_linear_rejects_a_wrong_input_width():
+    linear, _ = bind_both("linear", weight=f32(51864, 384, seed=1, scale=0.05), bias=None)
+    with pytest.raises(ValueError, match="385"):
+        linear(f32(1, 3, 385))
 
 
-@pytest.mark.parametrize("n_state,n_head,batch,n_q,n_kv,causal,offset", ATTN_CASES)
-def test_attention(n_state, n_head, batch, n_q, n_kv, causal, offset):
-    q, k, v = (f32(batch, n, n_state, seed=s, scale=2.0) for s, n in ((1, n_q), (2, n_kv), (3, n_kv)))
-    ref = REF.attention(q, k, v, n_head, causal, offset)
-    check("attention", ORT.attention(strided(q), strided(k), strided(v), n_head, causal, offset), ref)
-    p = ORT.attention_weights(strided(q), k, n_head, causal, offset)
-    check("attention_weights", p, REF.attention_weights(q, k, n_head, causal, offset))
-    assert np.allclose(p.sum(-1), 1.0, atol=1e-5)
-
-
-# ---- coarse ops -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("n_state,rows", [(384, 1500), (384, 1), (512, 3)])
-def test_mlp_block(n_state, rows):
-    w = block_weights(n_state, 1)
-    got, ref = bind_both("mlp_block", ln_weight=w["mlp_ln_weight"], ln_bias=w["mlp_ln_bias"], fc1_weight=w["fc1_weight"],
-                         fc1_bias=w["fc1_bias"], fc2_weight=w["fc2_weight"], fc2_bias=w["fc2_bias"])
-    x = f32(1, rows, n_state, seed=3)
-    check("mlp_block", got(strided(x)), ref(x))
-
-
-@pytest.mark.parametrize("n_state,n_head", [(384, 6), (512, 8)])
-def test_encoder_layer(n_state, n_head):
-    got, ref = bind_both("encoder_layer", **block_weights(n_state, n_head))
-    x = f32(1, 1500, n_state, seed=3)
-    check("encoder_layer", got(strided(x)), ref(x))
-
-
-@pytest.mark.parametrize("n_state,n_head", [(384, 6), (512, 8)])
-@pytest.mark.parametrize("batch,n_q,offset", [(1, 3, 0), (1, 1, 0), (1, 1, 1), (1, 1, 447), (1, 3, 100), (2, 1, 5)])
-def test_decoder_layer_writes_the_cache_in_place(n_state, n_head, batch, n_q, offset):
-    got, ref = bind_both("decoder_layer", **block_weights(n_state, n_head, decoder=True))
-    x = f32(batch, n_q, n_state, seed=3)
-    cross_k, cross_v = f32(batch, 1500, n_state, seed=4), f32(batch, 1500, n_state, seed=5)
-    caches = []
-    for _ in range(2):
-        kc, vc = f32(batch, 448, n_state, seed=6), f32(batch, 448, n_state, seed=7)
-        caches.append((kc, vc))
-    (kc, vc), (kr, vr) = caches
+# ---- the KV cache ------------------------------------------------------------------------------------------
+def test_decoder_layer_binds_strided_inputs_of_a_beam_and_writes_the_cache_in_place():
+    """Strided x and cross keys bound by pointer, a beam of 2: rows [offset, offset + n_q) of the caches written
+    in place as the reference writes them, the other rows untouched."""
+    batch, n_q, offset = 2, 1, 5
+    got, ref = bind_both("decoder_layer", **DECODER)
+    x = f32(batch, n_q, 384, seed=3)
+    cross_k, cross_v = f32(batch, 1500, 384, seed=4), f32(batch, 1500, 384, seed=5)
+    (kc, vc), (kr, vr) = [(f32(batch, 448, 384, seed=6), f32(batch, 448, 384, seed=7)) for _ in range(2)]
+    k_ptr = kc.ctypes.data
     y = got(strided(x), kc, vc, strided(cross_k), cross_v, offset)
-    y_ref = ref(x, kr, vr, cross_k, cross_v, offset)
-    check("decoder_layer", y, y_ref)
-    check("decoder_layer", kc, kr)  # rows [offset, offset + n_q) written, the others untouched
-    check("decoder_layer", vc, vr)
+    assert_matches_reference("decoder_layer", y, ref(x, kr, vr, cross_k, cross_v, offset))
+    assert kc.ctypes.data == k_ptr
+    assert_matches_reference("decoder_layer", kc, kr)
+    assert_matches_reference("decoder_layer", vc, vr)
     untouched = np.ones(448, bool)
     untouched[offset:offset + n_q] = False
-    np.testing.assert_array_equal(kc[:, untouched], f32(batch, 448, n_state, seed=6)[:, untouched])
+    np.testing.assert_array_equal(kc[:, untouched], f32(batch, 448, 384, seed=6)[:, untouched])
+    assert not np.array_equal(kc[:, offset], f32(batch, 448, 384, seed=6)[:, offset]), "the new row was not written"
 
 
 def test_decoder_layer_steps_through_a_strided_cache():
     """A cache whose rows are not contiguous (a view) is still written in place, via the copy-back path."""
-    got, ref = bind_both("decoder_layer", **block_weights(384, 6, decoder=True))
-    cross = f32(1, 1500, 384, seed=4), f32(1, 1500, 384, seed=5)
-    big_k, big_v = np.zeros((1, 448, 768), np.float32), np.zeros((1, 448, 768), np.float32)
-    kc, vc = big_k[..., ::2], big_v[..., ::2]
-    kr, vr = np.zeros((1, 448, 384), np.float32), np.zeros((1, 448, 384), np.float32)
-    x = f32(1, 3, 384, seed=3)
-    check("decoder_layer", got(x, kc, vc, *cross, 0), ref(x, kr, vr, *cross, 0))
-    for off in range(3, 6):
-        x = f32(1, 1, 384, seed=off)
-        check("decoder_layer", got(x, kc, vc, *cross, off), ref(x, kr, vr, *cross, off))
-    check("decoder_layer", np.ascontiguousarray(kc), kr)
-    check("decoder_layer", np.ascontiguousarray(vc), vr)
+    assert_decode_steps_match_reference(ORT, [(0, 3), (3, 1), (4, 1), (5, 1)], strided_cache=True)
 
 
 def test_decoder_layer_refuses_a_short_cache():
-    got, _ = bind_both("decoder_layer", **block_weights(384, 6, decoder=True))
+    got, _ = bind_both("decoder_layer", **DECODER)
     kc = np.zeros((1, 4, 384), np.float32)
     with pytest.raises(ValueError, match="KV cache"):
         got(f32(1, 3, 384), kc, kc.copy(), f32(1, 1500, 384), f32(1, 1500, 384), 2)
@@ -258,14 +124,16 @@ def test_decoder_layer_refuses_a_short_cache():
 def test_layers_of_one_shape_share_one_session_created_lazily():
     be = OnnxRuntimeBackend()
     ops = Ops(be, REF)
-    layers = [ops.bind("encoder_layer", **block_weights(384, 6, seed=s)) for s in range(3)]
+    cases = ("encoder_layer/tiny_1500", "encoder_layer/tiny_7", "encoder_layer/strided_x")  # 384 wide, 6 heads
+    weights = [CASES[c].make().weights for c in cases]
+    layers = [ops.bind("encoder_layer", **w) for w in weights]
     assert all(s.sess is None for s in be._sessions.values())  # nothing created at load time
     assert len(be._sessions) == 1
     x = f32(1, 20, 384)
     outs = [layer(x) for layer in layers]
     assert not np.allclose(outs[0], outs[1])  # each layer ran its own weights through the shared session
-    for layer, seed, out in zip(layers, range(3), outs):
-        check("encoder_layer", out, Ops(REF, REF).bind("encoder_layer", **block_weights(384, 6, seed=seed))(x))
+    for w, out in zip(weights, outs):
+        assert_matches_reference("encoder_layer", out, Ops(REF, REF).bind("encoder_layer", **w)(x))
 
 
 def test_set_num_threads_rebuilds_sessions():
