@@ -336,22 +336,42 @@ class DecodingTask:
         inference = Inference(self.graph, audio_features)
         sum_logprobs = np.zeros(tokens.shape[0], np.float32)
         no_speech_probs = [np.nan] * n_audio
+        # Greedy/sampled rows are independent: a row that has ended (eot) leaves the batch and its rows
+        # of the KV cache are dropped, so a batch costs its open rows, not its longest row times its
+        # size.  The tokens are those of the full computation (finished rows only ever append eot).
+        independent_rows = isinstance(self.decoder, GreedyDecoder)
+        active = np.arange(tokens.shape[0])  # rows still open, in cache order
         for i in range(self.sample_len):
+            open_tokens = tokens if len(active) == tokens.shape[0] else tokens[active]
             if i == 0:
-                logits = inference.logits(tokens, [self.sot_index, tokens.shape[1] - 1])
+                logits = inference.logits(open_tokens, [self.sot_index, tokens.shape[1] - 1])
                 if self.tokenizer.no_speech is not None:
                     probs_at_sot = np.exp(log_softmax(logits[:, 0]))
                     no_speech_probs = probs_at_sot[::self.n_group, self.tokenizer.no_speech].tolist()
                 logits = np.ascontiguousarray(logits[:, -1])
             else:
-                logits = inference.logits(tokens)[:, -1]
+                logits = inference.logits(open_tokens)[:, -1]
             for f in self.logit_filters:
-                f.apply(logits, tokens)
-            tokens, completed = self.decoder.update(tokens, logits, sum_logprobs)
+                f.apply(logits, open_tokens)
+            if open_tokens is tokens:
+                tokens, completed = self.decoder.update(tokens, logits, sum_logprobs)
+            else:
+                open_logprobs = sum_logprobs[active]
+                updated, _ = self.decoder.update(open_tokens, logits, open_logprobs)
+                sum_logprobs[active] = open_logprobs
+                column = np.full(tokens.shape[0], self.tokenizer.eot, np.int64)
+                column[active] = updated[:, -1]
+                tokens = np.concatenate([tokens, column[:, None]], axis=-1)
+                completed = bool((column == self.tokenizer.eot).all())
             if self.decoder.source_indices is not None:
                 inference.rearrange_kv_cache(self.decoder.source_indices)
             if completed or tokens.shape[-1] > self.n_ctx:
                 break
+            if independent_rows:
+                still_open = tokens[active, -1] != self.tokenizer.eot
+                if not still_open.all():
+                    inference.cache.select(np.flatnonzero(still_open))
+                    active = active[still_open]
         tokens, sum_lp = self.decoder.finalize(tokens, sum_logprobs)
         return self._results(audio_features[::self.n_group], language, tokens, sum_lp, no_speech_probs, n_audio)
 

@@ -87,6 +87,13 @@ class KVCache:
         self.v = [v[index] for v in self.v]
 
 
+    def select(self, rows: np.ndarray) -> None:
+        """Keep only these batch rows, in self-attention and cross-attention alike (rows leaving a batch)."""
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+        self.cross = [(k[rows], v[rows]) for k, v in self.cross]
+
+
 class TextDecoder:
     def __init__(self, ops: Ops, dims: ModelDimensions, t: dict):
         self.dims = dims
