@@ -43,6 +43,7 @@ _ROW_BLOCK = 128
 _ATTN_BLOCK = 128
 #: The decoder step runs parallel only from this many rows (batch * n_q) on.
 _DECODE_PARALLEL_ROWS = 64
+_KEEP_BUFFER_ROWS = 16  # decode steps with up to this many rows reuse their work buffers
 
 
 def _f32c(a):
@@ -203,7 +204,7 @@ class NumbaBackend(Backend):
         w.lncg, w.lncb = _f32c(cross_ln_weight), _f32c(cross_ln_bias)
         w.wcq, w.bcq = _f32c(cross_q_weight), _f32c(cross_q_bias)
         w.wco, w.bco = _f32c(cross_out_weight), _f32c(cross_out_bias)
-        w.buffers = {}  # row count -> preallocated work buffers of the decode step
+        w.buffers = {}  # row count (<= _KEEP_BUFFER_ROWS) -> preallocated work buffers of the decode step
         w.dummy = np.empty((1, 1, 1, 1), _F32)
         return w
 
@@ -218,7 +219,11 @@ class NumbaBackend(Backend):
         bufs = w.buffers.get(m)
         if bufs is None:
             e = lambda c: np.empty((m, c), _F32)  # noqa: E731
-            bufs = w.buffers[m] = (e(n), e(3 * n), e(n), e(n), e(n), e(w.w1.shape[0]))
+            bufs = (e(n), e(3 * n), e(n), e(n), e(n), e(w.w1.shape[0]))
+            # Keep them only for the hot token steps (a few rows: one per beam or batched file).  A prompt
+            # has a new row count nearly every window; keeping those grew a 60-minute run by ~350 MB.
+            if m <= _KEEP_BUFFER_ROWS:
+                w.buffers[m] = bufs
         kc, vc = k_cache, v_cache
         direct = (kc.dtype == _F32 and vc.dtype == _F32 and kc.flags.c_contiguous and vc.flags.c_contiguous)
         if not direct:  # write through contiguous copies, then back into the caller's caches
