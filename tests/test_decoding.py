@@ -3,24 +3,40 @@ import numpy as np
 import pytest
 
 from conftest import shared
+from whisperkit.registry import get_registry
 
 CLIPS = ["jfk_16k.wav", "pv_en.wav", "osr_16k.wav"]
+BACKENDS = [n for n, i in get_registry().infos.items() if i.usable]  # every one is float32
 
 
+@pytest.fixture(scope="module")
+def tiny_on(tiny_numpy):
+    from whisperkit import Whisper
+    cache = {"numpy": tiny_numpy}
+
+    def get(backend):
+        if backend not in cache:
+            cache[backend] = Whisper("tiny.en", backend=backend, weights=tiny_numpy.weights)
+        return cache[backend]
+    return get
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("clip", CLIPS)
-def test_beam5_transcription_matches_openai_whisper(tiny_numpy, golden_tiny, clip):
+def test_beam5_transcription_matches_openai_whisper(tiny_on, golden_tiny, clip, backend):
     expected = golden_tiny["clips"][clip]["transcribe_beam5"]
-    result = tiny_numpy.transcribe(str(shared("audio", clip)), temperature=0.0, beam_size=5, best_of=5)
+    result = tiny_on(backend).transcribe(str(shared("audio", clip)), temperature=0.0, beam_size=5, best_of=5)
     assert [s.tokens for s in result.segments] == [s["tokens"] for s in expected["segments"]]
     assert [(round(s.start, 6), round(s.end, 6)) for s in result.segments] == \
         [(round(s["start"], 6), round(s["end"], 6)) for s in expected["segments"]]
     assert result.text == expected["text"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("clip", CLIPS)
-def test_beam5_first_window_without_timestamps(tiny_numpy, golden_tiny, clip):
+def test_beam5_first_window_without_timestamps(tiny_on, golden_tiny, clip, backend):
     expected = golden_tiny["clips"][clip]["first_window_beam5_notimestamps"]
-    result = tiny_numpy.decode(str(shared("audio", clip)), without_timestamps=True, beam_size=5)
+    result = tiny_on(backend).decode(str(shared("audio", clip)), without_timestamps=True, beam_size=5)
     assert result.tokens == expected["tokens"]
     assert result.avg_logprob == pytest.approx(expected["avg_logprob"], abs=2e-3)
 
