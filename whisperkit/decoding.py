@@ -10,7 +10,7 @@ The rules are openai-whisper's (whisper/decoding.py), so that tokens match it on
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -400,4 +400,4 @@ def decode(graph: "WhisperGraph", tokenizer: "Tokenizer", audio_features: np.nda
     return DecodingTask(graph, tokenizer, options).run(audio_features)
 
 
-__all__ = ["DecodingOptions", "DecodingResult", "DecodingTask", "decode", "detect_language", "replace"]
+__all__ = ["DecodingOptions", "DecodingResult", "DecodingTask", "decode", "detect_language"]

@@ -386,7 +386,7 @@ def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, tempe
         bar.update(round((min(content_frames, seek) - previous_seek) / FRAMES_PER_SECOND, 2))
 
     return TranscriptionResult(text=tokenizer.decode(all_tokens[len(initial_prompt_tokens):]),
-                               segments=all_segments, language=language)  # noqa: B901 (generator return)
+                               segments=all_segments, language=language)
 
 
 def _fmt(seconds: float) -> str:
