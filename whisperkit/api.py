@@ -13,6 +13,7 @@ import numpy as np
 from .audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
 from .backend import Backend
 from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
+from .errors import ModelFileError
 from .model import ModelDimensions, WhisperGraph
 from .registry import get_registry
 from .tokenizer import Tokenizer, get_tokenizer
@@ -33,14 +34,13 @@ class Whisper:
         self.backend = registry.get(backend) if isinstance(backend, str) else backend
         self.weights = weights if weights is not None else resolve_model(name_or_path, download_root=download_root)
         self.name = self.weights.name
+        if self.weights.tokenizer_json is None:  # before the weights are prepared on the backend
+            raise ModelFileError(f"model {self.name} ({self.weights.source}) has no tokenizer.json beside its weights")
         self.dims: ModelDimensions = self.weights.dims
         self.ops = registry.ops(self.backend)
         self.graph = WhisperGraph(self.ops, self.dims, self.weights.tensors)
         self.alignment_heads = self.weights.alignment_heads
         self._lock = _backend_lock(self.backend)
-        if self.weights.tokenizer_json is None:
-            from .errors import ModelFileError
-            raise ModelFileError(f"model {self.name} ({self.weights.source}) has no tokenizer.json beside its weights")
 
     # ---- facts ------------------------------------------------------------------------------
     @property
