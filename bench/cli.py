@@ -8,15 +8,17 @@ import os
 import sys
 from pathlib import Path
 
-from .machine import apply_threads, default_audio, default_threads, find_shared_audio
+from .machine import default_audio, default_threads, find_shared_audio, thread_env
 
 EPILOG = """examples:
+  whisperkit-bench --backend all --native-blas --cli     # the figures of the README
   whisperkit-bench --backend all
   whisperkit-bench --backend numba,onnxruntime --audio my.flac --json out.json --markdown out.md --plot out.png
   whisperkit-bench --ops                 # per-op microbenchmarks only
   whisperkit-bench --backend numpy --quick --no-peers
   whisperkit-bench --backend numpy,onnxruntime --batch 4 --no-ops --no-peers --no-cold --runs 1
   whisperkit-bench --backend all --long 60 --batch 0 --no-ops   # a 60-minute file: wall time, RTF, peak RSS
+Every engine runs in a worker process of its own; the per-op microbenchmarks and the roofline too.
 Speed never makes the bench fail: it exits non-zero only on bad arguments."""
 
 
@@ -30,12 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--runs", type=int, default=3, help="timed warm runs per engine and clip (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per engine and clip (default 1)")
     ap.add_argument("--threads", type=int, default=None, help="threads for every engine (default: all usable cores)")
-    ap.add_argument("--decoder-tokens", type=int, default=64, help="decoder steps timed for the per-token figure (default 64)")
+    ap.add_argument("--beam", default="1,5", help="decoding modes, comma-separated beam sizes: 1 is greedy, 5 is beam_size 5 "
+                    "with best_of 5 (default 1,5)")
+    ap.add_argument("--native-blas", action="store_true",
+                    help="start the workers without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, as on a user's machine")
+    ap.add_argument("--cli", action="store_true", help="also time the commands as a user types them, cold: "
+                    "`whisperkit transcribe FILE` (default and each --backend), a faster-whisper script, openai-whisper's "
+                    "`whisper`; a fresh process per run, median of --runs (default file: jfk.flac of ../shared/audio)")
     ap.add_argument("--ops", action="store_true", help="per-op microbenchmarks only")
     ap.add_argument("--no-ops", action="store_true", help="skip the per-op microbenchmarks")
     ap.add_argument("--no-peers", action="store_true", help="do not race faster-whisper / openai-whisper")
-    ap.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocesses")
-    ap.add_argument("--quick", action="store_true", help="1 run, no warm-up, few decoder steps, short op timings (tests)")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocesses (import, load, first run)")
+    ap.add_argument("--quick", action="store_true", help="1 run, no warm-up, greedy only, short op timings (tests)")
     ap.add_argument("--batch", type=int, default=None, metavar="N",
                     help="batch throughput: the clips (jfk_16k, pv_en, osr_16k, pv_de or --audio) repeated to at least N "
                          "files, one at a time vs transcribe_batch(batch_size=N); default 4, off with --quick; 0 disables")
@@ -58,12 +66,22 @@ def _finite(obj):
     return obj
 
 
+def parse_beams(text: str) -> list[int]:
+    try:
+        beams = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--beam takes comma-separated beam sizes such as 1,5; got {text!r}") from None
+    if not beams or any(b < 1 for b in beams):
+        raise ValueError(f"--beam takes beam sizes >= 1 such as 1,5; got {text!r}")
+    return list(dict.fromkeys(beams))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = build_parser()
     args = ap.parse_args(argv)
-    if args.runs < 1 or args.warmup < 0 or args.decoder_tokens < 1:
-        ap.error("--runs and --decoder-tokens must be >= 1, --warmup >= 0")
+    if args.runs < 1 or args.warmup < 0:
+        ap.error("--runs must be >= 1, --warmup >= 0")
     if args.threads is not None and args.threads < 1:
         ap.error("--threads must be >= 1")
     if args.ops and args.no_ops:
@@ -72,14 +90,20 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--batch must be >= 0 (0 disables)")
     if args.long is not None and not (args.long > 0 and math.isfinite(args.long)):
         ap.error("--long must be a positive number of minutes")
-    if args.ops and (args.batch or args.long):
-        ap.error("--ops runs the per-op microbenchmarks only: drop --batch / --long")
+    if args.ops and (args.batch or args.long or args.cli):
+        ap.error("--ops runs the per-op microbenchmarks only: drop --batch / --long / --cli")
+    try:
+        beams = parse_beams(args.beam)
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.batch is None:
         args.batch = 0 if (args.quick or args.ops) else 4
     if args.quick:
-        args.runs, args.warmup, args.decoder_tokens = 1, 0, min(args.decoder_tokens, 8)
+        args.runs, args.warmup = 1, 0
+        if "--beam" not in " ".join(argv):
+            beams = [1]
     threads = args.threads or default_threads()
-    thread_control = apply_threads(threads)  # before the backends build their pools
+    os.environ.update(thread_env(threads, {}))  # the parent's own numpy, and every child it starts
 
     do_e2e = not args.ops
     do_ops = not args.no_ops
@@ -92,142 +116,201 @@ def main(argv: list[str] | None = None) -> int:
         missing = [str(p) for p in clips if not Path(p).is_file()]
         if missing:
             ap.error(f"audio file not found: {', '.join(missing)}")
+        clips = [Path(p).resolve() for p in clips]
     extra_clips: list[Path] = []
     if args.batch or args.long:
         from .batch import batch_clips
-        extra_clips = list(args.audio) if args.audio else batch_clips()
+        extra_clips = [Path(p).resolve() for p in (args.audio or batch_clips())]
         if not extra_clips:
             ap.error("no audio for --batch / --long: pass --audio FILE (the shared clips were not found)")
+    cli_audio: Path | None = None
+    if args.cli:
+        shared = find_shared_audio()
+        cli_audio = (args.audio[0] if args.audio else (shared / "jfk.flac" if shared else None))
+        if cli_audio is None or not Path(cli_audio).is_file():
+            ap.error("no audio for --cli: pass --audio FILE (jfk.flac of the shared clips was not found)")
+        cli_audio = Path(cli_audio).resolve()
     for out in (args.json, args.markdown, args.plot):
         if out is not None and not out.resolve().parent.is_dir():
             ap.error(f"output folder does not exist: {out.resolve().parent}")
 
-    # heavy imports only now, after the thread setting
-    import numpy as np
+    # heavy imports only now; none of them loads a backend's kernels, torch or CTranslate2
     from tqdm import tqdm
 
     from whisperkit.audio import load_audio
-    from whisperkit.registry import get_registry
-    from whisperkit.weights import resolve_model
 
-    from . import e2e, ops as opsmod, report
-    from .engines import PEERS, BackendEngine, EngineUnavailable, make_peer, peer_available
+    from . import e2e, report
+    from .engines import PEERS, peer_available
     from .machine import machine_info, now_iso, versions
+    from .worker import BLAS_ENV, Worker, WorkerError, worker_env
 
+    env = worker_env(threads, args.native_blas)
+    wopts = dict(model=args.model, threads=threads, native_blas=args.native_blas)
     machine = machine_info()
-    reg = get_registry()
+    try:
+        with Worker("registry", **wopts) as w:
+            listing = w.call("registry")
+            model_info = w.call("model_info")
+    except WorkerError as exc:
+        ap.error(f"cannot load model {args.model!r}: {exc}")
+    infos = {b["name"]: b for b in listing["backends"]}
     skipped: list[dict] = []
     if args.backend.strip().lower() == "all":
-        wanted = reg.names()
-        for n in wanted:
-            if not reg.infos[n].usable:
-                skipped.append(dict(engine=n, kind="backend", reason=reg.infos[n].reason))
-        selected = [n for n in wanted if reg.infos[n].usable]
+        wanted = sorted(infos)
     else:
         wanted = [n.strip() for n in args.backend.split(",") if n.strip()]
-        unknown = [n for n in wanted if n not in reg.infos]
+        unknown = [n for n in wanted if n not in infos]
         if unknown:
-            ap.error(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(reg.names())}")
-        selected = []
-        for n in wanted:
-            if reg.infos[n].usable:
-                selected.append(n)
-            else:
-                skipped.append(dict(engine=n, kind="backend", reason=reg.infos[n].reason))
+            ap.error(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(sorted(infos))}")
+    for n in wanted:
+        if not infos[n]["usable"]:
+            skipped.append(dict(engine=n, kind="backend", reason=infos[n]["reason"]))
+    selected = [n for n in wanted if infos[n]["usable"]]
     # the reference first: its tokens are what the others are compared with
     selected.sort(key=lambda n: (n != e2e.REFERENCE, n))
 
-    try:
-        weights = resolve_model(args.model)
-    except Exception as exc:
-        ap.error(f"cannot load model {args.model!r}: {exc}")
-
+    blas_set = {k: os.environ[k] for k in BLAS_ENV if os.environ.get(k)}
     doc = dict(schema=report.SCHEMA, date=now_iso(), command="whisperkit-bench " + " ".join(argv), machine=machine,
-               versions=versions(), threads=threads, thread_control=thread_control["blas"], model=weights.name,
-               runs=args.runs, warmup=args.warmup, quick=args.quick, reference=e2e.REFERENCE,
-               backends=[dict(name=n, usable=i.usable, version=i.version, reason=i.reason, ops=list(i.ops))
-                         for n, i in sorted(reg.infos.items())],
-               clips=[], skipped=skipped, roofline=None, records=[])
+               versions=versions(), threads=threads, model=model_info["name"], runs=args.runs, warmup=args.warmup,
+               quick=args.quick, reference=e2e.REFERENCE, beams=beams, native_blas=args.native_blas,
+               blas=dict(workers=listing["blas"], env_set=blas_set, workers_env={k: env.get(k) for k in BLAS_ENV}),
+               backends=listing["backends"], clips=[], skipped=skipped, roofline=None, records=[], pids={})
+    doc["pids"]["parent"] = os.getpid()
+
+    if blas_set:  # the cost of the forced kernel, measured: one roofline worker with it, one without
+        doc["blas"]["forced"] = blas_cost(args, threads)
+        f = doc["blas"]["forced"]
+        print(f"whisperkit-bench: {', '.join(f'{k}={v}' for k, v in blas_set.items())} is set here: sgemm "
+              f"{f['forced_gflops']:.0f} GFLOP/s ({f['forced_kernel']}) against {f['native_gflops']:.0f} "
+              f"({f['native_kernel']}) without it; workers run "
+              + ("without it (--native-blas)" if args.native_blas else "with it (pass --native-blas to run as on a user's machine)"),
+              file=sys.stderr)
 
     all_results: list[list] = []
-    op_results: dict = {}
-    engines = []
+    batch_results = []
     if do_e2e:
-        audio = {}
-        for p in clips:
+        durations = {}
+        for p in set(clips) | set(extra_clips):
             try:
-                audio[p] = load_audio(p)
+                durations[p] = len(load_audio(p)) / 16000
             except Exception as exc:
                 ap.error(f"cannot read audio {p}: {exc}")
-        doc["clips"] = [dict(clip=p.name, path=str(p), duration_s=len(a) / 16000) for p, a in audio.items()]
+        doc["clips"] = [dict(clip=p.name, path=str(p), duration_s=durations[p]) for p in clips]
         print(f"whisperkit-bench: {len(selected)} backend(s) {', '.join(selected) or '(none)'}, {len(clips)} clip(s), "
-              f"{threads} thread(s), model {weights.name}", file=sys.stderr)
-        for n in selected:
-            eng = BackendEngine(n, args.model, weights)
+              f"{' and '.join(e2e.mode_label(b) for b in beams)}, {threads} thread(s), model {model_info['name']}, "
+              f"one worker process per engine", file=sys.stderr)
+        workers: dict = {}
+        kinds: dict = {}
+        engines_doc = []
+
+        def start(spec: str, name: str, kind: str):
             try:
-                eng.load()
-                engines.append(eng)
+                w = Worker(spec, **wopts)
+                info = w.call("load")
             except Exception as exc:
-                skipped.append(dict(engine=n, kind="backend", reason=f"load failed: {type(exc).__name__}: {exc}"))
+                if "w" in locals():
+                    w.close()
+                skipped.append(dict(engine=name, kind=kind, reason=f"load failed: {exc}"))
+                return None
+            engines_doc.append(dict(engine=name, kind=kind, version=info.get("version"), pid=w.pid,
+                                    blas=info.get("blas"), fallbacks=info.get("fallbacks", [])))
+            return w
+
+        for n in selected:
+            w = start(f"backend:{n}", n, "backend")
+            if w is not None:
+                workers[n], kinds[n] = w, "backend"
         if not args.no_peers:
             for name in PEERS:
                 reason = peer_available(name)
-                if reason is None:
-                    try:
-                        peer = make_peer(name, threads, weights)
-                        peer.load()
-                        engines.append(peer)
-                        continue
-                    except EngineUnavailable as exc:
-                        reason = str(exc)
-                    except Exception as exc:
-                        reason = f"load failed: {type(exc).__name__}: {exc}"
-                skipped.append(dict(engine=name, kind="peer", reason=reason))
+                if reason is not None:
+                    skipped.append(dict(engine=name, kind="peer", reason=reason))
+                    continue
+                w = start(f"peer:{name}", name, "peer")
+                if w is not None:
+                    workers[name], kinds[name] = w, "peer"
         for s in skipped:
             print(f"  skipped {s['engine']} ({s['kind']}): {s['reason']}", file=sys.stderr)
+        ref_worker = None
+        if e2e.REFERENCE not in workers and workers:
+            ref_worker = Worker(f"backend:{e2e.REFERENCE}", **wopts)
+            ref_worker.call("load")
+        doc["pids"]["engines"] = {e["engine"]: e["pid"] for e in engines_doc}
 
-        ref_engine = None
-        if not any(e.name == e2e.REFERENCE for e in engines) and engines:
-            ref_engine = BackendEngine(e2e.REFERENCE, args.model, weights)
-            ref_engine.load()
-        total = len(clips) * (e2e.steps_per_clip(len(engines), args.runs, args.warmup, not args.no_cold)
-                              + (1 if ref_engine else 0))
-        with tqdm(total=total, desc="end to end", file=sys.stderr, unit="step", mininterval=0.5) as bar:
-            for p, a in audio.items():
-                ref_tokens = None
-                if ref_engine is not None:
-                    ref_tokens = ref_engine.transcribe(a)
-                    bar.update(1)
-                all_results.append(e2e.run_clip(engines, p, a, runs=args.runs, warmup=args.warmup,
-                                                 dec_tokens=args.decoder_tokens, cold=not args.no_cold, model=args.model,
-                                                 threads=threads, ref_tokens=ref_tokens, progress=bar))
-        del ref_engine
+        total = len(clips) * len(beams) * (e2e.steps_per_clip(len(workers), args.runs, args.warmup) + (1 if ref_worker else 0))
+        try:
+            with tqdm(total=total, desc="end to end", file=sys.stderr, unit="run", mininterval=0.5) as bar:
+                for beam in beams:
+                    for p in clips:
+                        ref_tokens = None
+                        if ref_worker is not None:
+                            ref_tokens = ref_worker.call("transcribe", audio=str(p), beam=beam)["tokens"]
+                            bar.update(1)
+                        all_results.append(e2e.run_clip(workers, kinds, p, durations[p], beam, runs=args.runs,
+                                                        warmup=args.warmup, ref_tokens=ref_tokens, progress=bar))
+            if args.batch:
+                from .batch import BatchResult, file_set
+                files = file_set([(p.name, p) for p in extra_clips], args.batch)
+                doc["batch"] = dict(size=args.batch, files=len(files), clips=[p.name for p in extra_clips], warmup=args.warmup > 0)
+                for n, w in workers.items():
+                    if kinds[n] != "backend":
+                        continue
+                    print(f"batch: {n}, {len(files)} files, one at a time then batch_size={args.batch} ...", file=sys.stderr)
+                    try:
+                        r = w.call("batch", files=[str(p) for _, p in files], batch_size=args.batch, warmup=args.warmup > 0)["result"]
+                        b = BatchResult(**{k: v for k, v in r.items()})
+                    except Exception as exc:
+                        b = BatchResult(n, args.batch, len(files), sum(durations[p] for _, p in files), error=str(exc))
+                    batch_results.append(b)
+                    if b.error:
+                        print(f"  batch failed on {n}: {b.error}", file=sys.stderr)
+        finally:
+            for w in list(workers.values()) + ([ref_worker] if ref_worker else []):
+                w.close()
+        doc["engines"] = engines_doc
+        for e in engines_doc:
+            if e["fallbacks"]:
+                doc.setdefault("fallbacks", {})[e["engine"]] = e["fallbacks"]
 
-    batch_results = []
-    if args.batch and engines:
-        from .batch import file_set, run_batch
-        clip_audio = []
-        for p in extra_clips:
-            try:
-                clip_audio.append((p.name, audio[p] if p in audio else load_audio(p)))
-            except Exception as exc:
-                ap.error(f"cannot read audio {p}: {exc}")
-        files = file_set(clip_audio, args.batch)
-        doc["batch"] = dict(size=args.batch, files=len(files), clips=[name for name, _ in clip_audio], warmup=args.warmup > 0)
-        for e in engines:
-            if not isinstance(e, BackendEngine):
-                continue
-            print(f"batch: {e.name}, {len(files)} files, one at a time then batch_size={args.batch} ...", file=sys.stderr)
-            b = run_batch(e, files, args.batch, warmup=args.warmup > 0)
-            batch_results.append(b)
-            if b.error:
-                print(f"  batch failed on {e.name}: {b.error}", file=sys.stderr)
+        if not args.no_cold:  # a fresh process per engine and clip: import, load, first transcription
+            cold_total = len(clips) * len(workers)
+            with tqdm(total=cold_total, desc="cold start", file=sys.stderr, unit="process", mininterval=0.5) as bar:
+                for clip_results in all_results:
+                    if clip_results[0].beam != beams[0]:
+                        continue
+                    p = next(c for c in clips if c.name == clip_results[0].clip)
+                    for r in clip_results:
+                        if r.error:
+                            continue
+                        try:
+                            r.cold = e2e.cold_start(f"{r.kind}:{r.engine}", p, args.model, threads, env,
+                                                    model_info["ct2_dir"] if r.kind == "peer" else None)
+                        except Exception as exc:
+                            r.cold = {"error": f"{type(exc).__name__}: {exc}"}
+                        bar.update(1)
+
+    cli_results = []
+    if args.cli:
+        import tempfile
+        from . import command
+        with tempfile.TemporaryDirectory(prefix="whisperkit-bench-ckpt-") as tmp:
+            ckpt = None
+            if not args.no_peers and peer_available("openai-whisper") is None:
+                ckpt, why = command.openai_checkpoint(args.model, Path(tmp), env)
+                if why:
+                    skipped.append(dict(engine="openai-whisper command", kind="cli", reason=f"checkpoint: {why}"))
+            cmds, cli_skipped = command.build_commands(cli_audio, model=args.model, backends=selected, threads=threads,
+                                                      ct2_dir=Path(model_info["ct2_dir"]) if model_info["ct2_dir"] else None,
+                                                      openai_checkpoint=ckpt, peers=not args.no_peers)
+            skipped.extend(cli_skipped)
+            doc["cli"] = dict(audio=str(cli_audio), runs=args.runs)
+            with tqdm(total=len(cmds) * args.runs, desc="cli, cold", file=sys.stderr, unit="process", mininterval=0.5) as bar:
+                cli_results = command.race(cmds, env, args.runs, progress=bar)
 
     long_results = []
     if args.long and selected:
         import tempfile
         from .long import GAP_S, run_long, write_long
-        backends = [e.name for e in engines if isinstance(e, BackendEngine)]
         with tempfile.TemporaryDirectory(prefix="whisperkit-bench-long-") as tmp:
             path = Path(tmp) / f"long_{args.long:g}min.wav"
             try:
@@ -235,57 +318,26 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 ap.error(f"cannot build the long file: {exc}")
             doc["long"] = dict(minutes=args.long, duration_s=duration, clips=[p.name for p in extra_clips], gap_s=GAP_S)
-            for n in backends:
+            for n in selected:
                 print(f"long: {n}, {args.long:g} minutes in a fresh process ...", file=sys.stderr)
-                r = run_long(n, path, duration, args.model, threads)
+                r = run_long(n, path, duration, args.model, threads, env=env)
                 long_results.append(r)
                 if r.error:
                     print(f"  long file failed on {n}: {r.error}", file=sys.stderr)
 
+    op_results: dict = {}
     if do_ops:
-        print("per-op: measuring the roofline ...", file=sys.stderr)
-        roofline = opsmod.Roofline(quick=args.quick)
-        roofline.sample()
-        cases = opsmod.op_cases(weights.dims)
-        dispatchers = {}
-        for n in selected:
-            try:
-                dispatchers[n] = reg.ops(n)
-            except Exception as exc:
-                skipped.append(dict(engine=n, kind="backend", reason=f"ops: {type(exc).__name__}: {exc}"))
-        op_results = {n: {} for n in dispatchers}
-        min_time, min_reps, op_warmup = (0.02, 1, 1) if args.quick else (0.3, 5, 2)
-        with tqdm(total=len(cases) * len(dispatchers), desc="per op", file=sys.stderr, unit="op", mininterval=0.5) as bar:
-            for i, case in enumerate(cases):  # case-major: the backends take turns on each op
-                for n, d in dispatchers.items():
-                    bar.set_postfix_str(f"{n} {case.op}", refresh=False)
-                    try:
-                        res = opsmod.run_op(d, case, min_time=min_time, min_reps=min_reps, warmup=op_warmup)
-                    except Exception as exc:
-                        res = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
-                    op_results[n][case.key] = (case, res)
-                    bar.update(1)
-                if i % 3 == 2:
-                    roofline.sample()
-        roofline.sample()
-        roof = doc["roofline"] = roofline.as_dict()
-        for n in op_results:  # ratios against the best roofline seen in the whole run
-            for key, (case, res) in op_results[n].items():
-                opsmod.add_roofline(res, case, roof)
+        op_results = run_ops(args, selected, wopts, doc, skipped)
 
     doc["records"] = (report.e2e_records(all_results) + report.batch_records(batch_results)
-                      + report.long_records(long_results) + report.ops_records(op_results))
-    for e in engines:
-        if isinstance(e, BackendEngine) and e.fallbacks:
-            doc.setdefault("fallbacks", {})[e.name] = e.fallbacks
-    doc["engines"] = [dict(engine=e.name, kind=e.kind, version=e.version) for e in engines]
-
-    print(report.render(doc, all_results, op_results, batch_results=batch_results, long_results=long_results))
+                      + report.long_records(long_results) + report.cli_records(cli_results) + report.ops_records(op_results))
+    print(report.render(doc, all_results, op_results, batch_results=batch_results, long_results=long_results,
+                        cli_results=cli_results))
     if args.json:
         args.json.write_text(json.dumps(_finite(doc), indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     if args.markdown:
-        args.markdown.write_text(report.markdown(doc, all_results, op_results, batch_results, long_results))
+        args.markdown.write_text(report.markdown(doc, all_results, op_results, batch_results, long_results, cli_results))
         print(f"wrote {args.markdown}", file=sys.stderr)
     if args.plot:
         from .png import bar_chart
@@ -293,14 +345,85 @@ def main(argv: list[str] | None = None) -> int:
         for clip_results in all_results:
             if clip_results:
                 c = clip_results[0]
-                groups.append((f"{c.clip} ({c.duration_s:.1f} s)",
+                groups.append((f"{c.clip} {c.mode} ({c.duration_s:.1f} s)",
                                [(r.engine, r.rtf, 0 if r.kind == "backend" else 1) for r in clip_results]))
         if not groups:
             groups = [("no end-to-end results (--ops)", [])]
         args.plot.write_bytes(bar_chart(groups, "Real-time factor, lower is faster",
-                                        f"{weights.name}  {threads} threads  {doc['date']}  blue: whisperkit backends, orange: peers"))
+                                        f"{model_info['name']}  {threads} threads  {doc['date']}  blue: whisperkit backends, orange: peers"))
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def blas_cost(args, threads: int) -> dict:
+    """sgemm with the machine's forced BLAS kernel and without it, each in a roofline worker of its own,
+    sampled alternately."""
+    from .worker import Worker
+    out = {}
+    ws = {}
+    try:
+        for label, native in (("forced", False), ("native", True)):
+            ws[label] = Worker("roofline", model=args.model, threads=threads, native_blas=native)
+        for _ in range(1 if args.quick else 3):
+            for label, w in ws.items():
+                r = w.call("roofline", quick=args.quick)
+                out[f"{label}_gflops"] = r["roofline"]["sgemm_gflops"]
+                out[f"{label}_kernel"] = ",".join(str(b.get("architecture")) for b in r["blas"]) or "?"
+    finally:
+        for w in ws.values():
+            w.close()
+    out["cost"] = out["native_gflops"] / out["forced_gflops"] if out.get("forced_gflops") else None
+    return out
+
+
+def run_ops(args, selected: list[str], wopts: dict, doc: dict, skipped: list[dict]) -> dict:
+    """Per-op microbenchmarks: one worker per backend and one for the roofline, case-major so the
+    backends take turns on each op, the roofline sampled between the cases."""
+    from tqdm import tqdm
+
+    from . import ops as opsmod
+    from .worker import Worker
+    print("per-op: measuring the roofline ...", file=sys.stderr)
+    workers = {}
+    cases = None
+    roof_worker = Worker("roofline", **wopts)
+    try:
+        roof = roof_worker.call("roofline", quick=args.quick)
+        doc["pids"]["roofline"] = roof["pid"]
+        doc["blas"]["roofline_worker"] = roof["blas"]
+        for n in selected:
+            try:
+                w = Worker(f"ops:{n}", **wopts)
+                c = w.call("op_cases")
+            except Exception as exc:
+                skipped.append(dict(engine=n, kind="backend", reason=f"ops: {exc}"))
+                continue
+            workers[n] = w
+            cases = cases or [opsmod.CaseInfo(**x) for x in c["cases"]]
+            doc["pids"].setdefault("ops", {})[n] = w.pid
+        op_results = {n: {} for n in workers}
+        min_time, min_reps, op_warmup = (0.02, 1, 1) if args.quick else (0.3, 5, 2)
+        with tqdm(total=len(cases or []) * len(workers), desc="per op", file=sys.stderr, unit="op", mininterval=0.5) as bar:
+            for i, case in enumerate(cases or []):
+                for n, w in workers.items():
+                    bar.set_postfix_str(f"{n} {case.op}", refresh=False)
+                    try:
+                        res = w.call("op", index=i, min_time=min_time, min_reps=min_reps, warmup=op_warmup)["result"]
+                    except Exception as exc:
+                        res = {"status": "error", "error": str(exc)}
+                    op_results[n][case.key] = (case, res)
+                    bar.update(1)
+                if i % 3 == 2:
+                    roof = roof_worker.call("roofline", quick=args.quick)
+        roof = roof_worker.call("roofline", quick=args.quick)
+    finally:
+        for w in list(workers.values()) + [roof_worker]:
+            w.close()
+    r = doc["roofline"] = roof["roofline"]
+    for n in op_results:  # ratios against the best roofline seen in the whole run
+        for key, (case, res) in op_results[n].items():
+            opsmod.add_roofline(res, case, r)
+    return op_results
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""End to end: warm transcription (interleaved across engines), encoder per window, decoder per token,
-token equality with the reference backend, and cold start as a fresh process."""
+"""End to end: warm transcribe() of every engine, each in its worker process, interleaved round-robin;
+token equality with the reference backend; where our time goes inside the real run; and cold start
+as a fresh process."""
 from __future__ import annotations
 
 import json
@@ -10,12 +11,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from .engines import BackendEngine, Engine
-from .machine import thread_env
-
 REFERENCE = "numpy"
+
+#: The in-run profile figures of our engines (bench/worker.py `Profile`), as the JSON records name them.
+PROFILE_UNITS = {
+    "encoder_windows": "count", "encoder_ms_per_window": "ms", "encoder_share": "fraction of wall",
+    "decoder_steps": "count", "decoder_ms_per_step": "ms", "decoder_rows_per_step": "rows",
+    "decoder_share": "fraction of wall", "decoder_prefill_calls": "count", "decoder_prefill_s": "s",
+    "cross_kv_s": "s", "other_share": "fraction of wall",
+}
+
+
+def mode_label(beam: int) -> str:
+    return "greedy" if beam == 1 else f"beam {beam}"
 
 
 @dataclass
@@ -24,14 +32,18 @@ class ClipResult:
     kind: str
     clip: str
     duration_s: float
+    beam: int = 1
     warm_s: list[float] = field(default_factory=list)
+    pids: set = field(default_factory=set)
     n_tokens: int | None = None
     tokens_equal_ref: bool | None = None
-    encoder_ms_per_window: float | None = None
-    decoder_ms_per_token: float | None = None
-    decoder_tokens_timed: int | None = None
+    profile: dict | None = None  # of the fastest timed run (ours only)
     cold: dict | None = None
     error: str | None = None
+
+    @property
+    def mode(self) -> str:
+        return mode_label(self.beam)
 
     @property
     def warm_min_s(self):
@@ -46,9 +58,10 @@ class ClipResult:
         return self.warm_min_s / self.duration_s if self.warm_s and self.duration_s > 0 else None
 
     def figures(self) -> dict:
-        """Every figure of this engine on this clip: name -> (value, unit)."""
+        """Every figure of this engine on this clip and mode: name -> (value, unit)."""
         c = self.cold or {}
-        return {
+        p = self.profile or {}
+        out = {
             "warm_min_s": (self.warm_min_s, "s"),
             "warm_median_s": (self.warm_median_s, "s"),
             "warm_runs": (len(self.warm_s), "count"),
@@ -59,24 +72,28 @@ class ClipResult:
             "cold_load_s": (c.get("load_s"), "s"),
             "cold_first_transcription_s": (c.get("first_s"), "s"),
             "peak_rss_mb": (c.get("peak_rss_mb"), "MB"),
-            "encoder_ms_per_window": (self.encoder_ms_per_window, "ms"),
-            "decoder_ms_per_token": (self.decoder_ms_per_token, "ms"),
             "n_tokens": (self.n_tokens, "count"),
             "tokens_equal_ref": (self.tokens_equal_ref, "bool"),
+            "worker_pids": (sorted(self.pids), "pids of the processes the timed runs ran in"),
         }
+        if self.kind == "backend":
+            out.update({k: (p.get(k), unit) for k, unit in PROFILE_UNITS.items()})
+        return out
 
 
 def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def cold_start(engine: Engine, audio: Path, model: str, threads: int, timeout: float = 1800) -> dict:
-    """Import + load + first transcription in a fresh Python process, timed inside and outside."""
-    cmd = [sys.executable, "-m", "whisperkit.bench.cold", engine.spec, str(audio), "--model", model, "--threads", str(threads)]
-    if getattr(engine, "model_dir", None) is not None:
-        cmd += ["--ct2-dir", str(engine.model_dir)]
+def cold_start(spec: str, audio: Path, model: str, threads: int, env: dict, ct2_dir: str | None = None,
+               timeout: float = 1800) -> dict:
+    """Import + load + first transcription (greedy) in a fresh Python process, timed inside and outside.
+    `env`: the workers' environment (threads, BLAS variables)."""
+    cmd = [sys.executable, "-m", "whisperkit.bench.cold", spec, str(audio), "--model", model, "--threads", str(threads)]
+    if ct2_dir is not None:
+        cmd += ["--ct2-dir", ct2_dir]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, env=thread_env(threads), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     outside = time.perf_counter() - t
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
@@ -87,87 +104,54 @@ def cold_start(engine: Engine, audio: Path, model: str, threads: int, timeout: f
     return out
 
 
-def run_clip(engines: list[Engine], clip: Path, audio: np.ndarray, *, runs: int, warmup: int, dec_tokens: int,
-             cold: bool, model: str, threads: int, ref_tokens: list[int] | None, progress=None) -> list[ClipResult]:
-    """Every figure of every engine on one clip.  Warm runs are interleaved: run r visits the engines
-    in an order rotated by r, so drifting machine load hits everyone alike."""
-    duration = len(audio) / 16000
-    results = {e.name: ClipResult(e.name, e.kind, clip.name, duration) for e in engines}
+def run_clip(workers: dict, kinds: dict, clip: Path, duration: float, beam: int, *, runs: int, warmup: int,
+             ref_tokens: list[int] | None, progress=None) -> list[ClipResult]:
+    """Every engine's warm figures on one clip in one decoding mode.  `workers`: engine name -> Worker.
+    Round r visits the engines in an order rotated by r, so drift in machine speed hits everyone alike."""
+    names = list(workers)
+    results = {n: ClipResult(n, kinds[n], clip.name, duration, beam) for n in names}
     tokens: dict[str, list[int]] = {}
 
     def step(label: str):
         if progress is not None:
-            progress.set_postfix_str(f"{clip.name} {label}", refresh=False)
+            progress.set_postfix_str(f"{clip.name} {mode_label(beam)} {label}", refresh=False)
             progress.update(1)
 
-    def timed(e: Engine):
-        res = results[e.name]
+    def timed(n: str):
+        res = results[n]
         if res.error:
             return None
         try:
-            t = time.perf_counter()
-            toks = e.transcribe(audio)
-            dt = time.perf_counter() - t
+            reply = workers[n].call("transcribe", audio=str(clip), beam=beam)
         except Exception as exc:
             res.error = _err(exc)
             return None
-        tokens.setdefault(e.name, toks)
-        return dt
+        tokens.setdefault(n, reply["tokens"])
+        res.pids.add(reply["pid"])
+        return reply
 
     for _ in range(warmup):
-        for e in engines:
-            timed(e)
-            step(f"{e.name} warm-up")
+        for n in names:
+            timed(n)
+            step(f"{n} warm-up")
     for r in range(runs):
-        k = r % len(engines) if engines else 0
-        for e in engines[k:] + engines[:k]:
-            dt = timed(e)
-            if dt is not None:
-                results[e.name].warm_s.append(dt)
-            step(f"{e.name} run {r + 1}/{runs}")
+        k = r % len(names) if names else 0
+        for n in names[k:] + names[:k]:
+            reply = timed(n)
+            if reply is not None:
+                res = results[n]
+                if "profile" in reply and (not res.warm_s or reply["seconds"] < min(res.warm_s)):
+                    res.profile = reply["profile"]
+                res.warm_s.append(reply["seconds"])
+            step(f"{n} run {r + 1}/{runs}")
 
     if ref_tokens is None:
         ref_tokens = tokens.get(REFERENCE)
-    for name, toks in tokens.items():
-        results[name].n_tokens = len(toks)
-        results[name].tokens_equal_ref = None if ref_tokens is None else toks == ref_tokens
-
-    for e in engines:  # component timings: ours only (the peers do not expose their graph)
-        res = results[e.name]
-        if isinstance(e, BackendEngine) and not res.error:
-            try:
-                mel = e.first_window_mel(audio)
-                enc = []
-                for _ in range(max(1, runs)):
-                    t = time.perf_counter()
-                    features = e.model.embed_audio(mel)
-                    enc.append(time.perf_counter() - t)
-                res.encoder_ms_per_window = 1e3 * min(enc)
-                seq = e.decoder_sequence(tokens.get(e.name, []), dec_tokens)
-                cache = e.model.graph.new_cache(features)
-                e.run_decoder(cache, seq[:2])  # warm the step path
-                dec = []
-                for _ in range(max(1, runs)):
-                    t = time.perf_counter()
-                    e.run_decoder(cache, seq)
-                    dec.append(time.perf_counter() - t)
-                res.decoder_ms_per_token = 1e3 * min(dec) / len(seq)
-                res.decoder_tokens_timed = len(seq)
-            except Exception as exc:
-                res.error = _err(exc)
-        step(f"{e.name} encoder/decoder")
-
-    if cold:
-        for e in engines:
-            res = results[e.name]
-            if not res.error:
-                try:
-                    res.cold = cold_start(e, clip, model, threads)
-                except Exception as exc:
-                    res.cold = {"error": _err(exc)}
-            step(f"{e.name} cold start")
-    return [results[e.name] for e in engines]
+    for n, toks in tokens.items():
+        results[n].n_tokens = len(toks)
+        results[n].tokens_equal_ref = None if ref_tokens is None else toks == ref_tokens
+    return [results[n] for n in names]
 
 
-def steps_per_clip(n_engines: int, runs: int, warmup: int, cold: bool) -> int:
-    return n_engines * (warmup + runs + 1 + (1 if cold else 0))
+def steps_per_clip(n_engines: int, runs: int, warmup: int) -> int:
+    return n_engines * (warmup + runs)

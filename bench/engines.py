@@ -1,7 +1,10 @@
 """What the bench races: whisperkit's backends and the peers, behind one small interface.
 
-An engine loads once (`load`) and then transcribes a float32 16 kHz mono array greedily at
-temperature 0 (`transcribe` -> every segment's tokens, flattened).  Peers run on the very same
+An engine loads once (`load`) and then transcribes a float32 16 kHz mono array the way a user calls
+it (`transcribe(audio, beam)` -> every segment's tokens, flattened): the library's transcribe() with
+its default temperature fallback and timestamps, greedy (beam 1) or beam search with beam_size 5 and
+best_of 5 (beam 5), the language given for English-only models.  Each engine runs in a worker process
+of its own (bench/worker.py).  Peers run on the very same
 weights as ours: faster-whisper loads the CTranslate2 directory our loader reads, openai-whisper gets
 a state dict built from our canonical tensors (no hub is reachable here).
 """
@@ -27,12 +30,20 @@ class Engine:
     def load(self) -> None:
         raise NotImplementedError
 
-    def transcribe(self, audio: np.ndarray) -> list[int]:
+    def transcribe(self, audio: np.ndarray, beam: int = 1) -> list[int]:
         raise NotImplementedError
 
     @property
     def spec(self) -> str:
         return f"{self.kind}:{self.name}"
+
+
+def beam_options(beam: int) -> dict:
+    """openai-whisper's transcribe() options of one decoding mode: its defaults for greedy (beam 1), else
+    beam_size=beam with best_of=5, as its command line does."""
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    return {} if beam == 1 else {"beam_size": beam, "best_of": 5}
 
 
 # ---------------------------------------------------------------------------------------- ours
@@ -53,26 +64,9 @@ class BackendEngine(Engine):
         self.model = Whisper(self.model_name, backend=self.name, weights=self.weights)
         self.fallbacks = sorted(self.model.fallback_ops)
 
-    def transcribe(self, audio: np.ndarray) -> list[int]:
-        result = self.model.transcribe(audio, temperature=0.0)
+    def transcribe(self, audio: np.ndarray, beam: int = 1) -> list[int]:
+        result = self.model.transcribe(audio, **beam_options(beam))
         return [int(t) for s in result.segments for t in s.tokens]
-
-    # ---- component timings (ours only) -------------------------------------------------------
-    def first_window_mel(self, audio: np.ndarray) -> np.ndarray:
-        from whisperkit.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
-        mel = log_mel_spectrogram(pad_or_trim(audio, N_SAMPLES), self.model.dims.n_mels)
-        return pad_or_trim(mel, N_FRAMES)[None]
-
-    def decoder_sequence(self, tokens: list[int], n: int) -> list[int]:
-        """The prompt a window starts with, then the transcription's own tokens, `n` in all (teacher forcing)."""
-        seq = list(self.model.tokenizer.sot_sequence) + [t for t in tokens if t != self.model.tokenizer.eot]
-        return seq[:max(1, min(n, self.model.dims.n_text_ctx))]
-
-    def run_decoder(self, cache, seq: list[int]) -> None:
-        """One decoder step per token of `seq` (KV cache, logits of the last position), from position 0."""
-        decoder = self.model.graph.decoder
-        for i, tok in enumerate(seq):
-            decoder(np.array([[tok]], np.int64), cache, i)
 
 
 # ---------------------------------------------------------------------------------------- peers
@@ -105,11 +99,10 @@ class FasterWhisperEngine(Engine):
         self.model = WhisperModel(str(self.model_dir), device="cpu", compute_type=self.compute_type,
                                   cpu_threads=self.threads, num_workers=1)
 
-    def transcribe(self, audio: np.ndarray) -> list[int]:
-        segments, _info = self.model.transcribe(
-            np.asarray(audio, np.float32), language="en", task="transcribe", beam_size=1, best_of=1,
-            temperature=0.0, condition_on_previous_text=True, without_timestamps=False, vad_filter=False,
-            word_timestamps=False)
+    def transcribe(self, audio: np.ndarray, beam: int = 1) -> list[int]:
+        # faster-whisper's defaults are beam_size 5, best_of 5 and openai's temperature fallback
+        segments, _info = self.model.transcribe(np.asarray(audio, np.float32), beam_size=beam, best_of=5,
+                                                language=None if self.weights is None or self.weights.dims.is_multilingual else "en")
         return [int(t) for s in segments for t in s.tokens]
 
 
@@ -195,10 +188,10 @@ class OpenAIWhisperEngine(Engine):
             model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
         self.model = model.eval()
 
-    def transcribe(self, audio: np.ndarray) -> list[int]:
+    def transcribe(self, audio: np.ndarray, beam: int = 1) -> list[int]:
         import whisper
-        result = whisper.transcribe(self.model, np.asarray(audio, np.float32), temperature=0.0, fp16=False,
-                                    condition_on_previous_text=True, verbose=None)
+        result = whisper.transcribe(self.model, np.asarray(audio, np.float32), fp16=False, verbose=None,
+                                    language=None if self.weights.dims.is_multilingual else "en", **beam_options(beam))
         return [int(t) for s in result["segments"] for t in s["tokens"]]
 
 

@@ -88,14 +88,15 @@ class LongResult:
         }
 
 
-def run_long(backend: str, path: Path, duration_s: float, model: str, threads: int, timeout: float = 4 * 3600) -> LongResult:
-    """One fresh process transcribing `path` with `backend` and the default options."""
+def run_long(backend: str, path: Path, duration_s: float, model: str, threads: int, timeout: float = 4 * 3600,
+             env: dict | None = None) -> LongResult:
+    """One fresh process transcribing `path` with `backend` and the default options (`env`: the workers')."""
     from .machine import thread_env
     res = LongResult(backend, duration_s)
     cmd = [sys.executable, "-m", "whisperkit.bench.long", backend, str(path), "--model", model, "--threads", str(threads)]
     t = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, env=thread_env(threads), capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, env=env if env is not None else thread_env(threads), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         res.error = f"timed out after {timeout:.0f} s"
         return res

@@ -83,6 +83,16 @@ class OpCase:
         return f"{self.op} {self.label}"
 
 
+@dataclass
+class CaseInfo:
+    """What the parent knows of a case run in a worker: its name and its roofline counts, no arrays."""
+    key: str
+    op: str
+    label: str
+    flops: float
+    bytes: float
+
+
 def _nbytes(*arrays) -> int:
     return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
 

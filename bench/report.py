@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 PEER_SHORT = {"faster-whisper-fp32": "fw fp32", "faster-whisper-int8": "fw int8", "openai-whisper": "openai"}
 SCHEMA = "whisperkit-bench/1"
@@ -22,7 +23,8 @@ def _ms(seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------ records
 def speedups(clip_results) -> dict[tuple[str, str], float]:
-    """(engine, peer) -> peer's warm min / engine's warm min, for every backend on this clip."""
+    """(engine, peer) -> peer's warm min / engine's warm min, for every backend on this clip and mode.
+    The one definition of a ratio in the bench: peer time / our time, above 1 means we are faster."""
     by_name = {r.engine: r for r in clip_results}
     out = {}
     for r in clip_results:
@@ -38,17 +40,40 @@ def speedups(clip_results) -> dict[tuple[str, str], float]:
 def e2e_records(all_results) -> list[dict]:
     records = []
     for clip_results in all_results:
+        if not clip_results:
+            continue
+        c0 = clip_results[0]
         for r in clip_results:
+            base = dict(section="e2e", engine=r.engine, kind=r.kind, clip=r.clip, mode=r.mode, beam=r.beam)
             for figure, (value, unit) in r.figures().items():
-                records.append(dict(section="e2e", engine=r.engine, kind=r.kind, clip=r.clip, figure=figure, value=value, unit=unit))
+                records.append(dict(base, figure=figure, value=value, unit=unit))
             if r.error:
-                records.append(dict(section="e2e", engine=r.engine, kind=r.kind, clip=r.clip, figure="error", value=r.error, unit="text"))
+                records.append(dict(base, figure="error", value=r.error, unit="text"))
             if r.cold and "error" in r.cold:
-                records.append(dict(section="e2e", engine=r.engine, kind=r.kind, clip=r.clip, figure="cold_error", value=r.cold["error"], unit="text"))
+                records.append(dict(base, figure="cold_error", value=r.cold["error"], unit="text"))
         for (engine, peer), ratio in speedups(clip_results).items():
-            records.append(dict(section="e2e", engine=engine, kind="backend", clip=clip_results[0].clip,
+            records.append(dict(section="e2e", engine=engine, kind="backend", clip=c0.clip, mode=c0.mode, beam=c0.beam,
                                 figure=f"speedup_vs_{peer}", value=ratio, unit="peer time / engine time"))
     return records
+
+
+def cli_records(cli_results) -> list[dict]:
+    records = []
+    fw = _fw_script(cli_results)
+    for c in cli_results:
+        base = dict(section="cli", engine=c.label, kind=c.kind, clip="cli")
+        for figure, (value, unit) in c.figures().items():
+            records.append(dict(base, figure=figure, value=value, unit=unit))
+        if fw is not None and c is not fw and c.wall_median_s and fw.wall_median_s:
+            records.append(dict(base, figure="speedup_vs_faster-whisper-script", value=fw.wall_median_s / c.wall_median_s,
+                                unit="peer time / engine time"))
+        if c.error:
+            records.append(dict(base, figure="error", value=c.error, unit="text"))
+    return records
+
+
+def _fw_script(cli_results):
+    return next((c for c in cli_results if c.label.startswith("faster-whisper")), None)
 
 
 def ops_records(op_results: dict) -> list[dict]:
@@ -90,8 +115,12 @@ def long_records(long_results, clip: str = "long") -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ tables
-E2E_HEADERS = ["engine", "warm min (s)", "warm median (s)", "RTF", "cold start (s)", "peak RSS (MB)",
-               "encoder / window (ms)", "decoder / token (ms)", "tokens = numpy"]
+E2E_HEADERS = ["engine", "warm min (s)", "warm median (s)", "RTF", "encoder / window (ms)", "encoder share",
+               "decoder / step (ms)", "rows / step", "decoder share", "tokens = numpy"]
+
+
+def _pct(v):
+    return _f(None if v is None else 100 * v, "{:.0f}%")
 
 
 def e2e_rows(clip_results, peers_present: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -99,18 +128,82 @@ def e2e_rows(clip_results, peers_present: list[str]) -> tuple[list[str], list[li
     sp = speedups(clip_results)
     rows = []
     for r in clip_results:
-        cold = r.cold or {}
+        p = r.profile or {}
         name = r.engine if r.kind == "backend" else f"{r.engine} (peer)"
         if r.error:
             rows.append([name, f"failed: {r.error}"[:90]] + [""] * (len(headers) - 2))
             continue
-        row = [name, _f(r.warm_min_s), _f(r.warm_median_s), _f(r.rtf, "{:.3f}"),
-               _f(cold.get("outside_s")) if "error" not in cold else "failed",
-               _f(cold.get("peak_rss_mb"), "{:.0f}"), _f(r.encoder_ms_per_window, "{:.0f}"),
-               _f(r.decoder_ms_per_token, "{:.1f}"), _f(r.tokens_equal_ref)]
-        row += [_f(sp.get((r.engine, p)), "{:.2f}×") for p in peers_present]
+        row = [name, _f(r.warm_min_s, "{:.3f}"), _f(r.warm_median_s, "{:.3f}"), _f(r.rtf, "{:.3f}"),
+               _f(p.get("encoder_ms_per_window"), "{:.0f}"), _pct(p.get("encoder_share")),
+               _f(p.get("decoder_ms_per_step"), "{:.2f}"), _f(p.get("decoder_rows_per_step"), "{:.1f}"),
+               _pct(p.get("decoder_share")), _f(r.tokens_equal_ref)]
+        row += [_f(sp.get((r.engine, q)), "{:.2f}×") for q in peers_present]
         rows.append(row)
     return headers, rows
+
+
+COLD_HEADERS = ["engine", "clip", "process (s)", "import (s)", "load (s)", "first transcription (s)", "peak RSS (MB)"]
+
+
+def cold_rows(all_results) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for clip_results in all_results:
+        for r in clip_results:
+            if not r.cold:
+                continue
+            c = r.cold
+            if "error" in c:
+                rows.append([r.engine, r.clip, f"failed: {c['error']}"[:90], "", "", "", ""])
+                continue
+            rows.append([r.engine, r.clip, _f(c.get("outside_s")), _f(c.get("import_s")), _f(c.get("load_s")),
+                         _f(c.get("first_s")), _f(c.get("peak_rss_mb"), "{:.0f}")])
+    return COLD_HEADERS, rows
+
+
+def _columns(all_results) -> list[tuple[str, str]]:
+    return [(cr[0].clip, cr[0].mode) for cr in all_results if cr]
+
+
+def summary_rows(all_results, ratio_to: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """Engines x (clip, mode): warm min seconds, or with `ratio_to` the ratio `ratio_to`'s time / this engine's."""
+    cols = _columns(all_results)
+    engines: list[tuple[str, str]] = []
+    cell: dict = {}
+    for cr in all_results:
+        for r in cr:
+            if (r.engine, r.kind) not in engines:
+                engines.append((r.engine, r.kind))
+            cell[(r.engine, r.clip, r.mode)] = r.warm_min_s
+    rows = []
+    for engine, kind in engines:
+        if ratio_to is not None and kind != "backend":
+            continue
+        row = [engine if kind == "backend" else f"{engine} (peer)"]
+        for clip, mode in cols:
+            v = cell.get((engine, clip, mode))
+            if ratio_to is None:
+                row.append(_f(v, "{:.3f}"))
+            else:
+                ref = cell.get((ratio_to, clip, mode))
+                row.append(_f(ref / v if ref and v else None, "{:.2f}×"))
+        rows.append(row)
+    return ["engine"] + [f"{Path(clip).stem} {mode}" for clip, mode in cols], rows
+
+
+CLI_HEADERS = ["command", "wall median (s)", "wall min (s)", "peak RSS median (MiB)", "runs", "× fw script"]
+
+
+def cli_rows(cli_results) -> tuple[list[str], list[list[str]]]:
+    fw = _fw_script(cli_results)
+    rows = []
+    for c in cli_results:
+        if c.error:
+            rows.append([c.label, f"failed: {c.error}"[:90], "", "", "", ""])
+            continue
+        ratio = fw.wall_median_s / c.wall_median_s if fw is not None and fw.wall_median_s and c.wall_median_s else None
+        rows.append([c.label, _f(c.wall_median_s, "{:.3f}"), _f(min(c.wall_s) if c.wall_s else None, "{:.3f}"),
+                     _f(c.rss_median_mb, "{:.0f}"), str(len(c.wall_s)), _f(ratio, "{:.2f}×")])
+    return CLI_HEADERS, rows
 
 
 BATCH_HEADERS = ["engine", "batch", "files", "audio (s)", "one at a time (s)", "batched (s)",
@@ -187,16 +280,64 @@ def md_table(headers, rows) -> str:
 
 
 # ------------------------------------------------------------------------------------------ documents
-def render(doc: dict, all_results, op_results, table=text_table, heading=lambda lvl, s: s,
-           batch_results=(), long_results=()) -> str:
+def blas_line(doc: dict) -> str:
+    """The BLAS facts of the run: library, kernel and threads the workers reported (threadpoolctl), and the
+    forced-kernel variables with their measured cost when they are set here."""
+    b = doc.get("blas") or {}
+    libs = b.get("roofline_worker") or b.get("workers") or []
+    if not libs:
+        for e in doc.get("engines", []):
+            if e.get("blas"):
+                libs = e["blas"]
+                break
     parts = []
+    for lib in libs:
+        if "error" in lib:
+            parts.append(lib["error"])
+        else:
+            parts.append(f"{lib.get('internal_api', '?')} {lib.get('version', '')} kernel {lib.get('architecture', '?')}, "
+                         f"{lib.get('num_threads', '?')} threads")
+    text = "BLAS in the workers: " + ("; ".join(parts) if parts else "unknown") + "."
+    env_set = b.get("env_set") or {}
+    if env_set:
+        f = b.get("forced") or {}
+        text += (f" This machine sets {', '.join(f'{k}={v}' for k, v in env_set.items())}: "
+                 + ("the workers ran without them (--native-blas), as on a user's machine." if doc.get("native_blas")
+                    else "the workers ran WITH them (not as on a user's machine; pass --native-blas)."))
+        if f.get("forced_gflops"):
+            text += (f" Measured cost: sgemm {f['forced_gflops']:.0f} GFLOP/s with them (kernel {f.get('forced_kernel')}) "
+                     f"against {f['native_gflops']:.0f} without (kernel {f.get('native_kernel')}), {f['cost']:.2f}×.")
+    elif doc.get("native_blas"):
+        text += " --native-blas: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE were not set here anyway."
+    return text
+
+
+def render(doc: dict, all_results, op_results, table=text_table, heading=lambda lvl, s: s,
+           batch_results=(), long_results=(), cli_results=()) -> str:
+    parts = [blas_line(doc)]
     peers_present = [p for p in PEER_SHORT if any(r.engine == p for cr in all_results for r in cr)]
+    if all_results:
+        parts.append(heading(3, "Warm transcribe(), seconds (min of the timed runs)"))
+        parts.append(table(*summary_rows(all_results)))
+        if "faster-whisper-fp32" in peers_present:
+            parts.append(heading(3, "× faster-whisper fp32 (its time / ours; above 1: faster)"))
+            parts.append(table(*summary_rows(all_results, ratio_to="faster-whisper-fp32")))
     for clip_results in all_results:
         if not clip_results:
             continue
         c = clip_results[0]
-        parts.append(heading(3, f"End to end: {c.clip} ({c.duration_s:.1f} s of audio)"))
+        parts.append(heading(3, f"End to end: {c.clip} ({c.duration_s:.1f} s of audio), {c.mode}"))
         parts.append(table(*e2e_rows(clip_results, peers_present)))
+    if any(r.cold for cr in all_results for r in cr):
+        parts.append(heading(3, "Cold start (fresh process, greedy)"))
+        parts.append(table(*cold_rows(all_results)))
+    if cli_results:
+        cd = doc.get("cli") or {}
+        parts.append(heading(3, "The command, cold"))
+        parts.append(f"Each run a fresh process on {Path(cd.get('audio', '?')).name}, timed from outside; peak RSS from "
+                     f"wait4 (the child's ru_maxrss); median of {cd.get('runs')} runs, interleaved.  × fw script: the "
+                     "faster-whisper script's median / this command's.")
+        parts.append(table(*cli_rows(cli_results)))
     if batch_results:
         parts.append(heading(3, "Batch throughput"))
         bd = doc.get("batch") or {}
@@ -231,31 +372,31 @@ def render(doc: dict, all_results, op_results, table=text_table, heading=lambda 
     return "\n\n".join(parts)
 
 
-def markdown(doc: dict, all_results, op_results, batch_results=(), long_results=()) -> str:
+def markdown(doc: dict, all_results, op_results, batch_results=(), long_results=(), cli_results=()) -> str:
     m = doc["machine"]
     v = doc["versions"]
     peers = "; ".join(f"{e['engine']} {e['version']}" for e in doc.get("engines", []) if e["kind"] == "peer")
+    modes = ", ".join("greedy" if b == 1 else f"beam {b} (best_of 5)" for b in doc.get("beams", [1]))
     head = [
         "## Benchmark results",
         "",
         f"Measured {doc['date']} with `{doc['command']}` on {m['cpu']} ({m['usable_cores']} usable cores, "
         f"{m['memory_gb']} GB, {m['platform']}), Python {m['python']}, NumPy {v.get('numpy')} ({m['numpy_blas']}), "
-        f"{doc['threads']} threads for every engine (BLAS: {doc['thread_control']}); model {doc['model']}, greedy, temperature 0; "
-        f"{doc['runs']} warm runs after {doc['warmup']} warm-up, interleaved across engines."
+        f"{doc['threads']} threads for every engine; model {doc['model']}; transcribe() with its defaults "
+        f"(temperature fallback, timestamps), {modes}; {doc['runs']} timed runs after {doc['warmup']} warm-up, "
+        "interleaved round-robin across engines; every engine in a worker process of its own."
         + (f" Peers: {peers}." if peers else ""),
         "",
-        f"**The machine was shared with other engineers' builds and tests during this run (load average "
-        f"{m.get('loadavg_at_start')} at start, on {m['usable_cores']} cores): absolute times are noisy. "
-        "Compare ratios within one table; they come from interleaved runs.**",
+        f"Load average {m.get('loadavg_at_start')} at the start, on {m['usable_cores']} cores: the machine is shared, so "
+        "absolute times are noisy. Compare ratios within one table; they come from interleaved runs.",
         "",
-        "RTF: warm min time / audio duration (below 1 is faster than real time).  Cold start: a fresh process "
-        "importing, loading and transcribing once, timed from outside; peak RSS is that process's.  Encoder: one "
-        "30 s window; decoder: one token step with the KV cache, teacher-forced on the transcript.  "
-        "`× peer`: the peer's warm min time / this backend's (above 1: faster than the peer).  "
-        "Peers run on the same tiny.en weights (faster-whisper on the CTranslate2 directory, openai-whisper on a "
-        "state dict built from our tensors).",
+        "RTF: warm min time / audio duration.  Encoder / window, decoder / step, rows / step and the shares are measured "
+        "inside the fastest timed run (the graph's encoder and decoder timed as the decode loop calls them; a step is one "
+        "decoder call of one new token per row, logits included).  `× peer`: the peer's warm min time / this backend's "
+        "(above 1: faster than the peer).  Peers run on the same weights (faster-whisper on the CTranslate2 directory, "
+        "openai-whisper on a state dict built from our tensors).",
         "",
         "",
     ]
     return "\n".join(head) + render(doc, all_results, op_results, md_table, lambda lvl, s: "#" * lvl + " " + s,
-                                     batch_results, long_results) + "\n"
+                                     batch_results, long_results, cli_results) + "\n"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 import subprocess
@@ -14,18 +15,21 @@ import pytest
 from conftest import shared
 
 E2E_FIGURES = {"warm_min_s", "warm_median_s", "rtf", "cold_outside_s", "cold_inside_s", "peak_rss_mb",
-               "encoder_ms_per_window", "decoder_ms_per_token", "tokens_equal_ref"}
+               "encoder_ms_per_window", "encoder_share", "decoder_ms_per_step", "decoder_rows_per_step", "decoder_share",
+               "decoder_steps", "encoder_windows", "tokens_equal_ref"}
+BENCH = [sys.executable, "-c", "import sys; from whisperkit.bench.cli import main; sys.exit(main())"]
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One short run of the console script: numpy backend, jfk, 1 warm run, cold start, per-op, every output."""
+    """One short run of the console script: numpy and onnxruntime, jfk, 1 warm run, cold start, per-op, every
+    output; with this project's forced BLAS kernel in the environment and --native-blas to drop it."""
     out = tmp_path_factory.mktemp("bench")
     jfk = shared("audio", "jfk_16k.wav")
-    cmd = [sys.executable, "-c", "import sys; from whisperkit.bench.cli import main; sys.exit(main())",
-           "--backend", "numpy", "--quick", "--no-peers", "--audio", str(jfk),
-           "--json", str(out / "b.json"), "--markdown", str(out / "b.md"), "--plot", str(out / "b.png")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    cmd = BENCH + ["--backend", "numpy,onnxruntime", "--quick", "--no-peers", "--native-blas", "--audio", str(jfk),
+                   "--json", str(out / "b.json"), "--markdown", str(out / "b.md"), "--plot", str(out / "b.png")]
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
@@ -39,30 +43,75 @@ def test_json_has_every_figure(quick_run):
     e2e = [r for r in doc["records"] if r["section"] == "e2e"]
     for r in e2e:
         assert set(r) >= {"engine", "kind", "clip", "figure", "value", "unit"}
-    figures = {r["figure"]: r["value"] for r in e2e if r["engine"] == "numpy" and r["clip"] == "jfk_16k.wav"}
-    assert E2E_FIGURES <= set(figures), E2E_FIGURES - set(figures)
-    for f in E2E_FIGURES - {"tokens_equal_ref"}:
-        assert isinstance(figures[f], (int, float)) and figures[f] > 0, (f, figures[f])
-    assert figures["tokens_equal_ref"] is True  # the reference against itself
-    assert figures["n_tokens"] > 0
+    for engine in ("numpy", "onnxruntime"):
+        figures = {r["figure"]: r["value"] for r in e2e if r["engine"] == engine and r["clip"] == "jfk_16k.wav"}
+        assert E2E_FIGURES <= set(figures), E2E_FIGURES - set(figures)
+        for f in E2E_FIGURES - {"tokens_equal_ref"}:
+            assert isinstance(figures[f], (int, float)) and figures[f] > 0, (engine, f, figures[f])
+        assert figures["tokens_equal_ref"] is True  # the reference against itself, onnxruntime against it
+        assert figures["n_tokens"] > 0 and figures["decoder_rows_per_step"] == 1  # greedy: one row per step
+        assert figures["encoder_windows"] == 1  # 11 s of audio: one window
+        assert figures["encoder_share"] + figures["decoder_share"] <= 1.0
+    assert {r["mode"] for r in e2e} == {"greedy"}  # --quick: greedy only
     assert doc["roofline"]["sgemm_gflops"] > 0 and doc["roofline"]["copy_gbs"] > 0
     ops = [r for r in doc["records"] if r["section"] == "ops"]
     status = {(r["op"], r["shape"]): r["value"] for r in ops if r["figure"] == "status"}
     assert {op for op, _ in status} >= {"linear", "conv1d", "layer_norm", "gelu", "attention", "encoder_layer", "decoder_layer"}
-    assert set(status.values()) == {"native"}  # the reference runs every op itself
-    ratios = [r["value"] for r in ops if r["figure"] == "roofline_ratio"]
-    assert len(ratios) == len(status) and all(x > 0 for x in ratios)
+    ref_status = {(r["op"], r["shape"]): r["value"] for r in ops if r["figure"] == "status" and r["engine"] == "numpy"}
+    assert set(ref_status.values()) == {"native"}  # the reference runs every op itself
+    native = [k for k, v in status.items() if v == "native"]
+    ratios = [r["value"] for r in ops if r["figure"] == "roofline_ratio" and r["engine"] == "numpy"]
+    assert len(ratios) == len(ref_status) and all(x > 0 for x in ratios) and native
+
+
+def test_every_engine_runs_in_a_process_of_its_own(quick_run):
+    """The timed runs of each engine happen in one worker process, not the parent and not another engine's;
+    the per-op benchmarks and the roofline have workers of their own too."""
+    out, _ = quick_run
+    doc = json.loads((out / "b.json").read_text())
+    parent = doc["pids"]["parent"]
+    run_pids = {r["engine"]: r["value"] for r in doc["records"] if r["section"] == "e2e" and r["figure"] == "worker_pids"}
+    assert set(run_pids) == {"numpy", "onnxruntime"}
+    for engine, pids in run_pids.items():
+        assert len(pids) == 1 and pids[0] != parent, (engine, pids, parent)
+        assert pids[0] == doc["pids"]["engines"][engine]
+    assert run_pids["numpy"] != run_pids["onnxruntime"]
+    others = [doc["pids"]["roofline"], *doc["pids"]["ops"].values()]
+    assert len(set(others)) == len(others) == 3
+    assert not set(others) & {parent, *(p[0] for p in run_pids.values())}
+
+
+def test_blas_facts_in_the_header(quick_run):
+    """The kernel the workers ran is reported; the forced kernel of this machine is named, measured and, with
+    --native-blas, kept out of the workers."""
+    out, proc = quick_run
+    doc = json.loads((out / "b.json").read_text())
+    b = doc["blas"]
+    assert b["env_set"] == {"OPENBLAS_CORETYPE": "Haswell"}
+    assert b["workers_env"] == {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}
+    assert b["forced"]["forced_kernel"] == "Haswell"
+    assert b["forced"]["forced_gflops"] > 0 and b["forced"]["native_gflops"] > 0
+    arch = {lib["architecture"] for e in doc["engines"] for lib in e["blas"]}
+    assert arch and all(isinstance(a, str) and a for a in arch)
+    md = (out / "b.md").read_text()
+    assert "OPENBLAS_CORETYPE=Haswell" in md and "--native-blas" in md and "kernel" in md
+    assert "BLAS in the workers" in proc.stdout
 
 
 def test_markdown_tables(quick_run):
     out, proc = quick_run
     md = (out / "b.md").read_text()
     assert "whisperkit-bench --backend numpy" in md and "shared" in md  # command and the noise warning
-    rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    summary = md.split("### Warm transcribe()", 1)[1].split("###", 1)[0]
+    assert re.search(r"\| engine \| jfk_16k greedy \|", summary) and re.search(r"\| numpy \| \d+\.\d{3} \|", summary)
+    detail = md.split("### End to end: jfk_16k.wav", 1)[1].split("###", 1)[0]
+    rows = [ln for ln in detail.splitlines() if ln.startswith("| ")]
     header = next(ln for ln in rows if ln.startswith("| engine |"))
+    assert "decoder / step (ms)" in header and "encoder share" in header
     numpy_row = next(ln for ln in rows if ln.startswith("| numpy |"))
     assert numpy_row.count("|") == header.count("|")
-    assert re.search(r"\| numpy \| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d+ \|", numpy_row), numpy_row
+    assert re.search(r"\| numpy \| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d+ \| \d+ \| \d+% \|", numpy_row), numpy_row
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert sum(ln.startswith("| encoder_layer |") for ln in rows) == 1
     assert "numpy" in proc.stdout and "RTF" in proc.stdout  # the terminal table
 
@@ -109,26 +158,65 @@ def test_openai_state_dict_splits_fused_projections():
     assert (sd["decoder.blocks.0.mlp.2.bias"] == w.tensors["decoder.blocks.0.mlp.fc2.bias"]).all()
 
 
-def test_unusable_backend_is_listed_as_skipped(tmp_path, capsys):
-    from whisperkit import Backend
-    from whisperkit.bench.cli import main
-    from whisperkit.registry import get_registry
+ABSENT_PLUGIN = """from whisperkit import Backend, hookimpl
 
-    class Absent(Backend):
-        name = "bench-test-absent"
 
-        def unavailable_reason(self):
-            return "its library is not installed"
+class Absent(Backend):
+    name = "bench-test-absent"
 
-    reg = get_registry()
-    reg.register_backend(Absent())
-    try:
-        assert main(["--backend", "bench-test-absent", "--ops", "--quick", "--json", str(tmp_path / "s.json")]) == 0
-    finally:
-        del reg.infos["bench-test-absent"]
+    def unavailable_reason(self):
+        return "its library is not installed"
+
+
+@hookimpl
+def whisperkit_backends():
+    return [Absent()]
+"""
+
+
+def test_unusable_backend_is_listed_as_skipped(tmp_path):
+    """A third-party plugin installed beside whisperkit (an entry point, seen by the bench's workers, which
+    load the plugins; the parent does not) that cannot run here is listed as skipped, with its reason."""
+    site = tmp_path / "site"
+    dist = site / "bench_test_absent-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (site / "bench_test_absent.py").write_text(ABSENT_PLUGIN)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bench-test-absent\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[whisperkit.backends]\nbench-test-absent = bench_test_absent\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run(BENCH + ["--backend", "bench-test-absent", "--ops", "--quick", "--json", str(tmp_path / "s.json")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "s.json").read_text())
     assert {"engine": "bench-test-absent", "kind": "backend", "reason": "its library is not installed"} in doc["skipped"]
-    assert "its library is not installed" in capsys.readouterr().out
+    assert "its library is not installed" in proc.stdout
+
+
+def test_bad_beam_argument(capsys):
+    from whisperkit.bench.cli import main
+    for bad in ("0", "x", "1,-5", ""):
+        with pytest.raises(SystemExit) as exc:
+            main(["--beam", bad, "--ops"])
+        assert exc.value.code == 2
+        assert "--beam" in capsys.readouterr().err
+
+
+def test_cli_mode_times_fresh_processes(tmp_path):
+    """--cli: the user's command, cold, each run its own process with its peak RSS; no peers here."""
+    out = tmp_path / "c.json"
+    proc = subprocess.run(BENCH + ["--backend", "numpy", "--warmup", "0", "--beam", "1", "--no-peers", "--no-ops", "--no-cold", "--batch", "0",
+                                   "--cli", "--runs", "2", "--audio", str(shared("audio", "jfk_16k.wav")), "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    recs = [r for r in doc["records"] if r["section"] == "cli"]
+    figures = {(r["engine"], r["figure"]): r["value"] for r in recs}
+    for label in ("whisperkit transcribe FILE", "whisperkit transcribe FILE --backend numpy"):
+        assert (label, "error") not in figures, figures[(label, "error")]
+        assert figures[(label, "cli_runs")] == 2
+        assert figures[(label, "cli_wall_median_s")] > 0.1  # a whole process: import, load, decode
+        assert 50 < figures[(label, "cli_peak_rss_median_mb")] < 24 * 1024
+    assert "The command, cold" in proc.stdout
 
 
 # ------------------------------------------------------------------------------------------ --batch / --long
