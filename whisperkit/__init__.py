@@ -3,9 +3,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .backend import Backend, hookimpl  # noqa: E402,F401
+from .backend import Backend  # noqa: E402,F401
 from .errors import (AudioError, BackendError, ModelFileError, ModelNotFoundError,  # noqa: E402,F401
                      TokenizerError, WhisperkitError)
+from .hookspecs import hookimpl  # noqa: E402,F401
 
 _LAZY = {
     "Whisper": "whisperkit.api", "WhisperTiny": "whisperkit.api", "load_model": "whisperkit.api",

@@ -24,6 +24,8 @@ from .weights import LoadedWeights, resolve_model
 class Whisper:
     """A Whisper model of any size on any backend.  Dimensions come from the weights.
 
+    It is the `whisperkit.protocols.SpeechModel` that transcribe.py and timing.py work with.
+
     >>> model = Whisper("tiny.en", backend="numpy")
     >>> model.transcribe("talk.flac").text
     """

@@ -10,13 +10,7 @@ import numpy as np
 
 from .errors import WhisperkitError
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS
-from .writers import OUTPUT_FORMATS
-
-
-def _fmt_ts(seconds: float) -> str:
-    m, s = divmod(seconds, 60)
-    h, m = divmod(int(m), 60)
-    return (f"{h:d}:" if h else "") + f"{m:02d}:{s:06.3f}"
+from .writers import OUTPUT_FORMATS, format_timestamp
 
 
 WORD_OPTIONS = ("highlight_words", "max_line_count", "max_line_width", "max_words_per_line")
@@ -110,7 +104,7 @@ def _emit(args, writer, writer_args, path, result) -> None:
     if len(args.audio) > 1:
         print(f"# {path}")
     for s in result.segments:
-        print(f"[{_fmt_ts(s.start)} --> {_fmt_ts(s.end)}] {s.text.strip()}")
+        print(f"[{format_timestamp(s.start)} --> {format_timestamp(s.end)}] {s.text.strip()}")
     print()
     print(result.text.strip())
 

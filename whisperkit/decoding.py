@@ -2,7 +2,7 @@
 
 * `Inference`      -- runs the decoder with its KV cache, feeding only the tokens it has not seen;
 * `LogitFilter`s   -- suppress tokens and enforce the timestamp grammar, in place on the logits;
-* `TokenDecoder`   -- picks the next tokens (greedy / sampling, beam search);
+* `TokenDecoder`   -- picks the next tokens (greedy / sampling, beam search: whisperkit.token_decoders);
 * `SequenceRanker` -- picks the final sequence among candidates.
 
 The rules are openai-whisper's (whisper/decoding.py), so that tokens match it one for one.
@@ -16,18 +16,11 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .audio import CHUNK_LENGTH
+from .token_decoders import BeamSearchDecoder, GreedyDecoder, TokenDecoder, log_softmax
 
 if TYPE_CHECKING:
     from .model import KVCache, WhisperGraph
     from .tokenizer import Tokenizer
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    """log_softmax over the last axis in float32; -inf entries stay -inf."""
-    x = np.asarray(x, np.float32)
-    m = np.max(x, axis=-1, keepdims=True)
-    shifted = x - m
-    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
 
 
 def compression_ratio(text: str) -> float:
@@ -157,48 +150,6 @@ class ApplyTimestampRules(LogitFilter):
                 logits[k, :tb] = -np.inf
 
 
-# ---- token decoders -----------------------------------------------------------------------
-class TokenDecoder:
-    #: After update(): for each new row, the row it continues (beam search reorders the KV cache
-    #: with it); None when rows never move.
-    source_indices: list[int] | None = None
-
-    def reset(self) -> None:
-        """Called before each window."""
-
-    def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Append the next token to every sequence; return (tokens, completed)."""
-        raise NotImplementedError
-
-    def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray):
-        """Return candidate sequences per audio (list of lists of token arrays) and their sum logprobs."""
-        raise NotImplementedError
-
-
-class GreedyDecoder(TokenDecoder):
-    """Argmax at temperature 0, else one sample from softmax(logits / temperature)."""
-
-    def __init__(self, temperature: float, eot: int, rng: np.random.Generator):
-        self.temperature, self.eot, self.rng = temperature, eot, rng
-
-    def update(self, tokens, logits, sum_logprobs):
-        if self.temperature == 0:
-            next_tokens = logits.argmax(axis=-1)
-        else:  # Gumbel-max: argmax(logits / T + Gumbel noise) samples softmax(logits / T)
-            noise = self.rng.gumbel(size=logits.shape).astype(np.float32)
-            next_tokens = (logits / np.float32(self.temperature) + noise).argmax(axis=-1)
-        logprobs = log_softmax(logits)
-        current = logprobs[np.arange(logprobs.shape[0]), next_tokens]
-        sum_logprobs += current * (tokens[:, -1] != self.eot)
-        next_tokens[tokens[:, -1] == self.eot] = self.eot
-        tokens = np.concatenate([tokens, next_tokens[:, None]], axis=-1)
-        return tokens, bool((tokens[:, -1] == self.eot).all())
-
-    def finalize(self, tokens, sum_logprobs):
-        tokens = np.pad(tokens, ((0, 0), (0, 1)), constant_values=self.eot)  # make sure each ends with eot
-        return tokens, sum_logprobs.tolist()
-
-
 # ---- ranking ------------------------------------------------------------------------------
 class SequenceRanker:
     def rank(self, tokens: list[list[np.ndarray]], sum_logprobs: list[list[float]]) -> list[int]:
@@ -253,7 +204,6 @@ class DecodingTask:
         self.sot_index = self.initial_tokens.index(tokenizer.sot)
         rng = np.random.default_rng(options.seed)
         if options.beam_size is not None:
-            from .beam import BeamSearchDecoder
             self.decoder: TokenDecoder = BeamSearchDecoder(options.beam_size, tokenizer.eot, options.patience)
         else:
             self.decoder = GreedyDecoder(options.temperature, tokenizer.eot, rng)

@@ -1,7 +1,7 @@
-"""Hook specifications of the ``whisperkit`` pluggy project. Only specs live here.
+"""The ``whisperkit`` pluggy project: its hook specification and the marker that implements it.
 
 A backend plugin is a module (or any object) exposed under the ``whisperkit.backends`` entry-point
-group, with a function marked ``@whisperkit.hookimpl``::
+group, with a function marked ``@whisperkit.hookimpl`` (this module's `hookimpl`)::
 
     [project.entry-points."whisperkit.backends"]
     mybackend = "my_package.my_backend"
@@ -11,6 +11,7 @@ from __future__ import annotations
 import pluggy
 
 hookspec = pluggy.HookspecMarker("whisperkit")
+hookimpl = pluggy.HookimplMarker("whisperkit")
 
 
 @hookspec

@@ -15,7 +15,8 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .backend import Backend, Ops, hookimpl  # noqa: F401  (re-exported)
+from .backend import Backend, Ops
+from .hookspecs import hookimpl  # noqa: F401  (re-exported)
 from .contract import API_VERSION
 from .errors import BackendError
 
@@ -72,17 +73,20 @@ class Registry:
             self.pm.register(plugin, name=label)
         except ValueError:  # already registered under this name
             return
-        impl = getattr(plugin, "whisperkit_backends", None)
-        if impl is None:
-            self._infos.setdefault(key, BackendInfo(key, None, reason=f"plugin {label} has no whisperkit_backends() hook", plugin=label))
+        impls = [i for i in self.pm.hook.whisperkit_backends.get_hookimpls() if i.plugin is plugin]
+        if not impls:
+            marked = "" if getattr(plugin, "whisperkit_backends", None) is None else " marked @whisperkit.hookimpl"
+            self._infos.setdefault(key, BackendInfo(key, None, reason=f"plugin {label} has no whisperkit_backends() hook{marked}", plugin=label))
             return
-        try:
-            backends = list(impl())
-        except Exception as exc:  # a broken plugin must not break the others
-            self._infos[key] = BackendInfo(key, None, reason=f"whisperkit_backends() of {label} raised {type(exc).__name__}: {exc}", plugin=label)
-            return
-        for b in backends:
-            self._add_backend(b, label)
+        for impl in impls:
+            # each implementation is called on its own, not all through pm.hook: one that raises must not break the others
+            try:
+                backends = list(impl.function())
+            except Exception as exc:
+                self._infos[key] = BackendInfo(key, None, reason=f"whisperkit_backends() of {label} raised {type(exc).__name__}: {exc}", plugin=label)
+                continue
+            for b in backends:
+                self._add_backend(b, label)
 
     def _add_backend(self, b: Backend, label: str) -> None:
         info = BackendInfo(b.name or label, b, version=str(getattr(b, "version", "?")), plugin=label)
@@ -155,6 +159,3 @@ def get_registry() -> Registry:
         _REGISTRY = build_registry()
     return _REGISTRY
 
-
-def get_backend(name: str) -> Backend:
-    return get_registry().get(name)

@@ -28,7 +28,7 @@ import numpy as np
 from .audio import HOP_LENGTH, SAMPLE_RATE, TOKENS_PER_SECOND
 
 if TYPE_CHECKING:
-    from .api import Whisper
+    from .protocols import AlignmentModel
     from .tokenizer import Tokenizer
 
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
@@ -121,7 +121,7 @@ def default_alignment_heads(n_text_layer: int, n_text_head: int) -> np.ndarray:
     return np.array([(l, h) for l in range(n_text_layer // 2, n_text_layer) for h in range(n_text_head)], np.int64)
 
 
-def find_alignment(model: "Whisper", tokenizer: "Tokenizer", text_tokens: Sequence[int], audio_features: np.ndarray,
+def find_alignment(model: "AlignmentModel", tokenizer: "Tokenizer", text_tokens: Sequence[int], audio_features: np.ndarray,
                    num_frames: int, *, medfilt_width: int = 7, qk_scale: float = 1.0) -> list[WordTiming]:
     """Words of `text_tokens` with their start/end (seconds from the window start) and probability.
 
@@ -202,7 +202,7 @@ def merge_punctuations(alignment: list[WordTiming], prepended: str, appended: st
         j += 1
 
 
-def add_word_timestamps(*, segments: list[dict], model: "Whisper", tokenizer: "Tokenizer", audio_features: np.ndarray,
+def add_word_timestamps(*, segments: list[dict], model: "AlignmentModel", tokenizer: "Tokenizer", audio_features: np.ndarray,
                         num_frames: int, prepend_punctuations: str = PREPEND_PUNCTUATIONS,
                         append_punctuations: str = APPEND_PUNCTUATIONS, last_speech_timestamp: float,
                         **kwargs) -> None:
@@ -266,11 +266,6 @@ def add_word_timestamps(*, segments: list[dict], model: "Whisper", tokenizer: "T
                 segment["end"] = words[-1]["end"]
             last_speech_timestamp = segment["end"]
         segment["words"] = words
-
-
-def get_start(segments: list[dict]) -> float | None:
-    return next((w["start"] for s in segments for w in s.get("words") or []),
-                segments[0]["start"] if segments else None)
 
 
 def get_end(segments: list[dict]) -> float | None:

@@ -1,5 +1,9 @@
 """Long-form transcription: 30-second windows that advance by the last timestamp, each window
-conditioned on the text before it, with temperature fallback -- openai-whisper's transcribe()."""
+conditioned on the text before it, with temperature fallback -- openai-whisper's transcribe().
+
+One transcription is a generator (`_transcription`) that asks for encoder and decoder work with
+`EmbedRequest` and `DecodeRequest` and is sent the answers; `transcribe` answers one generator's
+requests, `transcribe_batch` answers several generators' requests in shared backend calls."""
 from __future__ import annotations
 
 import sys
@@ -10,16 +14,18 @@ import numpy as np
 from tqdm import tqdm
 
 from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, pad_or_trim
-from .decoding import DecodingOptions, DecodingTask, detect_language
+from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
 from .stream import StreamingMel
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps, get_end
 from .vad import VadOptions
+from .writers import format_timestamp
 
 # openai-whisper's transcribe(): these marks are not words when scoring a possible hallucination
-PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"
+PUNCTUATION = PREPEND_PUNCTUATIONS + APPEND_PUNCTUATIONS
 
 if TYPE_CHECKING:
-    from .api import Whisper
+    from .protocols import SpeechModel
+    from .tokenizer import Tokenizer
 
 
 @dataclass
@@ -54,38 +60,74 @@ class TranscriptionResult:
         return {"text": self.text, "segments": [s.to_dict() for s in self.segments], "language": self.language}
 
 
-def _decode_with_fallback(features: np.ndarray, tokenizer, temperatures: Sequence[float], base: dict,
-                          compression_ratio_threshold, logprob_threshold, no_speech_threshold):
-    """Generator: yields ("decode", features, DecodingOptions, tokenizer) for each temperature tried and is sent
-    the DecodingResult; returns the result kept, as openai-whisper's decode_with_fallback."""
+@dataclass(frozen=True)
+class TranscriptionOptions:
+    """The options of one transcription once read (see `_transcription` for their meaning).
+
+    `decode` holds the decoding options every window starts from (language and task settled); each
+    window adds its prompt, and each temperature tried its temperature."""
+    decode: DecodingOptions
+    temperatures: tuple[float, ...]
+    compression_ratio_threshold: float | None
+    logprob_threshold: float | None
+    no_speech_threshold: float | None
+    condition_on_previous_text: bool
+    initial_prompt: str | None
+    carry_initial_prompt: bool
+    clip_timestamps: tuple[float, ...]
+    word_timestamps: bool
+    prepend_punctuations: str
+    append_punctuations: str
+    hallucination_silence_threshold: float | None
+    skip_silent_windows: bool
+    verbose: bool | None
+
+
+# ---- what a transcription asks for ----------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class EmbedRequest:
+    """Encode one window; answered with its audio features (1, n_audio_ctx, n_audio_state)."""
+    mel: np.ndarray  # (n_mels, 3000)
+
+
+@dataclass(frozen=True, eq=False)
+class DecodeRequest:
+    """Decode one window with these options; answered with its DecodingResult."""
+    features: np.ndarray  # (1, n_audio_ctx, n_audio_state)
+    options: DecodingOptions
+    tokenizer: "Tokenizer"
+
+
+def _decode_with_fallback(features: np.ndarray, tokenizer: "Tokenizer", options: TranscriptionOptions,
+                          decode: DecodingOptions):
+    """Generator: yields a DecodeRequest for each temperature tried and is sent the DecodingResult;
+    returns the result kept, as openai-whisper's decode_with_fallback.  `decode`: the window's options."""
     result = None
-    for t in temperatures:
-        kwargs = dict(base)
-        if t > 0:
-            kwargs.pop("beam_size", None)
-            kwargs.pop("patience", None)
+    for t in options.temperatures:
+        if t > 0:  # sampling: no beams
+            attempt = replace(decode, temperature=t, beam_size=None, patience=None)
         else:
-            kwargs.pop("best_of", None)
-        result = yield ("decode", features, DecodingOptions(**kwargs, temperature=t), tokenizer)
+            attempt = replace(decode, temperature=t, best_of=None)
+        result = yield DecodeRequest(features, attempt, tokenizer)
         needs_fallback = False
-        if compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold:
+        if options.compression_ratio_threshold is not None and result.compression_ratio > options.compression_ratio_threshold:
             needs_fallback = True  # too repetitive
-        if logprob_threshold is not None and result.avg_logprob < logprob_threshold:
+        if options.logprob_threshold is not None and result.avg_logprob < options.logprob_threshold:
             needs_fallback = True  # average log probability is too low
-        if (no_speech_threshold is not None and result.no_speech_prob > no_speech_threshold
-                and logprob_threshold is not None and result.avg_logprob < logprob_threshold):
+        if (options.no_speech_threshold is not None and result.no_speech_prob > options.no_speech_threshold
+                and options.logprob_threshold is not None and result.avg_logprob < options.logprob_threshold):
             needs_fallback = False  # silence: nothing better will come from sampling
         if not needs_fallback:
             break
     return result
 
 
-def transcribe(model: "Whisper", audio, **options: Any) -> TranscriptionResult:
+def transcribe(model: "SpeechModel", audio, **options: Any) -> TranscriptionResult:
     """openai-whisper's transcribe() with its option names and defaults (see `_transcription`)."""
     return _drive(model, _transcription(model, audio, **options))
 
 
-def transcribe_batch(model: "Whisper", sources: Sequence, batch_size: int = 8, **options: Any) -> list[TranscriptionResult]:
+def transcribe_batch(model: "SpeechModel", sources: Sequence, batch_size: int = 8, **options: Any) -> list[TranscriptionResult]:
     """Transcribe several files (or arrays) together: up to `batch_size` of them advance in lockstep,
     their windows encoded as one batch and decoded as one batch wherever their decoding options and
     prompt lengths agree.  Results come back in the order of `sources`.  With temperature > 0 the
@@ -115,7 +157,7 @@ def transcribe_batch(model: "Whisper", sources: Sequence, batch_size: int = 8, *
     return results  # type: ignore[return-value]
 
 
-def _drive(model: "Whisper", gen) -> TranscriptionResult:
+def _drive(model: "SpeechModel", gen) -> TranscriptionResult:
     """Run one transcription generator, answering its requests one at a time."""
     try:
         request = next(gen)
@@ -125,28 +167,28 @@ def _drive(model: "Whisper", gen) -> TranscriptionResult:
         return stop.value
 
 
-def _serve(model: "Whisper", requests: dict) -> dict:
-    """Answer ("embed", mel (n_mels, 3000)) and ("decode", features (1, ...), options, tokenizer)
-    requests, batching the ones that can share a backend call."""
-    answers = {}
-    embeds = [i for i, r in requests.items() if r[0] == "embed"]
+def _serve(model: "SpeechModel", requests: dict[int, EmbedRequest | DecodeRequest]) -> dict:
+    """Answer the requests, batching the ones that can share a backend call: every EmbedRequest in
+    one encoder call, and DecodeRequests in one decoding run per (tokenizer, options but the prompt,
+    initial length)."""
+    answers: dict[int, np.ndarray | DecodingResult] = {}
+    embeds = [i for i, r in requests.items() if isinstance(r, EmbedRequest)]
     if embeds:
-        features = model.embed_audio(np.stack([requests[i][1] for i in embeds]))  # (batch, n_audio_ctx, n_audio_state)
+        features = model.embed_audio(np.stack([requests[i].mel for i in embeds]))  # (batch, n_audio_ctx, n_audio_state)
         for k, i in enumerate(embeds):
             answers[i] = features[k:k + 1]
-    groups: dict[tuple, list] = {}
+    groups: dict[tuple, list[int]] = {}
     for i, r in requests.items():
-        if r[0] == "decode":
-            _, features, options, tokenizer = r
-            task = DecodingTask(model.graph, tokenizer, replace(options, prompt=None))
-            key = (id(tokenizer), replace(options, prompt=None, suppress_tokens=_hashable(options.suppress_tokens)),
-                   task.initial_length(options.prompt))
+        if isinstance(r, DecodeRequest):
+            task = DecodingTask(model.graph, r.tokenizer, replace(r.options, prompt=None))
+            key = (id(r.tokenizer), replace(r.options, prompt=None, suppress_tokens=_hashable(r.options.suppress_tokens)),
+                   task.initial_length(r.options.prompt))
             groups.setdefault(key, []).append(i)
-    for key, members in groups.items():
-        first = requests[members[0]]
-        task = DecodingTask(model.graph, first[3], first[2])
-        features = np.concatenate([requests[i][1] for i in members])
-        results = task.run(features, prompts=[requests[i][2].prompt for i in members]) if len(members) > 1 \
+    for members in groups.values():
+        first: DecodeRequest = requests[members[0]]  # type: ignore[assignment]
+        task = DecodingTask(model.graph, first.tokenizer, first.options)
+        features = np.concatenate([requests[i].features for i in members])
+        results = task.run(features, prompts=[requests[i].options.prompt for i in members]) if len(members) > 1 \
             else task.run(features)
         answers.update(zip(members, results))
     return answers
@@ -156,7 +198,7 @@ def _hashable(x):
     return tuple(x) if isinstance(x, list) else x
 
 
-def _transcription(model: "Whisper", audio, *, verbose: bool | None = None,
+def _transcription(model: "SpeechModel", audio, *, verbose: bool | None = None,
                    temperature: float | Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                    compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
                    no_speech_threshold: float | None = 0.6, condition_on_previous_text: bool = True,
@@ -166,8 +208,8 @@ def _transcription(model: "Whisper", audio, *, verbose: bool | None = None,
                    append_punctuations: str = APPEND_PUNCTUATIONS, hallucination_silence_threshold: float | None = None,
                    progress: bool | None = None, vad_filter: bool = False, vad_options: VadOptions | dict | None = None,
                    skip_silent_windows: bool = True, **decode_options: Any):
-    """Generator of one transcription: yields ("embed", mel) and ("decode", features, options,
-    tokenizer) requests, is sent their answers, and returns the TranscriptionResult.
+    """Generator of one transcription: yields EmbedRequest and DecodeRequest, is sent their answers,
+    and returns the TranscriptionResult.
 
     Options are openai-whisper's transcribe() options with its defaults, plus:
     progress: a tqdm bar over audio seconds on stderr; None shows it when stderr is a terminal and the
@@ -199,53 +241,40 @@ def _transcription(model: "Whisper", audio, *, verbose: bool | None = None,
         audio = join_speech(samples, regions)
         del samples
     mel = StreamingMel(audio, model.dims.n_mels)
-    content_frames = mel.content_frames
-    silent_level = max(-1.5, (mel.log_max - 8.0 + 4.0) / 4.0) + 1e-6  # digital silence, or the clamp floor
 
-    if not model.is_multilingual:
+    if not model.dims.is_multilingual:
         language, task = "en", "transcribe"
     elif language is None:
-        features = yield ("embed", mel.window(0, N_FRAMES))  # openai: pad_or_trim of the padded whole-file mel
+        features = yield EmbedRequest(mel.window(0, N_FRAMES))  # openai: pad_or_trim of the padded whole-file mel
         language = detect_language(model.graph, model.tokenizer_for(language=None, task=task), features)[0][0]
     tokenizer = model.tokenizer_for(language=language, task=task)
 
     if isinstance(clip_timestamps, str):
         clip_timestamps = [float(ts) for ts in clip_timestamps.split(",") if ts.strip()]
-    seek_points = [round(ts * FRAMES_PER_SECOND) for ts in clip_timestamps] or [0]
-    if len(seek_points) % 2 == 1:
-        seek_points.append(content_frames)
-    seek_clips = list(zip(seek_points[::2], seek_points[1::2]))
-
-    temperatures = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
-    base_options = {k: v for k, v in decode_options.items() if k != "fp16"}
-    base_options.update(language=language, task=task)
-
-    all_tokens: list[int] = []
-    remaining_prompt_length = model.dims.n_text_ctx // 2 - 1
-    initial_prompt_tokens: list[int] = []
-    if initial_prompt is not None:
-        initial_prompt_tokens = tokenizer.encode(" " + initial_prompt.strip())
-        all_tokens.extend(initial_prompt_tokens)
-        remaining_prompt_length -= len(initial_prompt_tokens)
+    decode = {k: v for k, v in decode_options.items() if k != "fp16"}
+    decode.update(language=language, task=task)
+    options = TranscriptionOptions(
+        decode=DecodingOptions(**decode),
+        temperatures=(temperature,) if isinstance(temperature, (int, float)) else tuple(temperature),
+        compression_ratio_threshold=compression_ratio_threshold, logprob_threshold=logprob_threshold,
+        no_speech_threshold=no_speech_threshold, condition_on_previous_text=condition_on_previous_text,
+        initial_prompt=initial_prompt, carry_initial_prompt=carry_initial_prompt,
+        clip_timestamps=tuple(clip_timestamps), word_timestamps=word_timestamps,
+        prepend_punctuations=prepend_punctuations, append_punctuations=append_punctuations,
+        hallucination_silence_threshold=hallucination_silence_threshold,
+        skip_silent_windows=skip_silent_windows, verbose=verbose)
 
     if word_timestamps and task == "translate":
         import warnings
         warnings.warn("Word-level timestamps on translations may not be reliable.", stacklevel=2)
-    word_options = dict(word_timestamps=word_timestamps, prepend_punctuations=prepend_punctuations,
-                        append_punctuations=append_punctuations,
-                        hallucination_silence_threshold=hallucination_silence_threshold)
 
+    content_frames = mel.content_frames
     if progress is None:
         progress = sys.stderr.isatty() and content_frames > N_FRAMES and not verbose
     bar = tqdm(total=round(content_frames / FRAMES_PER_SECOND, 2), unit="s", unit_scale=False, disable=not progress,
                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
     try:
-        result = yield from _transcribe_windows(
-            model, mel, content_frames, seek_clips, tokenizer, temperatures, base_options,
-            compression_ratio_threshold, logprob_threshold, no_speech_threshold,
-            condition_on_previous_text, carry_initial_prompt, initial_prompt_tokens,
-            all_tokens, remaining_prompt_length, language, verbose, bar,
-            silent_level=silent_level if skip_silent_windows else None, **word_options)
+        result = yield from _transcribe_windows(model, mel, tokenizer, language, options, bar)
     finally:
         bar.close()
     if speech_map is not None:
@@ -261,17 +290,58 @@ def _map_times(result: TranscriptionResult, speech_map) -> None:
             w["start"], w["end"] = speech_map.original_time(w["start"]), speech_map.original_time(w["end"], is_end=True)
 
 
-def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, temperatures, base_options,
-                        compression_ratio_threshold, logprob_threshold, no_speech_threshold,
-                        condition_on_previous_text, carry_initial_prompt, initial_prompt_tokens,
-                        all_tokens, remaining_prompt_length, language, verbose, bar, *, word_timestamps=False,
-                        prepend_punctuations=PREPEND_PUNCTUATIONS, append_punctuations=APPEND_PUNCTUATIONS,
-                        hallucination_silence_threshold=None, silent_level=None):
+@dataclass(frozen=True)
+class _Window:
+    """Where one 30 s window lies: from frame `seek`, `size` frames of audio (the rest is padding)."""
+    seek: int
+    size: int
+
+    @property
+    def time_offset(self) -> float:
+        return float(self.seek * HOP_LENGTH / SAMPLE_RATE)
+
+    @property
+    def duration(self) -> float:
+        return self.size * HOP_LENGTH / SAMPLE_RATE
+
+    @property
+    def end_time(self) -> float:  # where a full window would end
+        return float((self.seek + N_FRAMES) * HOP_LENGTH / SAMPLE_RATE)
+
+
+def _advance(bar, content_frames: int, previous_seek: int, seek: int) -> None:
+    """Move the progress bar by the audio seconds from previous_seek to seek (frames)."""
+    bar.update(round((min(content_frames, seek) - previous_seek) / FRAMES_PER_SECOND, 2))
+
+
+def _seek_clips(clip_timestamps: Sequence[float], content_frames: int) -> list[tuple[int, int]]:
+    """(start, end) frames of the clips to transcribe; an odd last start runs to the end of the audio."""
+    seek_points = [round(ts * FRAMES_PER_SECOND) for ts in clip_timestamps] or [0]
+    if len(seek_points) % 2 == 1:
+        seek_points.append(content_frames)
+    return list(zip(seek_points[::2], seek_points[1::2]))
+
+
+def _transcribe_windows(model: "SpeechModel", mel: StreamingMel, tokenizer: "Tokenizer", language: str,
+                        options: TranscriptionOptions, bar):
+    content_frames = mel.content_frames
+    content_duration = float(content_frames * HOP_LENGTH / SAMPLE_RATE)
+    # digital silence, or the clamp floor
+    silent_level = max(-1.5, (mel.log_max - 8.0 + 4.0) / 4.0) + 1e-6 if options.skip_silent_windows else None
+    seek_clips = _seek_clips(options.clip_timestamps, content_frames)
     input_stride = N_FRAMES // model.dims.n_audio_ctx  # mel frames per output token: 2
     time_precision = input_stride * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp step: 0.02
+
+    all_tokens: list[int] = []
+    remaining_prompt_length = model.dims.n_text_ctx // 2 - 1
+    initial_prompt_tokens: list[int] = []
+    if options.initial_prompt is not None:
+        initial_prompt_tokens = tokenizer.encode(" " + options.initial_prompt.strip())
+        all_tokens.extend(initial_prompt_tokens)
+        remaining_prompt_length -= len(initial_prompt_tokens)
+
     all_segments: list[Segment] = []
     prompt_reset_since = 0
-    content_duration = float(content_frames * HOP_LENGTH / SAMPLE_RATE)
     last_speech_timestamp = 0.0
     clip_idx = 0
     seek = seek_clips[clip_idx][0] if seek_clips else 0
@@ -285,36 +355,32 @@ def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, tempe
             if clip_idx < len(seek_clips):
                 seek = seek_clips[clip_idx][0]
             continue
-        window_seek = seek  # openai-whisper's previous_seek: where this window starts
-        time_offset = float(seek * HOP_LENGTH / SAMPLE_RATE)
-        window_end_time = float((seek + N_FRAMES) * HOP_LENGTH / SAMPLE_RATE)
-        segment_size = min(N_FRAMES, content_frames - seek, seek_clip_end - seek)
+        window = _Window(seek, min(N_FRAMES, content_frames - seek, seek_clip_end - seek))
+        time_offset, segment_size = window.time_offset, window.size
         mel_segment = pad_or_trim(mel.window(seek, segment_size), N_FRAMES)  # (n_mels, 3000), zero-padded
-        segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
         if silent_level is not None and mel_segment[:, :segment_size].max() <= silent_level:
             seek += segment_size  # nothing but silence: nothing to decode
-            bar.update(round((min(content_frames, seek) - previous_seek) / FRAMES_PER_SECOND, 2))
+            _advance(bar, content_frames, previous_seek, seek)
             continue
 
-        if carry_initial_prompt:
+        if options.carry_initial_prompt:
             nignored = max(len(initial_prompt_tokens), prompt_reset_since)
             remaining = all_tokens[nignored:][-remaining_prompt_length:]
-            base_options["prompt"] = initial_prompt_tokens + remaining
+            prompt = initial_prompt_tokens + remaining
         else:
-            base_options["prompt"] = all_tokens[prompt_reset_since:]
+            prompt = all_tokens[prompt_reset_since:]
 
-        features = yield ("embed", mel_segment)
-        result = yield from _decode_with_fallback(features, tokenizer, temperatures, base_options,
-                                                  compression_ratio_threshold, logprob_threshold, no_speech_threshold)
+        features = yield EmbedRequest(mel_segment)
+        result = yield from _decode_with_fallback(features, tokenizer, options, replace(options.decode, prompt=prompt))
         tokens = np.asarray(result.tokens, np.int64)
 
-        if no_speech_threshold is not None:
-            should_skip = result.no_speech_prob > no_speech_threshold
-            if logprob_threshold is not None and result.avg_logprob > logprob_threshold:
+        if options.no_speech_threshold is not None:
+            should_skip = result.no_speech_prob > options.no_speech_threshold
+            if options.logprob_threshold is not None and result.avg_logprob > options.logprob_threshold:
                 should_skip = False  # confident text despite the no-speech probability
             if should_skip:
                 seek += segment_size
-                bar.update(round((min(content_frames, seek) - previous_seek) / FRAMES_PER_SECOND, 2))
+                _advance(bar, content_frames, previous_seek, seek)
                 continue
 
         current: list[dict] = []
@@ -344,28 +410,28 @@ def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, tempe
             else:  # resume at the last complete timestamp
                 seek += (int(tokens[last_slice - 1]) - tokenizer.timestamp_begin) * input_stride
         else:
-            duration = segment_duration
+            duration = window.duration
             timestamps = tokens[is_ts]
             if len(timestamps) > 0 and int(timestamps[-1]) != tokenizer.timestamp_begin:
                 duration = (int(timestamps[-1]) - tokenizer.timestamp_begin) * time_precision
             current.append(new_segment(time_offset, time_offset + duration, tokens))
             seek += segment_size
 
-        if word_timestamps:
+        if options.word_timestamps:
             add_word_timestamps(segments=current, model=model, tokenizer=tokenizer, audio_features=features,
-                                num_frames=segment_size, prepend_punctuations=prepend_punctuations,
-                                append_punctuations=append_punctuations, last_speech_timestamp=last_speech_timestamp)
+                                num_frames=segment_size, prepend_punctuations=options.prepend_punctuations,
+                                append_punctuations=options.append_punctuations,
+                                last_speech_timestamp=last_speech_timestamp)
             if not single_timestamp_ending:  # resume right after the last word instead
                 last_word_end = get_end(current)
                 if last_word_end is not None and last_word_end > time_offset:
                     seek = round(last_word_end * FRAMES_PER_SECOND)
-            if hallucination_silence_threshold is not None:
+            if options.hallucination_silence_threshold is not None:
                 seek, current, skip_window = _skip_hallucination_silence(
-                    current, hallucination_silence_threshold, single_timestamp_ending, seek, window_seek,
-                    segment_size, segment_duration, time_offset, window_end_time, last_speech_timestamp,
-                    content_frames, content_duration)
+                    current, options.hallucination_silence_threshold, window, single_timestamp_ending, seek,
+                    last_speech_timestamp, content_frames, content_duration)
                 if skip_window:  # the window starts with a hallucination after a long silence: redo it later
-                    bar.update(round((min(content_frames, seek) - previous_seek) / FRAMES_PER_SECOND, 2))
+                    _advance(bar, content_frames, previous_seek, seek)
                     continue
             last_word_end = get_end(current)
             if last_word_end is not None:
@@ -378,20 +444,15 @@ def _transcribe_windows(model, mel, content_frames, seek_clips, tokenizer, tempe
         for seg in current:
             all_segments.append(Segment(id=len(all_segments), **seg))
         all_tokens.extend(t for seg in current for t in seg["tokens"])
-        if verbose:
+        if options.verbose:
             for seg in current:
-                print(f"[{_fmt(seg['start'])} --> {_fmt(seg['end'])}] {seg['text']}")
-        if not condition_on_previous_text or result.temperature > 0.5:
+                print(f"[{format_timestamp(seg['start'])} --> {format_timestamp(seg['end'])}] {seg['text']}")
+        if not options.condition_on_previous_text or result.temperature > 0.5:
             prompt_reset_since = len(all_tokens)
-        bar.update(round((min(content_frames, seek) - previous_seek) / FRAMES_PER_SECOND, 2))
+        _advance(bar, content_frames, previous_seek, seek)
 
     return TranscriptionResult(text=tokenizer.decode(all_tokens[len(initial_prompt_tokens):]),
                                segments=all_segments, language=language)
-
-
-def _fmt(seconds: float) -> str:
-    m, s = divmod(seconds, 60)
-    return f"{int(m):02d}:{s:06.3f}"
 
 
 # ---- hallucination_silence_threshold (openai-whisper's transcribe) ----------------------------
@@ -421,10 +482,11 @@ def _next_words_segment(segments: list[dict]) -> dict | None:
     return next((s for s in segments if s["words"]), None)
 
 
-def _skip_hallucination_silence(current, threshold, single_timestamp_ending, seek, previous_seek, segment_size,
-                                segment_duration, time_offset, window_end_time, last_speech_timestamp,
-                                content_frames, content_duration):
+def _skip_hallucination_silence(current: list[dict], threshold: float, window: _Window, single_timestamp_ending: bool,
+                                seek: int, last_speech_timestamp: float, content_frames: int, content_duration: float):
     """Returns (seek, segments kept, skip the whole window)."""
+    previous_seek, segment_size = window.seek, window.size
+    time_offset, segment_duration, window_end_time = window.time_offset, window.duration, window.end_time
     if not single_timestamp_ending:
         last_word_end = get_end(current)
         if last_word_end is not None and last_word_end > time_offset:

@@ -34,11 +34,6 @@ def _as_dict(result: Any) -> dict:
     return result.to_dict() if hasattr(result, "to_dict") else result
 
 
-def _first_start(segments: list[dict]) -> float | None:
-    return next((w["start"] for s in segments for w in s.get("words") or []),
-                segments[0]["start"] if segments else None)
-
-
 class ResultWriter:
     extension: str
 
@@ -99,13 +94,13 @@ class SubtitlesWriter(ResultWriter):
         def subtitles() -> Iterator[list[dict]]:
             line_len, line_count = 0, 1
             subtitle: list[dict] = []
-            last = _first_start(segments) or 0.0
+            last: float | None = None  # the start of the word before: no pause before the first word
             for segment in segments:
                 words = segment["words"]
                 for chunk_index in range(0, len(words), max_words_per_line):
                     for i, original in enumerate(words[chunk_index:chunk_index + max_words_per_line]):
                         timing = dict(original)
-                        long_pause = not preserve_segments and timing["start"] - last > 3.0
+                        long_pause = not preserve_segments and last is not None and timing["start"] - last > 3.0
                         has_room = line_len + len(timing["word"]) <= max_line_width
                         seg_break = i == 0 and len(subtitle) > 0 and preserve_segments
                         if line_len > 0 and has_room and not long_pause and not seg_break:

@@ -1,13 +1,69 @@
-"""Beam search as openai-whisper does it: every beam proposes its beam_size + 1 best continuations,
-the best beam_size unfinished ones go on (their rows of the KV cache are reordered to follow), and
-finished ones are collected until there are round(beam_size * patience) of them per audio."""
+"""Token decoders: given the logits of the next position, pick the next token of every sequence.
+
+* `GreedyDecoder`     -- argmax at temperature 0, else one sample from softmax(logits / temperature);
+* `BeamSearchDecoder` -- beam search as openai-whisper does it: every beam proposes its
+  beam_size + 1 best continuations, the best beam_size unfinished ones go on (their rows of the KV
+  cache are reordered to follow), and finished ones are collected until there are
+  round(beam_size * patience) of them per audio.
+
+`log_softmax` lives here too: the decoders, the logit filters and the language detection all use it.
+"""
 from __future__ import annotations
 
 import numpy as np
 
-from .decoding import TokenDecoder, log_softmax
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """log_softmax over the last axis in float32; -inf entries stay -inf."""
+    x = np.asarray(x, np.float32)
+    m = np.max(x, axis=-1, keepdims=True)
+    shifted = x - m
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
 
 
+# ---- the interface, and greedy ----------------------------------------------------------------
+class TokenDecoder:
+    #: After update(): for each new row, the row it continues (beam search reorders the KV cache
+    #: with it); None when rows never move.
+    source_indices: list[int] | None = None
+
+    def reset(self) -> None:
+        """Called before each window."""
+
+    def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Append the next token to every sequence; return (tokens, completed)."""
+        raise NotImplementedError
+
+    def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray):
+        """Return candidate sequences per audio (list of lists of token arrays) and their sum logprobs."""
+        raise NotImplementedError
+
+
+class GreedyDecoder(TokenDecoder):
+    """Argmax at temperature 0, else one sample from softmax(logits / temperature)."""
+
+    def __init__(self, temperature: float, eot: int, rng: np.random.Generator):
+        self.temperature, self.eot, self.rng = temperature, eot, rng
+
+    def update(self, tokens, logits, sum_logprobs):
+        if self.temperature == 0:
+            next_tokens = logits.argmax(axis=-1)
+        else:  # Gumbel-max: argmax(logits / T + Gumbel noise) samples softmax(logits / T)
+            noise = self.rng.gumbel(size=logits.shape).astype(np.float32)
+            next_tokens = (logits / np.float32(self.temperature) + noise).argmax(axis=-1)
+        logprobs = log_softmax(logits)
+        current = logprobs[np.arange(logprobs.shape[0]), next_tokens]
+        sum_logprobs += current * (tokens[:, -1] != self.eot)
+        next_tokens[tokens[:, -1] == self.eot] = self.eot
+        tokens = np.concatenate([tokens, next_tokens[:, None]], axis=-1)
+        return tokens, bool((tokens[:, -1] == self.eot).all())
+
+    def finalize(self, tokens, sum_logprobs):
+        tokens = np.pad(tokens, ((0, 0), (0, 1)), constant_values=self.eot)  # make sure each ends with eot
+        return tokens, sum_logprobs.tolist()
+
+
+# ---- beam search ----------------------------------------------------------------------------
 class BeamSearchDecoder(TokenDecoder):
     def __init__(self, beam_size: int, eot: int, patience: float | None = None):
         if beam_size < 1:
