@@ -294,8 +294,9 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         return y
 
     def prepare_decoder_layer(self, **w):
-        g = self._graphs().build_decoder_layer(weight_group("decoder_layer", w))
-        return SimpleNamespace(n_state=np.shape(w["attn_ln_weight"])[0], run=self._runner(g))
+        group = weight_group("decoder_layer", w)
+        g = self._graphs().build_decoder_layer(group)
+        return SimpleNamespace(n_state=np.shape(group.attn_ln.weight)[0], run=self._runner(g))
 
     def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
         x = f32c(x)

@@ -17,7 +17,7 @@ from whisperkit.errors import ModelFileError
 from . import layout
 from .files import (LoadedWeights, Source, alignment_heads, check_tensors, json_loads, positive_dims, read_json,
                     refuse_pickled_dir)
-from .layout import ENCODER, ModelDimensions
+from .layout import DECODER, ENCODER, ModelDimensions
 
 #: The one tensor of the Hugging Face layout that is not canonical: the output projection, tied to the
 #: token embedding.
@@ -221,7 +221,7 @@ def read_hf(path: str | os.PathLike, *, name: str | None = None) -> LoadedWeight
         proj = owner.get(prefix + HF_PROJ_OUT)
         if proj is not None:
             p = proj.float32(prefix + HF_PROJ_OUT)
-            if not np.array_equal(p, tensors[layout.module("decoder", "token_embedding.weight")[0].canonical]):
+            if not np.array_equal(p, tensors[layout.module(DECODER, "token_embedding.weight")[0].canonical]):
                 raise ModelFileError(
                     f"{where}: proj_out.weight differs from the token embedding; Whisper ties them and an untied "
                     "output projection is not supported"
