@@ -15,7 +15,7 @@ import numpy as np
 from whisperkit.errors import ModelFileError
 
 from . import layout
-from .files import LoadedWeights, Source, alignment_heads, check_tensors, positive_dims, read_json, refuse_pickle
+from .files import LoadedWeights, loaded, Source, alignment_heads, check_tensors, positive_dims, read_json, refuse_pickle
 from .layout import DECODER, ENCODER, ModelDimensions
 
 _CT2_DTYPES = {0: np.dtype("<f4"), 1: np.dtype("i1"), 2: np.dtype("<i2"), 3: np.dtype("<i4"), 4: np.dtype("<f2")}
@@ -252,15 +252,7 @@ def _read_ct2_files(paths: Sequence[Path], config_dir: Path, name: str, source: 
     cfg_path = config_dir / "config.json"
     if cfg_path.is_file():
         heads = alignment_heads(read_json(cfg_path).get("alignment_heads"), str(cfg_path), dims)
-    tok = config_dir / "tokenizer.json"
-    return LoadedWeights(
-        dims=dims,
-        tensors=tensors,
-        alignment_heads=heads,
-        tokenizer_json=tok if tok.is_file() else None,
-        name=name,
-        source=source,
-    )
+    return loaded(dims, tensors, heads, config_dir, name, source)
 
 
 def read_ctranslate2(path: str | os.PathLike, *, name: str | None = None) -> LoadedWeights:

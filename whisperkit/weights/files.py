@@ -44,6 +44,14 @@ class LoadedWeights:
     source: Path
 
 
+def loaded(dims: ModelDimensions, tensors: dict[str, np.ndarray], heads: np.ndarray | None, model_dir: Path,
+           name: str, source: Path) -> LoadedWeights:
+    """A reader's result, with the tokenizer.json beside the weights when there is one."""
+    tok = model_dir / "tokenizer.json"
+    return LoadedWeights(dims=dims, tensors=tensors, alignment_heads=heads,
+                         tokenizer_json=tok if tok.is_file() else None, name=name, source=source)
+
+
 def check_tensors(
     tensors: dict[str, np.ndarray], dims: ModelDimensions, where: str, origin: dict[str, str] | None = None
 ) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from whisperkit.errors import ModelFileError
 
 from . import layout
-from .files import (LoadedWeights, Source, alignment_heads, check_tensors, json_loads, positive_dims, read_json,
+from .files import (LoadedWeights, loaded, Source, alignment_heads, check_tensors, json_loads, positive_dims, read_json,
                     refuse_pickled_dir)
 from .layout import DECODER, ENCODER, ModelDimensions
 
@@ -236,15 +236,7 @@ def read_hf(path: str | os.PathLike, *, name: str | None = None) -> LoadedWeight
         heads = alignment_heads(read_json(gen_path).get("alignment_heads"), str(gen_path), dims)
     if heads is None and "alignment_heads" in cfg:
         heads = alignment_heads(cfg["alignment_heads"], str(cfg_path), dims)
-    tok = d / "tokenizer.json"
-    return LoadedWeights(
-        dims=dims,
-        tensors=tensors,
-        alignment_heads=heads,
-        tokenizer_json=tok if tok.is_file() else None,
-        name=name or d.name,
-        source=d,
-    )
+    return loaded(dims, tensors, heads, d, name or d.name, d)
 
 
 def _special_ids(dims: ModelDimensions) -> dict[str, int]:
