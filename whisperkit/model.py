@@ -1,71 +1,62 @@
 """The Whisper graph, written once for every backend: every heavy op goes through the op contract."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from .backend import Ops
+from .backend import DecoderLayerWeights, EncoderLayerWeights, MlpWeights, Ops, bind_group, weight_group
+from .weights import layout
+from .weights.layout import DECODER, ENCODER, ModelDimensions
 
 
-@dataclass(frozen=True)
-class ModelDimensions:
-    n_mels: int
-    n_audio_ctx: int
-    n_audio_state: int
-    n_audio_head: int
-    n_audio_layer: int
-    n_vocab: int
-    n_text_ctx: int
-    n_text_state: int
-    n_text_head: int
-    n_text_layer: int
-
-    @property
-    def is_multilingual(self) -> bool:
-        return self.n_vocab >= 51865
-
-    @property
-    def num_languages(self) -> int:
-        return self.n_vocab - 51765 - int(self.is_multilingual)
+# --------------------------------------------------------------------------- what a block computes
+# openai-whisper's ResidualAttentionBlock.forward, written once.  The graph below dispatches the fused
+# ops (encoder_layer, decoder_layer, mlp_block) to the backend; these functions are their reference
+# (backends/numpy_backend.py runs them on weights bound as fine ops), and the word-timing pass runs
+# decoder_block itself with a tap on the cross-attention.
 
 
-def _layer_weights(t: dict, prefix: str, n_head: int, cross: bool) -> dict:
-    """The contract's keyword arguments of encoder_layer / decoder_layer for one block."""
-    w = dict(
-        n_head=n_head,
-        attn_ln_weight=t[f"{prefix}.attn_ln.weight"], attn_ln_bias=t[f"{prefix}.attn_ln.bias"],
-        qkv_weight=t[f"{prefix}.attn.qkv.weight"], qkv_bias=t[f"{prefix}.attn.qkv.bias"],
-        out_weight=t[f"{prefix}.attn.out.weight"], out_bias=t[f"{prefix}.attn.out.bias"],
-        mlp_ln_weight=t[f"{prefix}.mlp_ln.weight"], mlp_ln_bias=t[f"{prefix}.mlp_ln.bias"],
-        fc1_weight=t[f"{prefix}.mlp.fc1.weight"], fc1_bias=t[f"{prefix}.mlp.fc1.bias"],
-        fc2_weight=t[f"{prefix}.mlp.fc2.weight"], fc2_bias=t[f"{prefix}.mlp.fc2.bias"],
-    )
-    if cross:
-        w.update(
-            cross_ln_weight=t[f"{prefix}.cross_attn_ln.weight"], cross_ln_bias=t[f"{prefix}.cross_attn_ln.bias"],
-            cross_q_weight=t[f"{prefix}.cross_attn.query.weight"], cross_q_bias=t[f"{prefix}.cross_attn.query.bias"],
-            cross_out_weight=t[f"{prefix}.cross_attn.out.weight"], cross_out_bias=t[f"{prefix}.cross_attn.out.bias"],
-        )
-    return w
+def mlp_block(x, w: MlpWeights, gelu):
+    return x + w.fc2(gelu(w.fc1(w.ln(x))))
+
+
+def encoder_block(x, w: EncoderLayerWeights, attention):
+    q, k, v = np.split(w.qkv(w.attn_ln(x)), 3, axis=-1)  # each (batch, n_ctx, n_state)
+    x = x + w.out(attention(q, k, v, w.n_head))
+    return w.mlp(x)
+
+
+def decoder_block(x, w: DecoderLayerWeights, attention, k_cache, v_cache, cross_k, cross_v, offset, cross_tap=None):
+    """Self-attention over the KV cache (this step's keys and values written into it at offset),
+    cross-attention over the audio, MLP.  ``cross_tap(q, k)``, if given, sees the cross-attention's
+    queries and keys."""
+    end = offset + x.shape[1]
+    q, k, v = np.split(w.qkv(w.attn_ln(x)), 3, axis=-1)  # each (batch, n_q, n_state)
+    k_cache[:, offset:end] = k
+    v_cache[:, offset:end] = v
+    x = x + w.out(attention(q, k_cache[:, :end], v_cache[:, :end], w.n_head, causal=True, offset=offset))
+    q = w.cross_q(w.cross_ln(x))
+    if cross_tap is not None:
+        cross_tap(q, cross_k)
+    x = x + w.cross_out(attention(q, cross_k, cross_v, w.n_head))
+    return w.mlp(x)
 
 
 class AudioEncoder:
     def __init__(self, ops: Ops, dims: ModelDimensions, t: dict):
         self.ops = ops
-        self.conv1 = ops.bind("conv1d", weight=t["encoder.conv1.weight"], bias=t["encoder.conv1.bias"], stride=1, padding=1)
-        self.conv2 = ops.bind("conv1d", weight=t["encoder.conv2.weight"], bias=t["encoder.conv2.bias"], stride=2, padding=1)
-        self.positional_embedding = t["encoder.positional_embedding"]  # (n_audio_ctx, n_audio_state)
-        self.blocks = [ops.bind("encoder_layer", **_layer_weights(t, f"encoder.blocks.{i}", dims.n_audio_head, cross=False))
+        self.conv1 = ops.bind("conv1d", **layout.module_weights(t, ENCODER, "conv1"), stride=1, padding=1)
+        self.conv2 = ops.bind("conv1d", **layout.module_weights(t, ENCODER, "conv2"), stride=2, padding=1)
+        self.positional_embedding = layout.param(t, ENCODER, "positional_embedding")  # (n_audio_ctx, n_audio_state)
+        self.blocks = [ops.bind("encoder_layer", **layout.layer_kwargs(t, ENCODER, i, dims.n_audio_head))
                        for i in range(dims.n_audio_layer)]
-        self.ln_post = ops.bind("layer_norm", weight=t["encoder.ln_post.weight"], bias=t["encoder.ln_post.bias"])
+        self.ln_post = ops.bind("layer_norm", **layout.module_weights(t, ENCODER, "ln_post"))
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
         x = self.ops.gelu(self.conv1(mel))  # (batch, n_audio_state, n_frames)
         x = self.ops.gelu(self.conv2(x))  # (batch, n_audio_state, n_audio_ctx)
         x = x.transpose(0, 2, 1) + self.positional_embedding  # (batch, n_audio_ctx, n_audio_state)
         for block in self.blocks:
-            x = block(x)
+            x = block(x)  # encoder_block, run by the backend's encoder_layer
         return self.ln_post(x)
 
 
@@ -97,50 +88,37 @@ class KVCache:
 class TextDecoder:
     def __init__(self, ops: Ops, dims: ModelDimensions, t: dict):
         self.dims = dims
-        self.token_embedding = t["decoder.token_embedding.weight"]  # (n_vocab, n_text_state)
-        self.positional_embedding = t["decoder.positional_embedding"]  # (n_text_ctx, n_text_state)
-        self.cross_kv = [ops.bind("linear", weight=t[f"decoder.blocks.{i}.cross_attn.kv.weight"], bias=t[f"decoder.blocks.{i}.cross_attn.kv.bias"])
+        self.token_embedding = layout.param(t, DECODER, "token_embedding.weight")  # (n_vocab, n_text_state)
+        self.positional_embedding = layout.param(t, DECODER, "positional_embedding")  # (n_text_ctx, n_text_state)
+        self.cross_kv = [ops.bind("linear", **layout.module_weights(t, DECODER, "cross_attn.kv", i))
                          for i in range(dims.n_text_layer)]
-        self.blocks = [ops.bind("decoder_layer", **_layer_weights(t, f"decoder.blocks.{i}", dims.n_text_head, cross=True))
-                       for i in range(dims.n_text_layer)]
-        self.ln = ops.bind("layer_norm", weight=t["decoder.ln.weight"], bias=t["decoder.ln.bias"])
+        self.layer_kwargs = [layout.layer_kwargs(t, DECODER, i, dims.n_text_head) for i in range(dims.n_text_layer)]
+        self.blocks = [ops.bind("decoder_layer", **kw) for kw in self.layer_kwargs]
+        self.ln = ops.bind("layer_norm", **layout.module_weights(t, DECODER, "ln"))
         self.logits_proj = ops.bind("linear", weight=self.token_embedding, bias=None)
-        self.ops, self._tensors, self._fine = ops, t, None
+        self.ops, self._fine = ops, None
 
-    def _fine_ops(self):
-        """The decoder layers as fine ops, bound on first use (word timestamps need the cross-attention
-        queries, which a fused decoder_layer keeps inside)."""
+    def _fine_blocks(self) -> list[DecoderLayerWeights]:
+        """The decoder layers with their parts bound as fine ops, on first use (word timestamps need the
+        cross-attention queries, which a fused decoder_layer keeps inside)."""
         if self._fine is None:
-            ops, t = self.ops, self._tensors
-            self._fine = []
-            for i in range(self.dims.n_text_layer):
-                p = f"decoder.blocks.{i}"
-                lin = lambda n: ops.bind("linear", weight=t[f"{p}.{n}.weight"], bias=t[f"{p}.{n}.bias"])  # noqa: E731
-                ln = lambda n: ops.bind("layer_norm", weight=t[f"{p}.{n}.weight"], bias=t[f"{p}.{n}.bias"])  # noqa: E731
-                self._fine.append(dict(
-                    attn_ln=ln("attn_ln"), qkv=lin("attn.qkv"), out=lin("attn.out"), cross_ln=ln("cross_attn_ln"),
-                    cross_q=lin("cross_attn.query"), cross_out=lin("cross_attn.out"),
-                    mlp=ops.bind("mlp_block", ln_weight=t[f"{p}.mlp_ln.weight"], ln_bias=t[f"{p}.mlp_ln.bias"],
-                                 fc1_weight=t[f"{p}.mlp.fc1.weight"], fc1_bias=t[f"{p}.mlp.fc1.bias"],
-                                 fc2_weight=t[f"{p}.mlp.fc2.weight"], fc2_bias=t[f"{p}.mlp.fc2.bias"])))
+            self._fine = [bind_group(weight_group("decoder_layer", kw), self.ops) for kw in self.layer_kwargs]
         return self._fine
 
     def forward_with_cross_attention(self, tokens: np.ndarray, cache: KVCache, layers: set[int]):
         """One pass over whole sequences (offset 0) that also returns the cross-attention probabilities
         of the given layers, each (batch, n_text_head, n_tokens, n_audio_ctx), from the backend's
-        `attention_weights` op.  Returns (logits (batch, n_tokens, n_vocab), {layer: weights})."""
-        ops, n_head, n = self.ops, self.dims.n_text_head, tokens.shape[1]
+        `attention_weights` op: `decoder_block` with a tap.  Returns (logits (batch, n_tokens, n_vocab),
+        {layer: weights})."""
+        ops, n = self.ops, tokens.shape[1]
         x = (self.token_embedding[tokens] + self.positional_embedding[:n]).astype(np.float32)  # (batch, n, n_text_state)
         weights = {}
-        for i, f in enumerate(self._fine_ops()):
-            q, k, v = np.split(f["qkv"](f["attn_ln"](x)), 3, axis=-1)
-            x = x + f["out"](ops.attention(q, k, v, n_head, causal=True, offset=0))
-            cq = f["cross_q"](f["cross_ln"](x))  # (batch, n, n_text_state)
-            ck, cv = cache.cross[i]
+        for i, w in enumerate(self._fine_blocks()):
+            tap = None
             if i in layers:
-                weights[i] = ops.attention_weights(cq, ck, n_head)
-            x = x + f["cross_out"](ops.attention(cq, ck, cv, n_head))
-            x = f["mlp"](x)
+                def tap(q, k, i=i, n_head=w.n_head):
+                    weights[i] = ops.attention_weights(q, k, n_head)
+            x = decoder_block(x, w, ops.attention, cache.k[i], cache.v[i], *cache.cross[i], 0, cross_tap=tap)
         return self.logits_proj(self.ln(x)), weights
 
     def set_audio(self, cache: KVCache, audio_features: np.ndarray) -> None:
@@ -160,7 +138,7 @@ class TextDecoder:
         x = self.token_embedding[tokens] + self.positional_embedding[offset:offset + n_q]  # (batch, n_q, n_text_state)
         x = x.astype(np.float32, copy=False)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache.k[i], cache.v[i], cache.cross[i][0], cache.cross[i][1], offset)
+            x = block(x, cache.k[i], cache.v[i], cache.cross[i][0], cache.cross[i][1], offset)  # decoder_block
         positions = [-1] if logit_positions is None else list(logit_positions)
         x = self.ln(np.ascontiguousarray(x[:, positions]))  # (batch, n_positions, n_text_state)
         return self.logits_proj(x)  # (batch, n_positions, n_vocab)

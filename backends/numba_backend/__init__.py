@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import Backend, hookimpl
+from whisperkit.backend import AttentionPair, Backend, f32c, f32c_group, group_arrays, hookimpl, rows_f32, weight_group
 
 try:
     import numba
@@ -38,22 +38,12 @@ def _nt():
     return numba.get_num_threads()
 
 #: Row-block sizes: encoder blocks of 128 rows keep the (128, 1536) fc1 block and the (128, 1500)
-#: score block of a thread in its 1 MB L2 while leaving OpenBLAS a GEMM large enough to run at speed.
+#: score block of a thread in its L2 while leaving OpenBLAS a GEMM large enough to run at speed.
 _ROW_BLOCK = 128
 _ATTN_BLOCK = 128
 #: The decoder step runs parallel only from this many rows (batch * n_q) on.
 _DECODE_PARALLEL_ROWS = 64
 _KEEP_BUFFER_ROWS = 16  # decode steps with up to this many rows reuse their work buffers
-
-
-def _f32c(a):
-    return np.ascontiguousarray(a, dtype=_F32)
-
-
-def _rows(x):
-    """(..., n) -> C-contiguous float32 (rows, n) (a view when already so)."""
-    x = np.asarray(x)
-    return np.ascontiguousarray(x, dtype=_F32).reshape(-1, x.shape[-1])
 
 
 def _unit_last(a):
@@ -63,7 +53,7 @@ def _unit_last(a):
     return a
 
 
-class NumbaBackend(Backend):
+class NumbaBackend(AttentionPair, Backend):
     name = "numba"
     version = getattr(numba, "__version__", "missing")
     description = "Numba parallel kernels (prange over rows/heads), GEMMs via NumPy's OpenBLAS called from Numba"
@@ -83,23 +73,23 @@ class NumbaBackend(Backend):
 
     # ---- fine ops ---------------------------------------------------------------------------------
     def prepare_linear(self, weight, bias=None):
-        weight = _f32c(weight)
-        b = np.zeros(weight.shape[0], _F32) if bias is None else _f32c(bias)
+        weight = f32c(weight)
+        b = np.zeros(weight.shape[0], _F32) if bias is None else f32c(bias)
         return SimpleNamespace(weight=weight, bias=b)
 
     def linear(self, x, w):
         x = np.asarray(x)
         if x.shape[-1] != w.weight.shape[1]:
             raise ValueError(f"linear: input has {x.shape[-1]} features, weight expects {w.weight.shape[1]}")
-        x2 = _rows(x)
+        x2 = rows_f32(x)
         out = np.empty((x2.shape[0], w.weight.shape[0]), _F32)
         _kern().linear_kernel(x2, w.weight, w.bias, out, None, _nt())
         return out.reshape(x.shape[:-1] + (w.weight.shape[0],))
 
     def prepare_conv1d(self, weight, bias, stride, padding):
         weight = np.asarray(weight, _F32)
-        return SimpleNamespace(weight=_f32c(weight.transpose(2, 0, 1)),  # (k, c_out, c_in): one GEMM operand per tap
-                               bias=_f32c(bias), stride=int(stride), padding=int(padding), k=weight.shape[2])
+        return SimpleNamespace(weight=f32c(weight.transpose(2, 0, 1)),  # (k, c_out, c_in): one GEMM operand per tap
+                               bias=f32c(bias), stride=int(stride), padding=int(padding), k=weight.shape[2])
 
     def conv1d(self, x, w):
         x = np.asarray(x, _F32)
@@ -124,11 +114,11 @@ class NumbaBackend(Backend):
         return out
 
     def prepare_layer_norm(self, weight, bias):
-        return SimpleNamespace(weight=_f32c(weight), bias=_f32c(bias))
+        return SimpleNamespace(weight=f32c(weight), bias=f32c(bias))
 
     def layer_norm(self, x, w):
         x = np.asarray(x)
-        x2 = _rows(x)
+        x2 = rows_f32(x)
         out = np.empty_like(x2)
         _kern().layer_norm_kernel(x2, w.weight, w.bias, out, _nt())
         return out.reshape(x.shape)
@@ -145,8 +135,6 @@ class NumbaBackend(Backend):
         v = _unit_last(v) if v is not None else k
         b, n_q, d = q.shape
         n_kv = k.shape[1]
-        if d % n_head:
-            raise ValueError(f"attention: n_state {d} is not a multiple of n_head {n_head}")
         if causal and offset + n_q > n_kv:
             raise ValueError(f"attention: causal with offset {offset} needs {offset + n_q} keys, got {n_kv}")
         K = _kern()
@@ -164,49 +152,31 @@ class NumbaBackend(Backend):
                            _ATTN_BLOCK, p, _nt())
         return p if want_p else out
 
-    def attention(self, q, k, v, n_head, causal=False, offset=0):
-        return self._attention(q, k, v, n_head, causal, offset, False)
-
-    def attention_weights(self, q, k, n_head, causal=False, offset=0):
-        return self._attention(q, k, None, n_head, causal, offset, True)
-
     # ---- coarse ops ---------------------------------------------------------------------------------
-    def prepare_mlp_block(self, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
-        return SimpleNamespace(lng=_f32c(ln_weight), lnb=_f32c(ln_bias), w1=_f32c(fc1_weight), b1=_f32c(fc1_bias),
-                               w2=_f32c(fc2_weight), b2=_f32c(fc2_bias))
+    def prepare_mlp_block(self, **weights):
+        return f32c_group(weight_group("mlp_block", weights))
 
     def mlp_block(self, x, w):
         x = np.asarray(x)
-        x2 = _rows(x)
+        x2 = rows_f32(x)
         y = np.empty_like(x2)
-        _kern().mlp_kernel(x2, w.lng, w.lnb, w.w1, w.b1, w.w2, w.b2, y, _ROW_BLOCK, _nt())
+        _kern().mlp_kernel(x2, *group_arrays(w), y, _ROW_BLOCK, _nt())
         return y.reshape(x.shape)
 
-    def prepare_encoder_layer(self, n_head, attn_ln_weight, attn_ln_bias, qkv_weight, qkv_bias, out_weight, out_bias,
-                              mlp_ln_weight, mlp_ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
-        return SimpleNamespace(
-            n_head=int(n_head), ln1g=_f32c(attn_ln_weight), ln1b=_f32c(attn_ln_bias), wqkv=_f32c(qkv_weight),
-            bqkv=_f32c(qkv_bias), wo=_f32c(out_weight), bo=_f32c(out_bias), ln2g=_f32c(mlp_ln_weight),
-            ln2b=_f32c(mlp_ln_bias), w1=_f32c(fc1_weight), b1=_f32c(fc1_bias), w2=_f32c(fc2_weight), b2=_f32c(fc2_bias))
+    def prepare_encoder_layer(self, **weights):
+        return f32c_group(weight_group("encoder_layer", weights))
 
     def encoder_layer(self, x, w):
         x = np.asarray(x)
-        b = x.shape[0]
-        y = _kern().encoder_layer_kernel(_rows(x), b, w.n_head, w.ln1g, w.ln1b, w.wqkv, w.bqkv, w.wo, w.bo,
-                                            w.ln2g, w.ln2b, w.w1, w.b1, w.w2, w.b2, _ROW_BLOCK, _ATTN_BLOCK, _nt())
+        y = _kern().encoder_layer_kernel(rows_f32(x), x.shape[0], w.n_head, *group_arrays(w), _ROW_BLOCK,
+                                         _ATTN_BLOCK, _nt())
         return y.reshape(x.shape)
 
-    def prepare_decoder_layer(self, n_head, attn_ln_weight, attn_ln_bias, qkv_weight, qkv_bias, out_weight, out_bias,
-                              cross_ln_weight, cross_ln_bias, cross_q_weight, cross_q_bias, cross_out_weight,
-                              cross_out_bias, mlp_ln_weight, mlp_ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
-        w = self.prepare_encoder_layer(n_head, attn_ln_weight, attn_ln_bias, qkv_weight, qkv_bias, out_weight,
-                                       out_bias, mlp_ln_weight, mlp_ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
-        w.lncg, w.lncb = _f32c(cross_ln_weight), _f32c(cross_ln_bias)
-        w.wcq, w.bcq = _f32c(cross_q_weight), _f32c(cross_q_bias)
-        w.wco, w.bco = _f32c(cross_out_weight), _f32c(cross_out_bias)
-        w.buffers = {}  # row count (<= _KEEP_BUFFER_ROWS) -> preallocated work buffers of the decode step
-        w.dummy = np.empty((1, 1, 1, 1), _F32)
-        return w
+    def prepare_decoder_layer(self, **weights):
+        g = f32c_group(weight_group("decoder_layer", weights))
+        # buffers: row count (<= _KEEP_BUFFER_ROWS) -> preallocated work buffers of the decode step
+        return SimpleNamespace(n_head=g.n_head, arrays=group_arrays(g), fc1_rows=g.mlp.fc1.weight.shape[0],
+                               buffers={}, dummy=np.empty((1, 1, 1, 1), _F32))
 
     def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
         x = np.asarray(x)
@@ -214,25 +184,24 @@ class NumbaBackend(Backend):
         offset = int(offset)
         if offset < 0 or offset + n_q > k_cache.shape[1]:
             raise ValueError(f"decoder_layer: positions {offset}..{offset + n_q - 1} outside the KV cache of {k_cache.shape[1]}")
-        x2 = _rows(x)
+        x2 = rows_f32(x)
         m = x2.shape[0]
         bufs = w.buffers.get(m)
         if bufs is None:
             e = lambda c: np.empty((m, c), _F32)  # noqa: E731
-            bufs = (e(n), e(3 * n), e(n), e(n), e(n), e(w.w1.shape[0]))
+            bufs = (e(n), e(3 * n), e(n), e(n), e(n), e(w.fc1_rows))
             # Keep them only for the hot token steps (a few rows: one per beam or batched file).  A prompt
-            # has a new row count nearly every window; keeping those grew a 60-minute run by ~350 MB.
+            # has a new row count nearly every window; keeping those made a 60-minute run's memory grow.
             if m <= _KEEP_BUFFER_ROWS:
                 w.buffers[m] = bufs
         kc, vc = k_cache, v_cache
         direct = (kc.dtype == _F32 and vc.dtype == _F32 and kc.flags.c_contiguous and vc.flags.c_contiguous)
         if not direct:  # write through contiguous copies, then back into the caller's caches
-            kc, vc = _f32c(k_cache), _f32c(v_cache)
+            kc, vc = f32c(k_cache), f32c(v_cache)
         y = np.empty((m, n), _F32)
-        # The decode step (few rows) runs on one thread: its ~8 small parallel regions per layer cost more
-        # in barriers than they save, catastrophically so when the 2 cores are oversubscribed (measured
-        # with load ~10: 2.3 ms/layer on 1 thread vs 109 ms on 2, NumPy 3.0 ms).  Prompts (many rows) and
-        # the logits GEMV (one large region) stay parallel.
+        # The decode step (few rows) runs on one thread: its small parallel regions per layer cost more
+        # in barriers than they save, catastrophically so when the 2 cores are oversubscribed.  Prompts
+        # (many rows) and the logits GEMV (one large region) stay parallel.
         nt = _nt() if m >= _DECODE_PARALLEL_ROWS else 1
         prev_nt = numba.get_num_threads()
         if nt != prev_nt:
@@ -249,10 +218,8 @@ class NumbaBackend(Backend):
 
     @staticmethod
     def _decoder_call(x2, n_q, w, kc, vc, cross_k, cross_v, offset, bufs, y, nt):
-        _kern().decoder_layer_kernel(x2, n_q, w.n_head, kc, vc, _f32c(cross_k), _f32c(cross_v), offset,
-                                        w.ln1g, w.ln1b, w.wqkv, w.bqkv, w.wo, w.bo, w.lncg, w.lncb, w.wcq, w.bcq,
-                                        w.wco, w.bco, w.ln2g, w.ln2b, w.w1, w.b1, w.w2, w.b2, *bufs, y,
-                                        _ATTN_BLOCK, w.dummy, nt)
+        _kern().decoder_layer_kernel(x2, n_q, w.n_head, kc, vc, f32c(cross_k), f32c(cross_v), offset,
+                                     *w.arrays, *bufs, y, _ATTN_BLOCK, w.dummy, nt)
 
 
 @hookimpl

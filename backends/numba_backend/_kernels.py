@@ -6,9 +6,9 @@ or raw element offsets into them, so a handful of signatures serve every shape (
 
 GEMMs: every matrix product (linear, conv1d taps, QK^T and PV of attention) is a call to the OpenBLAS
 ``sgemm`` bundled with NumPy, made from inside the Numba kernels (see `_blas`), single-threaded per call
-while Numba's `prange` spreads the blocks over the threads.  Measured on this machine (2 cores,
-AVX-512, quiet): np.matmul (1500,384)x(384,1536) at 183 GFLOP/s; a Numba GEMM for the large products was
-NOT written or measured -- the choice rests on that BLAS figure.  For few rows (the decode step) a Numba
+while Numba's `prange` spreads the blocks over the threads.  OpenBLAS runs the encoder's large products
+near the machine's peak (figure in docs/bench-results.md); a Numba GEMM for them was NOT written or
+measured -- the choice rests on that BLAS figure.  For few rows (the decode step) a Numba
 dot loop was measured against sgemm and won (see `SMALL_M`).  Weights stay (n_out, n_in) row-major and
 are used with transB=Trans (the layout np.matmul(x, W.T) hands OpenBLAS too), so a column slice W[c0:c1]
 is contiguous for the decode loop; the pre-transposed (n_in, n_out) layout was measured no better.
@@ -21,6 +21,8 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
+
+from whisperkit.contract import LAYER_NORM_EPS
 
 from . import _blas
 
@@ -39,7 +41,7 @@ NO_T = np.int32(111)
 T = np.int32(112)
 F0 = np.float32(0.0)
 F1 = np.float32(1.0)
-EPS = np.float32(1e-5)
+EPS = np.float32(LAYER_NORM_EPS)
 
 
 @njit(cache=True, nogil=True)
@@ -237,9 +239,9 @@ def gemv_cols(x, w, c0, c1, out):
 
 
 #: Below this many rows `linear` is a Numba GEMV-style loop (the decode step), above it BLAS sgemm on
-#: row blocks.  Measured here for the (51864, 384) logits product: 1 row ~1.2-3 ms with the loop against
-#: 8-40 ms for single-threaded sgemm on column slices (OpenBLAS does not forward small-M transposed
-#: GEMMs to its GEMV), and ~3 ms vs ~18 ms for 5 rows (beam search) against NumPy's own x @ W.T.
+#: row blocks.  For the (51864, 384) logits product the loop beat single-threaded sgemm on column slices
+#: (OpenBLAS does not forward small-M transposed GEMMs to its GEMV) at 1 row, and NumPy's own x @ W.T
+#: at 5 rows (beam search).
 SMALL_M = 16
 
 

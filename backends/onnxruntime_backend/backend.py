@@ -4,13 +4,13 @@ Design
 ------
 * Graphs are built in code (`graphs.py`, `onnx.helper`), with dynamic batch / sequence dimensions.
 * Weights are re-laid out once in ``prepare_<op>`` (linear weights transposed to (n_in, n_out)) and
-  handed to the session as pre-bound OrtValues over that numpy memory (``add_initializer``): never
-  serialised into the model, never converted per call.  ORT treats them as constant initializers, so
-  MLAS pre-packs the GEMM operands once.
-* One session per op kind and weight set, created lazily at the op's first call (so loading a model is
-  cheap and an op never used never costs a session) and kept in the prepared ``w`` -- i.e. cached per
-  model.  Weightless ops (gelu, attention) keep one session per (op, n_head, n_state, causal) on the
-  backend.
+  are graph *inputs*, not initializers (see `graphs.py` for why): each weight set binds them once, by
+  pointer, as OrtValues over that numpy memory.  Never serialised into the model, never converted per
+  call, and one session serves every weight set of the same shape.
+* One session per graph structure (op kind and weight shapes), created lazily at its first run (so
+  loading a model is cheap and an op never used never costs a session) and shared by the weight sets
+  of that shape; each weight set keeps its own runner (IO binding) in the prepared ``w``.  Weightless
+  ops (gelu, attention) keep one runner per (op, n_head, n_state, causal) on the backend.
 * Every call goes through IO binding: inputs are bound by pointer (copied only when not C-contiguous),
   outputs are preallocated numpy arrays bound by pointer, so ORT writes the result where we return it.
   ``decoder_layer`` binds its k/v outputs straight onto the caller's cache rows [offset, offset+n_q)
@@ -18,16 +18,6 @@ Design
   no copy at all.
 * Threads follow `whisperkit.threads.get_num_threads()`; `set_num_threads(n)` makes every session
   rebuild lazily at its next call.
-
-Measured (whisperkit-bench --no-ops, 2 cores shared with other jobs at load average 7-9, so absolute
-times are ~3x inflated and drift; read the ratios within one run):
-  run 1 (--backend numpy,onnxruntime): jfk_16k warm 1.66 s vs faster-whisper fp32 2.60 s (1.56x), numpy
-  8.98 s; osr_16k 5.20 vs 6.73 s (1.29x); decoder 20 ms/token vs numpy 61; tokens equal numpy on both.
-  run 2 (--backend onnxruntime): jfk 2.18 vs 2.07 s (0.95x), osr 4.36 vs 5.80 s (1.33x).
-  Cold start (fresh process, first jfk transcription): 4.72 / 4.92 s vs faster-whisper fp32 4.16 / 3.87 s.
-  Of ours: load_model's weight re-layout ~0.5 s (mostly the blocked transpose of the 80 MB token
-  embedding for the logits), session creation 9 ms in all, first-call overheads ~0.1 s; the rest is
-  imports and the checkpoint's fp16 -> fp32 load, shared with the numpy backend.
 """
 from __future__ import annotations
 
@@ -38,7 +28,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import Backend
+from whisperkit.backend import AttentionPair, Backend, f32c, weight_group
 from whisperkit.errors import BackendError
 from whisperkit.threads import get_num_threads
 
@@ -52,15 +42,14 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-# Session settings, measured on this 2-core machine (tiny.en, A/B interleaved in one process, since the
-# box is shared and absolute times drift; /tmp scripts quoted in the issue note):
+# Session settings, chosen by A/B runs interleaved in one process on a shared 2-core machine (figures in
+# docs/bench-results.md):
 #   * ORT_ENABLE_EXTENDED (the class attribute `graph_optimization`): fuses LayerNorm, MatMul+Add and
-#     Gelu(+bias) like ALL, without ALL's NCHWc layout transform, which wraps our 1-d Conv in reorders:
-#     conv1 2.8-5.5 ms vs 14.5 ms, conv2 18-32 ms vs 46 ms under ALL; encoder layer and decoder step equal
-#     within noise.  BASIC (no fusions) was not faster anywhere.
+#     Gelu(+bias) like ALL, without ALL's NCHWc layout transform, which wraps our 1-d Conv in reorders and
+#     made conv1 and conv2 slower; encoder layer and decoder step equal within noise.  BASIC (no fusions)
+#     was not faster anywhere.
 #   * intra_op spinning off (`allow_spinning`): on 2 shared cores a spinning pool of the session just run
-#     steals a core from the next one; transcribing jfk took 2.0x longer with spinning on (4.54 vs 2.24 s,
-#     loaded box).
+#     steals a core from the next one; transcription was much slower with spinning on.
 #   * intra_op threads = whisperkit.threads.get_num_threads(); inter_op 1 and sequential execution: our
 #     graphs are chains, a parallel executor only adds scheduling.
 
@@ -111,7 +100,7 @@ class _Runner:
         self.binding = None
         self.generation = -1
         # The binding is shared state: two Python threads running the same op (two transcriptions sharing
-        # the backend's gelu/attention runners) must not interleave bind and run.  Uncontended: ~0.1 us.
+        # the backend's gelu/attention runners) must not interleave bind and run.  Uncontended, it is cheap.
         self._lock = threading.Lock()
 
     def __call__(self, inputs: dict, outputs: dict) -> None:
@@ -136,17 +125,12 @@ class _Runner:
         sess.run_with_iobinding(b)
 
 
-def _c(a) -> np.ndarray:
-    """A C-contiguous float32 view of `a`, copying only when needed."""
-    return np.ascontiguousarray(a, dtype=_F32)
-
-
 def _causal_mask(n_q: int, n_kv: int, offset: int) -> np.ndarray:
     """(n_q, n_kv) additive mask: query i (absolute position offset + i) sees key j iff j <= offset + i."""
     return np.where(np.arange(n_kv)[None, :] > offset + np.arange(n_q)[:, None], _F32(-np.inf), _F32(0.0)).astype(_F32)
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(AttentionPair, Backend):
     name = "onnxruntime"
     thread_safe = True  # outputs are allocated per call; each session runner has its own lock
     # the distribution's version without importing it (the registry reads it for every backend); replaced by
@@ -158,7 +142,7 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, exact_gelu: bool = False):
         #: exact_gelu: the fine gelu op bit-equal to the reference (float64 erfc graph, about the reference's
-        #: speed) instead of ORT's float32 Gelu kernel (3x faster, within the conformance tolerance).
+        #: speed) instead of ORT's float32 Gelu kernel (faster, within the conformance tolerance).
         self.exact_gelu = bool(exact_gelu)
         self._threads: int | None = None
         self._lock = threading.Lock()  # session (re)creation
@@ -168,8 +152,8 @@ class OnnxRuntimeBackend(Backend):
 
     # ---- availability, threads -------------------------------------------------------------------
     def unavailable_reason(self) -> str | None:
-        # find_spec, not import: building the registry must not pay onnxruntime's ~0.1-0.3 s import for
-        # users of other backends.  The real import happens at the first op and raises BackendError.
+        # find_spec, not import: building the registry must not pay onnxruntime's import for users of
+        # other backends.  The real import happens at the first op and raises BackendError.
         missing = []
         for m in ("onnxruntime", "onnx"):
             try:
@@ -232,7 +216,7 @@ class OnnxRuntimeBackend(Backend):
     def linear(self, x, w):
         if x.shape[-1] != w.n_in:
             raise ValueError(f"linear: x has {x.shape[-1]} features, weight expects {w.n_in}")
-        x = _c(x)
+        x = f32c(x)
         y = np.empty(x.shape[:-1] + (w.n_out,), _F32)
         w.run({"x": x}, {"y": y})
         return y
@@ -249,7 +233,7 @@ class OnnxRuntimeBackend(Backend):
         if c_in != w.c_in:
             raise ValueError(f"conv1d: x has {c_in} channels, weight expects {w.c_in}")
         y = np.empty((b, w.c_out, (t + 2 * w.padding - w.k) // w.stride + 1), _F32)
-        w.run({"x": _c(x)}, {"y": y})
+        w.run({"x": f32c(x)}, {"y": y})
         return y
 
     def prepare_layer_norm(self, weight, bias):
@@ -257,29 +241,26 @@ class OnnxRuntimeBackend(Backend):
         return SimpleNamespace(n=np.shape(weight)[0], run=self._runner(g))
 
     def layer_norm(self, x, w):
-        x = _c(x)
+        x = f32c(x)
         y = np.empty_like(x)
         w.run({"x": x}, {"y": y})
         return y
 
     def gelu(self, x):
-        x = _c(x)
+        x = f32c(x)
         y = np.empty_like(x)
         self._weightless_runner(("gelu", self.exact_gelu), lambda: self._graphs().build_gelu(self.exact_gelu))({"x": x}, {"y": y})
         return y
 
-    def _attn(self, q, k, v, n_head, causal, offset, weights_only):
-        q, k = _c(q), _c(k)
+    def _attention(self, q, k, v, n_head, causal, offset, weights_only):
+        q, k = f32c(q), f32c(k)
         b, n_q, d = q.shape
         n_kv = k.shape[1]
-        if d % n_head:
-            raise ValueError(f"attention: n_state {d} is not a multiple of n_head {n_head}")
-        causal = bool(causal)
         key = ("attention_weights" if weights_only else "attention", n_head, d, causal)
         run = self._weightless_runner(key, lambda: self._graphs().build_attention(n_head, d, causal, weights_only))
         inputs = {"q": q, "k": k}
         if not weights_only:
-            inputs["v"] = _c(v)
+            inputs["v"] = f32c(v)
         if causal:
             inputs["mask"] = _causal_mask(n_q, n_kv, int(offset))
         if weights_only:
@@ -290,50 +271,42 @@ class OnnxRuntimeBackend(Backend):
             run(inputs, {"y": out})
         return out
 
-    def attention(self, q, k, v, n_head, causal=False, offset=0):
-        return self._attn(q, k, v, n_head, causal, offset, False)
-
-    def attention_weights(self, q, k, n_head, causal=False, offset=0):
-        return self._attn(q, k, None, n_head, causal, offset, True)
-
     # ---- coarse ops: one graph each --------------------------------------------------------------
-    def prepare(self, op, weights, ops):
-        # Coarse ops are whole graphs here; no need for the dispatcher's fine ops.
-        return super().prepare(op, weights, ops)
-
+    # (whole graphs: the dispatcher's fine ops are not needed)
     def prepare_mlp_block(self, **w):
-        g = self._graphs().build_mlp_block(w)
+        g = self._graphs().build_mlp_block(weight_group("mlp_block", w))
         return SimpleNamespace(run=self._runner(g))
 
     def mlp_block(self, x, w):
-        x = _c(x)
+        x = f32c(x)
         y = np.empty_like(x)
         w.run({"x": x}, {"y": y})
         return y
 
     def prepare_encoder_layer(self, **w):
-        g = self._graphs().build_encoder_layer(w)
+        g = self._graphs().build_encoder_layer(weight_group("encoder_layer", w))
         return SimpleNamespace(run=self._runner(g))
 
     def encoder_layer(self, x, w):
-        x = _c(x)
+        x = f32c(x)
         y = np.empty_like(x)
         w.run({"x": x}, {"y": y})
         return y
 
     def prepare_decoder_layer(self, **w):
-        g = self._graphs().build_decoder_layer(w)
-        return SimpleNamespace(n_state=np.shape(w["attn_ln_weight"])[0], run=self._runner(g))
+        group = weight_group("decoder_layer", w)
+        g = self._graphs().build_decoder_layer(group)
+        return SimpleNamespace(n_state=np.shape(group.attn_ln.weight)[0], run=self._runner(g))
 
     def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
-        x = _c(x)
+        x = f32c(x)
         b, n_q, d = x.shape
         offset = int(offset)
         end = offset + n_q
         if k_cache.shape[1] < end or v_cache.shape[1] < end:
             raise ValueError(f"decoder_layer: KV cache holds {k_cache.shape[1]} positions, step needs {end}")
-        inputs = {"x": x, "k_past": _c(k_cache[:, :offset]), "v_past": _c(v_cache[:, :offset]),
-                  "cross_k": _c(cross_k), "cross_v": _c(cross_v), "mask": _causal_mask(n_q, end, offset)}
+        inputs = {"x": x, "k_past": f32c(k_cache[:, :offset]), "v_past": f32c(v_cache[:, :offset]),
+                  "cross_k": f32c(cross_k), "cross_v": f32c(cross_v), "mask": _causal_mask(n_q, end, offset)}
         y = np.empty_like(x)
         outputs = {"y": y}
         # Bind the new k/v rows straight onto the cache when they are one contiguous float32 block.

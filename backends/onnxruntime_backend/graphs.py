@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from whisperkit.backend import DecoderLayerWeights, EncoderLayerWeights, MlpWeights
+from whisperkit.backends.numpy_backend import ERFC_COEFFS  # the reference's own coefficients
 from whisperkit.contract import LAYER_NORM_EPS
-
-from whisperkit.backends.numpy_backend import _ERFC as ERFC_COEFFS  # the reference's own coefficients
 
 OPSET = 20  # LayerNormalization needs >= 17; Gelu(approximate="none") needs 20
 IR_VERSION = 10  # ONNX Runtime 1.17+ reads IR 10
@@ -89,8 +89,8 @@ class GraphBuilder:
 
 # ---- building blocks ------------------------------------------------------------------------------
 def transpose_weight(weight) -> np.ndarray:
-    """(n_out, n_in) -> C-contiguous (n_in, n_out), in blocks of 256 rows: 2.3x faster than one strided
-    copy for the (51864, 384) token embedding (113 vs 264 ms measured), which is most of the load time."""
+    """(n_out, n_in) -> C-contiguous (n_in, n_out), in blocks of 256 rows: faster than one strided copy for
+    the (51864, 384) token embedding, whose transpose is most of the load time."""
     weight = np.asarray(weight, np.float32)
     out = np.empty(weight.shape[::-1], np.float32)
     for i in range(0, weight.shape[0], 256):
@@ -101,10 +101,10 @@ def transpose_weight(weight) -> np.ndarray:
 def linear(g: GraphBuilder, x: str, weight: np.ndarray, bias, prefix: str) -> str:
     """x @ weight.T + bias with weight (n_out, n_in); the transpose is done once here, at load time.
 
-    MatMul against the transposed weight, bound as an input rather than a constant initializer, measured
-    on the (51864, 384) logits projection: 8 ms per token (MLAS's M == 1 kernel) vs 23 ms with a constant,
-    pre-packed weight (and 0.4 s more session creation), vs 21 ms for Gemm(transB=1) on the untransposed
-    weight.  (For M > 1 MLAS packs a non-constant B per call: 40 ms for a beam of 5 vs numpy's 63.)"""
+    MatMul against the transposed weight, bound as an input rather than a constant initializer: on the
+    (51864, 384) logits projection it beat both a constant, pre-packed weight (MLAS's M == 1 kernel does not
+    pack; the constant also made session creation slower) and Gemm(transB=1) on the untransposed weight.
+    (For M > 1 MLAS packs a non-constant B per call, and is still faster than numpy for a beam of 5.)"""
     y = g.op("MatMul", x, g.weight(prefix + ".wT", transpose_weight(weight)))
     if bias is not None:
         y = g.op("Add", y, g.weight(prefix + ".b", bias))
@@ -118,9 +118,8 @@ def layer_norm(g: GraphBuilder, x: str, weight, bias, prefix: str) -> str:
 
 def gelu_fast(g: GraphBuilder, x: str) -> str:
     """ONNX Gelu(approximate="none"): MLAS's vectorised float32 erf, x * (1 + erf(x / sqrt2)) / 2.  Absolute
-    error <= 5e-7 (the float32 cancellation in 1 + erf for x < -3), i.e. torch's own float32 GELU's;
-    measured <= 2.3e-6 of the conformance scale |gelu(x)| + 0.01 |x| (the suite allows 1e-5), and
-    ~3x faster than `gelu_exact`."""
+    error <= 5e-7 (the float32 cancellation in 1 + erf for x < -3), i.e. torch's own float32 GELU's; within
+    the conformance tolerance, and faster than `gelu_exact`."""
     return g.op("Gelu", x, approximate="none")
 
 
@@ -159,7 +158,7 @@ def attention_probs(g: GraphBuilder, q: str, k: str, n_head: int, d_head: int, m
 def attention(g: GraphBuilder, q: str, k: str, v: str, n_head: int, d_head: int, mask: str | None) -> str:
     """ORT's fused com.microsoft.MultiHeadAttention: takes q, k, v as (b, n, n_state) directly (no head
     transposes in the graph), scale 1/sqrt(d_head), the causal mask as an additive attention_bias.
-    Measured ~25% faster than MatMul/Softmax/MatMul for the encoder's 1500x1500 and no slower at n_q = 1."""
+    Faster than MatMul/Softmax/MatMul for the encoder's 1500x1500, and no slower at n_q = 1."""
     inputs = [q, k, v]
     if mask is not None:
         bias = g.op("Unsqueeze", mask, g.const([0, 1], I64))  # (1, 1, n_q, n_kv), broadcast over batch and heads
@@ -167,23 +166,18 @@ def attention(g: GraphBuilder, q: str, k: str, v: str, n_head: int, d_head: int,
     return g.op("MultiHeadAttention", *inputs, domain="com.microsoft", num_heads=n_head, scale=d_head ** -0.5)
 
 
-def mlp(g: GraphBuilder, x: str, w: dict, prefix: str = "mlp") -> str:
-    h = layer_norm(g, x, w["ln_weight"], w["ln_bias"], prefix + ".ln")
-    h = gelu_fast(g, linear(g, h, w["fc1_weight"], w["fc1_bias"], prefix + ".fc1"))
-    return g.op("Add", x, linear(g, h, w["fc2_weight"], w["fc2_bias"], prefix + ".fc2"))
+def mlp(g: GraphBuilder, x: str, w: MlpWeights, prefix: str = "mlp") -> str:
+    h = layer_norm(g, x, *w.ln, prefix + ".ln")
+    h = gelu_fast(g, linear(g, h, *w.fc1, prefix + ".fc1"))
+    return g.op("Add", x, linear(g, h, *w.fc2, prefix + ".fc2"))
 
 
-def _qkv(g: GraphBuilder, h: str, w: dict, n_state: int, prefix: str):
-    qkv_w = np.asarray(w["qkv_weight"], np.float32)
-    qkv_b = np.asarray(w["qkv_bias"], np.float32)
+def _qkv(g: GraphBuilder, h: str, w: EncoderLayerWeights | DecoderLayerWeights, n_state: int, prefix: str):
+    qkv_w = np.asarray(w.qkv.weight, np.float32)
+    qkv_b = np.asarray(w.qkv.bias, np.float32)
     # Three MatMuls rather than one + Split: each result lands where it is consumed (no Split copy).
     return [linear(g, h, qkv_w[i * n_state:(i + 1) * n_state], qkv_b[i * n_state:(i + 1) * n_state], f"{prefix}.{c}")
             for i, c in enumerate("qkv")]
-
-
-def _mlp_weights(w: dict) -> dict:
-    return {"ln_weight": w["mlp_ln_weight"], "ln_bias": w["mlp_ln_bias"], "fc1_weight": w["fc1_weight"],
-            "fc1_bias": w["fc1_bias"], "fc2_weight": w["fc2_weight"], "fc2_bias": w["fc2_bias"]}
 
 
 # ---- one graph per op ---------------------------------------------------------------------------
@@ -232,31 +226,31 @@ def build_attention(n_head: int, d_state: int, causal: bool, weights_only: bool)
     return g
 
 
-def build_mlp_block(w: dict) -> GraphBuilder:
+def build_mlp_block(w: MlpWeights) -> GraphBuilder:
     g = GraphBuilder("mlp_block")
-    n_state = np.shape(w["ln_weight"])[0]
+    n_state = np.shape(w.ln.weight)[0]
     g.output(mlp(g, g.input("x", ["b", "n", n_state]), w), "y", ["b", "n", n_state])
     return g
 
 
-def build_encoder_layer(w: dict) -> GraphBuilder:
-    n_state = np.shape(w["attn_ln_weight"])[0]
-    n_head = int(w["n_head"])
+def build_encoder_layer(w: EncoderLayerWeights) -> GraphBuilder:
+    n_state = np.shape(w.attn_ln.weight)[0]
+    n_head = w.n_head
     g = GraphBuilder(f"encoder_layer_h{n_head}")
     x = g.input("x", ["b", "n", n_state])
-    h = layer_norm(g, x, w["attn_ln_weight"], w["attn_ln_bias"], "attn_ln")
+    h = layer_norm(g, x, *w.attn_ln, "attn_ln")
     q, k, v = _qkv(g, h, w, n_state, "attn")
-    x = g.op("Add", x, linear(g, attention(g, q, k, v, n_head, n_state // n_head, None), w["out_weight"], w["out_bias"], "attn.out"))
-    g.output(mlp(g, x, _mlp_weights(w)), "y", ["b", "n", n_state])
+    x = g.op("Add", x, linear(g, attention(g, q, k, v, n_head, n_state // n_head, None), *w.out, "attn.out"))
+    g.output(mlp(g, x, w.mlp), "y", ["b", "n", n_state])
     return g
 
 
-def build_decoder_layer(w: dict) -> GraphBuilder:
+def build_decoder_layer(w: DecoderLayerWeights) -> GraphBuilder:
     """Inputs: x (b, n_q, d), the cache prefix k_past/v_past (b, offset, d), cross_k/cross_v (b, n_audio, d),
     mask (n_q, offset + n_q).  Outputs: y and this step's k_new/v_new (b, n_q, d), which the backend binds
     straight into the caller's cache rows [offset, offset + n_q) when that memory is contiguous."""
-    n_state = np.shape(w["attn_ln_weight"])[0]
-    n_head = int(w["n_head"])
+    n_state = np.shape(w.attn_ln.weight)[0]
+    n_head = w.n_head
     g = GraphBuilder(f"decoder_layer_h{n_head}")
     d_head = n_state // n_head
     x = g.input("x", ["b", "n_q", n_state])
@@ -265,15 +259,15 @@ def build_decoder_layer(w: dict) -> GraphBuilder:
     cross_k = g.input("cross_k", ["b", "n_audio", n_state])
     cross_v = g.input("cross_v", ["b", "n_audio", n_state])
     mask = g.input("mask", ["n_q", "n_kv"])
-    h = layer_norm(g, x, w["attn_ln_weight"], w["attn_ln_bias"], "attn_ln")
+    h = layer_norm(g, x, *w.attn_ln, "attn_ln")
     q, k_new, v_new = _qkv(g, h, w, n_state, "attn")
     k_all = g.op("Concat", k_past, k_new, axis=1)
     v_all = g.op("Concat", v_past, v_new, axis=1)
-    x = g.op("Add", x, linear(g, attention(g, q, k_all, v_all, n_head, d_head, mask), w["out_weight"], w["out_bias"], "attn.out"))
-    h = layer_norm(g, x, w["cross_ln_weight"], w["cross_ln_bias"], "cross_ln")
-    cq = linear(g, h, w["cross_q_weight"], w["cross_q_bias"], "cross.q")
-    x = g.op("Add", x, linear(g, attention(g, cq, cross_k, cross_v, n_head, d_head, None), w["cross_out_weight"], w["cross_out_bias"], "cross.out"))
-    g.output(mlp(g, x, _mlp_weights(w)), "y", ["b", "n_q", n_state])
+    x = g.op("Add", x, linear(g, attention(g, q, k_all, v_all, n_head, d_head, mask), *w.out, "attn.out"))
+    h = layer_norm(g, x, *w.cross_ln, "cross_ln")
+    cq = linear(g, h, *w.cross_q, "cross.q")
+    x = g.op("Add", x, linear(g, attention(g, cq, cross_k, cross_v, n_head, d_head, None), *w.cross_out, "cross.out"))
+    g.output(mlp(g, x, w.mlp), "y", ["b", "n_q", n_state])
     g.output(k_new, "k_new", ["b", "n_q", n_state])
     g.output(v_new, "v_new", ["b", "n_q", n_state])
     return g

@@ -2,8 +2,8 @@
 
 `setup.py` compiles ``src/_kernels.py`` into the extension ``_kernels`` of this package (OpenMP, no
 CBLAS) when the project is installed; nothing is compiled at run time.  GEMMs (linear, the im2col
-GEMM of conv1d, the two GEMMs of encoder attention) run on NumPy's BLAS, which measured ~200 GFLOP/s
-here; the Pythran kernels do the rest: LayerNorm, GELU (fused with fc1's bias), bias/residual
+GEMM of conv1d, the two GEMMs of encoder attention) run on NumPy's BLAS, near the machine's peak; the
+Pythran kernels do the rest: LayerNorm, GELU (fused with fc1's bias), bias/residual
 epilogues, im2col, a stable row softmax, and fully fused attention for few query rows (the decoder).
 """
 from __future__ import annotations
@@ -16,13 +16,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import Backend, hookimpl
+from whisperkit.backend import Backend, f32c, hookimpl, map_group, rows_f32, weight_group
 from whisperkit.contract import LAYER_NORM_EPS
 from whisperkit.threads import get_num_threads
 
 # libgomp reads this when it loads.  Its default (spin before sleeping) makes OpenMP's workers and
-# NumPy's OpenBLAS workers fight over the 2 cores at every switch between a GEMM and a kernel:
-# measured 630 ms vs 34 ms for encoder attention in 128-row blocks.
+# NumPy's OpenBLAS workers fight over the 2 cores at every switch between a GEMM and a kernel, which
+# made encoder attention in 128-row blocks many times slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _IMPORT_ERROR: str | None = None
@@ -60,16 +60,6 @@ def _numpy_blas_set_threads():
     return None
 
 
-def _c(a):
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def _rows(x):
-    """x as a C-contiguous float32 (rows, last) array (a view when x already is)."""
-    x = _c(x)
-    return x.reshape(-1, x.shape[-1])
-
-
 class PythranBackend(Backend):
     name = "pythran"
     description = "Pythran kernels compiled at install (OpenMP) + NumPy's BLAS for the GEMMs"
@@ -96,7 +86,7 @@ class PythranBackend(Backend):
         if weight.ndim != 2:
             raise ValueError(f"linear weight must be (n_out, n_in), got shape {weight.shape}")
         return SimpleNamespace(wt=np.ascontiguousarray(weight.T), n_out=weight.shape[0], n_in=weight.shape[1],
-                               bias=None if bias is None else _c(bias))
+                               bias=None if bias is None else f32c(bias))
 
     def _linear2d(self, x2, w):
         y = x2 @ w.wt
@@ -107,12 +97,12 @@ class PythranBackend(Backend):
     def linear(self, x, w):
         if x.shape[-1] != w.n_in:
             raise ValueError(f"linear: x has {x.shape[-1]} features, the weight expects {w.n_in}")
-        return self._linear2d(_rows(x), w).reshape(*x.shape[:-1], w.n_out)
+        return self._linear2d(rows_f32(x), w).reshape(*x.shape[:-1], w.n_out)
 
     def prepare_conv1d(self, weight, bias, stride, padding):
         weight = np.asarray(weight, np.float32)
         c_out, c_in, k = weight.shape
-        return SimpleNamespace(w2=_c(weight.reshape(c_out, c_in * k)), bias=_c(bias), c_in=c_in, k=k,
+        return SimpleNamespace(w2=f32c(weight.reshape(c_out, c_in * k)), bias=f32c(bias), c_in=c_in, k=k,
                                stride=int(stride), padding=int(padding))
 
     def conv1d(self, x, w):
@@ -120,25 +110,25 @@ class PythranBackend(Backend):
         if c_in != w.c_in:
             raise ValueError(f"conv1d: x has {c_in} channels, the weight expects {w.c_in}")
         t_out = (t + 2 * w.padding - w.k) // w.stride + 1
-        cols = K.im2col(_c(x), w.k, w.stride, w.padding, t_out)  # (batch, c_in * k, t_out)
+        cols = K.im2col(f32c(x), w.k, w.stride, w.padding, t_out)  # (batch, c_in * k, t_out)
         y = np.matmul(w.w2, cols)  # (batch, c_out, t_out)
         y += w.bias[:, None]
         return y
 
     def prepare_layer_norm(self, weight, bias):
-        return SimpleNamespace(weight=_c(weight), bias=_c(bias))
+        return SimpleNamespace(weight=f32c(weight), bias=f32c(bias))
 
     def layer_norm(self, x, w):
-        return K.layer_norm(_rows(x), w.weight, w.bias, np.float32(LAYER_NORM_EPS)).reshape(x.shape)
+        return K.layer_norm(rows_f32(x), w.weight, w.bias, np.float32(LAYER_NORM_EPS)).reshape(x.shape)
 
     def gelu(self, x):
         x = np.asarray(x)
-        return K.gelu(_c(x).reshape(-1)).reshape(x.shape)
+        return K.gelu(f32c(x).reshape(-1)).reshape(x.shape)
 
     def attention(self, q, k, v, n_head, causal=False, offset=0):
         b, n_q, d = q.shape
         if n_q <= ROWS_FUSED_MAX:
-            return K.attention_rows(_c(q), _c(k), _c(v), int(n_head), bool(causal), int(offset))
+            return K.attention_rows(f32c(q), f32c(k), f32c(v), int(n_head), bool(causal), int(offset))
         dh = d // n_head
         scale = np.float32(dh ** -0.5)
         out = np.empty((b, n_q, d), np.float32)
@@ -155,7 +145,7 @@ class PythranBackend(Backend):
 
     def attention_weights(self, q, k, n_head, causal=False, offset=0):
         # GEMM + the softmax kernel at every size: only word timestamps use it, and a fused row kernel
-        # for it in the same Pythran module made attention_rows 3x slower (Pythran 0.18.1).
+        # for it in the same Pythran module made attention_rows slower (Pythran 0.18.1).
         b, n_q, d = q.shape
         dh = d // n_head
         n_kv = k.shape[1]
@@ -168,9 +158,11 @@ class PythranBackend(Backend):
         return p
 
     # ---- coarse ops: the fine kernels with fused epilogues, weights re-laid out once ---------
-    def prepare_mlp_block(self, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
-        return SimpleNamespace(ln=self.prepare_layer_norm(ln_weight, ln_bias), fc1=self.prepare_linear(fc1_weight, fc1_bias),
-                               fc2=self.prepare_linear(fc2_weight, fc2_bias))
+    def prepare_mlp_block(self, **weights):
+        return self._prepare_group(weight_group("mlp_block", weights))
+
+    def _prepare_group(self, group):
+        return map_group(group, self.prepare_layer_norm, self.prepare_linear)
 
     def _mlp2d(self, x2, w):
         """x2 + fc2(gelu(fc1(ln(x2)))) for C-contiguous (rows, n_state) x2; a new array."""
@@ -182,22 +174,13 @@ class PythranBackend(Backend):
         return y
 
     def mlp_block(self, x, w):
-        return self._mlp2d(_rows(x), w).reshape(x.shape)
+        return self._mlp2d(rows_f32(x), w).reshape(x.shape)
 
-    def prepare_encoder_layer(self, n_head, attn_ln_weight, attn_ln_bias, qkv_weight, qkv_bias, out_weight, out_bias,
-                              mlp_ln_weight, mlp_ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, **cross):
-        w = SimpleNamespace(
-            n_head=int(n_head), attn_ln=self.prepare_layer_norm(attn_ln_weight, attn_ln_bias),
-            qkv=self.prepare_linear(qkv_weight, qkv_bias), out=self.prepare_linear(out_weight, out_bias),
-            mlp=self.prepare_mlp_block(mlp_ln_weight, mlp_ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias))
-        if cross:
-            w.cross_ln = self.prepare_layer_norm(cross["cross_ln_weight"], cross["cross_ln_bias"])
-            w.cross_q = self.prepare_linear(cross["cross_q_weight"], cross["cross_q_bias"])
-            w.cross_out = self.prepare_linear(cross["cross_out_weight"], cross["cross_out_bias"])
-        return w
+    def prepare_encoder_layer(self, **weights):
+        return self._prepare_group(weight_group("encoder_layer", weights))
 
     def prepare_decoder_layer(self, **weights):
-        return self.prepare_encoder_layer(**weights)
+        return self._prepare_group(weight_group("decoder_layer", weights))
 
     def _self_qkv(self, x2, w):
         h = K.layer_norm(x2, w.attn_ln.weight, w.attn_ln.bias, np.float32(LAYER_NORM_EPS))
@@ -205,27 +188,27 @@ class PythranBackend(Backend):
 
     def encoder_layer(self, x, w):
         b, n, d = x.shape
-        x2 = _rows(x)
+        x2 = rows_f32(x)
         qkv = self._self_qkv(x2, w).reshape(b, n, 3 * d)
         a = self.attention(qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:], w.n_head)
-        y = _rows(a) @ w.out.wt
+        y = rows_f32(a) @ w.out.wt
         K.bias_residual_(y, w.out.bias, x2)
         return self._mlp2d(y, w.mlp).reshape(b, n, d)
 
     def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
         b, n, d = x.shape
-        x2 = _rows(x)
+        x2 = rows_f32(x)
         qkv = self._self_qkv(x2, w).reshape(b, n, 3 * d)
         end = offset + n
         k_cache[:, offset:end] = qkv[..., d:2 * d]
         v_cache[:, offset:end] = qkv[..., 2 * d:]
         a = self.attention(qkv[..., :d], k_cache[:, :end], v_cache[:, :end], w.n_head, causal=True, offset=offset)
-        y = _rows(a) @ w.out.wt
+        y = rows_f32(a) @ w.out.wt
         K.bias_residual_(y, w.out.bias, x2)
         h = K.layer_norm(y, w.cross_ln.weight, w.cross_ln.bias, np.float32(LAYER_NORM_EPS))
         cq = self._linear2d(h, w.cross_q).reshape(b, n, d)
         a = self.attention(cq, cross_k, cross_v, w.n_head)
-        y2 = _rows(a) @ w.cross_out.wt
+        y2 = rows_f32(a) @ w.cross_out.wt
         K.bias_residual_(y2, w.cross_out.bias, y)
         return self._mlp2d(y2, w.mlp).reshape(b, n, d)
 
