@@ -6,14 +6,12 @@ from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
-import pluggy
 
 from .contract import API_VERSION, OPS
+from .hookspecs import hookimpl  # noqa: F401  (built-in backends import it from here)
 
 log = logging.getLogger("whisperkit")
 
-#: Marks a plugin's ``whisperkit_backends()`` implementation.
-hookimpl = pluggy.HookimplMarker("whisperkit")
 
 
 class Backend:
