@@ -1,7 +1,5 @@
 """Audio loading, mel filterbank and log-mel spectrogram against openai-whisper's outputs."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soundfile
@@ -21,9 +19,9 @@ from whisperkit.audio import (
     mel_filters,
     pad_or_trim,
 )
+from helpers import SHARED
 from whisperkit.errors import AudioError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 AUDIO = SHARED / "audio"
 GOLDEN = SHARED / "golden"
 ASSETS = SHARED / "fixtures" / "openai-assets"

@@ -1,7 +1,7 @@
 """The graph on the NumPy reference against openai-whisper's own numbers (../shared/golden)."""
 import numpy as np
 
-from conftest import shared
+from helpers import shared
 
 # openai-whisper ran in float32 on PyTorch; we run float32 on NumPy's BLAS.  Summation order
 # differs, so the encoder output (values up to ~10) and the logits (up to ~30) differ in the last

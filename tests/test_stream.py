@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import shared
+from helpers import shared
 from whisperkit.audio import N_SAMPLES, load_audio, log_mel_spectrogram
 from whisperkit.stream import StreamingMel
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import shared
+from helpers import shared
 from whisperkit.registry import get_registry
 from whisperkit.timing import (WordTiming, default_alignment_heads, dtw, median_filter, merge_punctuations,
                                PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
