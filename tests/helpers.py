@@ -140,7 +140,11 @@ def assert_one_clear_error(proc, *fragments) -> None:
 
 
 # --- CTranslate2 model.bin ------------------------------------------------------------------------------------
-def ct2_bytes(variables, aliases, *, version=6, spec="WhisperSpec", revision=3) -> tuple[bytes, list]:
+#: the alias every Whisper model.bin carries: the output projection is the token embedding
+WHISPER_CT2_ALIASES = [("decoder/projection/weight", "decoder/embeddings/weight")]
+
+
+def ct2_bytes(variables, aliases=WHISPER_CT2_ALIASES, *, version=6, spec="WhisperSpec", revision=3) -> tuple[bytes, list]:
     """A model.bin: the header, each variable [name, shape, dtype id, raw bytes] and the aliases [(alias, target)].
     Also returns the header's integer fields as (offset, size, what) so a mutation can aim at them.  A variable may
     carry a 5th item: a declared byte count to lie with."""
