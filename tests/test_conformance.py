@@ -51,6 +51,14 @@ def op_cases(*ops: str) -> set[str]:
     return {c.id for c in CASES.values() if c.op in ops}
 
 
+# --- the table ----------------------------------------------------------------------------------------------
+def test_each_case_is_seeded_from_its_own_id():
+    """Inserting a case re-seeds no other: each seed is the crc32 of the case's id, and no two cases share one."""
+    import zlib
+    assert all(c.seed == zlib.crc32(c.id.encode()) for c in CASES.values())
+    assert len({c.seed for c in CASES.values()}) == len(CASES)
+
+
 # --- the reference passes ----------------------------------------------------------------------------------
 def test_numpy_reference_conforms(tmp_path):
     code, report, out = run_suite(tmp_path, "--backend", "numpy")
