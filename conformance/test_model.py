@@ -12,7 +12,7 @@ import pytest
 from whisperkit.conformance.cases import MODEL_TOL
 from whisperkit.conformance.checks import FALLBACK_REASON, compare, worst_ratio
 from whisperkit.conformance.plugin import NOT_RUN_PREFIX
-from whisperkit.conformance.selection import find_shared, match_xfail
+from whisperkit.conformance.selection import find_shared
 
 SOT = 50257  # <|startoftranscript|> of tiny.en
 CLIPS = {"model/greedy_tokens_jfk": "jfk_16k.wav", "model/greedy_tokens_pv_en": "pv_en.wav"}
@@ -63,10 +63,7 @@ def _rowwise(a):
 
 def test_model(model_case, conformance, request):
     backend_name, case_id = model_case
-    backend = conformance.backends[backend_name]
-    reason = match_xfail(conformance.xfails[backend_name], case_id)
-    if reason is not None:
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
+    backend = conformance.backend_for(request, backend_name, case_id)
     if backend is not conformance.reference and not backend.implemented_ops():
         pytest.skip(FALLBACK_REASON)
     shared, why = find_shared()

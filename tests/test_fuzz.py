@@ -197,6 +197,14 @@ def tiny_ct2_vars(dims: ModelDimensions = TINY, seed: int = 0, dtype_id: int = 4
         put(f"{p}/gamma", d)
         put(f"{p}/beta", d)
 
+    def ffn_and_self_attention(p, n):  # what an encoder and a decoder layer both hold, in the file's order
+        ln(f"{p}/ffn/layer_norm", n)
+        lin(f"{p}/ffn/linear_0", 4 * n, n)
+        lin(f"{p}/ffn/linear_1", n, 4 * n)
+        ln(f"{p}/self_attention/layer_norm", n)
+        lin(f"{p}/self_attention/linear_0", 3 * n, n)
+        lin(f"{p}/self_attention/linear_1", n, n)
+
     d, t = dims.n_audio_state, dims.n_text_state
     scalar("decoder/num_heads", dims.n_text_head)
     scalar("decoder/alignment_heads", 1)
@@ -207,12 +215,7 @@ def tiny_ct2_vars(dims: ModelDimensions = TINY, seed: int = 0, dtype_id: int = 4
         lin(f"{p}/attention/linear_0", t, t)
         lin(f"{p}/attention/linear_1", 2 * t, d)
         lin(f"{p}/attention/linear_2", t, t)
-        ln(f"{p}/ffn/layer_norm", t)
-        lin(f"{p}/ffn/linear_0", 4 * t, t)
-        lin(f"{p}/ffn/linear_1", t, 4 * t)
-        ln(f"{p}/self_attention/layer_norm", t)
-        lin(f"{p}/self_attention/linear_0", 3 * t, t)
-        lin(f"{p}/self_attention/linear_1", t, t)
+        ffn_and_self_attention(p, t)
     ln("decoder/layer_norm", t)
     put("decoder/position_encodings/encodings", dims.n_text_ctx, t)
     lin("encoder/conv1", d, dims.n_mels)
@@ -223,12 +226,7 @@ def tiny_ct2_vars(dims: ModelDimensions = TINY, seed: int = 0, dtype_id: int = 4
     out[-2][3] = (rng.standard_normal((d, d, 3)) * 0.1).astype(_NP_OF_ID[dtype_id]).tobytes()
     for i in range(dims.n_audio_layer):
         p = f"encoder/layer_{i}"
-        ln(f"{p}/ffn/layer_norm", d)
-        lin(f"{p}/ffn/linear_0", 4 * d, d)
-        lin(f"{p}/ffn/linear_1", d, 4 * d)
-        ln(f"{p}/self_attention/layer_norm", d)
-        lin(f"{p}/self_attention/linear_0", 3 * d, d)
-        lin(f"{p}/self_attention/linear_1", d, d)
+        ffn_and_self_attention(p, d)
     ln("encoder/layer_norm", d)
     scalar("encoder/num_heads", dims.n_audio_head)
     put("encoder/position_encodings/encodings", dims.n_audio_ctx, d)
