@@ -2,8 +2,8 @@
 
 A record names the op's reference (the NumPy backend's method of that name, reached through the
 dispatcher exactly as the model reaches it), the case generator, and the tolerance per dtype with the
-reason for it.  A case is deterministic: ``case.make()`` builds the same inputs from the same seed every
-time, so a failure can be reproduced with the snippet `case.snippet(backend_name)` prints.
+reason for it.  A case is deterministic: ``case.make()`` builds the same inputs from the same seed (taken
+from the case's id, so no other case's inputs move when one is added) every time, so a failure can be reproduced with the snippet `case.snippet(backend_name)` prints.
 
 Values are compared as ``|out - ref| <= atol + rtol * scale`` where ``scale`` is the per-element size
 of the quantity the error is proportional to (for a matmul: ``|x| @ |w|.T``, not ``|y|``, because a
@@ -11,6 +11,7 @@ sum that cancels to ~0 still carries the rounding error of its terms).  Each rec
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -139,12 +140,16 @@ def _ln_weights(rng, n):
 
 CASES: dict[str, Case] = {}
 RECORDS: dict[str, OpRecord] = {}
-_seed = [1000]
+
+
+def case_seed(case_id: str) -> int:
+    """A case's seed, from its own id: adding, removing or reordering cases leaves every other case's inputs as
+    they were.  crc32 is stable across runs and platforms (Python's hash() of a str is salted per process)."""
+    return zlib.crc32(case_id.encode())
 
 
 def _case(op, name, builder, note="", **params) -> None:
-    _seed[0] += 1
-    c = Case(op, name, _seed[0], builder, params, note)
+    c = Case(op, name, case_seed(f"{op}/{name}"), builder, params, note)
     if c.id in CASES:
         raise ValueError(f"duplicate case id {c.id}")
     CASES[c.id] = c
@@ -247,8 +252,10 @@ def _conv_scale(inp, ref):
 def _ln(shape, layout="C", mag=1.0, offset=0.0, constant_rows=False):
     def build(rng):
         x = _normal(rng, shape, std=mag, mean=offset)
-        if constant_rows:
-            x[..., :] = x[..., :1]
+        if constant_rows:  # variance 0: x_hat is 0 and the output is the bias.  Multiples of 1/64 (a few significant
+            # bits) make the float32 row mean exact in any summation order; a value drawn at full precision would let the
+            # mean's own rounding, divided by sqrt(eps), decide the case by which value the seed drew.
+            x[..., :] = np.round(x[..., :1] * 64) / 64
         wt, bs = _ln_weights(rng, shape[-1])
         return Inputs((_layout(x, layout, rng),), weights=dict(weight=wt, bias=bs))
     return build
@@ -542,6 +549,16 @@ for _op, _tol, _scale, _doc in [
      "max |ref| of the token's row"),
 ]:
     RECORDS[_op] = OpRecord(_op, _by_op(_op), {"float32": _tol}, _scale, _doc)
+
+#: the whole-model checks compared as values (conformance/test_model.py), by case id; the token checks are exact
+MODEL_TOL = {
+    "model/encoder_jfk": Tol(1e-4, 1e-30, "4 encoder layers of float32 ops on a real mel: a float64 evaluation differs "
+                                          "from the float32 reference by 2.3e-6 of each frame's max (measured); 1e-4 "
+                                          "leaves 40x for other summation orders; normwise per frame"),
+    "model/logits_after_sot_jfk": Tol(1e-4, 1e-30, "the encoder's error carried through 4 decoder layers and the 51864-way "
+                                                   "logits projection: float64 vs reference 3.4e-7 of max |logit| "
+                                                   "(measured); normwise over the vocabulary"),
+}
 
 missing = set(OPS) - set(RECORDS)
 if missing:  # the contract gained an op the suite does not know: fail loudly, never skip it silently

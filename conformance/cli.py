@@ -35,8 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_table(out=sys.stdout) -> None:
-    from .cases import RECORDS
-    from .test_model import MODEL_TOL
+    from .cases import MODEL_TOL, RECORDS
     from .plugin import MODEL_CASES
     total = 0
     for op, rec in RECORDS.items():

@@ -54,6 +54,15 @@ class ConformanceSession:
         self.started = time.perf_counter()
 
 
+    def backend_for(self, request, backend_name: str, case_id: str) -> Backend:
+        """The backend a case runs on; a failure the backend declared for this case is marked expected (not strict:
+        a declared failure that passes is reported as such)."""
+        reason = selection.match_xfail(self.xfails[backend_name], case_id)
+        if reason is not None:
+            request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
+        return self.backends[backend_name]
+
+
 _SESSION_KEY = pytest.StashKey[ConformanceSession]()
 
 

@@ -9,23 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from whisperkit.conformance.cases import Tol
+from whisperkit.conformance.cases import MODEL_TOL
 from whisperkit.conformance.checks import FALLBACK_REASON, compare, worst_ratio
 from whisperkit.conformance.plugin import NOT_RUN_PREFIX
-from whisperkit.conformance.selection import find_shared, match_xfail
+from whisperkit.conformance.selection import find_shared
 
 SOT = 50257  # <|startoftranscript|> of tiny.en
 CLIPS = {"model/greedy_tokens_jfk": "jfk_16k.wav", "model/greedy_tokens_pv_en": "pv_en.wav"}
-
-MODEL_TOL = {
-    "model/encoder_jfk": Tol(1e-4, 1e-30, "4 encoder layers of float32 ops on a real mel: a float64 evaluation differs "
-                                          "from the float32 reference by 2.3e-6 of each frame's max (measured); 1e-4 "
-                                          "leaves 40x for other summation orders; normwise per frame"),
-    "model/logits_after_sot_jfk": Tol(1e-4, 1e-30, "the encoder's error carried through 4 decoder layers and the 51864-way "
-                                                   "logits projection: float64 vs reference 3.4e-7 of max |logit| "
-                                                   "(measured); normwise over the vocabulary"),
-}
-
 
 def _not_run(why: str):
     pytest.skip(NOT_RUN_PREFIX + why)
@@ -73,10 +63,7 @@ def _rowwise(a):
 
 def test_model(model_case, conformance, request):
     backend_name, case_id = model_case
-    backend = conformance.backends[backend_name]
-    reason = match_xfail(conformance.xfails[backend_name], case_id)
-    if reason is not None:
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
+    backend = conformance.backend_for(request, backend_name, case_id)
     if backend is not conformance.reference and not backend.implemented_ops():
         pytest.skip(FALLBACK_REASON)
     shared, why = find_shared()

@@ -6,15 +6,12 @@ import pytest
 from whisperkit.conformance.cases import CASES, RECORDS
 from whisperkit.conformance.checks import ConformanceFailure, Fallback, run_case
 from whisperkit.conformance.plugin import ALL_CASE_IDS
-from whisperkit.conformance.selection import match_xfail, unmatched_xfails
+from whisperkit.conformance.selection import unmatched_xfails
 
 
 def test_op(op_case, conformance, request):
     backend_name, case_id = op_case
-    backend = conformance.backends[backend_name]
-    reason = match_xfail(conformance.xfails[backend_name], case_id)
-    if reason is not None:
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
+    backend = conformance.backend_for(request, backend_name, case_id)
     try:
         margin = run_case(CASES[case_id], backend, conformance.ops[backend_name], conformance.ref_ops, conformance.reference_cache)
     except Fallback as exc:

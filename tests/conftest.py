@@ -3,18 +3,10 @@ repository (never copied in); without them the tests fail rather than skip."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
-
-def shared(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.fail(f"missing shared test data {path}: ../shared must sit beside the repository")
-    return path
+from helpers import shared
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """The multilingual base model (from the base-model extra) with the language given."""
 import pytest
 
-from conftest import shared
+from helpers import shared
 
 
 @pytest.fixture(scope="module")

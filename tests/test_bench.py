@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared
+from helpers import shared
 
 E2E_FIGURES = {"warm_min_s", "warm_median_s", "rtf", "cold_outside_s", "cold_inside_s", "peak_rss_mb",
                "encoder_ms_per_window", "encoder_share", "decoder_ms_per_step", "decoder_rows_per_step", "decoder_share",

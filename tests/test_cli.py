@@ -1,31 +1,19 @@
 """The installed `whisperkit` command, run as a user would, and its errors on bad input."""
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import shared
-
-EXE = shutil.which("whisperkit") or str(Path(sys.executable).parent / "whisperkit")
+from helpers import EXE, assert_one_clear_error, shared
 
 
 def run(*args, timeout=600, cwd=None):
     """`transcribe` writes its output files to --output_dir, "." by default: tests pass a temporary
     cwd or --output_dir so that nothing lands in the repository."""
     return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
-
-
-def assert_one_clear_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("whisperkit: error: "), proc.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 def test_backends_lists_numpy_as_usable():

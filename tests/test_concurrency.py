@@ -3,7 +3,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import shared
+from helpers import shared
 from whisperkit.registry import get_registry
 
 USABLE = [n for n, i in get_registry().infos.items() if i.usable]

@@ -14,19 +14,16 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from helpers import BUILTIN_BACKENDS
 from whisperkit.contract import OPS
-from whisperkit.conformance.cases import CASES, RECORDS
-from whisperkit.conformance.checks import compare
+from whisperkit.conformance.cases import CASES
 from whisperkit.conformance.plugin import ALL_CASE_IDS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "gelu_plugin"
 ATTENTION_OPS = ("attention", "attention_weights")
-#: the backends shipped with whisperkit (installed by the `all` extra): each must conform wherever CI runs
-BUILTIN_BACKENDS = ("numba", "pythran", "onnxruntime")
 
 
 def run_suite(tmp_path: Path, *args: str, pythonpath: list[Path] = ()) -> tuple[int, dict, str]:
@@ -52,6 +49,14 @@ def with_status(st: dict[str, str], *wanted: str) -> set[str]:
 
 def op_cases(*ops: str) -> set[str]:
     return {c.id for c in CASES.values() if c.op in ops}
+
+
+# --- the table ----------------------------------------------------------------------------------------------
+def test_each_case_is_seeded_from_its_own_id():
+    """Inserting a case re-seeds no other: each seed is the crc32 of the case's id, and no two cases share one."""
+    import zlib
+    assert all(c.seed == zlib.crc32(c.id.encode()) for c in CASES.values())
+    assert len({c.seed for c in CASES.values()}) == len(CASES)
 
 
 # --- the reference passes ----------------------------------------------------------------------------------
@@ -84,45 +89,6 @@ def test_builtin_backend_conforms(tmp_path, name):
     # every op and model case ran and passed on the backend: none fell back, was skipped or was an expected failure
     assert set(st) == set(ALL_CASE_IDS)
     assert with_status(st, "passed") == set(ALL_CASE_IDS), {c: s for c, s in st.items() if s != "passed"}
-
-
-def assert_matches_reference(op: str, got: np.ndarray, ref: np.ndarray, inputs=None) -> None:
-    """A backend's output that the case table does not produce (a KV cache written through a backend's own path,
-    several decode steps) against the reference's, by the suite's comparison with its tolerance and error scale
-    for `op` (stated once, in whisperkit.conformance.cases.RECORDS).  `inputs`: the call's
-    `whisperkit.conformance.cases.Inputs`, needed by the ops whose error scale depends on them (not the layers')."""
-    rec = RECORDS[op]
-    tol = rec.tolerances[str(ref.dtype)]
-    scale = np.broadcast_to(np.asarray(rec.scale(inputs, ref), np.float64), ref.shape)
-    problem = compare(op, got, ref, scale, tol.rtol, tol.atol)
-    assert problem is None, problem
-
-
-def assert_decode_steps_match_reference(backend, steps, batch: int = 1, strided_cache: bool = False) -> None:
-    """A tiny decoder layer (the table's weights) on `backend`, stepped through `steps` [(offset, n_q), ...] over one
-    pair of zero-filled KV caches, C-contiguous or strided views: at every step the output and the caches, written in
-    place, match the reference's; nothing is written outside the steps' rows, nor between a view's elements."""
-    from whisperkit.backend import Ops
-    from whisperkit.registry import get_registry
-    ref = get_registry().reference()
-    weights = CASES["decoder_layer/tiny_1_off3"].make().weights
-    got, want = Ops(backend, ref).bind("decoder_layer", **weights), Ops(ref, ref).bind("decoder_layer", **weights)
-    assert got.backend_name == backend.name, "decoder_layer falls back to the reference"
-    n, rng = 384, np.random.default_rng(7)
-    cross = [rng.standard_normal((batch, 1500, n)).astype(np.float32) for _ in range(2)]
-    buffers = [np.zeros((batch, 448, 2 * n if strided_cache else n), np.float32) for _ in range(2)]
-    kc, vc = [b[..., ::2] for b in buffers] if strided_cache else buffers
-    kr, vr = np.zeros((batch, 448, n), np.float32), np.zeros((batch, 448, n), np.float32)
-    written = np.zeros(448, bool)
-    for offset, n_q in steps:
-        x = rng.standard_normal((batch, n_q, n)).astype(np.float32)
-        assert_matches_reference("decoder_layer", got(x, kc, vc, *cross, offset), want(x, kr, vr, *cross, offset))
-        for mine, theirs in ((kc, kr), (vc, vr)):
-            assert_matches_reference("decoder_layer", np.ascontiguousarray(mine), theirs)
-        written[offset:offset + n_q] = True
-    assert not kc[:, ~written].any() and not vc[:, ~written].any(), "cache written outside the steps' rows"
-    if strided_cache:
-        assert not any(b[..., 1::2].any() for b in buffers), "cache written between the view's elements"
 
 
 # --- deliberately wrong backends fail on exactly the right cases ----------------------------------------------

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import shared
+from helpers import shared
 from whisperkit.registry import get_registry
 
 CLIPS = ["jfk_16k.wav", "pv_en.wav", "osr_16k.wav"]

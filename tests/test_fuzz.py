@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from helpers import WAV_FIELDS, WHISPER_CT2_ALIASES, ct2_bytes, wav_bytes
 from whisperkit.audio import SAMPLE_RATE, load_audio
 from whisperkit.errors import AudioError, ModelFileError, ModelNotFoundError
 from whisperkit.model import ModelDimensions
@@ -173,11 +174,6 @@ def _outcome(fn, where: Path, size: int, errors=(ModelFileError, ModelNotFoundEr
 # ----------------------------------------------------------------------------- tiny CTranslate2 files
 
 
-def _ct2_string(s: str | bytes) -> bytes:
-    b = (s.encode() if isinstance(s, str) else s) + b"\0"
-    return struct.pack("<H", len(b)) + b
-
-
 _NP_OF_ID = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
 
@@ -201,6 +197,14 @@ def tiny_ct2_vars(dims: ModelDimensions = TINY, seed: int = 0, dtype_id: int = 4
         put(f"{p}/gamma", d)
         put(f"{p}/beta", d)
 
+    def ffn_and_self_attention(p, n):  # what an encoder and a decoder layer both hold, in the file's order
+        ln(f"{p}/ffn/layer_norm", n)
+        lin(f"{p}/ffn/linear_0", 4 * n, n)
+        lin(f"{p}/ffn/linear_1", n, 4 * n)
+        ln(f"{p}/self_attention/layer_norm", n)
+        lin(f"{p}/self_attention/linear_0", 3 * n, n)
+        lin(f"{p}/self_attention/linear_1", n, n)
+
     d, t = dims.n_audio_state, dims.n_text_state
     scalar("decoder/num_heads", dims.n_text_head)
     scalar("decoder/alignment_heads", 1)
@@ -211,12 +215,7 @@ def tiny_ct2_vars(dims: ModelDimensions = TINY, seed: int = 0, dtype_id: int = 4
         lin(f"{p}/attention/linear_0", t, t)
         lin(f"{p}/attention/linear_1", 2 * t, d)
         lin(f"{p}/attention/linear_2", t, t)
-        ln(f"{p}/ffn/layer_norm", t)
-        lin(f"{p}/ffn/linear_0", 4 * t, t)
-        lin(f"{p}/ffn/linear_1", t, 4 * t)
-        ln(f"{p}/self_attention/layer_norm", t)
-        lin(f"{p}/self_attention/linear_0", 3 * t, t)
-        lin(f"{p}/self_attention/linear_1", t, t)
+        ffn_and_self_attention(p, t)
     ln("decoder/layer_norm", t)
     put("decoder/position_encodings/encodings", dims.n_text_ctx, t)
     lin("encoder/conv1", d, dims.n_mels)
@@ -227,54 +226,14 @@ def tiny_ct2_vars(dims: ModelDimensions = TINY, seed: int = 0, dtype_id: int = 4
     out[-2][3] = (rng.standard_normal((d, d, 3)) * 0.1).astype(_NP_OF_ID[dtype_id]).tobytes()
     for i in range(dims.n_audio_layer):
         p = f"encoder/layer_{i}"
-        ln(f"{p}/ffn/layer_norm", d)
-        lin(f"{p}/ffn/linear_0", 4 * d, d)
-        lin(f"{p}/ffn/linear_1", d, 4 * d)
-        ln(f"{p}/self_attention/layer_norm", d)
-        lin(f"{p}/self_attention/linear_0", 3 * d, d)
-        lin(f"{p}/self_attention/linear_1", d, d)
+        ffn_and_self_attention(p, d)
     ln("encoder/layer_norm", d)
     scalar("encoder/num_heads", dims.n_audio_head)
     put("encoder/position_encodings/encodings", dims.n_audio_ctx, d)
     return out
 
 
-TINY_ALIASES = [("decoder/projection/weight", "decoder/embeddings/weight")]
-
-
-def ct2_bytes(variables, aliases=TINY_ALIASES, *, version=6, spec="WhisperSpec", revision=3):
-    """Serialise a model.bin. Also returns the header's integer fields as (offset, size, what) so a
-    mutation can aim at them. A variable may carry a 5th item: a declared byte count to lie with."""
-    fields: list[tuple[int, int, str]] = []
-    out = bytearray()
-
-    def field(fmt, value, what):
-        fields.append((len(out), struct.calcsize(fmt), what))
-        out.extend(struct.pack(fmt, value))
-
-    def string(s, what):
-        b = (s.encode() if isinstance(s, str) else s) + b"\0"
-        field("<H", len(b), f"length of {what}")
-        out.extend(b)
-
-    field("<I", version, "version")
-    string(spec, "spec")
-    field("<I", revision, "revision")
-    field("<I", len(variables), "count")
-    for v in variables:
-        name, shape, dt, raw = v[:4]
-        string(name, "name")
-        field("<B", len(shape), "rank")
-        for s in shape:
-            field("<I", s, "dim")
-        field("<B", dt, "dtype")
-        field("<I", v[4] if len(v) > 4 else len(raw), "nbytes")
-        out.extend(raw)
-    field("<I", len(aliases), "alias count")
-    for a, target in aliases:
-        string(a, "alias")
-        string(target, "alias target")
-    return bytes(out), fields
+TINY_ALIASES = WHISPER_CT2_ALIASES
 
 
 @pytest.fixture(scope="module")
@@ -752,27 +711,15 @@ def test_readers_contain_no_code_execution():
 # ----------------------------------------------------------------------------- audio
 
 
-def _wav(rate: int, channels: int, bits: int, fmt: int, data: bytes, *, data_len: int | None = None) -> tuple[bytes, list]:
-    """A RIFF/WAVE file by hand, with its header fields' offsets."""
-    block = channels * bits // 8
-    fmt_chunk = struct.pack("<HHIIHH", fmt, channels, rate, rate * block, block, bits)
-    n = len(data) if data_len is None else data_len
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt_chunk)) + fmt_chunk + b"data" + struct.pack("<I", n) + data
-    out = b"RIFF" + struct.pack("<I", min(4 + len(body) - len(data) + n, 2**32 - 1)) + body
-    fields = [(4, 4, "riff size"), (16, 4, "fmt size"), (20, 2, "format"), (22, 2, "channels"), (24, 4, "rate"),
-              (28, 4, "byte rate"), (32, 2, "block align"), (34, 2, "bits"), (40, 4, "data size")]  # fmt: skip
-    return out, fields
-
-
 @pytest.fixture(scope="module")
 def audio_seeds(workdir) -> list[tuple[str, bytes, list]]:
     """Small real files in several formats: (suffix, bytes, header fields or [])."""
     rng = np.random.default_rng(1)
     x = (rng.uniform(-0.5, 0.5, (1200, 2))).astype(np.float32)
     seeds = [
-        ("wav", *_wav(16000, 1, 16, 1, (x[:, 0] * 32767).astype("<i2").tobytes())),
-        ("wav", *_wav(8000, 2, 32, 3, x[:600].astype("<f4").tobytes())),
-        ("wav", *_wav(22050, 1, 8, 1, ((x[:, 0] + 1) * 127.5).astype(np.uint8).tobytes())),
+        ("wav", wav_bytes(16000, 1, 16, 1, (x[:, 0] * 32767).astype("<i2").tobytes()), WAV_FIELDS),
+        ("wav", wav_bytes(8000, 2, 32, 3, x[:600].astype("<f4").tobytes()), WAV_FIELDS),
+        ("wav", wav_bytes(22050, 1, 8, 1, ((x[:, 0] + 1) * 127.5).astype(np.uint8).tobytes()), WAV_FIELDS),
     ]
     for suffix, fmt, sub, rate in (("flac", "FLAC", "PCM_16", 44100), ("ogg", "OGG", "VORBIS", 44100), ("mp3", "MP3", "MPEG_LAYER_III", 32000)):
         p = workdir / f"seed.{suffix}"

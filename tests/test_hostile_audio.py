@@ -10,7 +10,6 @@ Decisions (see whisperkit.audio.iter_file_blocks):
 """
 from __future__ import annotations
 
-import struct
 import time
 import tracemalloc
 
@@ -19,18 +18,10 @@ import pytest
 import soundfile
 import soxr
 
+from helpers import wav_bytes
 from whisperkit import audio as A
 from whisperkit.audio import SAMPLE_RATE, load_audio, log_mel_spectrogram
 from whisperkit.errors import AudioError
-
-
-def _wav(rate: int, channels: int, bits: int, fmt: int, data: bytes, *, data_len: int | None = None) -> bytes:
-    """A canonical 44-byte-header RIFF/WAVE file by hand (fmt 1 = PCM, 3 = IEEE float)."""
-    block = channels * bits // 8
-    fmt_chunk = struct.pack("<HHIIHH", fmt, channels, rate, rate * block, block, bits)
-    n = len(data) if data_len is None else data_len
-    riff = min(4 + 8 + len(fmt_chunk) + 8 + n, 2**32 - 1)
-    return b"RIFF" + struct.pack("<I", riff) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt_chunk)) + fmt_chunk + b"data" + struct.pack("<I", n) + data
 
 
 def _sine(freq: float, seconds: float, rate: int, amp: float = 0.5) -> np.ndarray:
@@ -78,7 +69,7 @@ def test_float64_array_beyond_float32_range():
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("subtype", ["FLOAT", "DOUBLE"])
-def test_nan_inf_in_float_wav(tmp_path, bad, subtype):
+def test_nan_inf_in_floatwav_bytes(tmp_path, bad, subtype):
     x = _sine(300, 1.0, 16000)
     x[8000] = bad  # at 0.5 s
     p = tmp_path / "damaged.wav"
@@ -123,7 +114,7 @@ def test_tenth_of_a_second(tmp_path, rate):
 def test_header_claims_three_hours_no_data(tmp_path):
     p = tmp_path / "liar.wav"
     three_hours = 3 * 3600 * 48000 * 2 * 2
-    p.write_bytes(_wav(48000, 2, 16, 1, b"", data_len=three_hours))
+    p.write_bytes(wav_bytes(48000, 2, 16, 1, b"", data_len=three_hours))
     assert p.stat().st_size == 44
     with _Peak() as peak:
         with pytest.raises(AudioError, match=r"contains no samples.*liar\.wav"):
@@ -136,7 +127,7 @@ def test_header_claims_three_hours_holds_a_little(tmp_path):
     """Only what the file holds comes out, read in bounded blocks."""
     x = (_sine(440, 0.05, 16000) * 32767).astype("<i2")
     p = tmp_path / "liar.wav"
-    p.write_bytes(_wav(16000, 1, 16, 1, x.tobytes(), data_len=3 * 3600 * 16000 * 2))
+    p.write_bytes(wav_bytes(16000, 1, 16, 1, x.tobytes(), data_len=3 * 3600 * 16000 * 2))
     with _Peak() as peak:
         out = load_audio(p)
     np.testing.assert_array_equal(out, x.astype(np.float32) / 32768)
@@ -147,7 +138,7 @@ def test_header_claims_three_hours_holds_a_little(tmp_path):
 @pytest.mark.parametrize("rate", [1, 999, 2_000_000, 0x7FFFFFFF])
 def test_absurd_sample_rate(tmp_path, rate):
     p = tmp_path / "rate.wav"
-    p.write_bytes(_wav(rate, 1, 16, 1, b"\x01\x00" * 20000))
+    p.write_bytes(wav_bytes(rate, 1, 16, 1, b"\x01\x00" * 20000))
     with _Peak() as peak:
         with pytest.raises(AudioError, match=rf"rate\.wav: declares a sample rate of {rate} Hz"):
             load_audio(p)
@@ -180,20 +171,20 @@ def test_blocks_equal_one_shot_read(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- sample formats
 
 
-def test_8bit_unsigned_wav(tmp_path):
+def test_8bit_unsignedwav_bytes(tmp_path):
     u8 = np.array([0, 64, 128, 192, 255] * 400, np.uint8)  # 8-bit WAV is unsigned, 128 = silence
     p = tmp_path / "u8.wav"
-    p.write_bytes(_wav(16000, 1, 8, 1, u8.tobytes()))
+    p.write_bytes(wav_bytes(16000, 1, 8, 1, u8.tobytes()))
     assert soundfile.info(str(p)).subtype == "PCM_U8"
     out = load_audio(p)
     np.testing.assert_array_equal(out[:5], np.array([-1.0, -0.5, 0.0, 0.5, 127 / 128], np.float32))
     assert out.min() >= -1.0 and out.max() <= 1.0
 
 
-def test_32bit_float_wav(tmp_path):
+def test_32bit_floatwav_bytes(tmp_path):
     x = np.array([-1.0, -0.25, 0.0, 0.125, 0.999] * 320, np.float32)
     p = tmp_path / "f32.wav"
-    p.write_bytes(_wav(16000, 1, 32, 3, x.astype("<f4").tobytes()))
+    p.write_bytes(wav_bytes(16000, 1, 32, 3, x.astype("<f4").tobytes()))
     assert soundfile.info(str(p)).subtype == "FLOAT"
     np.testing.assert_array_equal(load_audio(p), x)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import shared
+from helpers import shared
 from whisperkit.audio import load_audio
 from whisperkit.registry import get_registry
 

@@ -251,24 +251,15 @@ def test_missing_tokenizer_json(tmp_path):
         get_tokenizer(tmp_path / "tokenizer.json", False)
 
 
-def test_garbled_tokenizer_json(tmp_path):
+@pytest.mark.parametrize("text, match", [
+    ('{"model": {"vocab": {"a": 0,', "tokenizer.json is not valid JSON"),
+    (json.dumps({"model": {"type": "BPE", "merges": []}}), "model.vocab"),
+    ("[1, 2, 3]", "no 'model' object"),
+], ids=["garbled", "without_vocab", "not_hf"])
+def test_bad_tokenizer_json(tmp_path, text, match):
     p = tmp_path / "tokenizer.json"
-    p.write_text('{"model": {"vocab": {"a": 0,')
-    with pytest.raises(TokenizerError, match="tokenizer.json is not valid JSON"):
-        get_tokenizer(p, False)
-
-
-def test_tokenizer_json_without_vocab(tmp_path):
-    p = tmp_path / "tokenizer.json"
-    p.write_text(json.dumps({"model": {"type": "BPE", "merges": []}}))
-    with pytest.raises(TokenizerError, match="model.vocab"):
-        get_tokenizer(p, False)
-
-
-def test_tokenizer_json_not_hf(tmp_path):
-    p = tmp_path / "tokenizer.json"
-    p.write_text("[1, 2, 3]")
-    with pytest.raises(TokenizerError, match="no 'model' object"):
+    p.write_text(text)
+    with pytest.raises(TokenizerError, match=match):
         get_tokenizer(p, False)
 
 

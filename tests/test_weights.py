@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import rewrite_ct2
 from whisperkit import weights as W
 from whisperkit.errors import ModelFileError, ModelNotFoundError
 from whisperkit.model import ModelDimensions
@@ -174,57 +175,10 @@ def test_bad_magic_or_version(tmp_path, tiny_bin, head, match):
         read_ctranslate2(p)
 
 
-def _ct2_string(s: str) -> bytes:
-    b = s.encode() + b"\0"
-    return struct.pack("<H", len(b)) + b
-
-
-def _rewrite_ct2(src: Path, dst: Path, edit) -> None:
-    """Re-serialise a model.bin; ``edit(name, shape, dtype_id, raw)`` returns a variable, a list of them, or None."""
-    data = src.read_bytes()
-    o = 0
-
-    def take(fmt):
-        nonlocal o
-        v = struct.unpack_from(fmt, data, o)
-        o += struct.calcsize(fmt)
-        return v[0]
-
-    def string():
-        nonlocal o
-        n = take("<H")
-        s = data[o : o + n - 1].decode()
-        o += n
-        return s
-
-    version, spec, rev, count = take("<I"), string(), take("<I"), take("<I")
-    out_vars = []
-    for _ in range(count):
-        name = string()
-        rank = take("<B")
-        shape = tuple(take("<I") for _ in range(rank))
-        dt = take("<B")
-        nb = take("<I")
-        raw = data[o : o + nb]
-        o += nb
-        r = edit(name, shape, dt, raw)
-        if isinstance(r, list):
-            out_vars.extend(r)
-        elif r is not None:
-            out_vars.append(r)
-    aliases = data[o:]
-    out = bytearray(struct.pack("<I", version) + _ct2_string(spec) + struct.pack("<II", rev, len(out_vars)))
-    for name, shape, dt, raw in out_vars:
-        out += _ct2_string(name) + struct.pack("<B", len(shape)) + b"".join(struct.pack("<I", s) for s in shape)
-        out += struct.pack("<BI", dt, len(raw)) + raw
-    out += aliases
-    dst.write_bytes(bytes(out))
-
-
 def test_missing_tensor_named(tmp_path, tiny_bin):
     p = tmp_path / "model.bin"
     target = "decoder/layer_2/attention/linear_2/weight"
-    _rewrite_ct2(tiny_bin, p, lambda n, s, d, r: None if n == target else (n, s, d, r))
+    rewrite_ct2(tiny_bin, p, lambda n, s, d, r: None if n == target else (n, s, d, r))
     with pytest.raises(ModelFileError) as ei:
         read_ctranslate2(p)
     msg = str(ei.value)
@@ -240,7 +194,7 @@ def test_wrong_shape_named(tmp_path, tiny_bin):
             return n, (s[1], s[0]), d, r
         return n, s, d, r
 
-    _rewrite_ct2(tiny_bin, p, edit)
+    rewrite_ct2(tiny_bin, p, edit)
     with pytest.raises(ModelFileError) as ei:
         read_ctranslate2(p)
     msg = str(ei.value)
@@ -249,7 +203,7 @@ def test_wrong_shape_named(tmp_path, tiny_bin):
 
 def test_declared_size_mismatch(tmp_path, tiny_bin):
     p = tmp_path / "model.bin"
-    _rewrite_ct2(
+    rewrite_ct2(
         tiny_bin, p, lambda n, s, d, r: (n, s, d, r[:-2]) if n == "encoder/conv1/bias" else (n, s, d, r)
     )
     with pytest.raises(ModelFileError, match="encoder/conv1/bias"):
@@ -278,7 +232,7 @@ def test_k_bias_absent_and_int8_quantized(tmp_path, tiny_bin, tiny):
             return [(n, s, d, r)] + extra
         return n, s, d, r
 
-    _rewrite_ct2(tiny_bin, p, edit)
+    rewrite_ct2(tiny_bin, p, edit)
     assert extra
     w = read_ctranslate2(p)
     b = w.tensors["encoder.blocks.0.attn.qkv.bias"]

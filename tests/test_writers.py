@@ -6,8 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import shared
-from test_cli import EXE, assert_one_clear_error
+from helpers import EXE, assert_one_clear_error, shared
 from whisperkit.writers import OUTPUT_FORMATS, format_timestamp, get_writer
 
 SRT_TIME = re.compile(r"^(\d{2}):(\d{2}):(\d{2}),(\d{3}) --> (\d{2}):(\d{2}):(\d{2}),(\d{3})$")
