@@ -46,6 +46,7 @@ class NumpyBackend(Backend):
     version = np.__version__
     description = "reference: NumPy with its BLAS"
     thread_safe = True  # every op allocates its own outputs; nothing is shared between calls
+    shared_cross_kv = True
 
     # ---- fine ops -------------------------------------------------------------------------
     def prepare_linear(self, weight, bias=None):

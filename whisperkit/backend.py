@@ -30,6 +30,9 @@ class Backend:
     #: True when the ops may run from several threads at once (no shared scratch state).  When
     #: False, whisperkit serialises the models that use this backend instance with one lock.
     thread_safe: bool = False
+    #: True when decoder_layer takes cross K/V with one row per group of decoder rows (see the contract);
+    #: when False, the dispatcher repeats them to one row per decoder row before the call.
+    shared_cross_kv: bool = False
 
     def unavailable_reason(self) -> str | None:
         """None when usable on this machine, else a sentence saying why not (missing library...)."""
@@ -100,7 +103,20 @@ class Ops:
         if op not in OPS:
             raise KeyError(f"unknown op {op!r}; the contract has {sorted(OPS)}")
         impl = self._choose(op, **weights)
-        return BoundOp(op, getattr(impl, op), impl.prepare(op, weights, self), impl.name)
+        fn = getattr(impl, op)
+        if op == "decoder_layer" and not impl.shared_cross_kv:
+            fn = _with_cross_per_row(fn)
+        return BoundOp(op, fn, impl.prepare(op, weights, self), impl.name)
+
+
+def _with_cross_per_row(decoder_layer: Callable) -> Callable:
+    """decoder_layer for a backend that wants one cross K/V row per decoder row."""
+    def call(x, w, k_cache, v_cache, cross_k, cross_v, offset):
+        g = x.shape[0] // cross_k.shape[0]
+        if g > 1:
+            cross_k, cross_v = np.repeat(cross_k, g, axis=0), np.repeat(cross_v, g, axis=0)
+        return decoder_layer(x, w, k_cache, v_cache, cross_k, cross_v, offset)
+    return call
 
 
 # --------------------------------------------------------------------------- typed weight groups

@@ -140,7 +140,10 @@ _op(
     """
     One decoder block step over n_q new tokens at positions offset .. offset + n_q - 1.
     x: (batch, n_q, n_state).  k_cache, v_cache: (batch, n_text_ctx, n_state), written IN PLACE at
-    [:, offset:offset + n_q].  cross_k, cross_v: (batch, n_audio_ctx, n_state), computed once per window.
+    [:, offset:offset + n_q].  cross_k, cross_v: (batch_c, n_audio_ctx, n_state), computed once per window,
+    where batch_c divides batch: the g = batch // batch_c consecutive rows of one audio (its beams) share
+    one cross row, i.e. row r attends to cross row r // g.  A backend that sets
+    ``Backend.shared_cross_kv = False`` receives them repeated to batch rows by the dispatcher.
     h = layer_norm(x, attn_ln); q, k, v = split(linear(h, qkv), 3, axis=-1)
     k_cache[:, offset:offset+n_q] = k;  v_cache[:, offset:offset+n_q] = v
     x = x + linear(attention(q, k_cache[:, :offset+n_q], v_cache[:, :offset+n_q], n_head, causal=True, offset=offset), out)

@@ -63,9 +63,9 @@ class DecodingResult:
 class Inference:
     """The decoder with a KV cache for one window.  Feeds only the tokens not yet in the cache."""
 
-    def __init__(self, graph: "WhisperGraph", audio_features: np.ndarray):
+    def __init__(self, graph: "WhisperGraph", audio_features: np.ndarray, group: int = 1):
         self.graph = graph
-        self.cache: "KVCache" = graph.new_cache(audio_features)
+        self.cache: "KVCache" = graph.new_cache(audio_features, group)  # `group` rows per audio share its cross K/V
         self.offset = 0  # tokens already in the cache
 
     def logits(self, tokens: np.ndarray, positions: Sequence[int] | None = None) -> np.ndarray:
@@ -281,9 +281,8 @@ class DecodingTask:
             tokens = np.asarray(rows, np.int64)
         language = self.tokenizer.language or "en"
         if self.n_group > 1:
-            audio_features = np.repeat(audio_features, self.n_group, axis=0)
             tokens = np.repeat(tokens, self.n_group, axis=0)
-        inference = Inference(self.graph, audio_features)
+        inference = Inference(self.graph, audio_features, self.n_group)
         sum_logprobs = np.zeros(tokens.shape[0], np.float32)
         no_speech_probs = [np.nan] * n_audio
         # Greedy/sampled rows are independent: a row that has ended (eot) leaves the batch and its rows
@@ -323,7 +322,7 @@ class DecodingTask:
                     inference.cache.select(np.flatnonzero(still_open))
                     active = active[still_open]
         tokens, sum_lp = self.decoder.finalize(tokens, sum_logprobs)
-        return self._results(audio_features[::self.n_group], language, tokens, sum_lp, no_speech_probs, n_audio)
+        return self._results(audio_features, language, tokens, sum_lp, no_speech_probs, n_audio)
 
     def _results(self, audio_features, language, tokens, sum_lp, no_speech_probs, n_audio) -> list[DecodingResult]:
         eot = self.tokenizer.eot

@@ -27,17 +27,18 @@ def encoder_block(x, w: EncoderLayerWeights, attention):
 
 def decoder_block(x, w: DecoderLayerWeights, attention, k_cache, v_cache, cross_k, cross_v, offset, cross_tap=None):
     """Self-attention over the KV cache (this step's keys and values written into it at offset),
-    cross-attention over the audio, MLP.  ``cross_tap(q, k)``, if given, sees the cross-attention's
+    cross-attention over the audio (cross_k, cross_v: one row per audio, see the contract), MLP.  ``cross_tap(q, k)``, if given, sees the cross-attention's
     queries and keys."""
     end = offset + x.shape[1]
     q, k, v = np.split(w.qkv(w.attn_ln(x)), 3, axis=-1)  # each (batch, n_q, n_state)
     k_cache[:, offset:end] = k
     v_cache[:, offset:end] = v
     x = x + w.out(attention(q, k_cache[:, :end], v_cache[:, :end], w.n_head, causal=True, offset=offset))
-    q = w.cross_q(w.cross_ln(x))
+    # The g = batch // batch_c rows of one audio (its beams) share its cross K/V: one block of queries.
+    q = w.cross_q(w.cross_ln(x)).reshape(cross_k.shape[0], -1, x.shape[-1])  # (batch_c, g * n_q, n_state)
     if cross_tap is not None:
         cross_tap(q, cross_k)
-    x = x + w.cross_out(attention(q, cross_k, cross_v, w.n_head))
+    x = x + w.cross_out(attention(q, cross_k, cross_v, w.n_head).reshape(x.shape))
     return w.mlp(x)
 
 
@@ -62,24 +63,32 @@ class AudioEncoder:
 
 class KVCache:
     """Self-attention keys and values of every decoder layer, preallocated for the whole context,
-    plus the cross-attention keys and values of the current window."""
+    plus the cross-attention keys and values of the current window.
 
-    def __init__(self, dims: ModelDimensions, batch: int):
+    The cross K/V has one row per audio; `group` consecutive decoder rows (the beams, or best_of
+    samples, of one audio) share it, so a beam step reads the audio once, not once per beam."""
+
+    def __init__(self, dims: ModelDimensions, batch: int, group: int = 1):
         shape = (batch, dims.n_text_ctx, dims.n_text_state)
         self.k = [np.zeros(shape, np.float32) for _ in range(dims.n_text_layer)]
         self.v = [np.zeros(shape, np.float32) for _ in range(dims.n_text_layer)]
-        self.cross: list[tuple[np.ndarray, np.ndarray]] = []  # per layer (k, v): (batch, n_audio_ctx, n_text_state)
+        self.cross: list[tuple[np.ndarray, np.ndarray]] = []  # per layer (k, v): (batch // group, n_audio_ctx, n_text_state)
+        self.group = group
+        self.filled = 0  # positions written so far (the decoder advances it)
 
     def reorder(self, index: np.ndarray) -> None:
         """Select/reorder the batch rows (beam search): row i becomes old row index[i].  Beams only move
-        within their own audio's group of rows, and those rows share one cross-attention K/V, so the
-        cross cache is left alone."""
-        self.k = [k[index] for k in self.k]
-        self.v = [v[index] for v in self.v]
-
+        within their own audio's group of rows, so the shared cross K/V stays as it is.  Only the filled
+        prefix of the self-attention cache is copied, in place."""
+        end = self.filled
+        for cache in self.k + self.v:
+            cache[:, :end] = cache[index, :end]
 
     def select(self, rows: np.ndarray) -> None:
         """Keep only these batch rows, in self-attention and cross-attention alike (rows leaving a batch)."""
+        if self.group > 1:  # rows leave one by one: give each row its own cross K/V first
+            self.cross = [(np.repeat(k, self.group, axis=0), np.repeat(v, self.group, axis=0)) for k, v in self.cross]
+            self.group = 1
         self.k = [k[rows] for k in self.k]
         self.v = [v[rows] for v in self.v]
         self.cross = [(k[rows], v[rows]) for k, v in self.cross]
@@ -139,6 +148,7 @@ class TextDecoder:
         x = x.astype(np.float32, copy=False)
         for i, block in enumerate(self.blocks):
             x = block(x, cache.k[i], cache.v[i], cache.cross[i][0], cache.cross[i][1], offset)  # decoder_block
+        cache.filled = max(cache.filled, offset + n_q)
         positions = [-1] if logit_positions is None else list(logit_positions)
         x = self.ln(np.ascontiguousarray(x[:, positions]))  # (batch, n_positions, n_text_state)
         return self.logits_proj(x)  # (batch, n_positions, n_vocab)
@@ -163,7 +173,8 @@ class WhisperGraph:
             raise ValueError(f"mel must have shape (batch, {expected[0]}, {expected[1]}), got {mel.shape}")
         return self.encoder(mel)
 
-    def new_cache(self, audio_features: np.ndarray) -> KVCache:
-        cache = KVCache(self.dims, audio_features.shape[0])
+    def new_cache(self, audio_features: np.ndarray, group: int = 1) -> KVCache:
+        """A cache for `group` decoder rows per audio (beams or best_of samples), sharing its cross K/V."""
+        cache = KVCache(self.dims, audio_features.shape[0] * group, group)
         self.decoder.set_audio(cache, audio_features)
         return cache

@@ -55,6 +55,7 @@ def _unit_last(a):
 
 class NumbaBackend(AttentionPair, Backend):
     name = "numba"
+    shared_cross_kv = True  # decoder_layer takes one cross K/V row per audio (the contract)
     version = getattr(numba, "__version__", "missing")
     description = "Numba parallel kernels (prange over rows/heads), GEMMs via NumPy's OpenBLAS called from Numba"
 

@@ -488,10 +488,13 @@ def decoder_layer_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, off
     ln_rows(x1, 0, m, lncg, lncb, hbuf, 0)
     linear_kernel(hbuf, wcq, bcq, abuf, None, nt)
     # abuf now holds the cross-attention queries; attention output goes to hbuf
+    # The rows of one audio (its beams) share one cross K/V row: as queries they are one block of rows.
     n_audio = cross_k.shape[1]
-    attention_kernel(abuf.ctypes.data, n_q * n, n, cross_k.ctypes.data, n_audio * n, n,
-                     cross_v.ctypes.data, n_audio * n, n, hbuf.ctypes.data, n_q * n, n,
-                     batch, n_q, n_audio, n_head, d_head, False, 0, attn_blk, dummy, nt)
+    batch_c = cross_k.shape[0]
+    n_qc = m // batch_c
+    attention_kernel(abuf.ctypes.data, n_qc * n, n, cross_k.ctypes.data, n_audio * n, n,
+                     cross_v.ctypes.data, n_audio * n, n, hbuf.ctypes.data, n_qc * n, n,
+                     batch_c, n_qc, n_audio, n_head, d_head, False, 0, attn_blk, dummy, nt)
     linear_kernel(hbuf, wco, bco, x2, x1, nt)
     ln_rows(x2, 0, m, ln2g, ln2b, hbuf, 0)
     linear_kernel(hbuf, w1, b1, fbuf, None, nt)

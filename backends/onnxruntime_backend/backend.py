@@ -132,6 +132,7 @@ def _causal_mask(n_q: int, n_kv: int, offset: int) -> np.ndarray:
 
 class OnnxRuntimeBackend(AttentionPair, Backend):
     name = "onnxruntime"
+    shared_cross_kv = True  # decoder_layer takes one cross K/V row per audio (the contract)
     thread_safe = True  # outputs are allocated per call; each session runner has its own lock
     # the distribution's version without importing it (the registry reads it for every backend); replaced by
     # onnxruntime.__version__ at the first op.  The CPU kernels are the same in the GPU/OpenVINO builds.

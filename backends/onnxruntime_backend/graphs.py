@@ -256,8 +256,8 @@ def build_decoder_layer(w: DecoderLayerWeights) -> GraphBuilder:
     x = g.input("x", ["b", "n_q", n_state])
     k_past = g.input("k_past", ["b", "n_past", n_state])
     v_past = g.input("v_past", ["b", "n_past", n_state])
-    cross_k = g.input("cross_k", ["b", "n_audio", n_state])
-    cross_v = g.input("cross_v", ["b", "n_audio", n_state])
+    cross_k = g.input("cross_k", ["b_c", "n_audio", n_state])  # one row per audio, shared by its b / b_c rows
+    cross_v = g.input("cross_v", ["b_c", "n_audio", n_state])
     mask = g.input("mask", ["n_q", "n_kv"])
     h = layer_norm(g, x, *w.attn_ln, "attn_ln")
     q, k_new, v_new = _qkv(g, h, w, n_state, "attn")
@@ -266,7 +266,11 @@ def build_decoder_layer(w: DecoderLayerWeights) -> GraphBuilder:
     x = g.op("Add", x, linear(g, attention(g, q, k_all, v_all, n_head, d_head, mask), *w.out, "attn.out"))
     h = layer_norm(g, x, *w.cross_ln, "cross_ln")
     cq = linear(g, h, *w.cross_q, "cross.q")
-    x = g.op("Add", x, linear(g, attention(g, cq, cross_k, cross_v, n_head, d_head, None), *w.cross_out, "cross.out"))
+    # An audio's rows as one block of queries against its one cross K/V row, then back to (b, n_q, d).
+    cq = g.op("Reshape", cq, g.op("Concat", g.op("Slice", g.op("Shape", cross_k), g.const([0], I64), g.const([1], I64)),
+                                   g.const([-1, n_state], I64), axis=0))
+    a = g.op("Reshape", attention(g, cq, cross_k, cross_v, n_head, d_head, None), g.op("Shape", x))
+    x = g.op("Add", x, linear(g, a, *w.cross_out, "cross.out"))
     g.output(mlp(g, x, w.mlp), "y", ["b", "n_q", n_state])
     g.output(k_new, "k_new", ["b", "n_q", n_state])
     g.output(v_new, "v_new", ["b", "n_q", n_state])

@@ -62,6 +62,7 @@ def _numpy_blas_set_threads():
 
 class PythranBackend(Backend):
     name = "pythran"
+    shared_cross_kv = True  # decoder_layer takes one cross K/V row per audio (the contract)
     description = "Pythran kernels compiled at install (OpenMP) + NumPy's BLAS for the GEMMs"
 
     def __init__(self):
@@ -206,7 +207,7 @@ class PythranBackend(Backend):
         y = rows_f32(a) @ w.out.wt
         K.bias_residual_(y, w.out.bias, x2)
         h = K.layer_norm(y, w.cross_ln.weight, w.cross_ln.bias, np.float32(LAYER_NORM_EPS))
-        cq = self._linear2d(h, w.cross_q).reshape(b, n, d)
+        cq = self._linear2d(h, w.cross_q).reshape(cross_k.shape[0], -1, d)  # an audio's rows share its cross K/V
         a = self.attention(cq, cross_k, cross_v, w.n_head)
         y2 = rows_f32(a) @ w.cross_out.wt
         K.bias_residual_(y2, w.cross_out.bias, y)
