@@ -462,14 +462,15 @@ def _encoder(lead, n_state, n_head, layout="C"):
     return build
 
 
-def _decoder(batch, n_q, offset, n_state, n_head, n_text_ctx=N_TEXT_CTX, n_audio_ctx=N_AUDIO_CTX):
+def _decoder(batch, n_q, offset, n_state, n_head, n_text_ctx=N_TEXT_CTX, n_audio_ctx=N_AUDIO_CTX, cross_rows=None):
+    # cross_rows < batch: the rows of one audio (its beams) share one cross K/V row, as the contract allows
     def build(rng):
         w = _block_weights(rng, n_state, n_head, True)
         x = _normal(rng, (batch, n_q, n_state))
         k_cache = _normal(rng, (batch, n_text_ctx, n_state))  # filled everywhere: only [:, offset:offset+n_q] may change
         v_cache = _normal(rng, (batch, n_text_ctx, n_state))
-        cross_k = _normal(rng, (batch, n_audio_ctx, n_state))
-        cross_v = _normal(rng, (batch, n_audio_ctx, n_state))
+        cross_k = _normal(rng, (cross_rows or batch, n_audio_ctx, n_state))
+        cross_v = _normal(rng, (cross_rows or batch, n_audio_ctx, n_state))
         return Inputs((x, k_cache, v_cache, cross_k, cross_v, offset), weights=w, inplace=(1, 2))
     return build
 
@@ -491,6 +492,9 @@ def _coarse_cases():
         ("tiny_1_off447", (1, 1, 447, t, 6), {}),
         ("tiny_prompt_224_off0", (1, 224, 0, t, 6), {}),
         ("tiny_beam5_1_off20", (5, 1, 20, t, 6), {}),
+        ("tiny_beam5_shared_cross_1_off20", (5, 1, 20, t, 6), dict(cross_rows=1)),
+        ("tiny_2audios_beam5_shared_cross_1_off7", (10, 1, 7, t, 6), dict(cross_rows=2)),
+        ("tiny_beam5_shared_cross_prompt_3_off0", (5, 3, 0, t, 6), dict(cross_rows=1)),
         ("base_1_off50", (1, 1, 50, b, 8), {}),
         ("base_2_off446", (1, 2, 446, b, 8), {}),
         ("odd_33_3heads_2_off5", (1, 2, 5, 33, 3), dict(n_text_ctx=16, n_audio_ctx=13)),

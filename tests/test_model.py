@@ -39,3 +39,39 @@ def test_kv_cache_step_equals_full_recompute(tiny_numpy):
         stepped.append(g.decoder(tokens[:, i:i + 1], cache, i))
     stepped = np.concatenate(stepped, axis=1)
     np.testing.assert_allclose(stepped, full, atol=1e-4)  # same math, different GEMM shapes
+
+
+def test_beams_share_cross_kv_and_a_backend_may_decline(tiny_numpy):
+    """A cache for 3 beams of one audio keeps one cross K/V row, its steps equal 3 separate audios'
+    (the old layout), and a backend with shared_cross_kv False receives one cross row per decoder row."""
+    from whisperkit.backend import Ops
+    from whisperkit.backends.numpy_backend import NumpyBackend
+    from whisperkit.model import WhisperGraph
+
+    rng = np.random.default_rng(1)
+    features = rng.standard_normal((1, 1500, 384)).astype(np.float32)
+    tokens = np.array([[50257, 50362], [50257, 843], [50257, 523]])
+    g = tiny_numpy.graph
+    shared_cache = g.new_cache(features, group=3)
+    assert shared_cache.cross[0][0].shape[0] == 1 and shared_cache.k[0].shape[0] == 3
+    separate = g.new_cache(np.repeat(features, 3, axis=0))
+    assert separate.cross[0][0].shape[0] == 3
+    a, b = g.decoder(tokens, shared_cache, 0, [0, 1]), g.decoder(tokens, separate, 0, [0, 1])
+    assert a.shape == b.shape == (3, 2, g.dims.n_vocab)
+    assert np.abs(a - b).max() <= 1e-4  # the same math; only the grouping of the cross-attention GEMMs differs
+
+    seen = []
+
+    class PerRow(NumpyBackend):
+        name = "per-row"
+        shared_cross_kv = False
+
+        def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
+            seen.append((x.shape[0], cross_k.shape[0]))
+            return super().decoder_layer(x, w, k_cache, v_cache, cross_k, cross_v, offset)
+
+    per_row = WhisperGraph(Ops(PerRow(), NumpyBackend()), g.dims, tiny_numpy.weights.tensors)
+    c = per_row.new_cache(features, group=3)
+    out = per_row.decoder(tokens, c, 0, [0, 1])
+    assert seen and all(s == (3, 3) for s in seen)
+    assert np.abs(out - a).max() <= 1e-4
