@@ -92,8 +92,8 @@ def test_linear_rejects_a_wrong_input_width(backend, n_out):
         linear(f32(1, 3, 385))
 
 
-#: backend -> how its refusal of a step outside the KV cache reads (pythran does not check: numpy's broadcast fails)
-CACHE_REFUSAL = {"numba": "outside the KV cache", "onnxruntime": "KV cache"}
+#: backend -> how its refusal of a step outside the KV cache reads
+CACHE_REFUSAL = {"numba": "outside the KV cache", "onnxruntime": "KV cache", "pythran": "outside the KV cache"}
 
 
 @pytest.mark.parametrize("name", sorted(CACHE_REFUSAL))

@@ -41,8 +41,9 @@ def _nt():
 #: score block of a thread in its L2 while leaving OpenBLAS a GEMM large enough to run at speed.
 _ROW_BLOCK = 128
 _ATTN_BLOCK = 128
-#: The decoder step runs parallel only from this many rows (batch * n_q) on.
-_DECODE_PARALLEL_ROWS = 64
+#: The decoder step runs parallel only from this many rows (batch * n_q) on: a beam of 5 already gives
+#: each thread enough work per region (docs/bench-results.md, issue 14), a single greedy row does not.
+_DECODE_PARALLEL_ROWS = 2
 _KEEP_BUFFER_ROWS = 16  # decode steps with up to this many rows reuse their work buffers
 
 
@@ -200,9 +201,9 @@ class NumbaBackend(AttentionPair, Backend):
         if not direct:  # write through contiguous copies, then back into the caller's caches
             kc, vc = f32c(k_cache), f32c(v_cache)
         y = np.empty((m, n), _F32)
-        # The decode step (few rows) runs on one thread: its small parallel regions per layer cost more
-        # in barriers than they save, catastrophically so when the 2 cores are oversubscribed.  Prompts
-        # (many rows) and the logits GEMV (one large region) stay parallel.
+        # A one-row decode step runs on one thread: its small parallel regions per layer cost more in
+        # barriers than they save, catastrophically so when the 2 cores are oversubscribed.  Several rows
+        # (beams, batched files, prompts) and the logits GEMV (one large region) run parallel.
         nt = _nt() if m >= _DECODE_PARALLEL_ROWS else 1
         prev_nt = numba.get_num_threads()
         if nt != prev_nt:

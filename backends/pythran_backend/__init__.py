@@ -198,6 +198,9 @@ class PythranBackend(Backend):
 
     def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
         b, n, d = x.shape
+        offset = int(offset)
+        if offset < 0 or offset + n > k_cache.shape[1]:
+            raise ValueError(f"decoder_layer: positions {offset}..{offset + n - 1} outside the KV cache of {k_cache.shape[1]}")
         x2 = rows_f32(x)
         qkv = self._self_qkv(x2, w).reshape(b, n, 3 * d)
         end = offset + n
