@@ -213,6 +213,16 @@ def group_arrays(group) -> tuple:
 # --------------------------------------------------------------------------- helpers backends share
 
 
+def check_kv_step(k_cache, v_cache, offset: int, n_q: int) -> int:
+    """decoder_layer's bound: positions offset .. offset + n_q - 1 must lie inside both caches.  Returns
+    offset as an int; a step outside gets one clear error instead of a broadcast failure deep inside."""
+    offset = int(offset)
+    size = min(k_cache.shape[1], v_cache.shape[1])
+    if offset < 0 or offset + n_q > size:
+        raise ValueError(f"decoder_layer: positions {offset}..{offset + n_q - 1} outside the KV cache of {size}")
+    return offset
+
+
 def f32c(a) -> np.ndarray:
     """``a`` as a C-contiguous float32 array (no copy when it already is one)."""
     return np.ascontiguousarray(a, dtype=np.float32)

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import AttentionPair, Backend, f32c, f32c_group, group_arrays, hookimpl, rows_f32, weight_group
+from whisperkit.backend import AttentionPair, Backend, check_kv_step, f32c, f32c_group, group_arrays, hookimpl, rows_f32, weight_group
 
 try:
     import numba
@@ -183,9 +183,7 @@ class NumbaBackend(AttentionPair, Backend):
     def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
         x = np.asarray(x)
         b, n_q, n = x.shape
-        offset = int(offset)
-        if offset < 0 or offset + n_q > k_cache.shape[1]:
-            raise ValueError(f"decoder_layer: positions {offset}..{offset + n_q - 1} outside the KV cache of {k_cache.shape[1]}")
+        offset = check_kv_step(k_cache, v_cache, offset, n_q)
         x2 = rows_f32(x)
         m = x2.shape[0]
         bufs = w.buffers.get(m)

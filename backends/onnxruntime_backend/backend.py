@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import AttentionPair, Backend, f32c, weight_group
+from whisperkit.backend import AttentionPair, Backend, check_kv_step, f32c, weight_group
 from whisperkit.errors import BackendError
 from whisperkit.threads import get_num_threads
 
@@ -302,10 +302,8 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
     def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
         x = f32c(x)
         b, n_q, d = x.shape
-        offset = int(offset)
+        offset = check_kv_step(k_cache, v_cache, offset, n_q)
         end = offset + n_q
-        if k_cache.shape[1] < end or v_cache.shape[1] < end:
-            raise ValueError(f"decoder_layer: KV cache holds {k_cache.shape[1]} positions, step needs {end}")
         inputs = {"x": x, "k_past": f32c(k_cache[:, :offset]), "v_past": f32c(v_cache[:, :offset]),
                   "cross_k": f32c(cross_k), "cross_v": f32c(cross_v), "mask": _causal_mask(n_q, end, offset)}
         y = np.empty_like(x)

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import Backend, f32c, hookimpl, map_group, rows_f32, weight_group
+from whisperkit.backend import Backend, check_kv_step, f32c, hookimpl, map_group, rows_f32, weight_group
 from whisperkit.contract import LAYER_NORM_EPS
 from whisperkit.threads import get_num_threads
 
@@ -198,9 +198,7 @@ class PythranBackend(Backend):
 
     def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
         b, n, d = x.shape
-        offset = int(offset)
-        if offset < 0 or offset + n > k_cache.shape[1]:
-            raise ValueError(f"decoder_layer: positions {offset}..{offset + n - 1} outside the KV cache of {k_cache.shape[1]}")
+        offset = check_kv_step(k_cache, v_cache, offset, n)
         x2 = rows_f32(x)
         qkv = self._self_qkv(x2, w).reshape(b, n, 3 * d)
         end = offset + n
