@@ -79,7 +79,7 @@ class Inference:
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         if list(source_indices) != list(range(len(source_indices))):
-            self.cache.reorder(np.asarray(source_indices))
+            self.cache.reorder(np.asarray(source_indices), self.offset)
 
 
 # ---- logit filters ------------------------------------------------------------------------

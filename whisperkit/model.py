@@ -74,13 +74,12 @@ class KVCache:
         self.v = [np.zeros(shape, np.float32) for _ in range(dims.n_text_layer)]
         self.cross: list[tuple[np.ndarray, np.ndarray]] = []  # per layer (k, v): (batch // group, n_audio_ctx, n_text_state)
         self.group = group
-        self.filled = 0  # positions written so far (the decoder advances it)
 
-    def reorder(self, index: np.ndarray) -> None:
+    def reorder(self, index: np.ndarray, filled: int) -> None:
         """Select/reorder the batch rows (beam search): row i becomes old row index[i].  Beams only move
-        within their own audio's group of rows, so the shared cross K/V stays as it is.  Only the filled
-        prefix of the self-attention cache is copied, in place."""
-        end = self.filled
+        within their own audio's group of rows, so the shared cross K/V stays as it is.  Only the
+        `filled` positions of the self-attention cache are copied, in place."""
+        end = filled
         for cache in self.k + self.v:
             cache[:, :end] = cache[index, :end]
 
@@ -148,7 +147,6 @@ class TextDecoder:
         x = x.astype(np.float32, copy=False)
         for i, block in enumerate(self.blocks):
             x = block(x, cache.k[i], cache.v[i], cache.cross[i][0], cache.cross[i][1], offset)  # decoder_block
-        cache.filled = max(cache.filled, offset + n_q)
         positions = [-1] if logit_positions is None else list(logit_positions)
         x = self.ln(np.ascontiguousarray(x[:, positions]))  # (batch, n_positions, n_text_state)
         return self.logits_proj(x)  # (batch, n_positions, n_vocab)
