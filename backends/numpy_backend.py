@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from whisperkit import model
-from whisperkit.backend import Backend, bind_group, hookimpl, weight_group
+from whisperkit.backend import Backend, DecoderStepWeights, bind_group, hookimpl, weight_group
 from whisperkit.contract import LAYER_NORM_EPS
 
 # Coefficients of the erfc approximation of Numerical Recipes (2nd ed., sec. 6.2, "erfcc"),
@@ -111,6 +111,10 @@ class NumpyBackend(Backend):
 
     # ---- coarse ops: the graph's block functions (whisperkit.model) on fine ops bound through the dispatcher
     def prepare(self, op, weights, ops):
+        if op == "decoder_step":  # each layer bound as decoder_layer, so a backend's own decoder_layer runs them
+            return DecoderStepWeights(tuple(ops.bind("decoder_layer", **layer) for layer in weights["layers"]),
+                                      ops.bind("layer_norm", weight=weights["ln_weight"], bias=weights["ln_bias"]),
+                                      ops.bind("linear", weight=weights["logits_weight"], bias=None))
         if op in ("mlp_block", "encoder_layer", "decoder_layer"):
             return SimpleNamespace(block=bind_group(weight_group(op, weights), ops), ops=ops)
         return super().prepare(op, weights, ops)
@@ -123,6 +127,9 @@ class NumpyBackend(Backend):
 
     def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
         return model.decoder_block(x, w.block, w.ops.attention, k_cache, v_cache, cross_k, cross_v, offset)
+
+    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
+        return model.decoder_step(x, w, k_cache, v_cache, cross_k, cross_v, offset, positions)
 
 
 @hookimpl

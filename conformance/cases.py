@@ -42,7 +42,8 @@ class Inputs:
     args: tuple
     kwargs: dict = field(default_factory=dict)
     weights: dict | None = None
-    inplace: tuple[int, ...] = ()  # indices into args the op writes to (decoder_layer's KV cache)
+    inplace: tuple[int, ...] = ()  # indices into args the op writes to (the KV caches)
+    written: tuple = ()  # the index (slices) of those args the op may write; everything else must stay
 
 
 @dataclass
@@ -471,7 +472,33 @@ def _decoder(batch, n_q, offset, n_state, n_head, n_text_ctx=N_TEXT_CTX, n_audio
         v_cache = _normal(rng, (batch, n_text_ctx, n_state))
         cross_k = _normal(rng, (cross_rows or batch, n_audio_ctx, n_state))
         cross_v = _normal(rng, (cross_rows or batch, n_audio_ctx, n_state))
-        return Inputs((x, k_cache, v_cache, cross_k, cross_v, offset), weights=w, inplace=(1, 2))
+        return Inputs((x, k_cache, v_cache, cross_k, cross_v, offset), weights=w, inplace=(1, 2),
+                      written=(slice(None), slice(offset, offset + n_q)))
+    return build
+
+
+def _fp16_exact(w: dict) -> dict:
+    """The same weights rounded through float16: what the shipped fp16 checkpoints give, so a backend that
+    stores such weights as float16 (the contract allows it) runs that path."""
+    return {k: (v.astype(np.float16).astype(np.float32) if isinstance(v, np.ndarray) else v) for k, v in w.items()}
+
+
+def _decoder_step(batch, n_q, offset, positions, n_state, n_head, n_layer, n_vocab=N_VOCAB, n_text_ctx=N_TEXT_CTX,
+                  n_audio_ctx=N_AUDIO_CTX, cross_rows=None, fp16=False):
+    def build(rng):
+        layers = tuple(_block_weights(rng, n_state, n_head, True) for _ in range(n_layer))
+        ln_w, ln_b = _ln_weights(rng, n_state)
+        w = dict(layers=layers, ln_weight=ln_w, ln_bias=ln_b, logits_weight=_weight(rng, n_vocab, n_state))
+        if fp16:
+            w = _fp16_exact(w)
+            w["layers"] = tuple(_fp16_exact(layer) for layer in layers)
+        x = _normal(rng, (batch, n_q, n_state))
+        k_cache = _normal(rng, (n_layer, batch, n_text_ctx, n_state))  # filled everywhere: only [:, :, offset:offset+n_q] may change
+        v_cache = _normal(rng, (n_layer, batch, n_text_ctx, n_state))
+        cross_k = _normal(rng, (n_layer, cross_rows or batch, n_audio_ctx, n_state))
+        cross_v = _normal(rng, (n_layer, cross_rows or batch, n_audio_ctx, n_state))
+        return Inputs((x, k_cache, v_cache, cross_k, cross_v, offset, positions), weights=w, inplace=(1, 2),
+                      written=(slice(None), slice(None), slice(offset, offset + n_q)))
     return build
 
 
@@ -501,6 +528,21 @@ def _coarse_cases():
     ]:
         bt, nq, off, ns, nh = args
         _case("decoder_layer", name, _decoder(*args, **kw), x=(bt, nq, ns), offset=off, n_head=nh, **kw)
+    for name, args, kw in [
+        ("tiny_1_off3", (1, 1, 3, (-1,), t, 6, 4), {}),
+        ("tiny_1_off3_fp16_weights", (1, 1, 3, (-1,), t, 6, 4), dict(fp16=True)),
+        ("tiny_1_off447", (1, 1, 447, (-1,), t, 6, 4), dict(fp16=True)),
+        ("tiny_sot_3_off0_two_positions", (1, 3, 0, (0, -1), t, 6, 4), {}),
+        ("tiny_beam5_shared_cross_1_off20", (5, 1, 20, (-1,), t, 6, 4), dict(cross_rows=1, fp16=True)),
+        ("tiny_2audios_beam5_shared_cross_1_off7", (10, 1, 7, (-1,), t, 6, 4), dict(cross_rows=2)),
+        ("tiny_batch3_1_off9", (3, 1, 9, (-1,), t, 6, 4), dict(fp16=True)),
+        ("tiny_beam5_prompt_40_off0", (5, 40, 0, (1, -1), t, 6, 4), dict(cross_rows=1, fp16=True)),
+        ("base_1_off50", (1, 1, 50, (-1,), b, 8, 6), dict(n_vocab=51865, fp16=True)),
+        ("odd_33_3heads_2_off5", (2, 2, 5, (0, 1), 33, 3, 2), dict(n_vocab=77, n_text_ctx=16, n_audio_ctx=13)),
+    ]:
+        bt, nq, off, pos, ns, nh, nl = args
+        _case("decoder_step", name, _decoder_step(*args, **kw), x=(bt, nq, ns), offset=off, positions=pos, n_head=nh,
+              n_layer=nl, **kw)
 
 
 def _rowwise_scale(inp, ref):
@@ -551,6 +593,10 @@ for _op, _tol, _scale, _doc in [
     ("decoder_layer", Tol(4e-5, 1e-37, "three residual sub-blocks (self, cross attention, MLP) as encoder_layer: normwise per token; "
                                        "the KV cache rows written are held to the same tolerance"), _rowwise_scale,
      "max |ref| of the token's row"),
+    ("decoder_step", Tol(1e-4, 1e-37, "n_layer decoder_layers (4e-5 each), the final layer_norm and the logits linear over "
+                                      "n_state terms: normwise per row of logits, as the whole-model logits check; the KV cache "
+                                      "rows written are held to the same tolerance"), _rowwise_scale,
+     "max |ref| of the row (logits: over the vocabulary)"),
 ]:
     RECORDS[_op] = OpRecord(_op, _by_op(_op), {"float32": _tol}, _scale, _doc)
 

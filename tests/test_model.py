@@ -53,9 +53,9 @@ def test_beams_share_cross_kv_and_a_backend_may_decline(tiny_numpy):
     tokens = np.array([[50257, 50362], [50257, 843], [50257, 523]])
     g = tiny_numpy.graph
     shared_cache = g.new_cache(features, group=3)
-    assert shared_cache.cross[0][0].shape[0] == 1 and shared_cache.k[0].shape[0] == 3
+    assert shared_cache.cross_k[0].shape[0] == 1 and shared_cache.k[0].shape[0] == 3
     separate = g.new_cache(np.repeat(features, 3, axis=0))
-    assert separate.cross[0][0].shape[0] == 3
+    assert separate.cross_k[0].shape[0] == 3
     a, b = g.decoder(tokens, shared_cache, 0, [0, 1]), g.decoder(tokens, separate, 0, [0, 1])
     assert a.shape == b.shape == (3, 2, g.dims.n_vocab)
     assert np.abs(a - b).max() <= 1e-4  # the same math; only the grouping of the cross-attention GEMMs differs

@@ -165,10 +165,20 @@ class DecoderLayerWeights(NamedTuple):
     mlp: MlpWeights
 
 
+class DecoderStepWeights(NamedTuple):
+    layers: tuple  # one DecoderLayerWeights per decoder layer
+    ln: Norm
+    logits: Linear  # the token embedding (n_vocab, n_state); bias None
+
+
 def weight_group(op: str, weights: dict[str, Any]):
     """The weights of a coarse op (the keyword arguments `prepare_<op>` receives) as one typed group:
-    `MlpWeights`, `EncoderLayerWeights` or `DecoderLayerWeights`, fields named as in the contract."""
+    `MlpWeights`, `EncoderLayerWeights`, `DecoderLayerWeights` or `DecoderStepWeights`, fields named as
+    in the contract."""
     w = weights
+    if op == "decoder_step":
+        return DecoderStepWeights(tuple(weight_group("decoder_layer", layer) for layer in w["layers"]),
+                                  Norm(w["ln_weight"], w["ln_bias"]), Linear(w["logits_weight"], None))
 
     def pair(kind, name):
         return kind(w[f"{name}_weight"], w[f"{name}_bias"])
@@ -181,7 +191,7 @@ def weight_group(op: str, weights: dict[str, Any]):
         return EncoderLayerWeights(*attn, mlp)
     if op == "decoder_layer":
         return DecoderLayerWeights(*attn, pair(Norm, "cross_ln"), pair(Linear, "cross_q"), pair(Linear, "cross_out"), mlp)
-    raise KeyError(f"{op!r} has no weight group; groups are for mlp_block, encoder_layer and decoder_layer")
+    raise KeyError(f"{op!r} has no weight group; groups are for mlp_block, encoder_layer, decoder_layer and decoder_step")
 
 
 def map_group(group, norm: Callable, linear: Callable, mlp: Callable | None = None):
@@ -221,6 +231,23 @@ def check_kv_step(k_cache, v_cache, offset: int, n_q: int) -> int:
     if offset < 0 or offset + n_q > size:
         raise ValueError(f"decoder_layer: positions {offset}..{offset + n_q - 1} outside the KV cache of {size}")
     return offset
+
+
+def exact_float16(a) -> np.ndarray | None:
+    """``a`` as a C-contiguous float16 array when widening that back to float32 gives ``a`` bit for bit
+    (the weights of the shipped fp16 checkpoints), else None.  Checked once, at prepare: a backend that
+    stores such a weight as float16 and widens it in its kernels computes exactly what it would from
+    the float32 array, with half the bytes to read."""
+    a = np.asarray(a)
+    if a.dtype == np.float16:
+        return np.ascontiguousarray(a)
+    if a.dtype != np.float32:
+        return None
+    h = a.astype(np.float16)
+    with np.errstate(invalid="ignore"):
+        same = np.array_equal(h.astype(np.float32).view(np.uint32), a.view(np.uint32)) if a.flags.c_contiguous \
+            else np.array_equal(h.astype(np.float32), a, equal_nan=True)
+    return np.ascontiguousarray(h) if same else None
 
 
 def f32c(a) -> np.ndarray:
@@ -265,3 +292,4 @@ def bind_group(group, ops: "Ops"):
     return map_group(group, lambda w, b: ops.bind("layer_norm", weight=w, bias=b),
                      lambda w, b: ops.bind("linear", weight=w, bias=b),
                      lambda m: ops.bind("mlp_block", **m.kwargs()))
+

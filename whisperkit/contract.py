@@ -17,6 +17,10 @@ Conventions shared by every op
   ``backend.prepare(op, weights)`` once per weight set; the backend may re-layout, pack, cast or bind
   the arrays and returns any object it likes.  At run time the op receives that object as ``w``.
   Weights are never converted per call.
+* A backend may store a weight as float16 when widening it back gives the float32 array it was handed,
+  bit for bit (`whisperkit.backend.exact_float16` checks this once, at prepare).  The shipped
+  checkpoints are float16, so their weights qualify: products computed in float32 from the widened
+  values are the same, and no tolerance changes.  A weight float16 cannot hold stays float32.
 * Coarse ops (``coarse=True``) fuse several fine ops; their reference is a composition of fine ops
   through the dispatcher, so a backend that implements only fine ops still accelerates them.
 
@@ -149,6 +153,27 @@ _op(
     x = x + linear(attention(q, k_cache[:, :offset+n_q], v_cache[:, :offset+n_q], n_head, causal=True, offset=offset), out)
     x = x + linear(attention(linear(layer_norm(x, cross_ln), cross_q), cross_k, cross_v, n_head), cross_out)
     y = mlp_block(x, mlp_ln, fc1, fc2)
+    """,
+    coarse=True,
+)
+
+_op(
+    "decoder_step",
+    "decoder_step(x, w, k_cache, v_cache, cross_k, cross_v, offset, positions) -> logits",
+    ("layers", "ln_weight", "ln_bias", "logits_weight"),
+    """
+    One whole decoding step: every decoder layer, the final LayerNorm and the logits, in one call.
+    layers: one dict per decoder layer, each holding decoder_layer's weights (n_head, attn_ln_weight, ...).
+    ln_weight, ln_bias: (n_state,), the decoder's final LayerNorm.  logits_weight: (n_vocab, n_state), the
+    token embedding (Whisper ties the two).
+    x: (batch, n_q, n_state), the embedded tokens at positions offset .. offset + n_q - 1.
+    k_cache, v_cache: (n_layer, batch, n_text_ctx, n_state), C-contiguous float32 (as `KVCache` makes
+    them), written IN PLACE at [:, :, offset:offset + n_q].  cross_k, cross_v: (n_layer, batch_c,
+    n_audio_ctx, n_state), shared by the rows of one audio as in decoder_layer (always: there is no
+    per-row variant of this op).  positions: a tuple of indices into the n_q new tokens (negative ones
+    count from the end) whose logits are wanted.
+    for i, layer in enumerate(layers): x = decoder_layer(x, layer, k_cache[i], v_cache[i], cross_k[i], cross_v[i], offset)
+    logits = linear(layer_norm(x[:, positions], ln), logits_weight)      # (batch, len(positions), n_vocab)
     """,
     coarse=True,
 )

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import DecoderLayerWeights, EncoderLayerWeights, MlpWeights, Ops, bind_group, weight_group
+from .backend import DecoderLayerWeights, DecoderStepWeights, EncoderLayerWeights, MlpWeights, Ops, bind_group, weight_group
 from .weights import layout
 from .weights.layout import DECODER, ENCODER, ModelDimensions
 
@@ -42,6 +42,15 @@ def decoder_block(x, w: DecoderLayerWeights, attention, k_cache, v_cache, cross_
     return w.mlp(x)
 
 
+def decoder_step(x, w: DecoderStepWeights, k_cache, v_cache, cross_k, cross_v, offset, positions):
+    """Every decoder layer (`w.layers`: decoder_layer ops), then the final LayerNorm and the logits of
+    the rows at `positions` (indices into the n_q new tokens).  Caches: (n_layer, batch, n_text_ctx, n_state)."""
+    for i, layer in enumerate(w.layers):
+        x = layer(x, k_cache[i], v_cache[i], cross_k[i], cross_v[i], offset)  # decoder_block
+    x = np.ascontiguousarray(x[:, list(positions)])  # (batch, n_positions, n_state)
+    return w.logits(w.ln(x))  # (batch, n_positions, n_vocab)
+
+
 class AudioEncoder:
     def __init__(self, ops: Ops, dims: ModelDimensions, t: dict):
         self.ops = ops
@@ -65,32 +74,34 @@ class KVCache:
     """Self-attention keys and values of every decoder layer, preallocated for the whole context,
     plus the cross-attention keys and values of the current window.
 
-    The cross K/V has one row per audio; `group` consecutive decoder rows (the beams, or best_of
-    samples, of one audio) share it, so a beam step reads the audio once, not once per beam."""
+    k, v: (n_layer, batch, n_text_ctx, n_text_state), one array each, so a whole decoding step
+    (decoder_step) takes them in one argument; ``k[i]`` is layer i's cache.  cross_k, cross_v:
+    (n_layer, batch // group, n_audio_ctx, n_text_state): `group` consecutive decoder rows (the beams,
+    or best_of samples, of one audio) share one cross row, so a beam step reads the audio once, not once
+    per beam."""
 
     def __init__(self, dims: ModelDimensions, batch: int, group: int = 1):
-        shape = (batch, dims.n_text_ctx, dims.n_text_state)
-        self.k = [np.zeros(shape, np.float32) for _ in range(dims.n_text_layer)]
-        self.v = [np.zeros(shape, np.float32) for _ in range(dims.n_text_layer)]
-        self.cross: list[tuple[np.ndarray, np.ndarray]] = []  # per layer (k, v): (batch // group, n_audio_ctx, n_text_state)
+        shape = (dims.n_text_layer, batch, dims.n_text_ctx, dims.n_text_state)
+        self.k = np.zeros(shape, np.float32)
+        self.v = np.zeros(shape, np.float32)
+        self.cross_k = self.cross_v = None  # set by TextDecoder.set_audio
         self.group = group
 
     def reorder(self, index: np.ndarray, filled: int) -> None:
         """Select/reorder the batch rows (beam search): row i becomes old row index[i].  Beams only move
         within their own audio's group of rows, so the shared cross K/V stays as it is.  Only the
         `filled` positions of the self-attention cache are copied, in place."""
-        end = filled
-        for cache in self.k + self.v:
-            cache[:, :end] = cache[index, :end]
+        for cache in (self.k, self.v):
+            cache[:, :, :filled] = cache[:, index, :filled]
 
     def select(self, rows: np.ndarray) -> None:
         """Keep only these batch rows, in self-attention and cross-attention alike (rows leaving a batch)."""
         if self.group > 1:  # rows leave one by one: give each row its own cross K/V first
-            self.cross = [(np.repeat(k, self.group, axis=0), np.repeat(v, self.group, axis=0)) for k, v in self.cross]
+            self.cross_k = np.repeat(self.cross_k, self.group, axis=1)
+            self.cross_v = np.repeat(self.cross_v, self.group, axis=1)
             self.group = 1
-        self.k = [k[rows] for k in self.k]
-        self.v = [v[rows] for v in self.v]
-        self.cross = [(k[rows], v[rows]) for k, v in self.cross]
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self.cross_k, self.cross_v = self.cross_k[:, rows], self.cross_v[:, rows]
 
 
 class TextDecoder:
@@ -101,10 +112,11 @@ class TextDecoder:
         self.cross_kv = [ops.bind("linear", **layout.module_weights(t, DECODER, "cross_attn.kv", i))
                          for i in range(dims.n_text_layer)]
         self.layer_kwargs = [layout.layer_kwargs(t, DECODER, i, dims.n_text_head) for i in range(dims.n_text_layer)]
-        self.blocks = [ops.bind("decoder_layer", **kw) for kw in self.layer_kwargs]
-        self.ln = ops.bind("layer_norm", **layout.module_weights(t, DECODER, "ln"))
-        self.logits_proj = ops.bind("linear", weight=self.token_embedding, bias=None)
-        self.ops, self._fine = ops, None
+        ln = layout.module_weights(t, DECODER, "ln")
+        # all layers, the final LayerNorm and the logits (tied to the token embedding) as one op
+        self.step = ops.bind("decoder_step", layers=tuple(self.layer_kwargs), ln_weight=ln["weight"],
+                             ln_bias=ln["bias"], logits_weight=self.token_embedding)
+        self.ops, self._fine, self._ln_weights, self._ln, self._logits = ops, None, ln, None, None
 
     def _fine_blocks(self) -> list[DecoderLayerWeights]:
         """The decoder layers with their parts bound as fine ops, on first use (word timestamps need the
@@ -126,16 +138,20 @@ class TextDecoder:
             if i in layers:
                 def tap(q, k, i=i, n_head=w.n_head):
                     weights[i] = ops.attention_weights(q, k, n_head)
-            x = decoder_block(x, w, ops.attention, cache.k[i], cache.v[i], *cache.cross[i], 0, cross_tap=tap)
-        return self.logits_proj(self.ln(x)), weights
+            x = decoder_block(x, w, ops.attention, cache.k[i], cache.v[i], cache.cross_k[i], cache.cross_v[i], 0, cross_tap=tap)
+        if self._ln is None:
+            self._ln = ops.bind("layer_norm", **self._ln_weights)
+            self._logits = ops.bind("linear", weight=self.token_embedding, bias=None)
+        return self._logits(self._ln(x)), weights
 
     def set_audio(self, cache: KVCache, audio_features: np.ndarray) -> None:
         """Compute the cross-attention keys and values of every layer once per window."""
-        cache.cross = []
-        for proj in self.cross_kv:
+        n_layer, n = len(self.cross_kv), self.dims.n_text_state
+        shape = (n_layer, audio_features.shape[0], audio_features.shape[1], n)
+        cache.cross_k, cache.cross_v = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        for i, proj in enumerate(self.cross_kv):
             kv = proj(audio_features)  # (batch, n_audio_ctx, 2 * n_text_state)
-            k, v = np.split(kv, 2, axis=-1)
-            cache.cross.append((np.ascontiguousarray(k), np.ascontiguousarray(v)))
+            cache.cross_k[i], cache.cross_v[i] = kv[..., :n], kv[..., n:]
 
     def __call__(self, tokens: np.ndarray, cache: KVCache, offset: int, logit_positions=None) -> np.ndarray:
         """tokens: (batch, n_q) at positions offset..offset+n_q-1.  Returns logits (batch, len(positions), n_vocab)
@@ -145,11 +161,8 @@ class TextDecoder:
             raise ValueError(f"decoder context overflow: {offset + n_q} tokens > n_text_ctx {self.dims.n_text_ctx}")
         x = self.token_embedding[tokens] + self.positional_embedding[offset:offset + n_q]  # (batch, n_q, n_text_state)
         x = x.astype(np.float32, copy=False)
-        for i, block in enumerate(self.blocks):
-            x = block(x, cache.k[i], cache.v[i], cache.cross[i][0], cache.cross[i][1], offset)  # decoder_block
-        positions = [-1] if logit_positions is None else list(logit_positions)
-        x = self.ln(np.ascontiguousarray(x[:, positions]))  # (batch, n_positions, n_text_state)
-        return self.logits_proj(x)  # (batch, n_positions, n_vocab)
+        positions = (-1,) if logit_positions is None else tuple(int(p) for p in logit_positions)
+        return self.step(x, cache.k, cache.v, cache.cross_k, cache.cross_v, offset, positions)  # decoder_step
 
 
 class WhisperGraph:
