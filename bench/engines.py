@@ -73,9 +73,39 @@ class BackendEngine(Engine):
 def _ct2_dir(weights) -> Path:
     src = Path(weights.source)
     d = src if src.is_dir() else src.parent
-    if not (d / "model.bin").is_file():
-        raise EngineUnavailable(f"no CTranslate2 model.bin for {weights.name} in {d} (faster-whisper loads only that format)")
-    return d
+    if (d / "model.bin").is_file():
+        return d
+    parts = _split_parts(d)
+    if parts:
+        return _joined_ct2_dir(d, parts)
+    raise EngineUnavailable(f"no CTranslate2 model.bin for {weights.name} in {d} (faster-whisper loads only that format)")
+
+
+def _split_parts(d: Path) -> list[Path]:
+    """The parts of a model.bin split over packages (the bundled base model ships in two), in order."""
+    from whisperkit.weights.resolve import _base_parts
+    bundled = _base_parts()
+    if bundled is not None and bundled[0].parent == d:
+        return list(bundled)
+    return sorted(d.glob("model.bin.part*"), key=lambda p: p.name)
+
+
+def _joined_ct2_dir(d: Path, parts: list[Path]) -> Path:
+    """A temporary CTranslate2 directory whose model.bin is the parts joined in order (removed at exit):
+    faster-whisper reads only a whole model.bin."""
+    import atexit
+    import shutil
+    import tempfile
+    out = Path(tempfile.mkdtemp(prefix="whisperkit-bench-ct2-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    with open(out / "model.bin", "wb") as dst:
+        for part in parts:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 24)
+    for f in d.iterdir():
+        if not f.name.startswith("model.bin"):
+            (out / f.name).symlink_to(f)
+    return out
 
 
 class FasterWhisperEngine(Engine):

@@ -83,3 +83,19 @@ def test_multilingual_transcribe_and_translate(base_numpy, golden_base, clip):
     translated = base_numpy.transcribe(str(shared("audio", clip)), temperature=0.0, task="translate")
     assert translated.text == g["translate_greedy"]["text"]
     assert [s.tokens for s in translated.segments] == [s["tokens"] for s in g["translate_greedy"]["segments"]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_top_k_equals_a_full_sort(seed):
+    """The beam's top-k (a chunk-maxima bound, then a sort of the few above it) against a sort of every row:
+    rows with ties, with -inf (suppressed tokens), widths that leave a ragged tail, and k near the width."""
+    from whisperkit.token_decoders import top_k
+    rng = np.random.default_rng(seed)
+    for n, k in [(51864, 6), (1000, 6), (300, 2), (5, 5), (257, 3)]:
+        x = rng.standard_normal((4, n)).astype(np.float32)
+        x[1, rng.integers(0, n, n // 2)] = -np.inf
+        x[2] = np.round(x[2])  # many ties
+        x[3, :] = -np.inf
+        x[3, n - 1] = 0.0  # the best token in the tail
+        want = np.stack([np.lexsort((np.arange(n), -row))[:k] for row in x])
+        np.testing.assert_array_equal(top_k(x, k), want)

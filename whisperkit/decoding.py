@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .audio import CHUNK_LENGTH
-from .token_decoders import BeamSearchDecoder, GreedyDecoder, TokenDecoder, log_softmax
+from .token_decoders import BeamSearchDecoder, GreedyDecoder, TokenDecoder, log_softmax, shifted_and_lse
 
 if TYPE_CHECKING:
     from .model import KVCache, WhisperGraph
@@ -141,12 +141,14 @@ class ApplyTimestampRules(LogitFilter):
             logits[:, :tb] = -np.inf  # the first sampled token is a timestamp
             if self.max_initial_timestamp_index is not None:
                 logits[:, tb + self.max_initial_timestamp_index + 1:] = -np.inf
-        logprobs = log_softmax(logits)
+        # log-probabilities as shifted - lse, subtracted only where read: the same bits as a whole log_softmax
+        # (float32 subtraction of one value keeps the order, so the max of the text tokens' too)
+        shifted, lse = shifted_and_lse(logits)
         for k in range(tokens.shape[0]):
-            ts = logprobs[k, tb:]
+            ts = shifted[k, tb:] - lse[k]
             m = ts.max()
             timestamp_logprob = m + np.log(np.sum(np.exp(ts - m))) if np.isfinite(m) else -np.inf
-            if timestamp_logprob > logprobs[k, :tb].max():
+            if timestamp_logprob > shifted[k, :tb].max() - lse[k, 0]:
                 logits[k, :tb] = -np.inf
 
 

@@ -13,12 +13,42 @@ from __future__ import annotations
 import numpy as np
 
 
+def shifted_and_lse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x - max, log(sum(exp(x - max)))) over the last axis in float32: log_softmax(x) is their difference.
+    Callers that need only a few log-probabilities, or a max over them, subtract the lse from those alone:
+    the same float32 operation on the same values, so the same bits as the whole log_softmax."""
+    x = np.asarray(x, np.float32)
+    shifted = x - np.max(x, axis=-1, keepdims=True)
+    return shifted, np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
 def log_softmax(x: np.ndarray) -> np.ndarray:
     """log_softmax over the last axis in float32; -inf entries stay -inf."""
-    x = np.asarray(x, np.float32)
-    m = np.max(x, axis=-1, keepdims=True)
-    shifted = x - m
-    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    shifted, lse = shifted_and_lse(x)
+    shifted -= lse
+    return shifted
+
+
+def top_k(x: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
+    """Indices of the k largest values of each row of x (rows, n), largest first (ties: lower index first).
+
+    Exact, and cheaper than a partition of every row: the k-th largest of the maxima of whole chunks is a
+    lower bound of the row's k-th largest value (k distinct elements reach it), so only the elements at or
+    above it (few, for logits) and the ragged tail are sorted."""
+    rows, n = x.shape
+    out = np.empty((rows, k), np.int64)
+    whole = n - n % chunk
+    for r in range(rows):
+        row = x[r]
+        if whole // chunk >= k:
+            bound = np.partition(row[:whole].reshape(-1, chunk).max(axis=1), -k)[-k]
+            cand = np.flatnonzero(row[:whole] >= bound)
+            cand = np.concatenate([cand, np.arange(whole, n)])
+        else:
+            cand = np.arange(n)
+        order = np.lexsort((cand, -row[cand]))[:k]
+        out[r] = cand[order]
+    return out
 
 
 # ---- the interface, and greedy ----------------------------------------------------------------
@@ -51,8 +81,9 @@ class GreedyDecoder(TokenDecoder):
         else:  # Gumbel-max: argmax(logits / T + Gumbel noise) samples softmax(logits / T)
             noise = self.rng.gumbel(size=logits.shape).astype(np.float32)
             next_tokens = (logits / np.float32(self.temperature) + noise).argmax(axis=-1)
-        logprobs = log_softmax(logits)
-        current = logprobs[np.arange(logprobs.shape[0]), next_tokens]
+        shifted, lse = shifted_and_lse(logits)
+        rows = np.arange(logits.shape[0])
+        current = shifted[rows, next_tokens] - lse[:, 0]  # the chosen tokens' log-probabilities
         sum_logprobs += current * (tokens[:, -1] != self.eot)
         next_tokens[tokens[:, -1] == self.eot] = self.eot
         tokens = np.concatenate([tokens, next_tokens[:, None]], axis=-1)
@@ -87,9 +118,10 @@ class BeamSearchDecoder(TokenDecoder):
         n_audio = tokens.shape[0] // self.beam_size
         if self.finished is None:
             self.finished = [{} for _ in range(n_audio)]
-        logprobs = log_softmax(logits)  # (n_audio * beam_size, n_vocab)
+        shifted, lse = shifted_and_lse(logits)  # log-probabilities are shifted - lse: (n_audio * beam_size, n_vocab)
         k = self.beam_size + 1
-        top = np.argpartition(-logprobs, k - 1, axis=-1)[:, :k]  # the k best tokens of each row, unordered
+        top = top_k(shifted, k)  # the k best tokens of each row, best first
+        top_logprobs = np.take_along_axis(shifted, top, axis=-1) - lse
 
         next_tokens, sources, newly_finished = [], [], []
         for i in range(n_audio):
@@ -98,10 +130,9 @@ class BeamSearchDecoder(TokenDecoder):
             for j in range(self.beam_size):
                 row = i * self.beam_size + j
                 prefix = tuple(int(t) for t in tokens[row])
-                cand = top[row][np.argsort(-logprobs[row, top[row]], kind="stable")]
-                for token in cand:
+                for token, logprob in zip(top[row], top_logprobs[row]):
                     seq = prefix + (int(token),)
-                    scores[seq] = float(np.float32(sum_logprobs[row]) + logprobs[row, token])
+                    scores[seq] = float(np.float32(sum_logprobs[row]) + logprob)
                     source[seq] = row
             finished: dict[tuple, float] = {}
             saved = 0
