@@ -75,3 +75,22 @@ def test_beams_share_cross_kv_and_a_backend_may_decline(tiny_numpy):
     out = per_row.decoder(tokens, c, 0, [0, 1])
     assert seen and all(s == (3, 3) for s in seen)
     assert np.abs(out - a).max() <= 1e-4
+
+
+def test_kv_cache_reorder_moves_only_the_filled_prefix_of_rows_that_change():
+    """Beam search's reorder: row i takes old row index[i] over the filled positions (rows may swap and
+    repeat); positions past `filled` stay as they were."""
+    from types import SimpleNamespace
+
+    from whisperkit.model import KVCache
+
+    c = KVCache(SimpleNamespace(n_text_layer=2, n_text_ctx=8, n_text_state=3), batch=5, group=5)
+    rng = np.random.default_rng(0)
+    c.k[:], c.v[:] = rng.standard_normal(c.k.shape), rng.standard_normal(c.v.shape)
+    k0, v0 = c.k.copy(), c.v.copy()
+    index = np.array([1, 0, 0, 3, 2])
+    c.reorder(index, 5)
+    np.testing.assert_array_equal(c.k[:, :, :5], k0[:, index, :5])
+    np.testing.assert_array_equal(c.v[:, :, :5], v0[:, index, :5])
+    np.testing.assert_array_equal(c.k[:, :, 5:], k0[:, :, 5:])
+    np.testing.assert_array_equal(c.v[:, :, 5:], v0[:, :, 5:])

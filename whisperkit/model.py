@@ -90,9 +90,13 @@ class KVCache:
     def reorder(self, index: np.ndarray, filled: int) -> None:
         """Select/reorder the batch rows (beam search): row i becomes old row index[i].  Beams only move
         within their own audio's group of rows, so the shared cross K/V stays as it is.  Only the
-        `filled` positions of the self-attention cache are copied, in place."""
-        for cache in (self.k, self.v):
-            cache[:, :, :filled] = cache[:, index, :filled]
+        `filled` positions of the self-attention cache of the rows that change are copied, in place."""
+        index = np.asarray(index)
+        moved = np.flatnonzero(index != np.arange(len(index)))
+        if moved.size:
+            src = index[moved]
+            for cache in (self.k, self.v):
+                cache[:, moved, :filled] = cache[:, src, :filled]  # the right side is a copy: rows may swap
 
     def select(self, rows: np.ndarray) -> None:
         """Keep only these batch rows, in self-attention and cross-attention alike (rows leaving a batch)."""
