@@ -500,3 +500,287 @@ def decoder_layer_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, off
     linear_kernel(hbuf, w1, b1, fbuf, None, nt)
     gelu_rows_kernel(fbuf, nt)
     linear_kernel(fbuf, w2, b2, y, x2, nt)
+
+
+# ---- the decoder step: every layer, the final LayerNorm and the logits in one call ---------------
+# A decode step has few rows (one per beam or batched file), so every product is a GEMV-like pass that
+# reads each weight row once for all rows, from float16 where the checkpoint's weights are float16.
+FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@intrinsic
+def widen(typingctx, x):
+    """A weight element as float32: a float16 stored as uint16 is bitcast to LLVM's half and extended
+    (vectorised, that is F16C's vcvtph2ps); a float32 is returned as is.  Numba has no float16
+    arithmetic on the CPU, LLVM has the type."""
+    if isinstance(x, types.Integer) and x.bitwidth == 16:
+        def codegen(context, builder, sig, args):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        return types.float32(x), codegen
+    if x == types.float32:
+        def codegen(context, builder, sig, args):
+            return args[0]
+        return types.float32(x), codegen
+    return None
+
+
+#: Weight rows per tile of the GEMV: the tile (48 KiB of float16 at n_in 384) stays in L2 while every
+#: group of x rows passes over it, so it comes from memory once per step.
+GEMV_TILE = 64
+
+
+@njit(cache=True, fastmath=FAST)
+def _put(out, i, j, acc, bias, res):
+    v = acc
+    if bias is not None:
+        v += bias[j]
+    if res is not None:
+        v += res[i, j]
+    out[i, j] = v
+
+
+@njit(cache=True, fastmath=FAST)
+def gemv_block(x, w, c0, c1, bias, res, out, act):
+    """out[:, c0:c1] = x @ widen(w[c0:c1]).T (+ bias) (+ res), then GELU if `act`.  x: (m, k) float32, few
+    rows; w: (n, k) uint16 (float16 bits) or float32.  Weight tiles are read once for all rows of x;
+    4 rows of x share each widened weight vector, so the conversion costs little against the FMAs."""
+    m, k = x.shape
+    for t0 in range(c0, c1, GEMV_TILE):
+        t1 = min(c1, t0 + GEMV_TILE)
+        i = 0
+        while m - i >= 4:
+            x0 = x[i]
+            x1 = x[i + 1]
+            x2 = x[i + 2]
+            x3 = x[i + 3]
+            for j in range(t0, t1):
+                wr = w[j]
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                a2 = np.float32(0.0)
+                a3 = np.float32(0.0)
+                for t in range(k):
+                    wv = widen(wr[t])
+                    a0 += x0[t] * wv
+                    a1 += x1[t] * wv
+                    a2 += x2[t] * wv
+                    a3 += x3[t] * wv
+                _put(out, i, j, a0, bias, res)
+                _put(out, i + 1, j, a1, bias, res)
+                _put(out, i + 2, j, a2, bias, res)
+                _put(out, i + 3, j, a3, bias, res)
+            i += 4
+        if m - i >= 2:
+            x0 = x[i]
+            x1 = x[i + 1]
+            for j in range(t0, t1):
+                wr = w[j]
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                for t in range(k):
+                    wv = widen(wr[t])
+                    a0 += x0[t] * wv
+                    a1 += x1[t] * wv
+                _put(out, i, j, a0, bias, res)
+                _put(out, i + 1, j, a1, bias, res)
+            i += 2
+        if m - i >= 1:
+            x0 = x[i]
+            for j in range(t0, t1):
+                wr = w[j]
+                a0 = np.float32(0.0)
+                for t in range(k):
+                    a0 += x0[t] * widen(wr[t])
+                _put(out, i, j, a0, bias, res)
+    if act:
+        for i in range(m):
+            orow = out[i]
+            for j in range(c0, c1):
+                orow[j] = gelu_scalar(orow[j])
+
+
+@njit(parallel=True, cache=True)
+def gemv_par(x, w, bias, res, out, act, nt):
+    cb = _blocks(w.shape[0], nt, 16)
+    for p in prange(nt):
+        gemv_block(x, w, cb[p], cb[p + 1], bias, res, out, act)
+
+
+@njit(cache=True)
+def gemv(x, w, bias, res, out, act, nt):
+    """out = x @ widen(w).T (+ bias) (+ res) (GELU'd if act), over `nt` threads by column blocks."""
+    if nt == 1:
+        gemv_block(x, w, 0, w.shape[0], bias, res, out, act)
+    else:
+        gemv_par(x, w, bias, res, out, act, nt)
+
+
+@njit(cache=True, fastmath=FAST)
+def attn_part(q, qc, q0, rows, kv_k, kv_v, lim, j0, j1, n_head, scale, s, o, pm, pl):
+    """Attention of the query rows q[q0:q0+rows, qc:qc+n] (every head) over the keys j0:j1 of kv_k/kv_v
+    ((n_keys, n)), query r seeing keys j < lim[r].  Unnormalised: o[r] = sum_j exp(s_rj - pm[r, h]) v_j
+    per head, pl[r, h] = sum_j exp(s_rj - pm[r, h]), so blocks of keys combine afterwards.  Each key and
+    value row is read once, for every query and head (the rows of one audio share its cross K/V).
+    s: scratch (rows, n_head, >= j1 - j0)."""
+    n = o.shape[1]
+    dh = n // n_head
+    for j in range(j0, j1):
+        kr = kv_k[j]
+        for r in range(rows):
+            if j < lim[r]:
+                qr = q[q0 + r]
+                for h in range(n_head):
+                    c = h * dh
+                    acc = np.float32(0.0)
+                    for t in range(dh):
+                        acc += qr[qc + c + t] * kr[c + t]
+                    s[r, h, j - j0] = acc * scale
+    for r in range(rows):
+        e = min(j1, lim[r]) - j0
+        for h in range(n_head):
+            if e <= 0:
+                pm[r, h] = -np.inf
+                pl[r, h] = np.float32(0.0)
+                continue
+            sr = s[r, h]
+            mx = sr[0]
+            for j in range(1, e):
+                mx = max(mx, sr[j])
+            tot = np.float32(0.0)
+            for j in range(e):
+                v = exp_f32(sr[j] - mx)
+                sr[j] = v
+                tot += v
+            pm[r, h] = mx
+            pl[r, h] = tot
+        orow = o[r]
+        for c in range(n):
+            orow[c] = np.float32(0.0)
+    for j in range(j0, j1):
+        vr = kv_v[j]
+        for r in range(rows):
+            if j < lim[r]:
+                orow = o[r]
+                for h in range(n_head):
+                    c = h * dh
+                    p = s[r, h, j - j0]
+                    for t in range(dh):
+                        orow[c + t] += p * vr[c + t]
+
+
+@njit(cache=True, fastmath=FAST)
+def attn_merge(po, pm, pl, g, q0, rows, n_head, out):
+    """out[q0:q0+rows] = the softmax-weighted values of one group, from the partial blocks of every thread."""
+    nparts = po.shape[0]
+    n = out.shape[1]
+    dh = n // n_head
+    for r in range(rows):
+        orow = out[q0 + r]
+        for h in range(n_head):
+            mx = pm[0, g, r, h]
+            for t in range(1, nparts):
+                mx = max(mx, pm[t, g, r, h])
+            tot = np.float32(0.0)
+            for t in range(nparts):
+                tot += exp_f32(pm[t, g, r, h] - mx) * pl[t, g, r, h] if pl[t, g, r, h] > 0 else np.float32(0.0)
+            c = h * dh
+            for u in range(dh):
+                orow[c + u] = np.float32(0.0)
+            for t in range(nparts):
+                if pl[t, g, r, h] > 0:
+                    f = exp_f32(pm[t, g, r, h] - mx) / tot
+                    prow = po[t, g, r]
+                    for u in range(dh):
+                        orow[c + u] += f * prow[c + u]
+
+
+@njit(parallel=True, cache=True)
+def attn_groups_par(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, nt):
+    groups = kv_k.shape[0]
+    rows = lims.shape[1]
+    for t in prange(nt):
+        chunk = (n_keys + nt - 1) // nt
+        s = np.empty((rows, n_head, max(chunk, 1)), np.float32)
+        for g in range(groups):
+            j0 = min(n_keys, t * chunk)
+            j1 = min(n_keys, j0 + chunk)
+            attn_part(q, qc, g * rows, rows, kv_k[g], kv_v[g], lims[g], j0, j1, n_head, scale, s, po[t, g], pm[t, g],
+                      pl[t, g])
+
+
+@njit(cache=True)
+def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, n_head, out, nt):
+    """Attention for few query rows: group g (a batch row over its own KV cache, or the beams of one audio
+    over its cross K/V) holds the query rows g*R:(g+1)*R of q (columns qc:qc+n) and the keys kv_k[g, :n_keys];
+    row r of a group sees the keys j < lims[g, r].  The keys are split into `nt` contiguous blocks, one
+    per thread (each streams its part of K and V once), and the blocks are merged after."""
+    groups = kv_k.shape[0]
+    rows = lims.shape[1]
+    n = out.shape[1]
+    scale = np.float32(1.0 / np.sqrt(np.float64(n // n_head)))
+    po = np.empty((nt, groups, rows, n), np.float32)
+    pm = np.empty((nt, groups, rows, n_head), np.float32)
+    pl = np.empty((nt, groups, rows, n_head), np.float32)
+    if nt == 1:
+        s = np.empty((rows, n_head, max(n_keys, 1)), np.float32)
+        for g in range(groups):
+            attn_part(q, qc, g * rows, rows, kv_k[g], kv_v[g], lims[g], 0, n_keys, n_head, scale, s, po[0, g], pm[0, g],
+                      pl[0, g])
+    else:
+        attn_groups_par(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, nt)
+    for g in range(groups):
+        attn_merge(po, pm, pl, g, g * rows, rows, n_head, out)
+
+
+@njit(cache=True)
+def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset, ln1g, ln1b, wqkv, bqkv, wo, bo,
+                        lncg, lncb, wcq, bcq, wco, bco, ln2g, ln2b, w1, b1, w2, b2, lnfg, lnfb, wlog, pos_rows,
+                        logits, nt):
+    """One decoding step for few rows.  x: (batch * n_q, n) embedded tokens; caches (n_layer, batch, n_ctx, n)
+    written in place at offset; cross K/V (n_layer, batch_c, n_audio, n); per-layer weights stacked on a
+    leading layer axis (matrices float16-as-uint16 or float32); logits (len(pos_rows), n_vocab) of the rows
+    pos_rows of the last layer's output."""
+    m, n = x.shape
+    n_layer = wqkv.shape[0]
+    batch = m // n_q
+    batch_c = cross_k.shape[1]
+    n_audio = cross_k.shape[2]
+    g_rows = m // batch_c
+    h = np.empty((m, n), np.float32)
+    qkv = np.empty((m, 3 * n), np.float32)
+    a = np.empty((m, n), np.float32)
+    xa = x.copy()
+    x1 = np.empty((m, n), np.float32)
+    x2 = np.empty((m, n), np.float32)
+    f = np.empty((m, w1.shape[1]), np.float32)
+    self_lims = np.empty((batch, n_q), np.int64)
+    for b in range(batch):
+        for i in range(n_q):
+            self_lims[b, i] = offset + i + 1
+    cross_lims = np.full((batch_c, g_rows), n_audio, np.int64)
+    n_kv = offset + n_q
+    for li in range(n_layer):
+        ln_rows(xa, 0, m, ln1g[li], ln1b[li], h, 0)
+        gemv(h, wqkv[li], bqkv[li], None, qkv, False, nt)
+        for b in range(batch):
+            for i in range(n_q):
+                src = qkv[b * n_q + i]
+                kd = k_cache[li, b, offset + i]
+                vd = v_cache[li, b, offset + i]
+                for j in range(n):
+                    kd[j] = src[n + j]
+                    vd[j] = src[2 * n + j]
+        attn_groups(qkv, 0, k_cache[li], v_cache[li], n_kv, self_lims, n_head, a, nt)
+        gemv(a, wo[li], bo[li], xa, x1, False, nt)
+        ln_rows(x1, 0, m, lncg[li], lncb[li], h, 0)
+        gemv(h, wcq[li], bcq[li], None, a, False, nt)
+        attn_groups(a, 0, cross_k[li], cross_v[li], n_audio, cross_lims, n_head, h, nt)
+        gemv(h, wco[li], bco[li], x1, x2, False, nt)
+        ln_rows(x2, 0, m, ln2g[li], ln2b[li], h, 0)
+        gemv(h, w1[li], b1[li], None, f, True, nt)
+        gemv(f, w2[li], b2[li], x2, xa, False, nt)
+    p = pos_rows.shape[0]
+    hl = np.empty((p, n), np.float32)
+    for i in range(p):
+        ln_rows(xa, pos_rows[i], pos_rows[i] + 1, lnfg, lnfb, hl, i)
+    gemv(hl, wlog, None, None, logits, False, nt)
