@@ -7,6 +7,13 @@ Design
   are graph *inputs*, not initializers (see `graphs.py` for why): each weight set binds them once, by
   pointer, as OrtValues over that numpy memory.  Never serialised into the model, never converted per
   call, and one session serves every weight set of the same shape.
+* ``decoder_step`` is one graph for a whole decoding step (every layer, the final LayerNorm, the logits of
+  the asked rows), one ``run_with_iobinding`` per step.  Its weights are constants handed to its own
+  session (MLAS pre-packs them; `graphs.py`).  Each layer's whole self-attention cache is bound by pointer
+  and the graph Slices the filled prefix with ``offset`` as an input; the step's new k/v rows are outputs
+  bound onto the cache rows (batch 1) or copied in with one assignment.  Cross K/V are bound per layer,
+  one row per audio: the rows of an audio (its beams) are one block of queries, so a beam step reads
+  them once.
 * One session per graph structure (op kind and weight shapes), created lazily at its first run (so
   loading a model is cheap and an op never used never costs a session) and shared by the weight sets
   of that shape; each weight set keeps its own runner (IO binding) in the prepared ``w``.  Weightless
@@ -57,11 +64,12 @@ def _dist_version(name: str) -> str | None:
 class _Session:
     """One lazily created InferenceSession for one graph structure; rebuilt when the thread count changes."""
 
-    __slots__ = ("backend", "model_bytes", "sess", "threads", "generation")
+    __slots__ = ("backend", "model_bytes", "constants", "sess", "threads", "generation")
 
     def __init__(self, backend: "OnnxRuntimeBackend", builder):
         self.backend = backend
-        self.model_bytes = builder.model().SerializeToString()  # small: weights are inputs, not data
+        self.model_bytes = builder.model().SerializeToString()  # small: weights are inputs or external data
+        self.constants = builder.constants()  # name -> array, handed to ORT at each session creation
         self.sess = None
         self.threads = 0
         self.generation = 0
@@ -83,6 +91,8 @@ class _Session:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.backend.allow_spinning else "0")
         so.log_severity_level = 3
+        if self.constants:  # ORT copies (and pre-packs) them at creation
+            so.add_external_initializers(list(self.constants), [ort.OrtValue.ortvalue_from_numpy(a) for a in self.constants.values()])
         self.sess = ort.InferenceSession(self.model_bytes, so, providers=["CPUExecutionProvider"])
         self.threads = threads
         self.generation += 1
@@ -195,10 +205,12 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
     def _runner(self, builder) -> _Runner:
         """A runner for this weight set over the session shared by every weight set of the same graph."""
         key = builder.key()
+        if builder.constant_weights:  # constants belong to the session: one session per weight set
+            key += (len(self._sessions),)
         sess = self._sessions.get(key)
         if sess is None:
             sess = self._sessions[key] = _Session(self, builder)
-        return _Runner(sess, builder.weights)
+        return _Runner(sess, builder.bound_weights())
 
     def _weightless_runner(self, key: tuple, build) -> _Runner:
         r = self._weightless.get(key)
@@ -322,3 +334,45 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         for rows, tmp in copy_back:
             rows[...] = tmp
         return y
+
+    def prepare_decoder_step(self, **w):
+        group = weight_group("decoder_step", w)
+        g = self._graphs().build_decoder_step(group)
+        return SimpleNamespace(n_layer=len(group.layers), n_state=np.shape(group.ln.weight)[0],
+                               n_vocab=np.shape(group.logits.weight)[0], run=self._runner(g))
+
+    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
+        x = f32c(x)
+        b, n_q, d = x.shape
+        n_layer = w.n_layer
+        if k_cache.shape[0] != n_layer or v_cache.shape[0] != n_layer:
+            raise ValueError(f"decoder_step: caches have {k_cache.shape[0]} layers, the model {n_layer}")
+        offset = check_kv_step(k_cache[0], v_cache[0], offset, n_q)
+        end = offset + n_q
+        pos = np.array([p + n_q if p < 0 else p for p in map(int, positions)], np.int64)
+        if pos.size and (pos.min() < 0 or pos.max() >= n_q):
+            raise ValueError(f"decoder_step: positions {tuple(positions)} outside the {n_q} new tokens")
+        inputs = {"x": x, "offset": np.array([offset], np.int64), "mask": _causal_mask(n_q, end, offset), "positions": pos}
+        logits = np.empty((b, pos.size, w.n_vocab), _F32)
+        outputs = {"logits": logits}
+        # The whole cache of each layer is bound by pointer (the graph reads only its filled prefix); this
+        # step's k/v rows are bound straight onto the cache when they are one contiguous float32 block
+        # (batch 1), else written to a scratch array and copied in with one assignment.
+        copy_back = []
+        for name, cache in (("k", k_cache), ("v", v_cache)):
+            direct = cache.dtype == _F32 and cache.flags.c_contiguous and cache.flags.writeable
+            src = cache if direct else f32c(cache)
+            rows_contiguous = direct and (b == 1 or n_q == cache.shape[2])
+            tmp = None if rows_contiguous else np.empty((n_layer, b, n_q, d), _F32)
+            for i in range(n_layer):
+                inputs[f"{name}_cache.{i}"] = src[i]
+                outputs[f"{name}_new.{i}"] = src[i, :, offset:end] if tmp is None else tmp[i]
+            if tmp is not None:
+                copy_back.append((cache, tmp))
+        for i in range(n_layer):
+            inputs[f"cross_k.{i}"] = f32c(cross_k[i])
+            inputs[f"cross_v.{i}"] = f32c(cross_v[i])
+        w.run(inputs, outputs)
+        for cache, tmp in copy_back:
+            cache[:, :, offset:end] = tmp
+        return logits

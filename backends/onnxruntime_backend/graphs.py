@@ -1,15 +1,16 @@
 """ONNX graphs of the contract's ops, built in code with `onnx.helper`.
 
-Every graph has dynamic batch / sequence dimensions ("b", "n", ...).  Weights are *not* stored in the
-graph: they are graph inputs (with their concrete shapes), and the backend binds them once per weight
-set as OrtValues over the prepared numpy memory (IO binding).  So building a model never serialises
-megabytes of weights into protobuf, no weight is copied, and one session serves every weight set of the
-same shape (the 4 encoder layers of tiny share one session, as do the 4 decoder layers).
+Every graph has dynamic batch / sequence dimensions ("b", "n", ...).  Weights are never serialised into
+the proto.  By default they are graph inputs (with their concrete shapes), and the backend binds them once
+per weight set as OrtValues over the prepared numpy memory (IO binding): no weight is copied, and one
+session serves every weight set of the same shape (the 4 encoder layers of tiny share one session).
 
-(ORT's ``add_initializer`` would have made them constant initializers, but it only replaces an
-initializer already present *with its data* in the model, i.e. the weights would be serialised anyway.
-Pre-packing, the one thing constant weights buy, matters little here: MLAS packs B panels per call at
-a cost far below the GEMM for the encoder's 1500 rows, and its M == 1 decoder path does not pack.)
+``decoder_step`` instead makes them constant initializers with external data (`GraphBuilder.constant_weights`),
+handed to the session at its creation with ``SessionOptions.add_external_initializers`` (``add_initializer``
+refuses an initializer whose data is not in the proto).  Constants are what lets MLAS pre-pack every
+MatMul's B once: a bound B is packed again at every call with M > 1, which made a 5-row beam step cost
+far more than a greedy one.  The price is one session (and ORT's packed copy of the weights) per weight
+set, which for the one decoder of a model is what it needs anyway.
 
 Imported lazily by the backend: needs `onnx`.
 """
@@ -21,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from whisperkit.backend import DecoderLayerWeights, EncoderLayerWeights, MlpWeights
+from whisperkit.backend import DecoderLayerWeights, DecoderStepWeights, EncoderLayerWeights, MlpWeights
 from whisperkit.backends.numpy_backend import ERFC_COEFFS  # the reference's own coefficients
 from whisperkit.contract import LAYER_NORM_EPS
 
@@ -41,7 +42,11 @@ class GraphBuilder:
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self.consts: list[onnx.TensorProto] = []
-        self.weights: dict[str, np.ndarray] = {}  # pre-bound initializers: name -> float32 C-contiguous array
+        self.weights: dict[str, np.ndarray] = {}  # name -> C-contiguous float32 array
+        #: False: weights are graph inputs, bound once per weight set (one session serves every weight set of
+        #: the same shape).  True: constant initializers given to the session at its creation (one session per
+        #: weight set), which lets MLAS pre-pack every MatMul's B once instead of at each call.
+        self.constant_weights = False
         self._n = 0
 
     def _fresh(self, hint: str) -> str:
@@ -65,9 +70,15 @@ class GraphBuilder:
         return name
 
     def weight(self, name: str, array: np.ndarray) -> str:
-        """A weight initializer whose data is bound at session creation (no copy into the proto)."""
-        self.weights[name] = np.ascontiguousarray(array, dtype=np.float32)  # no copy when already so
+        """A weight (float32, C-contiguous: no copy when it already is), an input or a constant per `constant_weights`."""
+        self.weights[name] = np.ascontiguousarray(array, dtype=np.float32)
         return name
+
+    def bound_weights(self) -> dict[str, np.ndarray]:
+        return {} if self.constant_weights else self.weights
+
+    def constants(self) -> dict[str, np.ndarray]:
+        return self.weights if self.constant_weights else {}
 
     def op(self, op_type: str, *inputs: str, n_out: int = 1, domain: str = "", **attrs):
         outs = [self._fresh(op_type.lower()) for _ in range(n_out)]
@@ -79,12 +90,23 @@ class GraphBuilder:
         return (self.name,) + tuple((n, a.shape) for n, a in self.weights.items())
 
     def model(self) -> onnx.ModelProto:
-        winputs = [helper.make_tensor_value_info(n, F32, a.shape) for n, a in self.weights.items()]
-        graph = helper.make_graph(self.nodes, self.name, self.inputs + winputs, self.outputs, initializer=self.consts)
+        winputs = [helper.make_tensor_value_info(n, F32, a.shape) for n, a in self.bound_weights().items()]
+        graph = helper.make_graph(self.nodes, self.name, self.inputs + winputs, self.outputs,
+                                  initializer=self.consts + [_external(n, a) for n, a in self.constants().items()])
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
                               producer_name="whisperkit")
         m.ir_version = IR_VERSION
         return m
+
+
+def _external(name: str, array: np.ndarray) -> onnx.TensorProto:
+    """An initializer whose data lives outside the proto; the session is given it with
+    ``SessionOptions.add_external_initializers`` (the only way to hand ORT a constant without serialising it)."""
+    t = TensorProto(name=name, data_type=F32, dims=array.shape, data_location=TensorProto.EXTERNAL)
+    for k, v in (("location", "whisperkit-weight"), ("offset", "0"), ("length", str(array.nbytes))):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    return t
 
 
 # ---- building blocks ------------------------------------------------------------------------------
@@ -99,13 +121,18 @@ def transpose_weight(weight) -> np.ndarray:
 
 
 def linear(g: GraphBuilder, x: str, weight: np.ndarray, bias, prefix: str) -> str:
-    """x @ weight.T + bias with weight (n_out, n_in); the transpose is done once here, at load time.
+    """x @ weight.T + bias with weight (n_out, n_in).
 
-    MatMul against the transposed weight, bound as an input rather than a constant initializer: on the
-    (51864, 384) logits projection it beat both a constant, pre-packed weight (MLAS's M == 1 kernel does not
-    pack; the constant also made session creation slower) and Gemm(transB=1) on the untransposed weight.
-    (For M > 1 MLAS packs a non-constant B per call, and is still faster than numpy for a beam of 5.)"""
-    y = g.op("MatMul", x, g.weight(prefix + ".wT", transpose_weight(weight)))
+    Bound weights: MatMul against the weight transposed once here, at load time.  On the (51864, 384) logits
+    projection at M == 1 that beat Gemm(transB=1) on the untransposed weight (MLAS's M == 1 kernel streams
+    a (K, N) B as it is); for M > 1 MLAS packs a bound B at every call.
+    Constant weights: FusedMatMul(transB=1) on the weight as given, no transpose: MLAS pre-packs B once at
+    session creation from either layout (the same packed panels, so the same results as MatMul on the
+    transpose), and the packed kernel is what makes a beam of 5 rows cost little more than one row."""
+    if g.constant_weights:
+        y = g.op("FusedMatMul", x, g.weight(prefix + ".w", weight), domain="com.microsoft", transB=1)
+    else:
+        y = g.op("MatMul", x, g.weight(prefix + ".wT", transpose_weight(weight)))
     if bias is not None:
         y = g.op("Add", y, g.weight(prefix + ".b", bias))
     return y
@@ -245,33 +272,84 @@ def build_encoder_layer(w: EncoderLayerWeights) -> GraphBuilder:
     return g
 
 
+def _cross_shapes(g: GraphBuilder, cross_k: str, x: str, n_state: int):
+    """Reshape targets around cross-attention: (b, n_q, d) -> (b_c, g * n_q, d), the rows of one audio as one
+    block of queries against its one cross K/V row, and back to x's shape."""
+    audio_rows = g.op("Slice", g.op("Shape", cross_k), g.const([0], I64), g.const([1], I64))
+    return g.op("Concat", audio_rows, g.const([-1, n_state], I64), axis=0), g.op("Shape", x)
+
+
+def decoder_layer(g: GraphBuilder, x: str, w: DecoderLayerWeights, k_past: str, v_past: str, cross_k: str,
+                  cross_v: str, mask: str, shapes, prefix: str):
+    """One decoder block; returns (y, k_new, v_new).  k_past/v_past: (b, offset, d), the filled cache prefix."""
+    n_state = np.shape(w.attn_ln.weight)[0]
+    n_head, d_head = w.n_head, n_state // w.n_head
+    h = layer_norm(g, x, *w.attn_ln, prefix + "attn_ln")
+    q, k_new, v_new = _qkv(g, h, w, n_state, prefix + "attn")
+    k_all = g.op("Concat", k_past, k_new, axis=1)
+    v_all = g.op("Concat", v_past, v_new, axis=1)
+    x = g.op("Add", x, linear(g, attention(g, q, k_all, v_all, n_head, d_head, mask), *w.out, prefix + "attn.out"))
+    h = layer_norm(g, x, *w.cross_ln, prefix + "cross_ln")
+    cq = g.op("Reshape", linear(g, h, *w.cross_q, prefix + "cross.q"), shapes[0])
+    a = g.op("Reshape", attention(g, cq, cross_k, cross_v, n_head, d_head, None), shapes[1])
+    x = g.op("Add", x, linear(g, a, *w.cross_out, prefix + "cross.out"))
+    return mlp(g, x, w.mlp, prefix + "mlp"), k_new, v_new
+
+
 def build_decoder_layer(w: DecoderLayerWeights) -> GraphBuilder:
-    """Inputs: x (b, n_q, d), the cache prefix k_past/v_past (b, offset, d), cross_k/cross_v (b, n_audio, d),
+    """Inputs: x (b, n_q, d), the cache prefix k_past/v_past (b, offset, d), cross_k/cross_v (b_c, n_audio, d),
     mask (n_q, offset + n_q).  Outputs: y and this step's k_new/v_new (b, n_q, d), which the backend binds
     straight into the caller's cache rows [offset, offset + n_q) when that memory is contiguous."""
     n_state = np.shape(w.attn_ln.weight)[0]
-    n_head = w.n_head
-    g = GraphBuilder(f"decoder_layer_h{n_head}")
-    d_head = n_state // n_head
+    g = GraphBuilder(f"decoder_layer_h{w.n_head}")
     x = g.input("x", ["b", "n_q", n_state])
     k_past = g.input("k_past", ["b", "n_past", n_state])
     v_past = g.input("v_past", ["b", "n_past", n_state])
     cross_k = g.input("cross_k", ["b_c", "n_audio", n_state])  # one row per audio, shared by its b / b_c rows
     cross_v = g.input("cross_v", ["b_c", "n_audio", n_state])
     mask = g.input("mask", ["n_q", "n_kv"])
-    h = layer_norm(g, x, *w.attn_ln, "attn_ln")
-    q, k_new, v_new = _qkv(g, h, w, n_state, "attn")
-    k_all = g.op("Concat", k_past, k_new, axis=1)
-    v_all = g.op("Concat", v_past, v_new, axis=1)
-    x = g.op("Add", x, linear(g, attention(g, q, k_all, v_all, n_head, d_head, mask), *w.out, "attn.out"))
-    h = layer_norm(g, x, *w.cross_ln, "cross_ln")
-    cq = linear(g, h, *w.cross_q, "cross.q")
-    # An audio's rows as one block of queries against its one cross K/V row, then back to (b, n_q, d).
-    cq = g.op("Reshape", cq, g.op("Concat", g.op("Slice", g.op("Shape", cross_k), g.const([0], I64), g.const([1], I64)),
-                                   g.const([-1, n_state], I64), axis=0))
-    a = g.op("Reshape", attention(g, cq, cross_k, cross_v, n_head, d_head, None), g.op("Shape", x))
-    x = g.op("Add", x, linear(g, a, *w.cross_out, "cross.out"))
-    g.output(mlp(g, x, w.mlp), "y", ["b", "n_q", n_state])
+    y, k_new, v_new = decoder_layer(g, x, w, k_past, v_past, cross_k, cross_v, mask,
+                                    _cross_shapes(g, cross_k, x, n_state), "")
+    g.output(y, "y", ["b", "n_q", n_state])
     g.output(k_new, "k_new", ["b", "n_q", n_state])
     g.output(v_new, "v_new", ["b", "n_q", n_state])
+    return g
+
+
+def build_decoder_step(w: DecoderStepWeights) -> GraphBuilder:
+    """A whole decoding step: every decoder layer, the final LayerNorm and the logits of the asked rows.
+
+    Inputs: x (b, n_q, d); per layer i, ``k_cache.i``/``v_cache.i`` (b, n_ctx, d), the caller's whole cache of
+    that layer bound by pointer (the graph Slices the filled prefix [:offset] itself, so nothing outside it
+    is read), and ``cross_k.i``/``cross_v.i`` (b_c, n_audio, d); offset (1,) int64; mask (n_q, offset + n_q);
+    positions (n_pos,) int64, non-negative.  Outputs: logits (b, n_pos, n_vocab) and per layer this step's
+    ``k_new.i``/``v_new.i`` (b, n_q, d), which the backend binds onto the cache rows [offset, offset + n_q)."""
+    layer0 = w.layers[0]
+    n_state = np.shape(layer0.attn_ln.weight)[0]
+    n_vocab = np.shape(w.logits.weight)[0]
+    g = GraphBuilder(f"decoder_step_l{len(w.layers)}_h{layer0.n_head}")
+    g.constant_weights = True
+    x = g.input("x", ["b", "n_q", n_state])
+    offset = g.input("offset", [1], I64)
+    mask = g.input("mask", ["n_q", "n_kv"])
+    positions = g.input("positions", ["n_pos"], I64)
+    zero, seq_axis = g.const([0], I64), g.const([1], I64)
+    shapes = None
+    news = []
+    for i, layer in enumerate(w.layers):
+        k_cache = g.input(f"k_cache.{i}", ["b", "n_ctx", n_state])
+        v_cache = g.input(f"v_cache.{i}", ["b", "n_ctx", n_state])
+        cross_k = g.input(f"cross_k.{i}", ["b_c", "n_audio", n_state])
+        cross_v = g.input(f"cross_v.{i}", ["b_c", "n_audio", n_state])
+        if shapes is None:
+            shapes = _cross_shapes(g, cross_k, x, n_state)
+        k_past = g.op("Slice", k_cache, zero, offset, seq_axis)
+        v_past = g.op("Slice", v_cache, zero, offset, seq_axis)
+        x, k_new, v_new = decoder_layer(g, x, layer, k_past, v_past, cross_k, cross_v, mask, shapes, f"l{i}.")
+        news.append((k_new, v_new))
+    h = layer_norm(g, g.op("Gather", x, positions, axis=1), *w.ln, "ln")
+    g.output(linear(g, h, w.logits.weight, None, "logits"), "logits", ["b", "n_pos", n_vocab])
+    for i, (k_new, v_new) in enumerate(news):
+        g.output(k_new, f"k_new.{i}", ["b", "n_q", n_state])
+        g.output(v_new, f"v_new.{i}", ["b", "n_q", n_state])
     return g
