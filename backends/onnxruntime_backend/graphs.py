@@ -47,11 +47,13 @@ class GraphBuilder:
         #: the same shape).  True: constant initializers given to the session at its creation (one session per
         #: weight set), which lets MLAS pre-pack every MatMul's B once instead of at each call.
         self.constant_weights = False
+        self._bound: set[str] = set()
         self._n = 0
+        self._prefix = ""
 
     def _fresh(self, hint: str) -> str:
         self._n += 1
-        return f"{hint}_{self._n}"
+        return f"{self._prefix}{hint}_{self._n}"
 
     def input(self, name: str, dims, elem=F32) -> str:
         self.inputs.append(helper.make_tensor_value_info(name, elem, dims))
@@ -69,21 +71,33 @@ class GraphBuilder:
         self.consts.append(helper.make_tensor(name, elem, arr.shape, arr.ravel().tolist()))
         return name
 
-    def weight(self, name: str, array: np.ndarray) -> str:
-        """A weight (float32, C-contiguous: no copy when it already is), an input or a constant per `constant_weights`."""
+    def weight(self, name: str, array: np.ndarray, bound: bool = False) -> str:
+        """A weight (float32, C-contiguous: no copy when it already is): a constant when `constant_weights`
+        and not `bound`, else a bound input."""
         self.weights[name] = np.ascontiguousarray(array, dtype=np.float32)
+        if bound:
+            self._bound.add(name)
         return name
 
     def bound_weights(self) -> dict[str, np.ndarray]:
-        return {} if self.constant_weights else self.weights
+        return {n: a for n, a in self.weights.items() if not self.constant_weights or n in self._bound}
 
     def constants(self) -> dict[str, np.ndarray]:
-        return self.weights if self.constant_weights else {}
+        return {n: a for n, a in self.weights.items() if self.constant_weights and n not in self._bound}
 
     def op(self, op_type: str, *inputs: str, n_out: int = 1, domain: str = "", **attrs):
         outs = [self._fresh(op_type.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, domain=domain or None, **attrs))
         return outs[0] if n_out == 1 else outs
+
+    def branch(self, build, hint: str) -> onnx.GraphProto:
+        """A subgraph for If: ``build(sub)`` adds nodes to a builder whose names cannot clash with this one's
+        (outer values are used by name; its weights are this graph's) and returns the one value it outputs."""
+        sub = GraphBuilder(self._fresh(hint))
+        sub._prefix = sub.name + "."
+        sub.weights, sub._bound, sub.constant_weights = self.weights, self._bound, self.constant_weights  # outer inputs
+        out = build(sub)
+        return helper.make_graph(sub.nodes, sub.name, [], [helper.make_tensor_value_info(out, F32, None)], initializer=sub.consts)
 
     def key(self) -> tuple:
         """What identifies the session this graph needs: its name and every weight's name and shape."""
@@ -120,7 +134,7 @@ def transpose_weight(weight) -> np.ndarray:
     return out
 
 
-def linear(g: GraphBuilder, x: str, weight: np.ndarray, bias, prefix: str) -> str:
+def linear(g: GraphBuilder, x: str, weight: np.ndarray, bias, prefix: str, bound: bool = False) -> str:
     """x @ weight.T + bias with weight (n_out, n_in).
 
     Bound weights: MatMul against the weight transposed once here, at load time.  On the (51864, 384) logits
@@ -132,7 +146,7 @@ def linear(g: GraphBuilder, x: str, weight: np.ndarray, bias, prefix: str) -> st
     if g.constant_weights:
         y = g.op("FusedMatMul", x, g.weight(prefix + ".w", weight), domain="com.microsoft", transB=1)
     else:
-        y = g.op("MatMul", x, g.weight(prefix + ".wT", transpose_weight(weight)))
+        y = g.op("MatMul", x, g.weight(prefix + ".wT", transpose_weight(weight), bound))
     if bias is not None:
         y = g.op("Add", y, g.weight(prefix + ".b", bias))
     return y
@@ -191,6 +205,27 @@ def attention(g: GraphBuilder, q: str, k: str, v: str, n_head: int, d_head: int,
         bias = g.op("Unsqueeze", mask, g.const([0, 1], I64))  # (1, 1, n_q, n_kv), broadcast over batch and heads
         inputs += ["", "", bias]  # bias, key_padding_mask unused
     return g.op("MultiHeadAttention", *inputs, domain="com.microsoft", num_heads=n_head, scale=d_head ** -0.5)
+
+
+def attention_few_queries(g: GraphBuilder, q: str, k: str, v: str, n_head: int, d_head: int) -> str:
+    """Attention of a few queries against keys/values read in their (b, n_kv, n_state) layout, with no head
+    transposes: every query is repeated once per head with the other heads' features zeroed (a block-diagonal
+    (b, n_head * n_q, n_state) operand), so one MatMul against K^T (FusedMatMul transB, the scale as alpha)
+    gives every head's scores and one MatMul with V every head's outputs; the head's own features are kept
+    by the same mask and a sum over heads.  The zeros add exact zeros: the sums of per-head products.
+    It spends n_head times the FLOPs of per-head products but reads K and V once, where MultiHeadAttention
+    first copies both into a heads-major layout: the better trade for one query per audio against the
+    1500-row cross K/V (a greedy step), not for several."""
+    n_state = n_head * d_head
+    heads = np.zeros((n_head, 1, n_state), np.float32)
+    for h in range(n_head):
+        heads[h, 0, h * d_head:(h + 1) * d_head] = 1.0
+    heads = g.const(heads)
+    qb = g.op("Reshape", g.op("Mul", g.op("Unsqueeze", q, g.const([1], I64)), heads), g.const([0, -1, n_state], I64))
+    scores = g.op("FusedMatMul", qb, k, domain="com.microsoft", transB=1, alpha=d_head ** -0.5)
+    out = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)  # (b, n_head * n_q, n_state)
+    out = g.op("Mul", g.op("Reshape", out, g.const([0, n_head, -1, n_state], I64)), heads)
+    return g.op("ReduceSum", out, g.const([1], I64), keepdims=0)  # (b, n_q, n_state)
 
 
 def mlp(g: GraphBuilder, x: str, w: MlpWeights, prefix: str = "mlp") -> str:
@@ -260,10 +295,11 @@ def build_mlp_block(w: MlpWeights) -> GraphBuilder:
     return g
 
 
-def build_encoder_layer(w: EncoderLayerWeights) -> GraphBuilder:
+def build_encoder_layer(w: EncoderLayerWeights, constant: bool = False) -> GraphBuilder:
     n_state = np.shape(w.attn_ln.weight)[0]
     n_head = w.n_head
     g = GraphBuilder(f"encoder_layer_h{n_head}")
+    g.constant_weights = constant
     x = g.input("x", ["b", "n", n_state])
     h = layer_norm(g, x, *w.attn_ln, "attn_ln")
     q, k, v = _qkv(g, h, w, n_state, "attn")
@@ -280,8 +316,10 @@ def _cross_shapes(g: GraphBuilder, cross_k: str, x: str, n_state: int):
 
 
 def decoder_layer(g: GraphBuilder, x: str, w: DecoderLayerWeights, k_past: str, v_past: str, cross_k: str,
-                  cross_v: str, mask: str, shapes, prefix: str):
-    """One decoder block; returns (y, k_new, v_new).  k_past/v_past: (b, offset, d), the filled cache prefix."""
+                  cross_v: str, mask: str, shapes, prefix: str, one_query: str | None = None):
+    """One decoder block; returns (y, k_new, v_new).  k_past/v_past: (b, offset, d), the filled cache prefix.
+    one_query: a bool input, true when each audio has one query row; cross-attention then takes
+    `attention_few_queries` (an If)."""
     n_state = np.shape(w.attn_ln.weight)[0]
     n_head, d_head = w.n_head, n_state // w.n_head
     h = layer_norm(g, x, *w.attn_ln, prefix + "attn_ln")
@@ -291,7 +329,13 @@ def decoder_layer(g: GraphBuilder, x: str, w: DecoderLayerWeights, k_past: str, 
     x = g.op("Add", x, linear(g, attention(g, q, k_all, v_all, n_head, d_head, mask), *w.out, prefix + "attn.out"))
     h = layer_norm(g, x, *w.cross_ln, prefix + "cross_ln")
     cq = g.op("Reshape", linear(g, h, *w.cross_q, prefix + "cross.q"), shapes[0])
-    a = g.op("Reshape", attention(g, cq, cross_k, cross_v, n_head, d_head, None), shapes[1])
+    if one_query is None:
+        a = attention(g, cq, cross_k, cross_v, n_head, d_head, None)
+    else:
+        a = g.op("If", one_query,
+                 then_branch=g.branch(lambda b: attention_few_queries(b, cq, cross_k, cross_v, n_head, d_head), "one_query"),
+                 else_branch=g.branch(lambda b: attention(b, cq, cross_k, cross_v, n_head, d_head, None), "mha"))
+    a = g.op("Reshape", a, shapes[1])
     x = g.op("Add", x, linear(g, a, *w.cross_out, prefix + "cross.out"))
     return mlp(g, x, w.mlp, prefix + "mlp"), k_new, v_new
 
@@ -333,6 +377,7 @@ def build_decoder_step(w: DecoderStepWeights) -> GraphBuilder:
     offset = g.input("offset", [1], I64)
     mask = g.input("mask", ["n_q", "n_kv"])
     positions = g.input("positions", ["n_pos"], I64)
+    one_query = g.input("one_query", [], TensorProto.BOOL)
     zero, seq_axis = g.const([0], I64), g.const([1], I64)
     shapes = None
     news = []
@@ -345,10 +390,17 @@ def build_decoder_step(w: DecoderStepWeights) -> GraphBuilder:
             shapes = _cross_shapes(g, cross_k, x, n_state)
         k_past = g.op("Slice", k_cache, zero, offset, seq_axis)
         v_past = g.op("Slice", v_cache, zero, offset, seq_axis)
-        x, k_new, v_new = decoder_layer(g, x, layer, k_past, v_past, cross_k, cross_v, mask, shapes, f"l{i}.")
+        x, k_new, v_new = decoder_layer(g, x, layer, k_past, v_past, cross_k, cross_v, mask, shapes, f"l{i}.", one_query)
         news.append((k_new, v_new))
     h = layer_norm(g, g.op("Gather", x, positions, axis=1), *w.ln, "ln")
-    g.output(linear(g, h, w.logits.weight, None, "logits"), "logits", ["b", "n_pos", n_vocab])
+    # One row (a greedy step): MLAS's M == 1 kernel streaming the bound (n_state, n_vocab) transpose beats the
+    # pre-packed panels; several rows (beams): the pre-packed constant.  Both are kept (twice the memory of
+    # the largest weight) for the op that dominates a step.
+    one_row = g.input("one_row", [], TensorProto.BOOL)
+    logits = g.op("If", one_row,
+                  then_branch=g.branch(lambda b: linear(b, h, w.logits.weight, None, "logits", bound=True), "gemv"),
+                  else_branch=g.branch(lambda b: linear(b, h, w.logits.weight, None, "logits"), "packed"))
+    g.output(logits, "logits", ["b", "n_pos", n_vocab])
     for i, (k_new, v_new) in enumerate(news):
         g.output(k_new, f"k_new.{i}", ["b", "n_q", n_state])
         g.output(v_new, f"v_new.{i}", ["b", "n_q", n_state])
