@@ -67,3 +67,53 @@ def test_set_num_threads_rebuilds_sessions():
     np.testing.assert_array_equal(y, y1)
     with pytest.raises(ValueError):
         be.set_num_threads(0)
+
+
+# ---- decoder_step: one graph per step --------------------------------------------------------------------------
+def _step_weights():
+    return CASES["decoder_step/tiny_beam5_shared_cross_1_off20"].make().weights  # 4 tiny layers, random fp32 weights
+
+
+@pytest.mark.parametrize("audios, group, strided_cache", [(1, 1, False), (2, 3, False), (1, 2, True)],
+                         ids=["greedy", "2audios_3beams", "strided_cache"])
+def test_decoder_step_paths_write_the_cache_in_place(audios, group, strided_cache):
+    """Each path of the step graph against the reference over a prefill and two steps: one query per audio (the
+    cross K/V read in place) or several (MultiHeadAttention), one logits row (the bound transpose) or several (the
+    pre-packed constant), new k/v rows bound onto a batch-1 cache, copied into a batch-n one or into a strided view.
+    Nothing outside the steps' rows is written."""
+    weights = _step_weights()
+    got = Ops(ORT, REF).bind("decoder_step", **weights)
+    want = Ops(REF, REF).bind("decoder_step", **weights)
+    assert got.backend_name == "onnxruntime"
+    n_layer, n, batch = len(weights["layers"]), 384, audios * group
+    rng = np.random.default_rng(3)
+    cross = [rng.standard_normal((n_layer, audios, 1500, n)).astype(np.float32) for _ in range(2)]
+    shape = (n_layer, batch, 448, n)
+    if strided_cache:
+        buffers = [np.zeros(shape[:-1] + (2 * n,), np.float32) for _ in range(2)]
+        kc, vc = (b[..., ::2] for b in buffers)
+    else:
+        kc, vc = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    kr, vr = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    for offset, n_q, positions in ((0, 3, (0, -1)), (3, 1, (-1,)), (4, 1, (0,))):
+        x = rng.standard_normal((batch, n_q, n)).astype(np.float32)
+        out = got(x, kc, vc, *cross, offset, positions)
+        assert out.shape == (batch, len(positions), weights["logits_weight"].shape[0])
+        assert_matches_reference("decoder_step", out, want(x, kr, vr, *cross, offset, positions))
+        for mine, theirs in ((kc, kr), (vc, vr)):
+            assert_matches_reference("decoder_step", np.ascontiguousarray(mine), theirs)
+    assert not kc[:, :, 5:].any() and not vc[:, :, 5:].any()
+    if strided_cache:
+        assert not any(b[..., 1::2].any() for b in buffers), "cache written between the view's elements"
+
+
+def test_decoder_step_has_its_own_session_of_constant_weights():
+    """The step's weights are constants of its own session (pre-packed by ORT), except the bound transpose of the
+    logits weight for single rows; two models never share it, and nothing is created before the first step."""
+    be = OnnxRuntimeBackend()
+    ops = Ops(be, REF)
+    steps = [ops.bind("decoder_step", **_step_weights()) for _ in range(2)]
+    sessions = [s.w.run.session for s in steps]
+    assert sessions[0] is not sessions[1] and all(s.sess is None for s in sessions)
+    assert list(steps[0].w.run.weights) == ["logits.wT"]
+    assert len(sessions[0].constants) > 4 * 8

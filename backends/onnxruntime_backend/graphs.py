@@ -142,8 +142,9 @@ def linear(g: GraphBuilder, x: str, weight: np.ndarray, bias, prefix: str, bound
     a (K, N) B as it is); for M > 1 MLAS packs a bound B at every call.
     Constant weights: FusedMatMul(transB=1) on the weight as given, no transpose: MLAS pre-packs B once at
     session creation from either layout (the same packed panels, so the same results as MatMul on the
-    transpose), and the packed kernel is what makes a beam of 5 rows cost little more than one row."""
-    if g.constant_weights:
+    transpose), and the packed kernel is what makes a beam of 5 rows cost little more than one row.
+    `bound` forces the first form in a graph of constants."""
+    if g.constant_weights and not bound:
         y = g.op("FusedMatMul", x, g.weight(prefix + ".w", weight), domain="com.microsoft", transB=1)
     else:
         y = g.op("MatMul", x, g.weight(prefix + ".wT", transpose_weight(weight), bound))
