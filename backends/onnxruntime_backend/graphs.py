@@ -223,8 +223,11 @@ def attention_few_queries(g: GraphBuilder, q: str, k: str, v: str, n_head: int, 
         heads[h, 0, h * d_head:(h + 1) * d_head] = 1.0
     heads = g.const(heads)
     qb = g.op("Reshape", g.op("Mul", g.op("Unsqueeze", q, g.const([1], I64)), heads), g.const([0, -1, n_state], I64))
-    scores = g.op("FusedMatMul", qb, k, domain="com.microsoft", transB=1, alpha=d_head ** -0.5)
-    out = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)  # (b, n_head * n_q, n_state)
+    # K as the streamed A operand of (n_kv, n_state) x (n_state, n_head * n_q): MLAS reads A in place, where
+    # K as a transposed B would be repacked first.  The same products in the same order as the scores' MatMul.
+    scores_t = g.op("MatMul", k, g.op("Transpose", qb, perm=[0, 2, 1]))  # (b, n_kv, n_head * n_q)
+    probs_t = g.op("Softmax", g.op("Mul", scores_t, g.const(d_head ** -0.5)), axis=1)
+    out = g.op("FusedMatMul", probs_t, v, domain="com.microsoft", transA=1)  # (b, n_head * n_q, n_state)
     out = g.op("Mul", g.op("Reshape", out, g.const([0, n_head, -1, n_state], I64)), heads)
     return g.op("ReduceSum", out, g.const([1], I64), keepdims=0)  # (b, n_q, n_state)
 
