@@ -74,13 +74,18 @@ def _step_weights():
     return CASES["decoder_step/tiny_beam5_shared_cross_1_off20"].make().weights  # 4 tiny layers, random fp32 weights
 
 
-@pytest.mark.parametrize("audios, group, strided_cache", [(1, 1, False), (2, 3, False), (1, 2, True)],
-                         ids=["greedy", "2audios_3beams", "strided_cache"])
-def test_decoder_step_paths_write_the_cache_in_place(audios, group, strided_cache):
-    """Each path of the step graph against the reference over a prefill and two steps: one query per audio (the
-    cross K/V read in place) or several (MultiHeadAttention), one logits row (the bound transpose) or several (the
-    pre-packed constant), new k/v rows bound onto a batch-1 cache, copied into a batch-n one or into a strided view.
-    Nothing outside the steps' rows is written."""
+@pytest.mark.parametrize("audios, group, strided_cache, steps", [
+    (1, 1, False, ((0, 3, (0, -1)), (3, 1, (-1,)), (4, 1, (0,)))),
+    (2, 3, False, ((0, 3, (0, -1)), (3, 1, (-1,)), (4, 1, (0,)))),
+    (1, 2, True, ((0, 3, (0, -1)), (3, 1, (-1,)), (4, 1, (0,)))),
+    (1, 1, False, ((0, 1, (-1,)), (1, 1, (-1,)), (2, 3, (-1,)))),
+], ids=["greedy", "2audios_3beams", "strided_cache", "one_token_at_0_then_a_block"])
+def test_decoder_step_paths_write_the_cache_in_place(audios, group, strided_cache, steps):
+    """Each path of the step graph against the reference over a few steps: one new token per row (the cache
+    prefix and the new row attended where they are) or several (MultiHeadAttention on their concatenation),
+    one query per audio (the cross K/V read in place) or several, one logits row (the bound transpose) or
+    several (the pre-packed constant), new k/v rows bound onto a batch-1 cache, copied into a batch-n one or
+    into a strided view.  Nothing outside the steps' rows is written."""
     weights = _step_weights()
     got = Ops(ORT, REF).bind("decoder_step", **weights)
     want = Ops(REF, REF).bind("decoder_step", **weights)
@@ -95,7 +100,7 @@ def test_decoder_step_paths_write_the_cache_in_place(audios, group, strided_cach
     else:
         kc, vc = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
     kr, vr = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-    for offset, n_q, positions in ((0, 3, (0, -1)), (3, 1, (-1,)), (4, 1, (0,))):
+    for offset, n_q, positions in steps:
         x = rng.standard_normal((batch, n_q, n)).astype(np.float32)
         out = got(x, kc, vc, *cross, offset, positions)
         assert out.shape == (batch, len(positions), weights["logits_weight"].shape[0])

@@ -353,7 +353,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         if pos.size and (pos.min() < 0 or pos.max() >= n_q):
             raise ValueError(f"decoder_step: positions {tuple(positions)} outside the {n_q} new tokens")
         inputs = {"x": x, "offset": np.array([offset], np.int64), "mask": _causal_mask(n_q, end, offset), "positions": pos,
-                  "one_query": np.array(n_q * b == cross_k.shape[1], np.bool_), "one_row": np.array(b * pos.size == 1, np.bool_)}
+                  "one_token": np.array(n_q == 1, np.bool_), "one_query": np.array(n_q * b == cross_k.shape[1], np.bool_), "one_row": np.array(b * pos.size == 1, np.bool_)}
         logits = np.empty((b, pos.size, w.n_vocab), _F32)
         outputs = {"logits": logits}
         # The whole cache of each layer is bound by pointer (the graph reads only its filled prefix); this

@@ -208,26 +208,36 @@ def attention(g: GraphBuilder, q: str, k: str, v: str, n_head: int, d_head: int,
     return g.op("MultiHeadAttention", *inputs, domain="com.microsoft", num_heads=n_head, scale=d_head ** -0.5)
 
 
-def attention_few_queries(g: GraphBuilder, q: str, k: str, v: str, n_head: int, d_head: int) -> str:
-    """Attention of a few queries against keys/values read in their (b, n_kv, n_state) layout, with no head
-    transposes: every query is repeated once per head with the other heads' features zeroed (a block-diagonal
-    (b, n_head * n_q, n_state) operand), so one MatMul against K^T (FusedMatMul transB, the scale as alpha)
-    gives every head's scores and one MatMul with V every head's outputs; the head's own features are kept
-    by the same mask and a sum over heads.  The zeros add exact zeros: the sums of per-head products.
-    It spends n_head times the FLOPs of per-head products but reads K and V once, where MultiHeadAttention
-    first copies both into a heads-major layout: the better trade for one query per audio against the
-    1500-row cross K/V (a greedy step), not for several."""
+def attention_few_queries(g: GraphBuilder, q: str, keys, values, n_head: int, d_head: int, split: str | None = None) -> str:
+    """Attention of a few queries against keys/values read where they are, in their (b, n_kv, n_state) layout.
+
+    Every query is repeated once per head with the other heads' features zeroed, a block-diagonal
+    (b, n_head * n_q, n_state) operand, so one MatMul gives every head's scores and one MatMul with V every
+    head's outputs; the head's own features are kept by the same mask and a sum over heads (the zeros add
+    exact zeros: the sums of per-head products).  K is the A operand of (n_kv, n_state) x (n_state,
+    n_head * n_q), which MLAS streams in place (a transposed B would be repacked first).  This spends
+    n_head times the FLOPs of per-head products but reads K and V once, where MultiHeadAttention first
+    copies both into a heads-major layout: the better trade for one query per row or audio.
+    keys/values: lists of blocks along n_kv (a cache prefix and the step's new row, never concatenated);
+    with two blocks, `split` is the first block's length (an int64 (1,) value)."""
     n_state = n_head * d_head
     heads = np.zeros((n_head, 1, n_state), np.float32)
     for h in range(n_head):
         heads[h, 0, h * d_head:(h + 1) * d_head] = 1.0
     heads = g.const(heads)
     qb = g.op("Reshape", g.op("Mul", g.op("Unsqueeze", q, g.const([1], I64)), heads), g.const([0, -1, n_state], I64))
-    # K as the streamed A operand of (n_kv, n_state) x (n_state, n_head * n_q): MLAS reads A in place, where
-    # K as a transposed B would be repacked first.  The same products in the same order as the scores' MatMul.
-    scores_t = g.op("MatMul", k, g.op("Transpose", qb, perm=[0, 2, 1]))  # (b, n_kv, n_head * n_q)
+    qb_t = g.op("Transpose", qb, perm=[0, 2, 1])  # (b, n_state, n_head * n_q), small
+    scores_t = [g.op("MatMul", k, qb_t) for k in keys]  # (b, n_kv_block, n_head * n_q)
+    scores_t = scores_t[0] if len(keys) == 1 else g.op("Concat", *scores_t, axis=1)
     probs_t = g.op("Softmax", g.op("Mul", scores_t, g.const(d_head ** -0.5)), axis=1)
-    out = g.op("FusedMatMul", probs_t, v, domain="com.microsoft", transA=1)  # (b, n_head * n_q, n_state)
+    if len(keys) == 1:
+        parts = [probs_t]
+    else:
+        one = g.const([1], I64)
+        parts = [g.op("Slice", probs_t, g.const([0], I64), split, one),
+                 g.op("Slice", probs_t, split, g.const([np.iinfo(np.int64).max], I64), one)]
+    outs = [g.op("FusedMatMul", p, v, domain="com.microsoft", transA=1) for p, v in zip(parts, values)]
+    out = outs[0] if len(outs) == 1 else g.op("Add", *outs)  # (b, n_head * n_q, n_state)
     out = g.op("Mul", g.op("Reshape", out, g.const([0, n_head, -1, n_state], I64)), heads)
     return g.op("ReduceSum", out, g.const([1], I64), keepdims=0)  # (b, n_q, n_state)
 
@@ -320,24 +330,32 @@ def _cross_shapes(g: GraphBuilder, cross_k: str, x: str, n_state: int):
 
 
 def decoder_layer(g: GraphBuilder, x: str, w: DecoderLayerWeights, k_past: str, v_past: str, cross_k: str,
-                  cross_v: str, mask: str, shapes, prefix: str, one_query: str | None = None):
+                  cross_v: str, mask: str, shapes, prefix: str, step: tuple | None = None):
     """One decoder block; returns (y, k_new, v_new).  k_past/v_past: (b, offset, d), the filled cache prefix.
-    one_query: a bool input, true when each audio has one query row; cross-attention then takes
-    `attention_few_queries` (an If)."""
+    step: (one_token, one_query, offset), bool inputs true for one new token per row / one query row per
+    audio, which take `attention_few_queries` for self- / cross-attention (If nodes), and the int64 offset."""
     n_state = np.shape(w.attn_ln.weight)[0]
     n_head, d_head = w.n_head, n_state // w.n_head
     h = layer_norm(g, x, *w.attn_ln, prefix + "attn_ln")
     q, k_new, v_new = _qkv(g, h, w, n_state, prefix + "attn")
-    k_all = g.op("Concat", k_past, k_new, axis=1)
-    v_all = g.op("Concat", v_past, v_new, axis=1)
-    x = g.op("Add", x, linear(g, attention(g, q, k_all, v_all, n_head, d_head, mask), *w.out, prefix + "attn.out"))
+
+    def self_attention(b):
+        k_all, v_all = b.op("Concat", k_past, k_new, axis=1), b.op("Concat", v_past, v_new, axis=1)
+        return attention(b, q, k_all, v_all, n_head, d_head, mask)
+
+    if step is None:
+        a = self_attention(g)
+    else:  # one token sees every cached row: no mask, and no concatenated copy of the cache
+        a = g.op("If", step[0], else_branch=g.branch(self_attention, "mha"), then_branch=g.branch(
+            lambda b: attention_few_queries(b, q, [k_past, k_new], [v_past, v_new], n_head, d_head, step[2]), "one_token"))
+    x = g.op("Add", x, linear(g, a, *w.out, prefix + "attn.out"))
     h = layer_norm(g, x, *w.cross_ln, prefix + "cross_ln")
     cq = g.op("Reshape", linear(g, h, *w.cross_q, prefix + "cross.q"), shapes[0])
-    if one_query is None:
+    if step is None:
         a = attention(g, cq, cross_k, cross_v, n_head, d_head, None)
     else:
-        a = g.op("If", one_query,
-                 then_branch=g.branch(lambda b: attention_few_queries(b, cq, cross_k, cross_v, n_head, d_head), "one_query"),
+        a = g.op("If", step[1],
+                 then_branch=g.branch(lambda b: attention_few_queries(b, cq, [cross_k], [cross_v], n_head, d_head), "one_query"),
                  else_branch=g.branch(lambda b: attention(b, cq, cross_k, cross_v, n_head, d_head, None), "mha"))
     a = g.op("Reshape", a, shapes[1])
     x = g.op("Add", x, linear(g, a, *w.cross_out, prefix + "cross.out"))
@@ -381,7 +399,7 @@ def build_decoder_step(w: DecoderStepWeights) -> GraphBuilder:
     offset = g.input("offset", [1], I64)
     mask = g.input("mask", ["n_q", "n_kv"])
     positions = g.input("positions", ["n_pos"], I64)
-    one_query = g.input("one_query", [], TensorProto.BOOL)
+    step = (g.input("one_token", [], TensorProto.BOOL), g.input("one_query", [], TensorProto.BOOL), offset)
     zero, seq_axis = g.const([0], I64), g.const([1], I64)
     shapes = None
     news = []
@@ -394,7 +412,7 @@ def build_decoder_step(w: DecoderStepWeights) -> GraphBuilder:
             shapes = _cross_shapes(g, cross_k, x, n_state)
         k_past = g.op("Slice", k_cache, zero, offset, seq_axis)
         v_past = g.op("Slice", v_cache, zero, offset, seq_axis)
-        x, k_new, v_new = decoder_layer(g, x, layer, k_past, v_past, cross_k, cross_v, mask, shapes, f"l{i}.", one_query)
+        x, k_new, v_new = decoder_layer(g, x, layer, k_past, v_past, cross_k, cross_v, mask, shapes, f"l{i}.", step)
         news.append((k_new, v_new))
     h = layer_norm(g, g.op("Gather", x, positions, axis=1), *w.ln, "ln")
     # One row (a greedy step): MLAS's M == 1 kernel streaming the bound (n_state, n_vocab) transpose beats the
