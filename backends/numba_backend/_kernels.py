@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from whisperkit.contract import LAYER_NORM_EPS
@@ -116,7 +117,9 @@ def exp_f64(x):
 
 @njit(cache=True, inline="always")
 def gelu_scalar(v):
-    """Exact-erf GELU as the reference computes it: float64, Numerical Recipes' erfcc (rel. err < 1.2e-7)."""
+    """Exact-erf GELU as the reference computes it: float64, Numerical Recipes' erfcc (rel. err < 1.2e-7).
+    Callers compile with ``error_model="numpy"``: Python's model guards the division against zero, and
+    that branch keeps LLVM from vectorising the loop around it."""
     x = np.float64(v)
     z = abs(x) * 0.7071067811865476
     t = 1.0 / (1.0 + 0.5 * z)
@@ -157,7 +160,7 @@ def ln_rows(x, r0, r1, g, b, out, o0):
             orow[j] = (xr[j] - mean) * inv * g[j] + b[j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def bias_gelu_rows(f, r0, r1, bias):
     n = f.shape[1]
     for i in range(r0, r1):
@@ -276,7 +279,7 @@ def layer_norm_kernel(x, g, b, out, nt):
         ln_rows(x, rb[p], rb[p + 1], g, b, out, rb[p])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def gelu_kernel(x, out, nt):
     """x, out: 1-D contiguous."""
     n = x.shape[0]
@@ -448,7 +451,7 @@ def encoder_layer_kernel(x, batch, n_head, ln1g, ln1b, wqkv, bqkv, wo, bo, ln2g,
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def gelu_rows_kernel(f, nt):
     m = f.shape[0]
     nt = min(nt, m)
@@ -524,8 +527,86 @@ def widen(typingctx, x):
     return None
 
 
-#: Weight rows per tile of the GEMV: the tile (48 KiB of float16 at n_in 384) stays in L2 while every
-#: group of x rows passes over it, so it comes from memory once per step.
+def _hsum(builder, v):
+    """Sum of the lanes of a float vector, by halves."""
+    n = v.type.count
+    while n > 1:
+        n //= 2
+        idx = lambda lo: ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(lo, lo + n)))  # noqa: E731
+        v = builder.fadd(builder.shuffle_vector(v, v, idx(0)), builder.shuffle_vector(v, v, idx(n)))
+    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+
+@intrinsic
+def gemv_tile(typingctx, w, j, x, i, out, k16, C, R):
+    """out[i + r, j + c] = sum over t < k16 of x[i + r, t] * widen(w[j + c, t]), for r < R, c < C (literals):
+    explicit 16-lane vectors, so every load, conversion and FMA is one zmm instruction.  LLVM's own
+    vectoriser stops at 256 bits on this CPU family (its "prefer 256-bit" tuning), which halves the FMA
+    and F16C conversion rate of these loops.  C weight rows by R rows of x share each widened weight
+    vector and each x vector: C * R accumulators.  k16: a multiple of 16; the caller adds the tail."""
+    if not (isinstance(C, types.IntegerLiteral) and isinstance(R, types.IntegerLiteral)):
+        return None
+    nc, nr = C.literal_value, R.literal_value
+    half = isinstance(w.dtype, types.Integer)
+    wty, xty, oty = w, x, out
+
+    def codegen(context, builder, sig, args):
+        w_a, j_v, x_a, i_v, o_a, k_v = args[:6]
+        i64 = ir.IntType(64)
+        f32 = ir.FloatType()
+        vf = ir.VectorType(f32, 16)
+        vw = ir.VectorType(ir.HalfType() if half else f32, 16)
+        esz = 2 if half else 4
+        c64 = lambda v: ir.Constant(i64, v)  # noqa: E731
+
+        def rows(aty, a_v, first, count):
+            arr = context.make_array(aty)(context, builder, a_v)
+            stride = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
+            base = builder.ptrtoint(arr.data, i64)
+            return [builder.add(base, builder.mul(builder.add(first, c64(q)), stride)) for q in range(count)]
+
+        wrow = rows(wty, w_a, j_v, nc)
+        xrow = rows(xty, x_a, i_v, nr)
+        orow = rows(oty, o_a, i_v, nr)
+        zero = ir.Constant(vf, None)
+        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nc)] for _ in range(nr)]
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fma.v16f32")
+        with cgutils.for_range(builder, builder.udiv(k_v, c64(16))) as loop:
+            t = loop.index
+            wv = []
+            for c in range(nc):
+                p = builder.inttoptr(builder.add(wrow[c], builder.mul(t, c64(16 * esz))), vw.as_pointer())
+                v = builder.load(p, align=esz)
+                wv.append(builder.fpext(v, vf) if half else v)
+            for r in range(nr):
+                p = builder.inttoptr(builder.add(xrow[r], builder.mul(t, c64(64))), vf.as_pointer())
+                xv = builder.load(p, align=4)
+                for c in range(nc):
+                    builder.store(builder.call(fma, [xv, wv[c], builder.load(acc[r][c])]), acc[r][c])
+        for r in range(nr):
+            for c in range(nc):
+                addr = builder.add(orow[r], builder.mul(builder.add(j_v, c64(c)), c64(4)))
+                builder.store(_hsum(builder, builder.load(acc[r][c])), builder.inttoptr(addr, f32.as_pointer()))
+        return context.get_dummy_value()
+
+    return types.none(w, j, x, i, out, k16, C, R), codegen
+
+
+@njit(cache=True, inline="always")
+def _strip(x, i, w, t0, t1, out, k16, R, C):
+    """Weight rows t0:t1 against rows i:i+R of x, C weight rows at a time (C * R >= 8 accumulators: an
+    FMA's latency is 4 cycles and two issue per cycle, so fewer chains would leave the units idle)."""
+    j = t0
+    while t1 - j >= C:
+        gemv_tile(w, j, x, i, out, k16, C, R)
+        j += C
+    while j < t1:
+        gemv_tile(w, j, x, i, out, k16, 1, R)
+        j += 1
+
+
+#: Weight rows per tile of the GEMV: when x has more rows than one register block (8), the tile stays
+#: in L2 while every block of rows passes over it, so it comes from memory once per call.
 GEMV_TILE = 64
 
 
@@ -539,59 +620,46 @@ def _put(out, i, j, acc, bias, res):
     out[i, j] = v
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, fastmath=FAST, error_model="numpy")
 def gemv_block(x, w, c0, c1, bias, res, out, act):
     """out[:, c0:c1] = x @ widen(w[c0:c1]).T (+ bias) (+ res), then GELU if `act`.  x: (m, k) float32, few
-    rows; w: (n, k) uint16 (float16 bits) or float32.  Weight tiles are read once for all rows of x;
-    4 rows of x share each widened weight vector, so the conversion costs little against the FMAs."""
+    rows, C-contiguous; w: (n, k) uint16 (float16 bits) or float32.  Each weight row is read once for a
+    block of up to 8 rows of x (register blocks of gemv_tile; more weight rows per block when x has few
+    rows, so enough FMA chains are in flight)."""
     m, k = x.shape
+    k16 = k - k % 16
     for t0 in range(c0, c1, GEMV_TILE):
         t1 = min(c1, t0 + GEMV_TILE)
         i = 0
-        while m - i >= 4:
-            x0 = x[i]
-            x1 = x[i + 1]
-            x2 = x[i + 2]
-            x3 = x[i + 3]
-            for j in range(t0, t1):
-                wr = w[j]
-                a0 = np.float32(0.0)
-                a1 = np.float32(0.0)
-                a2 = np.float32(0.0)
-                a3 = np.float32(0.0)
-                for t in range(k):
-                    wv = widen(wr[t])
-                    a0 += x0[t] * wv
-                    a1 += x1[t] * wv
-                    a2 += x2[t] * wv
-                    a3 += x3[t] * wv
-                _put(out, i, j, a0, bias, res)
-                _put(out, i + 1, j, a1, bias, res)
-                _put(out, i + 2, j, a2, bias, res)
-                _put(out, i + 3, j, a3, bias, res)
-            i += 4
-        if m - i >= 2:
-            x0 = x[i]
-            x1 = x[i + 1]
-            for j in range(t0, t1):
-                wr = w[j]
-                a0 = np.float32(0.0)
-                a1 = np.float32(0.0)
-                for t in range(k):
-                    wv = widen(wr[t])
-                    a0 += x0[t] * wv
-                    a1 += x1[t] * wv
-                _put(out, i, j, a0, bias, res)
-                _put(out, i + 1, j, a1, bias, res)
-            i += 2
-        if m - i >= 1:
-            x0 = x[i]
-            for j in range(t0, t1):
-                wr = w[j]
-                a0 = np.float32(0.0)
-                for t in range(k):
-                    a0 += x0[t] * widen(wr[t])
-                _put(out, i, j, a0, bias, res)
+        while i < m:
+            left = m - i
+            r = (left + (left + 7) // 8 - 1) // ((left + 7) // 8)  # equal blocks of at most 8 rows
+            if r == 1:
+                _strip(x, i, w, t0, t1, out, k16, 1, 8)
+            elif r == 2:
+                _strip(x, i, w, t0, t1, out, k16, 2, 4)
+            elif r == 3:
+                _strip(x, i, w, t0, t1, out, k16, 3, 3)
+            elif r == 4:
+                _strip(x, i, w, t0, t1, out, k16, 4, 2)
+            elif r == 5:
+                _strip(x, i, w, t0, t1, out, k16, 5, 2)
+            elif r == 6:
+                _strip(x, i, w, t0, t1, out, k16, 6, 2)
+            elif r == 7:
+                _strip(x, i, w, t0, t1, out, k16, 7, 2)
+            else:
+                _strip(x, i, w, t0, t1, out, k16, 8, 2)
+            i += r
+    for i in range(m):
+        xr = x[i]
+        orow = out[i]
+        for j in range(c0, c1):
+            acc = orow[j]
+            wr = w[j]
+            for t in range(k16, k):
+                acc += xr[t] * widen(wr[t])
+            _put(out, i, j, acc, bias, res)
     if act:
         for i in range(m):
             orow = out[i]
@@ -615,57 +683,185 @@ def gemv(x, w, bias, res, out, act, nt):
         gemv_par(x, w, bias, res, out, act, nt)
 
 
+@intrinsic
+def pv_tile(typingctx, p, i, v, out, n_keys, R, NV):
+    """out[i + r, :16 * NV] += sum over j < n_keys of p[i + r, j] * v[j, :16 * NV] for r < R (literals): the
+    probability-weighted values of one head, each value row loaded once (NV zmm vectors) for the R
+    query rows, the sums held in R * NV registers over all keys."""
+    if not (isinstance(R, types.IntegerLiteral) and isinstance(NV, types.IntegerLiteral)):
+        return None
+    nr, nv = R.literal_value, NV.literal_value
+    pty, vty, oty = p, v, out
+
+    def codegen(context, builder, sig, args):
+        p_a, i_v, v_a, o_a, n_v = args[:5]
+        i64 = ir.IntType(64)
+        f32 = ir.FloatType()
+        vf = ir.VectorType(f32, 16)
+        c64 = lambda x: ir.Constant(i64, x)  # noqa: E731
+
+        def base(aty, a_v):
+            arr = context.make_array(aty)(context, builder, a_v)
+            return builder.ptrtoint(arr.data, i64), cgutils.unpack_tuple(builder, arr.strides, 2)[0]
+
+        pb, ps = base(pty, p_a)
+        vb, vs = base(vty, v_a)
+        ob, os_ = base(oty, o_a)
+        prow = [builder.add(pb, builder.mul(builder.add(i_v, c64(r)), ps)) for r in range(nr)]
+        orow = [builder.add(ob, builder.mul(builder.add(i_v, c64(r)), os_)) for r in range(nr)]
+        ovec = lambda r, c: builder.inttoptr(builder.add(orow[r], c64(64 * c)), vf.as_pointer())  # noqa: E731
+        # two keys per iteration, each with its own accumulators, when few rows leave FMA chains idle
+        nu = 2 if nr <= 2 else 1
+        acc = [[[cgutils.alloca_once_value(builder, builder.load(ovec(r, c), align=4) if u == 0 else ir.Constant(vf, None))
+                 for c in range(nv)] for r in range(nr)] for u in range(nu)]
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fma.v16f32")
+
+        def key(j, a):
+            vrow = builder.add(vb, builder.mul(j, vs))
+            vv = [builder.load(builder.inttoptr(builder.add(vrow, c64(64 * c)), vf.as_pointer()), align=4)
+                  for c in range(nv)]
+            for r in range(nr):
+                pj = builder.load(builder.inttoptr(builder.add(prow[r], builder.mul(j, c64(4))), f32.as_pointer()))
+                pv = builder.insert_element(ir.Constant(vf, ir.Undefined), pj, ir.Constant(ir.IntType(32), 0))
+                pv = builder.shuffle_vector(pv, pv, ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+                for c in range(nv):
+                    builder.store(builder.call(fma, [pv, vv[c], builder.load(a[r][c])]), a[r][c])
+
+        with cgutils.for_range(builder, builder.udiv(n_v, c64(nu))) as loop:
+            for u in range(nu):
+                key(builder.add(builder.mul(loop.index, c64(nu)), c64(u)), acc[u])
+        if nu > 1:
+            with cgutils.for_range(builder, builder.sub(n_v, builder.mul(builder.udiv(n_v, c64(nu)), c64(nu)))) as loop:
+                key(builder.add(builder.mul(builder.udiv(n_v, c64(nu)), c64(nu)), loop.index), acc[0])
+        for r in range(nr):
+            for c in range(nv):
+                tot = builder.load(acc[0][r][c])
+                for u in range(1, nu):
+                    tot = builder.fadd(tot, builder.load(acc[u][r][c]))
+                builder.store(tot, ovec(r, c), align=4)
+        return context.get_dummy_value()
+
+    return types.none(p, i, v, out, n_keys, R, NV), codegen
+
+
+@intrinsic
+def vmax(typingctx, a, n):
+    """max(a[:n]) of a contiguous 1-D float32 array, n >= 1, in 16-lane vectors (LLVM does not vectorise a
+    float max reduction written in Numba)."""
+    aty = a
+
+    def codegen(context, builder, sig, args):
+        a_v, n_v = args
+        i64 = ir.IntType(64)
+        f32 = ir.FloatType()
+        vf = ir.VectorType(f32, 16)
+        c64 = lambda x: ir.Constant(i64, x)  # noqa: E731
+        base = builder.ptrtoint(context.make_array(aty)(context, builder, a_v).data, i64)
+        first = builder.load(builder.inttoptr(base, f32.as_pointer()))
+        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vf, ir.Undefined), first, ir.Constant(ir.IntType(32), 0)),
+                                       ir.Constant(vf, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+        vm = cgutils.alloca_once_value(builder, splat)
+        sm = cgutils.alloca_once_value(builder, first)
+        n16 = builder.udiv(n_v, c64(16))
+        with cgutils.for_range(builder, n16) as loop:
+            v = builder.load(builder.inttoptr(builder.add(base, builder.mul(loop.index, c64(64))), vf.as_pointer()), align=4)
+            cur = builder.load(vm)
+            builder.store(builder.select(builder.fcmp_ordered(">", v, cur), v, cur), vm)
+        with cgutils.for_range(builder, builder.sub(n_v, builder.mul(n16, c64(16)))) as loop:
+            j = builder.add(builder.mul(n16, c64(16)), loop.index)
+            v = builder.load(builder.inttoptr(builder.add(base, builder.mul(j, c64(4))), f32.as_pointer()))
+            cur = builder.load(sm)
+            builder.store(builder.select(builder.fcmp_ordered(">", v, cur), v, cur), sm)
+        v = builder.load(vm)
+        n = 16
+        while n > 1:
+            n //= 2
+            idx = lambda lo: ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(lo, lo + n)))  # noqa: E731
+            lo, hi = builder.shuffle_vector(v, v, idx(0)), builder.shuffle_vector(v, v, idx(n))
+            v = builder.select(builder.fcmp_ordered(">", lo, hi), lo, hi)
+        m = builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+        cur = builder.load(sm)
+        return builder.select(builder.fcmp_ordered(">", m, cur), m, cur)
+
+    return types.float32(a, n), codegen
+
+
+@njit(cache=True, fastmath=FAST)
+def pv_head(p, v, out, rows, n_keys):
+    """out[:rows] += p[:rows, :n_keys] @ v[:n_keys] for one head (v, out: views of the head's columns)."""
+    dh = v.shape[1]
+    if dh == 64:  # every Whisper size: 4 zmm per value row, up to 4 query rows per pass (16 accumulators)
+        i = 0
+        while i < rows:
+            r = min(4, rows - i)
+            if r == 1:
+                pv_tile(p, i, v, out, n_keys, 1, 4)
+            elif r == 2:
+                pv_tile(p, i, v, out, n_keys, 2, 4)
+            elif r == 3:
+                pv_tile(p, i, v, out, n_keys, 3, 4)
+            else:
+                pv_tile(p, i, v, out, n_keys, 4, 4)
+            i += r
+        return
+    for r in range(rows):
+        orow = out[r]
+        for j in range(n_keys):
+            pj = p[r, j]
+            vr = v[j]
+            for t in range(dh):
+                orow[t] += pj * vr[t]
+
+
+#: Keys per block in attention: the block's key (value) rows of every head stay in L1/L2 while the heads
+#: take their columns in turn.
+ATTN_KEYS = 128
+
+
 @njit(cache=True, fastmath=FAST)
 def attn_part(q, qc, q0, rows, kv_k, kv_v, lim, j0, j1, n_head, scale, s, o, pm, pl):
     """Attention of the query rows q[q0:q0+rows, qc:qc+n] (every head) over the keys j0:j1 of kv_k/kv_v
     ((n_keys, n)), query r seeing keys j < lim[r].  Unnormalised: o[r] = sum_j exp(s_rj - pm[r, h]) v_j
-    per head, pl[r, h] = sum_j exp(s_rj - pm[r, h]), so blocks of keys combine afterwards.  Each key and
-    value row is read once, for every query and head (the rows of one audio share its cross K/V).
-    s: scratch (rows, n_head, >= j1 - j0)."""
+    per head, pl[r, h] = sum_j exp(s_rj - pm[r, h]), so blocks of keys combine afterwards.  Per head, the
+    scores are a GEMV over the key rows and the values a pass over the value rows, each row read once for
+    every query row (the rows of one audio share its cross K/V).  s: scratch (rows, n_head, >= j1 - j0)."""
     n = o.shape[1]
     dh = n // n_head
-    for j in range(j0, j1):
-        kr = kv_k[j]
-        for r in range(rows):
-            if j < lim[r]:
-                qr = q[q0 + r]
-                for h in range(n_head):
-                    c = h * dh
-                    acc = np.float32(0.0)
-                    for t in range(dh):
-                        acc += qr[qc + c + t] * kr[c + t]
-                    s[r, h, j - j0] = acc * scale
+    nk = j1 - j0
+    for b0 in range(0, nk, ATTN_KEYS):
+        b1 = min(nk, b0 + ATTN_KEYS)
+        for h in range(n_head):
+            c = h * dh
+            gemv_block(q[q0:q0 + rows, qc + c:qc + c + dh], kv_k[j0 + b0:j0 + b1, c:c + dh], 0, b1 - b0, None, None,
+                       s[:rows, h, b0:b1], False)
     for r in range(rows):
         e = min(j1, lim[r]) - j0
+        orow = o[r]
+        for u in range(n):
+            orow[u] = np.float32(0.0)
         for h in range(n_head):
+            sr = s[r, h]
             if e <= 0:
                 pm[r, h] = -np.inf
                 pl[r, h] = np.float32(0.0)
+                for j in range(nk):
+                    sr[j] = np.float32(0.0)
                 continue
-            sr = s[r, h]
-            mx = sr[0]
-            for j in range(1, e):
-                mx = max(mx, sr[j])
+            mx = vmax(sr, e) * scale  # scale > 0: the max of the scaled scores
             tot = np.float32(0.0)
             for j in range(e):
-                v = exp_f32(sr[j] - mx)
-                sr[j] = v
-                tot += v
+                val = exp_f32(sr[j] * scale - mx)
+                sr[j] = val
+                tot += val
+            for j in range(e, nk):
+                sr[j] = np.float32(0.0)
             pm[r, h] = mx
             pl[r, h] = tot
-        orow = o[r]
-        for c in range(n):
-            orow[c] = np.float32(0.0)
-    for j in range(j0, j1):
-        vr = kv_v[j]
-        for r in range(rows):
-            if j < lim[r]:
-                orow = o[r]
-                for h in range(n_head):
-                    c = h * dh
-                    p = s[r, h, j - j0]
-                    for t in range(dh):
-                        orow[c + t] += p * vr[c + t]
+    for b0 in range(0, nk, ATTN_KEYS):
+        b1 = min(nk, b0 + ATTN_KEYS)
+        for h in range(n_head):
+            c = h * dh
+            pv_head(s[:rows, h, b0:b1], kv_v[j0 + b0:j0 + b1, c:c + dh], o[:rows, c:c + dh], rows, b1 - b0)
 
 
 @njit(cache=True, fastmath=FAST)
