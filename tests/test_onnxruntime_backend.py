@@ -38,19 +38,31 @@ def test_gelu_exact_option_is_bit_equal_to_reference():
 
 
 # ---- sessions and threads ----------------------------------------------------------------------------------
-def test_layers_of_one_shape_share_one_session_created_lazily():
+def test_layers_have_sessions_of_constant_weights_created_lazily():
+    """Encoder layers are graphs of constant (pre-packed) weights: one session per layer, created at its first run."""
     be = OnnxRuntimeBackend()
     ops = Ops(be, REF)
     cases = ("encoder_layer/tiny_1500", "encoder_layer/tiny_7", "encoder_layer/strided_x")  # 384 wide, 6 heads
     weights = [CASES[c].make().weights for c in cases]
     layers = [ops.bind("encoder_layer", **w) for w in weights]
-    assert all(s.sess is None for s in be._sessions.values())  # nothing created at load time
-    assert len(be._sessions) == 1
+    assert len(be._sessions) == 3 and all(s.sess is None for s in be._sessions.values())  # nothing created at load time
+    assert all(not layer.w.run.weights for layer in layers)  # nothing bound: all constants
     x = f32(1, 20, 384)
     outs = [layer(x) for layer in layers]
-    assert not np.allclose(outs[0], outs[1])  # each layer ran its own weights through the shared session
+    assert all(s.sess is not None for s in be._sessions.values())
     for w, out in zip(weights, outs):
         assert_matches_reference("encoder_layer", out, Ops(REF, REF).bind("encoder_layer", **w)(x))
+
+
+def test_bound_weights_share_one_session():
+    """Linears of one shape bind their weights to one shared session."""
+    be = OnnxRuntimeBackend()
+    ops = Ops(be, REF)
+    lins = [ops.bind("linear", weight=f32(64, 32, seed=s), bias=f32(64, seed=s + 1)) for s in (1, 3)]
+    assert len(be._sessions) == 1
+    x = f32(1, 5, 32)
+    a, b = (lin(x) for lin in lins)
+    assert not np.allclose(a, b)
 
 
 def test_set_num_threads_rebuilds_sessions():
