@@ -102,13 +102,14 @@ class _Runner:
     """One weight set of a graph: its IO binding with the weights bound once, as OrtValues over the
     prepared numpy arrays; each call binds only the activations (by pointer) and the outputs."""
 
-    __slots__ = ("session", "weights", "binding", "generation", "_vals", "_lock")
+    __slots__ = ("session", "weights", "binding", "generation", "_vals", "_lock", "_bound")
 
     def __init__(self, session: _Session, weights: dict):
         self.session = session
         self.weights = weights  # name -> C-contiguous float32 array, kept alive here
         self.binding = None
         self.generation = -1
+        self._bound: dict = {}  # name -> (pointer, shape, dtype) as last bound: a decode step rebinds only what moved
         # The binding is shared state: two Python threads running the same op (two transcriptions sharing
         # the backend's gelu/attention runners) must not interleave bind and run.  Uncontended, it is cheap.
         self._lock = threading.Lock()
@@ -126,13 +127,18 @@ class _Runner:
             self._vals = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.weights.values()]  # no copy
             for name, val in zip(self.weights, self._vals):
                 b.bind_ortvalue_input(name, val)
-            self.binding, self.generation = b, s.generation
-        b = self.binding
-        for name, a in inputs.items():
-            b.bind_input(name, "cpu", 0, a.dtype, a.shape, a.ctypes.data)
-        for name, a in outputs.items():
-            b.bind_output(name, "cpu", 0, a.dtype, a.shape, a.ctypes.data)
+            self.binding, self.generation, self._bound = b, s.generation, {}
+        b, last = self.binding, self._bound
+        for bind, arrays in ((b.bind_input, inputs), (b.bind_output, outputs)):
+            for name, a in arrays.items():
+                key = (a.ctypes.data, a.shape, a.dtype)
+                if last.get(name) != key:
+                    bind(name, "cpu", 0, a.dtype, a.shape, key[0])
+                    last[name] = key
         sess.run_with_iobinding(b)
+
+
+_BOOL = (np.array(False), np.array(True))  # the step graph's flags, bound once (same pointer every call)
 
 
 def _causal_mask(n_q: int, n_kv: int, offset: int) -> np.ndarray:
@@ -339,8 +345,11 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
     def prepare_decoder_step(self, **w):
         group = weight_group("decoder_step", w)
         g = self._graphs().build_decoder_step(group)
-        return SimpleNamespace(n_layer=len(group.layers), n_state=np.shape(group.ln.weight)[0],
-                               n_vocab=np.shape(group.logits.weight)[0], run=self._runner(g))
+        n = len(group.layers)
+        names = {kind: [(f"{a}.{i}", f"{b}.{i}") for i in range(n)]
+                 for kind, a, b in (("k", "k_cache", "k_new"), ("v", "v_cache", "v_new"), ("cross", "cross_k", "cross_v"))}
+        return SimpleNamespace(n_layer=n, n_state=np.shape(group.ln.weight)[0], n_vocab=np.shape(group.logits.weight)[0],
+                               names=names, run=self._runner(g))
 
     def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
         x = f32c(x)
@@ -350,11 +359,14 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
             raise ValueError(f"decoder_step: caches have {k_cache.shape[0]} layers, the model {n_layer}")
         offset = check_kv_step(k_cache[0], v_cache[0], offset, n_q)
         end = offset + n_q
-        pos = np.array([p + n_q if p < 0 else p for p in map(int, positions)], np.int64)
-        if pos.size and (pos.min() < 0 or pos.max() >= n_q):
+        pos = [p + n_q if p < 0 else p for p in map(int, positions)]
+        if not all(0 <= p < n_q for p in pos):
             raise ValueError(f"decoder_step: positions {tuple(positions)} outside the {n_q} new tokens")
-        inputs = {"x": x, "offset": np.array([offset], np.int64), "mask": _causal_mask(n_q, end, offset), "positions": pos,
-                  "one_token": np.array(n_q == 1, np.bool_), "one_query": np.array(n_q * b == cross_k.shape[1], np.bool_), "one_row": np.array(b * pos.size == 1, np.bool_)}
+        pos = np.array(pos, np.int64)
+        # one token sees every cached row: its mask is all zeros (and only the multi-token branch reads it)
+        mask = np.zeros((1, end), _F32) if n_q == 1 else _causal_mask(n_q, end, offset)
+        inputs = {"x": x, "offset": np.array([offset], np.int64), "mask": mask, "positions": pos,
+                  "one_token": _BOOL[n_q == 1], "one_query": _BOOL[n_q * b == cross_k.shape[1]], "one_row": _BOOL[b * pos.size == 1]}
         logits = np.empty((b, pos.size, w.n_vocab), _F32)
         outputs = {"logits": logits}
         # The whole cache of each layer is bound by pointer (the graph reads only its filled prefix); this
@@ -366,14 +378,13 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
             src = cache if direct else f32c(cache)
             rows_contiguous = direct and (b == 1 or n_q == cache.shape[2])
             tmp = None if rows_contiguous else np.empty((n_layer, b, n_q, d), _F32)
-            for i in range(n_layer):
-                inputs[f"{name}_cache.{i}"] = src[i]
-                outputs[f"{name}_new.{i}"] = src[i, :, offset:end] if tmp is None else tmp[i]
+            for i, (cache_name, new_name) in enumerate(w.names[name]):
+                inputs[cache_name] = src[i]
+                outputs[new_name] = src[i, :, offset:end] if tmp is None else tmp[i]
             if tmp is not None:
                 copy_back.append((cache, tmp))
-        for i in range(n_layer):
-            inputs[f"cross_k.{i}"] = f32c(cross_k[i])
-            inputs[f"cross_v.{i}"] = f32c(cross_v[i])
+        for i, (k_name, v_name) in enumerate(w.names["cross"]):
+            inputs[k_name], inputs[v_name] = f32c(cross_k[i]), f32c(cross_v[i])
         w.run(inputs, outputs)
         for cache, tmp in copy_back:
             cache[:, :, offset:end] = tmp
