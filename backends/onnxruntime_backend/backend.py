@@ -3,28 +3,41 @@
 Design
 ------
 * Graphs are built in code (`graphs.py`, `onnx.helper`), with dynamic batch / sequence dimensions.
-* Weights are re-laid out once in ``prepare_<op>`` (linear weights transposed to (n_in, n_out)) and
-  are graph *inputs*, not initializers (see `graphs.py` for why): each weight set binds them once, by
-  pointer, as OrtValues over that numpy memory.  Never serialised into the model, never converted per
-  call, and one session serves every weight set of the same shape.
+* Weights are never serialised into a model.  The fine ops and decoder_layer take them as graph *inputs*
+  (linear weights transposed once to (n_in, n_out)), bound once per weight set by pointer as OrtValues
+  over that numpy memory: one session serves every weight set of the same shape.  ``encoder_layer`` and
+  ``decoder_step`` take them as *constants* handed to a session of their own, which MLAS pre-packs once
+  (`graphs.py` says why and how).
 * ``decoder_step`` is one graph for a whole decoding step (every layer, the final LayerNorm, the logits of
-  the asked rows), one ``run_with_iobinding`` per step.  Its weights are constants handed to its own
-  session (MLAS pre-packs them; `graphs.py`).  Each layer's whole self-attention cache is bound by pointer
-  and the graph Slices the filled prefix with ``offset`` as an input; the step's new k/v rows are outputs
-  bound onto the cache rows (batch 1) or copied in with one assignment.  Cross K/V are bound per layer,
-  one row per audio: the rows of an audio (its beams) are one block of queries, so a beam step reads
-  them once.
-* One session per graph structure (op kind and weight shapes), created lazily at its first run (so
-  loading a model is cheap and an op never used never costs a session) and shared by the weight sets
-  of that shape; each weight set keeps its own runner (IO binding) in the prepared ``w``.  Weightless
-  ops (gelu, attention) keep one runner per (op, n_head, n_state, causal) on the backend.
+  the asked rows): one ``run_with_iobinding`` per step.  Each layer's whole self-attention cache is bound
+  by pointer and the graph Slices the filled prefix with ``offset`` as an input; the step's new k/v rows are
+  outputs bound onto the cache rows (batch 1) or copied in with one assignment.  Cross K/V are bound per
+  layer, one row per audio: the rows of an audio (its beams) are one block of queries, so a beam step
+  reads them once.  If nodes pick, per call, the kernels for one new token per row, one query per audio
+  and one logits row (`graphs.build_decoder_step`).
+* Sessions are created lazily at their first run (loading a model is cheap; an op never used never costs a
+  session); each weight set keeps its own runner (IO binding) in the prepared ``w``.  Weightless ops
+  (gelu, attention) keep one runner per (op, n_head, n_state, causal) on the backend.
 * Every call goes through IO binding: inputs are bound by pointer (copied only when not C-contiguous),
-  outputs are preallocated numpy arrays bound by pointer, so ORT writes the result where we return it.
-  ``decoder_layer`` binds its k/v outputs straight onto the caller's cache rows [offset, offset+n_q)
-  whenever those rows are contiguous (batch 1, C-ordered cache): the KV cache is written in place with
-  no copy at all.
+  outputs are preallocated numpy arrays bound by pointer, so ORT writes the result where we return it;
+  a runner rebinds only what moved since its last call.  ``decoder_layer`` binds its k/v outputs straight
+  onto the caller's cache rows [offset, offset+n_q) whenever those rows are contiguous (batch 1, C-ordered
+  cache): the KV cache is written in place with no copy at all.
 * Threads follow `whisperkit.threads.get_num_threads()`; `set_num_threads(n)` makes every session
   rebuild lazily at its next call.
+
+float16 weights
+---------------
+The shipped checkpoints' weights are float16 values (`whisperkit.backend.exact_float16`), but this backend
+keeps them as float32: ONNX Runtime's CPU provider has no kernel that reads float16 and computes in float32.
+MatMul/Gemm need one element type for both operands (a float16 MatMul rounds its result to float16: a
+different result, not allowed), MatMulNBits and the other contrib GEMMs quantize, and MLAS's half-precision
+GEMM outputs float16.  The one exact path is a Cast node widening a float16 weight in the graph at every
+step, and it is a net loss (measured, ORT 1.32, one core): Cast float16 -> float32 runs at ~4.5 G elements/s
+on an L2-resident block (0.18 ms for a 384x2048 block, which a float32 GEMV reads in about the same time) and
+~1 G elements/s streaming, so widening tiny.en's 28 M step weights alone costs more than reading them as
+float32; the (51864, 384) logits weight as float16 blocks of 1024-4096 rows widened into L2 and multiplied
+took 7.7-9.7 ms against 2.8 ms for the float32 MatMul (two threads).
 """
 from __future__ import annotations
 

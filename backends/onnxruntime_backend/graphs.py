@@ -3,14 +3,14 @@
 Every graph has dynamic batch / sequence dimensions ("b", "n", ...).  Weights are never serialised into
 the proto.  By default they are graph inputs (with their concrete shapes), and the backend binds them once
 per weight set as OrtValues over the prepared numpy memory (IO binding): no weight is copied, and one
-session serves every weight set of the same shape (the 4 encoder layers of tiny share one session).
+session serves every weight set of the same shape.
 
-``decoder_step`` instead makes them constant initializers with external data (`GraphBuilder.constant_weights`),
-handed to the session at its creation with ``SessionOptions.add_external_initializers`` (``add_initializer``
-refuses an initializer whose data is not in the proto).  Constants are what lets MLAS pre-pack every
-MatMul's B once: a bound B is packed again at every call with M > 1, which made a 5-row beam step cost
-far more than a greedy one.  The price is one session (and ORT's packed copy of the weights) per weight
-set, which for the one decoder of a model is what it needs anyway.
+``encoder_layer`` and ``decoder_step`` instead make them constant initializers with external data
+(`GraphBuilder.constant_weights`), handed to the session at its creation with
+``SessionOptions.add_external_initializers`` (``add_initializer`` refuses an initializer whose data is not in
+the proto).  Constants are what lets MLAS pre-pack every MatMul's B once: a bound B is packed again at every
+call with M > 1, which made a 5-row beam step cost far more than a greedy one and costs the encoder's
+1500-row GEMMs a few percent.  The price is a session (and ORT's packed copy of the weights) per weight set.
 
 Imported lazily by the backend: needs `onnx`.
 """
