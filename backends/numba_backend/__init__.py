@@ -45,8 +45,6 @@ _ATTN_BLOCK = 128
 #: The decoder step runs parallel only from this many rows (batch * n_q) on: a beam of 5 already gives
 #: each thread enough work per region (docs/bench-results.md, issue 14), a single greedy row does not.
 _DECODE_PARALLEL_ROWS = 2
-#: The whole-step kernel (decoder_step) runs on every thread from this many rows on.
-_STEP_PARALLEL_ROWS = 2
 _KEEP_BUFFER_ROWS = 16  # decode steps with up to this many rows reuse their work buffers
 
 
@@ -254,17 +252,12 @@ class NumbaBackend(AttentionPair, Backend):
                   mat(lambda l: l.mlp.fc2.weight), vec(lambda l: l.mlp.fc2.bias),
                   f32c(g.ln.weight), f32c(g.ln.bias),
                   f32c(logits_weight) if logits is None else logits.view(np.uint16))
-        # Prompts (many rows) run layer by layer through sgemm on the float32 weights as given: the
-        # graph keeps those arrays anyway, so holding them here costs no memory.
-        fine = [SimpleNamespace(n_head=l.n_head, arrays=group_arrays(l), fc1_rows=l.mlp.fc1.weight.shape[0],
-                                buffers={}, dummy=np.empty((1, 1, 1, 1), _F32)) for l in ls]
-        return SimpleNamespace(n_head=ls[0].n_head, arrays=arrays, fine=fine, ln=(f32c(g.ln.weight), f32c(g.ln.bias)),
-                               logits32=f32c(logits_weight), n_vocab=logits_weight.shape[0])
+        return SimpleNamespace(n_layer=len(ls), n_head=ls[0].n_head, arrays=arrays, n_vocab=logits_weight.shape[0])
 
     def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
         x = np.asarray(x)
         b, n_q, n = x.shape
-        n_layer = len(w.fine)
+        n_layer = w.n_layer
         if k_cache.shape[0] != n_layer or v_cache.shape[0] != n_layer:
             raise ValueError(f"decoder_step: caches hold {k_cache.shape[0]} layers, the model has {n_layer}")
         offset = check_kv_step(k_cache[0], v_cache[0], offset, n_q)
@@ -274,24 +267,15 @@ class NumbaBackend(AttentionPair, Backend):
                 raise ValueError(f"decoder_step: position {p} outside the {n_q} new tokens")
         pos_rows = np.array([r * n_q + p % n_q for r in range(b) for p in pos], np.int64)
         x2 = f32c(x).reshape(b * n_q, n)
-        m = x2.shape[0]
         kc, vc = k_cache, v_cache
         direct = (kc.dtype == _F32 and vc.dtype == _F32 and kc.flags.c_contiguous and vc.flags.c_contiguous)
         if not direct:  # write through contiguous copies, then back into the caller's caches
             kc, vc = f32c(k_cache), f32c(v_cache)
         ck, cv = f32c(cross_k), f32c(cross_v)
         logits = np.empty((len(pos_rows), w.n_vocab), _F32)
-        nt = _nt() if m >= _STEP_PARALLEL_ROWS else 1
-        if m < _kern().SMALL_M:
-            _kern().decoder_step_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, *w.arrays, pos_rows, logits, nt)
-        else:
-            h = x.reshape(b, n_q, n)
-            for i, lw in enumerate(w.fine):
-                h = self.decoder_layer(h, lw, kc[i], vc[i], ck[i], cv[i], offset)
-            rows = np.ascontiguousarray(h.reshape(m, n)[pos_rows])
-            hl = np.empty_like(rows)
-            _kern().layer_norm_kernel(rows, w.ln[0], w.ln[1], hl, _nt())
-            _kern().linear_kernel(hl, w.logits32, np.zeros(w.n_vocab, _F32), logits, None, _nt())
+        # Every thread, even for one row: a step streams ~75 MB (tiny.en), more than one core's bandwidth
+        # delivers in the time, and its ~33 parallel regions cost little against that.
+        _kern().decoder_step_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, *w.arrays, pos_rows, logits, _nt())
         if not direct:
             k_cache[:, :, offset:offset + n_q] = kc[:, :, offset:offset + n_q]
             v_cache[:, :, offset:offset + n_q] = vc[:, :, offset:offset + n_q]
