@@ -360,7 +360,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         g = self._graphs().build_decoder_step(group)
         n = len(group.layers)
         names = {kind: [(f"{a}.{i}", f"{b}.{i}") for i in range(n)]
-                 for kind, a, b in (("k", "k_cache", "k_new"), ("v", "v_cache", "v_new"), ("cross", "cross_k", "cross_v"))}
+                 for kind, a, b in (("k", "k_past", "k_new"), ("v", "v_past", "v_new"), ("cross", "cross_k", "cross_v"))}
         return SimpleNamespace(n_layer=n, n_state=np.shape(group.ln.weight)[0], n_vocab=np.shape(group.logits.weight)[0],
                                names=names, run=self._runner(g))
 
@@ -382,18 +382,17 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
                   "one_token": _BOOL[n_q == 1], "one_query": _BOOL[n_q * b == cross_k.shape[1]], "one_row": _BOOL[b * pos.size == 1]}
         logits = np.empty((b, pos.size, w.n_vocab), _F32)
         outputs = {"logits": logits}
-        # The whole cache of each layer is bound by pointer (the graph reads only its filled prefix); this
-        # step's k/v rows are bound straight onto the cache when they are one contiguous float32 block
-        # (batch 1), else written to a scratch array and copied in with one assignment.
+        # Batch 1: each layer's filled prefix and this step's rows are contiguous blocks of a C-ordered float32
+        # cache, bound by pointer (read and written in place).  Otherwise the prefix is copied out (a batch's
+        # rows are strided by n_ctx) and the new rows are written to a scratch array, copied in with one
+        # assignment.
         copy_back = []
         for name, cache in (("k", k_cache), ("v", v_cache)):
-            direct = cache.dtype == _F32 and cache.flags.c_contiguous and cache.flags.writeable
-            src = cache if direct else f32c(cache)
-            rows_contiguous = direct and (b == 1 or n_q == cache.shape[2])
-            tmp = None if rows_contiguous else np.empty((n_layer, b, n_q, d), _F32)
-            for i, (cache_name, new_name) in enumerate(w.names[name]):
-                inputs[cache_name] = src[i]
-                outputs[new_name] = src[i, :, offset:end] if tmp is None else tmp[i]
+            direct = cache.dtype == _F32 and cache.flags.c_contiguous and cache.flags.writeable and b == 1
+            tmp = None if direct else np.empty((n_layer, b, n_q, d), _F32)
+            for i, (past_name, new_name) in enumerate(w.names[name]):
+                inputs[past_name] = cache[i, :, :offset] if direct else f32c(cache[i, :, :offset])
+                outputs[new_name] = cache[i, :, offset:end] if direct else tmp[i]
             if tmp is not None:
                 copy_back.append((cache, tmp))
         for i, (k_name, v_name) in enumerate(w.names["cross"]):

@@ -385,9 +385,9 @@ def build_decoder_layer(w: DecoderLayerWeights) -> GraphBuilder:
 def build_decoder_step(w: DecoderStepWeights) -> GraphBuilder:
     """A whole decoding step: every decoder layer, the final LayerNorm and the logits of the asked rows.
 
-    Inputs: x (b, n_q, d); per layer i, ``k_cache.i``/``v_cache.i`` (b, n_ctx, d), the caller's whole cache of
-    that layer bound by pointer (the graph Slices the filled prefix [:offset] itself, so nothing outside it
-    is read), and ``cross_k.i``/``cross_v.i`` (b_c, n_audio, d); offset (1,) int64; mask (n_q, offset + n_q);
+    Inputs: x (b, n_q, d); per layer i, ``k_past.i``/``v_past.i`` (b, offset, d), the filled cache prefix (for
+    batch 1 the caller's cache rows themselves, bound by pointer), and ``cross_k.i``/``cross_v.i``
+    (b_c, n_audio, d); offset (1,) int64, the prefix length; mask (n_q, offset + n_q);
     positions (n_pos,) int64, non-negative.  Outputs: logits (b, n_pos, n_vocab) and per layer this step's
     ``k_new.i``/``v_new.i`` (b, n_q, d), which the backend binds onto the cache rows [offset, offset + n_q)."""
     layer0 = w.layers[0]
@@ -400,18 +400,15 @@ def build_decoder_step(w: DecoderStepWeights) -> GraphBuilder:
     mask = g.input("mask", ["n_q", "n_kv"])
     positions = g.input("positions", ["n_pos"], I64)
     step = (g.input("one_token", [], TensorProto.BOOL), g.input("one_query", [], TensorProto.BOOL), offset)
-    zero, seq_axis = g.const([0], I64), g.const([1], I64)
     shapes = None
     news = []
     for i, layer in enumerate(w.layers):
-        k_cache = g.input(f"k_cache.{i}", ["b", "n_ctx", n_state])
-        v_cache = g.input(f"v_cache.{i}", ["b", "n_ctx", n_state])
+        k_past = g.input(f"k_past.{i}", ["b", "n_past", n_state])
+        v_past = g.input(f"v_past.{i}", ["b", "n_past", n_state])
         cross_k = g.input(f"cross_k.{i}", ["b_c", "n_audio", n_state])
         cross_v = g.input(f"cross_v.{i}", ["b_c", "n_audio", n_state])
         if shapes is None:
             shapes = _cross_shapes(g, cross_k, x, n_state)
-        k_past = g.op("Slice", k_cache, zero, offset, seq_axis)
-        v_past = g.op("Slice", v_cache, zero, offset, seq_axis)
         x, k_new, v_new = decoder_layer(g, x, layer, k_past, v_past, cross_k, cross_v, mask, shapes, f"l{i}.", step)
         news.append((k_new, v_new))
     h = layer_norm(g, g.op("Gather", x, positions, axis=1), *w.ln, "ln")
