@@ -9,9 +9,10 @@ Design
   ``decoder_step`` take them as *constants* handed to a session of their own, which MLAS pre-packs once
   (`graphs.py` says why and how).
 * ``decoder_step`` is one graph for a whole decoding step (every layer, the final LayerNorm, the logits of
-  the asked rows): one ``run_with_iobinding`` per step.  Each layer's whole self-attention cache is bound
-  by pointer and the graph Slices the filled prefix with ``offset`` as an input; the step's new k/v rows are
-  outputs bound onto the cache rows (batch 1) or copied in with one assignment.  Cross K/V are bound per
+  the asked rows): one ``run_with_iobinding`` per step.  With batch 1 each layer's filled cache prefix is
+  bound by pointer as an input and the step's new k/v rows as outputs onto the cache rows after it: read
+  and written in place.  A batch's rows are strided by n_ctx: its prefix is copied out, its new rows copied
+  in with one assignment.  Cross K/V are bound per
   layer, one row per audio: the rows of an audio (its beams) are one block of queries, so a beam step
   reads them once.  If nodes pick, per call, the kernels for one new token per row, one query per audio
   and one logits row (`graphs.build_decoder_step`).
