@@ -317,8 +317,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         return y
 
     def prepare_encoder_layer(self, **w):
-        # constant weights, pre-packed once: a session per layer, no packing of B at each call
-        g = self._graphs().build_encoder_layer(weight_group("encoder_layer", w), constant=True)
+        g = self._graphs().build_encoder_layer(weight_group("encoder_layer", w))  # constants: a session per layer
         return SimpleNamespace(run=self._runner(g))
 
     def encoder_layer(self, x, w):

@@ -47,6 +47,7 @@ class GraphBuilder:
         #: the same shape).  True: constant initializers given to the session at its creation (one session per
         #: weight set), which lets MLAS pre-pack every MatMul's B once instead of at each call.
         self.constant_weights = False
+        self.rows_2d = False  # activations are (rows, features): constant linears become Gemm with the bias fused
         self._bound: set[str] = set()
         self._n = 0
         self._prefix = ""
@@ -143,7 +144,11 @@ def linear(g: GraphBuilder, x: str, weight: np.ndarray, bias, prefix: str, bound
     Constant weights: FusedMatMul(transB=1) on the weight as given, no transpose: MLAS pre-packs B once at
     session creation from either layout (the same packed panels, so the same results as MatMul on the
     transpose), and the packed kernel is what makes a beam of 5 rows cost little more than one row.
-    `bound` forces the first form in a graph of constants."""
+    `bound` forces the first form in a graph of constants.  With `GraphBuilder.rows_2d` (2-d activations) a
+    constant linear is one Gemm(transB=1) with the bias as C: added inside the GEMM, pre-packed alike."""
+    if g.constant_weights and not bound and g.rows_2d:
+        inputs = [x, g.weight(prefix + ".w", weight)] + ([] if bias is None else [g.weight(prefix + ".b", bias)])
+        return g.op("Gemm", *inputs, transB=1)
     if g.constant_weights and not bound:
         y = g.op("FusedMatMul", x, g.weight(prefix + ".w", weight), domain="com.microsoft", transB=1)
     else:
@@ -309,16 +314,22 @@ def build_mlp_block(w: MlpWeights) -> GraphBuilder:
     return g
 
 
-def build_encoder_layer(w: EncoderLayerWeights, constant: bool = False) -> GraphBuilder:
+def build_encoder_layer(w: EncoderLayerWeights) -> GraphBuilder:
+    """Constant (pre-packed) weights on (rows, features) activations, so that every linear is one Gemm with
+    its bias added in the GEMM (no separate pass over the 1500 x n_out result); (b, n, d) only around
+    MultiHeadAttention (Reshapes are views)."""
     n_state = np.shape(w.attn_ln.weight)[0]
     n_head = w.n_head
     g = GraphBuilder(f"encoder_layer_h{n_head}")
-    g.constant_weights = constant
-    x = g.input("x", ["b", "n", n_state])
+    g.constant_weights = g.rows_2d = True
+    x3 = g.input("x", ["b", "n", n_state])
+    shape3, rows = g.op("Shape", x3), g.const([-1, n_state], I64)
+    x = g.op("Reshape", x3, rows)
     h = layer_norm(g, x, *w.attn_ln, "attn_ln")
-    q, k, v = _qkv(g, h, w, n_state, "attn")
-    x = g.op("Add", x, linear(g, attention(g, q, k, v, n_head, n_state // n_head, None), *w.out, "attn.out"))
-    g.output(mlp(g, x, w.mlp), "y", ["b", "n", n_state])
+    q, k, v = (g.op("Reshape", t, shape3) for t in _qkv(g, h, w, n_state, "attn"))
+    a = g.op("Reshape", attention(g, q, k, v, n_head, n_state // n_head, None), rows)
+    x = g.op("Add", x, linear(g, a, *w.out, "attn.out"))
+    g.output(g.op("Reshape", mlp(g, x, w.mlp), shape3), "y", ["b", "n", n_state])
     return g
 
 
