@@ -1,14 +1,84 @@
 """What is particular to the Pythran backend.  Its ops' values at Whisper's shapes and layouts are the conformance
 suite's (`whisperkit conformance --backend pythran`, run by tests/test_conformance.py), and what every built-in
 backend must do (including being unusable, with the reason, when its compiled kernels are missing) is in
-tests/test_backends.py; here: the kernels it was built with are found.  The kernels are compiled at install time;
+tests/test_backends.py; here: the kernels it was built with are found, and the two paths of decoder_step
+(float16 bits widened in the step kernel, prompts on BLAS) compute what the float32 step kernel does.  The kernels are compiled at install time;
 if they are missing these tests fail."""
 from __future__ import annotations
 
-from whisperkit.backends.pythran_backend import PythranBackend
+from types import SimpleNamespace
+
+import numpy as np
+
+from whisperkit.backends.pythran_backend import PythranBackend, S
 
 PT = PythranBackend()
 
 
 def test_built():
     assert PT.name == "pythran" and PT.version != "not built"
+
+
+def _step_case(rng, d=64, n_head=2, n_layer=2, n_vocab=300, scale=0.05):
+    """Random decoder_step weights holding float16 values (with zeros and subnormals), as float32."""
+    def f16(*shape):
+        a = (rng.standard_normal(shape) * scale).astype(np.float16)
+        flat = a.reshape(-1)
+        flat[rng.integers(0, flat.size, 8)] = 0
+        flat[rng.integers(0, flat.size, 8)] = np.float16(3e-6) * rng.choice([-1, 1], 8)  # subnormals
+        return a.astype(np.float32)
+
+    def layer():
+        kw = {"n_head": n_head}
+        for name, (n_out, n_in) in {"qkv": (3 * d, d), "out": (d, d), "cross_q": (d, d), "cross_out": (d, d),
+                                    "fc1": (4 * d, d), "fc2": (d, 4 * d)}.items():
+            kw[f"{name}_weight"], kw[f"{name}_bias"] = f16(n_out, n_in), f16(n_out)
+        for name in ("attn_ln", "cross_ln", "mlp_ln"):
+            kw[f"{name}_weight"], kw[f"{name}_bias"] = 1 + f16(d), f16(d)
+        return kw
+
+    return dict(layers=tuple(layer() for _ in range(n_layer)), ln_weight=1 + f16(d), ln_bias=f16(d),
+                logits_weight=f16(n_vocab, d))
+
+
+def _caches(rng, n_layer, batch, batch_c, d, n_ctx=32, n_audio=24):
+    kv = [np.zeros((n_layer, batch, n_ctx, d), np.float32) for _ in range(2)]
+    kv[0][:, :, :5], kv[1][:, :, :5] = rng.standard_normal((2, n_layer, batch, 5, d))
+    cross = rng.standard_normal((2, n_layer, batch_c, n_audio, d)).astype(np.float32)
+    return kv[0], kv[1], cross[0], cross[1]
+
+
+def test_step_float16_weights_widen_exactly():
+    """The step kernel on float16 bits gives the float32 kernel's logits and caches bit for bit: the
+    widening (bit shuffle, zeros and subnormals patched in) is exact, and the build did not reorder it."""
+    rng = np.random.default_rng(0)
+    w16 = PT.prepare_decoder_step(**_step_case(rng))
+    assert w16.fp16
+    arrays = tuple(a.view(np.float16).astype(np.float32) if getattr(a, "dtype", None) == np.uint16 else a
+                   for a in w16.arrays)
+    w32 = SimpleNamespace(**{**vars(w16), "arrays": arrays, "kernel": S.step32, "fp16": False})
+    x = rng.standard_normal((5, 1, 64)).astype(np.float32)
+    out = []
+    for w in (w16, w32):
+        caches = _caches(np.random.default_rng(1), 2, 5, 1, 64)
+        out.append((PT.decoder_step(x, w, *caches, 5, (-1,)), caches[0], caches[1]))
+    for a, b in zip(*out):
+        assert np.array_equal(a, b)
+
+
+def test_step_prompt_rows_on_blas_match_the_step_kernel(monkeypatch):
+    """Many rows (a prompt) run layer by layer on BLAS; the step kernel computes the same."""
+    import whisperkit.backends.pythran_backend as pb
+    rng = np.random.default_rng(2)
+    weights = _step_case(rng)
+    weights["layers"][0]["qkv_weight"][0, 0] = np.float32(0.1)  # not a float16 value: the float32 kernel
+    w = PT.prepare_decoder_step(**weights)
+    assert not w.fp16
+    x = rng.standard_normal((2, 12, 64)).astype(np.float32)
+    got = {}
+    for rows_max in (1, 64):
+        monkeypatch.setattr(pb, "STEP_ROWS_MAX", rows_max)
+        caches = _caches(np.random.default_rng(3), 2, 2, 1, 64)
+        got[rows_max] = (PT.decoder_step(x, w, *caches, 5, (0, -1)), caches[0])
+    np.testing.assert_allclose(got[1][0], got[64][0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[1][1], got[64][1], rtol=1e-5, atol=1e-5)

@@ -1,10 +1,20 @@
 """The Pythran backend: float32 kernels written as Pythran modules, compiled ahead of time at install.
 
-`setup.py` compiles ``src/_kernels.py`` into the extension ``_kernels`` of this package (OpenMP, no
-CBLAS) when the project is installed; nothing is compiled at run time.  GEMMs (linear, the im2col
-GEMM of conv1d, the two GEMMs of encoder attention) run on NumPy's BLAS, near the machine's peak; the
-Pythran kernels do the rest: LayerNorm, GELU (fused with fc1's bias), bias/residual
-epilogues, im2col, a stable row softmax, and fully fused attention for few query rows (the decoder).
+`setup.py` compiles ``src/_kernels.py`` and ``src/_step.py`` into the extensions ``_kernels`` and
+``_step`` of this package (OpenMP, no CBLAS) when the project is installed; nothing is compiled at run
+time.  GEMMs (linear, the im2col GEMM of conv1d, the two GEMMs of encoder attention, the layers of a
+prompt) run on NumPy's BLAS, near the machine's peak; the Pythran kernels do the rest: LayerNorm, GELU
+(fused with fc1's bias), bias/residual epilogues, im2col, a stable row softmax, fully fused attention
+for few query rows, and a decoding step of few rows (greedy, beams) in ONE call (``_step``): every
+layer, the final LayerNorm and the logits, with GEMV-style projections that read each weight row once
+for all rows.
+
+Float16 weights: Pythran has no float16 type, so the step kernel cannot use the CPU's F16C/AVX-512
+conversion (vcvtph2ps).  It stores the matrices of an fp16 checkpoint as their 16-bit patterns and
+widens them exactly with integer vector code (a bit shuffle, plus a side list for zeros and subnormals),
+bit-identical to the float32 kernel.  That widening costs about 1 vector instruction per weight where
+vcvtph2ps costs 1/16, so it only pays where memory, not the core, is the limit (beam steps); a greedy
+step costs about what the float32 kernel costs.
 """
 from __future__ import annotations
 
@@ -16,7 +26,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import Backend, check_kv_step, f32c, hookimpl, map_group, rows_f32, weight_group
+from whisperkit.backend import (Backend, check_kv_step, exact_float16, f32c, hookimpl, map_group, rows_f32,
+                                weight_group)
 from whisperkit.contract import LAYER_NORM_EPS
 from whisperkit.threads import get_num_threads
 
@@ -28,10 +39,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _IMPORT_ERROR: str | None = None
 try:
     from . import _kernels as K  # noqa: N812
-    if not K.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
-        raise ImportError(f"{K.__file__} is not a compiled extension")
+    from . import _step as S  # noqa: N812
+    for _mod in (K, S):
+        if not _mod.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+            raise ImportError(f"{_mod.__file__} is not a compiled extension")
 except ImportError as exc:  # the build could not compile the kernels
-    K = None
+    K = S = None
     _IMPORT_ERROR = (f"compiled kernels not found ({exc}): the build could not compile them "
                      "(no C++ compiler or no pythran at build time?) -- reinstall with a compiler: "
                      "pip install -e '.[pythran]' (see setup.py's warning in the build log)")
@@ -41,6 +54,9 @@ except ImportError as exc:  # the build could not compile the kernels
 ROWS_FUSED_MAX = 32
 #: Query rows per block in the GEMM path: keeps a block of scores (512 x 1500 floats) in L2.
 BLOCK_ROWS = 512
+#: decoder_step runs the whole-step kernel (GEMV-style projections) up to this many rows (batch * n_q);
+#: above (prompts), layer by layer with the GEMMs on NumPy's BLAS.
+STEP_ROWS_MAX = 16
 
 
 def _numpy_blas_set_threads():
@@ -58,6 +74,24 @@ def _numpy_blas_set_threads():
                 fn.argtypes = [ctypes.c_int]
                 return fn
     return None
+
+
+def _exponent0_patches(stacks):
+    """The side list of the step kernel's float16 widening: for each (n_layer, n_out, n_in) stack of
+    float16 bits, the row pointers (n_layer, n_out + 1) into one list of (column, float32 bits) of the
+    elements with exponent 0 (zeros, subnormals), which the kernel's bit shuffle does not widen exactly."""
+    rps, cols, vals, base = [], [], [], 0
+    for h in stacks:
+        mask = (h & 0x7C00) == 0
+        counts = mask.sum(axis=-1).astype(np.int64)  # (n_layer, n_out)
+        ends = base + np.cumsum(counts.ravel()).reshape(counts.shape)
+        rps.append(np.concatenate([ends - counts, ends[:, -1:]], axis=1).astype(np.int32))
+        cols.append(np.nonzero(mask)[-1].astype(np.int32))
+        vals.append(h[mask].view(np.float16).astype(np.float32).view(np.uint32))
+        base = int(ends[-1, -1])
+    if base >= 2 ** 31:
+        raise ValueError("too many float16 zeros and subnormals for the step kernel's int32 patch list")
+    return rps, np.concatenate(cols), np.concatenate(vals)
 
 
 class PythranBackend(Backend):
@@ -213,6 +247,73 @@ class PythranBackend(Backend):
         y2 = rows_f32(a) @ w.cross_out.wt
         K.bias_residual_(y2, w.cross_out.bias, y)
         return self._mlp2d(y2, w.mlp).reshape(b, n, d)
+
+    def prepare_decoder_step(self, layers, ln_weight, ln_bias, logits_weight):
+        g = weight_group("decoder_step", dict(layers=layers, ln_weight=ln_weight, ln_bias=ln_bias,
+                                              logits_weight=logits_weight))
+        # Prompts (many rows) run decoder_layer with BLAS on the float32 weights as given (transposed
+        # views, no copies: the graph keeps these arrays anyway, so this costs no memory).
+        def blas_linear(weight, bias):
+            weight = f32c(weight)
+            return SimpleNamespace(wt=weight.T, n_out=weight.shape[0], n_in=weight.shape[1],
+                                   bias=None if bias is None else f32c(bias))
+
+        fine = [map_group(layer, self.prepare_layer_norm, blas_linear) for layer in g.layers]
+        mats = [[layer.qkv.weight, layer.out.weight, layer.cross_q.weight, layer.cross_out.weight,
+                 layer.mlp.fc1.weight, layer.mlp.fc2.weight] for layer in g.layers]
+        # Every matrix as float16 bits when float16 holds them all exactly (the shipped checkpoints):
+        # half the bytes to read per step, the same float32 products.  Else float32 throughout.
+        halves = [exact_float16(m) for ms in mats for m in ms] + [exact_float16(logits_weight)]
+        fp16 = all(h is not None for h in halves)
+        if fp16:
+            n_kind = len(mats[0])
+            stacks = [np.stack([halves[i * n_kind + j].view(np.uint16) for i in range(len(mats))])
+                      for j in range(n_kind)]
+            logits = halves[-1].view(np.uint16)
+            patches = _exponent0_patches(stacks + [logits[None]])
+        else:
+            stacks = [np.stack([f32c(ms[j]) for ms in mats]) for j in range(len(mats[0]))]
+            logits = f32c(logits_weight)
+            patches = ([np.zeros((1, 1), np.int32)] * (len(stacks) + 1), np.zeros(0, np.int32), np.zeros(0, np.uint32))
+
+        def vec(get):
+            return np.stack([f32c(get(layer)) for layer in g.layers])
+
+        # the LayerNorms of layer i at rows 3i (attention), 3i + 1 (cross-attention), 3i + 2 (MLP)
+        lnw = np.stack([f32c(n.weight) for l in g.layers for n in (l.attn_ln, l.cross_ln, l.mlp.ln)])
+        lnb = np.stack([f32c(n.bias) for l in g.layers for n in (l.attn_ln, l.cross_ln, l.mlp.ln)])
+        biases = [vec(lambda l: l.qkv.bias), vec(lambda l: l.out.bias), vec(lambda l: l.cross_q.bias),
+                  vec(lambda l: l.cross_out.bias), vec(lambda l: l.mlp.fc1.bias), vec(lambda l: l.mlp.fc2.bias)]
+        arrays = (lnw, lnb, *[a for pair in zip(stacks, biases) for a in pair],
+                  f32c(g.ln.weight)[None], f32c(g.ln.bias)[None], logits[None],
+                  np.zeros((1, logits.shape[0]), np.float32), *patches)
+        return SimpleNamespace(n_head=g.layers[0].n_head, fine=fine, arrays=arrays,
+                               kernel=S.step16 if fp16 else S.step32, fp16=fp16,
+                               ln=self.prepare_layer_norm(*g.ln), logits=blas_linear(logits_weight, None))
+
+    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
+        x = np.asarray(x)
+        b, n_q, d = x.shape
+        n_layer = len(w.fine)
+        if k_cache.shape[0] != n_layer or v_cache.shape[0] != n_layer:
+            raise ValueError(f"decoder_step: caches hold {k_cache.shape[0]} layers, the model has {n_layer}")
+        offset = check_kv_step(k_cache[0], v_cache[0], offset, n_q)
+        pos = [int(p) for p in positions]
+        for p in pos:
+            if not -n_q <= p < n_q:
+                raise ValueError(f"decoder_step: position {p} outside the {n_q} new tokens")
+        pos = np.array([p % n_q for p in pos], np.int64)
+        direct = all(c.dtype == np.float32 and c.flags.c_contiguous for c in (k_cache, v_cache))
+        if b * n_q <= STEP_ROWS_MAX and direct:
+            logits = w.kernel(f32c(x).reshape(b * n_q, d), n_q, b // cross_k.shape[1], offset, w.n_head, pos,
+                              *w.arrays, k_cache, v_cache, f32c(cross_k), f32c(cross_v))
+            return logits.reshape(b, len(pos), -1)
+        h = x
+        for i, lw in enumerate(w.fine):  # the layers write the caches through these views
+            h = self.decoder_layer(h, lw, k_cache[i], v_cache[i], cross_k[i], cross_v[i], offset)
+        h = K.layer_norm(np.ascontiguousarray(h[:, pos]).reshape(b * len(pos), d), w.ln.weight, w.ln.bias,
+                         np.float32(LAYER_NORM_EPS))
+        return self._linear2d(h, w.logits).reshape(b, len(pos), -1)
 
 
 @hookimpl

@@ -1,0 +1,261 @@
+"""Pythran kernels of a whole decoding step (the decoder_step op) for few query rows, compiled at install by setup.py.
+
+One call runs every decoder layer, the final LayerNorm and the logits.  The projections are GEMV-style:
+the output features are shared out between the OpenMP threads, and each weight row is read from memory
+once and multiplied with EVERY query row (the beams of a beam step), so a step of several rows reads the
+weights no more than a greedy step does.  Cross-attention takes one K/V row per audio: the query rows of
+one audio (its beams) are one block of queries, so K and V are read once per head for all of them.
+
+Weights come stacked per kind, (n_layer, n_out, n_in), either float32 or as the bits of float16 values
+(uint16) that `_mv16` widens exactly to float32 in a per-thread buffer: the products and sums are the
+float32 ones either way.  Pythran has no float16 type, so the widening is integer arithmetic on the bits
+reinterpreted as float32 (ndarray.view), exact for normal values; the few zeros and subnormals are then
+patched in from a side list made at prepare.  Every store into the buffer is through its uint32 view
+and every load through its float32 view, after them.
+
+This file is a build input, not a module of the package: it is never imported as plain Python.
+"""
+import numpy as np
+from _kernels import _gelu1
+
+#: Output rows per OpenMP work item of a projection.
+BLK = 32
+
+
+# In the loops below, arrays are indexed in place: a view (w[li, o], x[i]) or an array passed to a
+# function costs two atomic reference-count updates, which per weight row would cost more than the row.
+
+def _mv32(w, b, li, x, y, rp, pc, pv):
+    """y = x @ w[li].T + b[li] for few rows x (R, n); w (n_layer, n_out, n) float32: each weight row is
+    read once, for all R rows of x (four at a time).  rp, pc, pv: unused (see _mv16)."""
+    nr, n = x.shape
+    n_out = w.shape[1]
+    n4 = nr - nr % 4
+    #omp parallel for schedule(static)
+    for blk in range((n_out + BLK - 1) // BLK):
+        for o in range(blk * BLK, min(n_out, blk * BLK + BLK)):
+            bo = b[li, o]
+            for i in range(0, n4, 4):
+                s0 = np.float32(0.)
+                s1 = np.float32(0.)
+                s2 = np.float32(0.)
+                s3 = np.float32(0.)
+                for k in range(n):
+                    wk = w[li, o, k]
+                    s0 += x[i, k] * wk
+                    s1 += x[i + 1, k] * wk
+                    s2 += x[i + 2, k] * wk
+                    s3 += x[i + 3, k] * wk
+                y[i, o] = s0 + bo
+                y[i + 1, o] = s1 + bo
+                y[i + 2, o] = s2 + bo
+                y[i + 3, o] = s3 + bo
+            for i in range(n4, nr):
+                s = np.float32(0.)
+                for k in range(n):
+                    s += x[i, k] * w[li, o, k]
+                y[i, o] = s + bo
+
+
+def _mv16(w, b, li, x, y, rp, pc, pv):
+    """_mv32 on float16 bits w (uint16), each row widened exactly into a per-thread float32 buffer.
+
+    The widening is the bit shuffle that is exact for normal float16 values (exponent rebias 15 -> 127,
+    sign moved to bit 31).  The few elements with exponent 0 (zeros, subnormals), for which it is not,
+    are then overwritten with their float32 bits: those of row o of layer li are pc[p] (column) and
+    pv[p] (bits) for p in rp[li, o] .. rp[li, o + 1] - 1."""
+    nr, n = x.shape
+    n_out = w.shape[1]
+    n4 = nr - nr % 4
+    #omp parallel for schedule(static)
+    for blk in range((n_out + BLK - 1) // BLK):
+        buf = np.empty(n, np.float32)
+        bits = buf.view(np.uint32)
+        for o in range(blk * BLK, min(n_out, blk * BLK + BLK)):
+            for k in range(n):
+                u = np.uint32(w[li, o, k])
+                bits[k] = (((u & np.uint32(0x7fff)) << np.uint32(13)) + np.uint32(0x38000000)) | ((u & np.uint32(0x8000)) << np.uint32(16))
+            for p in range(rp[li, o], rp[li, o + 1]):
+                bits[pc[p]] = pv[p]
+            bo = b[li, o]
+            for i in range(0, n4, 4):
+                s0 = np.float32(0.)
+                s1 = np.float32(0.)
+                s2 = np.float32(0.)
+                s3 = np.float32(0.)
+                for k in range(n):
+                    wk = buf[k]
+                    s0 += x[i, k] * wk
+                    s1 += x[i + 1, k] * wk
+                    s2 += x[i + 2, k] * wk
+                    s3 += x[i + 3, k] * wk
+                y[i, o] = s0 + bo
+                y[i + 1, o] = s1 + bo
+                y[i + 2, o] = s2 + bo
+                y[i + 3, o] = s3 + bo
+            for i in range(n4, nr):
+                s = np.float32(0.)
+                for k in range(n):
+                    s += x[i, k] * buf[k]
+                y[i, o] = s + bo
+
+
+def _ln(x, w, b, li, y):
+    """y = layer_norm(x) over the rows of x with weight w[li] and bias b[li] (as _kernels.layer_norm)."""
+    nr, d = x.shape
+    for i in range(nr):
+        s = 0.
+        for j in range(d):
+            s += x[i, j]
+        mean = np.float32(s / d)
+        ss = 0.
+        for j in range(d):
+            c = x[i, j] - mean
+            ss += c * c
+        inv = np.float32(1. / np.sqrt(ss / d + 1e-5))
+        for j in range(d):
+            y[i, j] = (x[i, j] - mean) * inv * w[li, j] + b[li, j]
+
+
+def _add(x, t):
+    nr, d = x.shape
+    for i in range(nr):
+        for j in range(d):
+            x[i, j] += t[i, j]
+
+
+def _self_attn(qkv, kc, vc, li, nq, offset, n_head, out):
+    """Causal self-attention of rows r = b * nq + i (position offset + i) over the cache of row b,
+    after writing their keys and values into it.  qkv (R, 3d); kc, vc (n_layer, batch, n_ctx, d)."""
+    nr, d = out.shape
+    dh = d // n_head
+    for r in range(nr):
+        kc[li, r // nq, offset + r % nq] = qkv[r, d:2 * d]
+        vc[li, r // nq, offset + r % nq] = qkv[r, 2 * d:3 * d]
+    scale = np.float32(1. / np.sqrt(dh))
+    #omp parallel for schedule(dynamic)
+    for idx in range(nr * n_head):
+        r = idx // n_head
+        c0 = (idx % n_head) * dh
+        bi = r // nq
+        end = offset + r % nq + 1
+        qr = qkv[r, c0:c0 + dh] * scale
+        s = np.empty(end, np.float32)
+        for j in range(end):
+            s[j] = np.sum(qr * kc[li, bi, j, c0:c0 + dh])
+        m = np.max(s)
+        tot = 0.
+        for j in range(end):
+            e = np.exp(s[j] - m)
+            s[j] = e
+            tot += e
+        inv = np.float32(1. / tot)
+        o = np.zeros(dh, np.float32)
+        for j in range(end):
+            o += (s[j] * inv) * vc[li, bi, j, c0:c0 + dh]
+        out[r, c0:c0 + dh] = o
+
+
+def _cross_attn(q, ck, cv, li, gq, n_head, out):
+    """Attention of query rows c * gq .. (c + 1) * gq - 1 over cross K/V row c: per (audio, head), K and V
+    are read once for all gq query rows.  q, out (R, d); ck, cv (n_layer, batch_c, n_kv, d)."""
+    nbc, nkv, d = ck.shape[1], ck.shape[2], ck.shape[3]
+    dh = d // n_head
+    scale = np.float32(1. / np.sqrt(dh))
+    #omp parallel for schedule(dynamic)
+    for idx in range(nbc * n_head):
+        c = idx // n_head
+        c0 = (idx % n_head) * dh
+        r0 = c * gq
+        qs = q[r0:r0 + gq, c0:c0 + dh] * scale
+        s = np.empty((gq, nkv), np.float32)
+        for j in range(nkv):
+            kr = ck[li, c, j, c0:c0 + dh]
+            for a in range(gq):
+                acc = np.float32(0.)
+                for t in range(dh):
+                    acc += qs[a, t] * kr[t]
+                s[a, j] = acc
+        for a in range(gq):
+            m = np.max(s[a])
+            tot = 0.
+            for j in range(nkv):
+                e = np.exp(s[a, j] - m)
+                s[a, j] = e
+                tot += e
+            inv = np.float32(1. / tot)
+            for j in range(nkv):
+                s[a, j] *= inv
+        o = np.zeros((gq, dh), np.float32)
+        for j in range(nkv):
+            vr = cv[li, c, j, c0:c0 + dh]
+            for a in range(gq):
+                p = s[a, j]
+                for t in range(dh):
+                    o[a, t] += p * vr[t]
+        out[r0:r0 + gq, c0:c0 + dh] = o
+
+
+def _step(mv, x, nq, group, offset, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+          wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv):
+    nr, d = x.shape
+    h = x.copy()  # the residual stream
+    t = np.empty((nr, d), np.float32)
+    a = np.empty((nr, d), np.float32)
+    qkv = np.empty((nr, wqkv.shape[1]), np.float32)
+    f1 = np.empty((nr, wfc1.shape[1]), np.float32)
+    for li in range(wqkv.shape[0]):
+        _ln(h, lnw, lnb, 3 * li, t)
+        mv(wqkv, bqkv, li, t, qkv, rps[0], pc, pv)
+        _self_attn(qkv, kc, vc, li, nq, offset, n_head, a)
+        mv(wout, bout, li, a, t, rps[1], pc, pv)
+        _add(h, t)
+        _ln(h, lnw, lnb, 3 * li + 1, t)
+        mv(wcq, bcq, li, t, a, rps[2], pc, pv)
+        _cross_attn(a, ck, cv, li, group * nq, n_head, t)
+        mv(wco, bco, li, t, a, rps[3], pc, pv)
+        _add(h, a)
+        _ln(h, lnw, lnb, 3 * li + 2, t)
+        mv(wfc1, bfc1, li, t, f1, rps[4], pc, pv)
+        for i in range(nr):
+            for j in range(f1.shape[1]):
+                f1[i, j] = _gelu1(f1[i, j])
+        mv(wfc2, bfc2, li, f1, t, rps[5], pc, pv)
+        _add(h, t)
+    n_pos = pos.shape[0]
+    sel = np.empty((nr // nq * n_pos, d), np.float32)
+    for r in range(nr // nq * n_pos):
+        for j in range(d):
+            sel[r, j] = h[r // n_pos * nq + pos[r % n_pos], j]
+    hs = np.empty_like(sel)
+    _ln(sel, lnfw, lnfb, 0, hs)
+    logits = np.empty((sel.shape[0], wlog.shape[1]), np.float32)
+    mv(wlog, blog, 0, hs, logits, rps[6], pc, pv)
+    return logits
+
+
+#pythran export step32(float32[:,:] order(C), int, int, int, int, int[:], float32[:,:] order(C), float32[:,:] order(C),
+#       float32[:,:,:], float32[:,:] order(C), float32[:,:,:], float32[:,:] order(C), float32[:,:,:], float32[:,:] order(C), float32[:,:,:], float32[:,:] order(C), float32[:,:,:], float32[:,:] order(C), float32[:,:,:], float32[:,:] order(C),
+#       float32[:,:] order(C), float32[:,:] order(C), float32[:,:,:], float32[:,:] order(C),
+#       int32[:,:] list, int32[:], uint32[:], float32[:,:,:,:], float32[:,:,:,:], float32[:,:,:,:], float32[:,:,:,:])
+def step32(x, nq, group, offset, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+           wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv):
+    """decoder_step on float32 weights: x (rows, d), rows r = b * nq + i at positions offset + i; the
+    matrices stacked (n_layer, n_out, n_in), their biases (n_layer, n_out), the LayerNorms' (3 * n_layer, d)
+    (attention, cross-attention, MLP of each layer), the final LayerNorm's (1, d), the logits' weight
+    (1, n_vocab, d) and zero bias (1, n_vocab); rps, pc, pv: unused here (see _mv16).  Returns logits
+    (batch * len(pos), n_vocab)."""
+    return _step(_mv32, x, nq, group, offset, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+                 wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv)
+
+
+#pythran export step16(float32[:,:] order(C), int, int, int, int, int[:], float32[:,:] order(C), float32[:,:] order(C),
+#       uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C),
+#       float32[:,:] order(C), float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C),
+#       int32[:,:] list, int32[:], uint32[:], float32[:,:,:,:], float32[:,:,:,:], float32[:,:,:,:], float32[:,:,:,:])
+def step16(x, nq, group, offset, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+           wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv):
+    """step32 on matrices stored as float16 bits (uint16), widened exactly in the kernels; rps: the patch
+    row pointers of _mv16 for each matrix (qkv, out, cross_q, cross_out, fc1, fc2, logits), (n_layer, n_out + 1)."""
+    return _step(_mv16, x, nq, group, offset, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+                 wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv)
