@@ -251,7 +251,8 @@ class NumbaBackend(AttentionPair, Backend):
                   mat(lambda l: l.mlp.fc1.weight), vec(lambda l: l.mlp.fc1.bias),
                   mat(lambda l: l.mlp.fc2.weight), vec(lambda l: l.mlp.fc2.bias),
                   f32c(g.ln.weight), f32c(g.ln.bias),
-                  f32c(logits_weight) if logits is None else logits.view(np.uint16))
+                  f32c(logits_weight) if logits is None else logits.view(np.uint16),
+                  np.zeros(logits_weight.shape[0], _F32))  # the logits have no bias: zeros, one GEMV signature
         return SimpleNamespace(n_layer=len(ls), n_head=ls[0].n_head, arrays=arrays, n_vocab=logits_weight.shape[0])
 
     def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):

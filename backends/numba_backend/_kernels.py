@@ -527,14 +527,32 @@ def widen(typingctx, x):
     return None
 
 
-def _hsum(builder, v):
-    """Sum of the lanes of a float vector, by halves."""
-    n = v.type.count
-    while n > 1:
-        n //= 2
-        idx = lambda lo: ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(lo, lo + n)))  # noqa: E731
-        v = builder.fadd(builder.shuffle_vector(v, v, idx(0)), builder.shuffle_vector(v, v, idx(n)))
-    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+def _hsums(builder, vecs):
+    """The lane sums of several 16-lane float vectors, reduced together: pairs of vectors fold into one
+    (each group of lanes added to its other half, the two vectors' groups side by side), so n sums take
+    about 2n shuffles and n adds instead of 4 shuffles and 4 adds each."""
+    i32 = ir.IntType(32)
+    zero = ir.Constant(vecs[0].type, None)
+    items = [(v, [k]) for k, v in enumerate(vecs)]  # (vector, the sum each group of lanes belongs to; None: padding)
+    w = 16
+    while w > 1:
+        h = w // 2
+        folded = []
+        for a in range(0, len(items), 2):
+            va, ga = items[a]
+            vb, gb = items[a + 1] if a + 1 < len(items) else (zero, [None] * len(ga))
+            lo = [q * w + lane for q in range(len(ga)) for lane in range(h)]
+            mask = lambda idx: ir.Constant(ir.VectorType(i32, 16), idx + [16 + t for t in idx])  # noqa: E731
+            v = builder.fadd(builder.shuffle_vector(va, vb, mask(lo)), builder.shuffle_vector(va, vb, mask([t + h for t in lo])))
+            folded.append((v, ga + gb))
+        items = folded
+        w = h
+    out = [None] * len(vecs)
+    for v, groups in items:
+        for lane, k in enumerate(groups):
+            if k is not None:
+                out[k] = builder.extract_element(v, ir.Constant(i32, lane))
+    return out
 
 
 @intrinsic
@@ -583,10 +601,11 @@ def gemv_tile(typingctx, w, j, x, i, out, k16, C, R):
                 xv = builder.load(p, align=4)
                 for c in range(nc):
                     builder.store(builder.call(fma, [xv, wv[c], builder.load(acc[r][c])]), acc[r][c])
+        sums = _hsums(builder, [builder.load(acc[r][c]) for r in range(nr) for c in range(nc)])
         for r in range(nr):
             for c in range(nc):
                 addr = builder.add(orow[r], builder.mul(builder.add(j_v, c64(c)), c64(4)))
-                builder.store(_hsum(builder, builder.load(acc[r][c])), builder.inttoptr(addr, f32.as_pointer()))
+                builder.store(sums[r * nc + c], builder.inttoptr(addr, f32.as_pointer()))
         return context.get_dummy_value()
 
     return types.none(w, j, x, i, out, k16, C, R), codegen
@@ -610,22 +629,11 @@ def _strip(x, i, w, t0, t1, out, k16, R, C):
 GEMV_TILE = 64
 
 
-@njit(cache=True, fastmath=FAST)
-def _put(out, i, j, acc, bias, res):
-    v = acc
-    if bias is not None:
-        v += bias[j]
-    if res is not None:
-        v += res[i, j]
-    out[i, j] = v
-
-
-@njit(cache=True, fastmath=FAST, error_model="numpy")
-def gemv_block(x, w, c0, c1, bias, res, out, act):
-    """out[:, c0:c1] = x @ widen(w[c0:c1]).T (+ bias) (+ res), then GELU if `act`.  x: (m, k) float32, few
-    rows, C-contiguous; w: (n, k) uint16 (float16 bits) or float32.  Each weight row is read once for a
-    block of up to 8 rows of x (register blocks of gemv_tile; more weight rows per block when x has few
-    rows, so enough FMA chains are in flight)."""
+@njit(cache=True)
+def gemv_core(x, w, c0, c1, out):
+    """out[:, c0:c1] = x[:, :k16] @ widen(w[c0:c1, :k16]).T, k16 = k rounded down to 16 lanes.  Each weight
+    row is read once for a block of up to 8 rows of x (register blocks of gemv_tile; more weight rows per
+    block when x has few rows, so enough FMA chains are in flight)."""
     m, k = x.shape
     k16 = k - k % 16
     for t0 in range(c0, c1, GEMV_TILE):
@@ -651,15 +659,30 @@ def gemv_block(x, w, c0, c1, bias, res, out, act):
             else:
                 _strip(x, i, w, t0, t1, out, k16, 8, 2)
             i += r
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def gemv_block(x, w, c0, c1, bias, res, out, act):
+    """out[:, c0:c1] = x @ widen(w[c0:c1]).T + bias (+ res unless res is out), then GELU if `act`.  x: (m, k)
+    float32, few rows, unit stride along k; w: (n, k) uint16 (float16 bits) or float32.  One signature per
+    weight type (a parallel wrapper costs seconds to compile per signature)."""
+    m, k = x.shape
+    k16 = k - k % 16
+    gemv_core(x, w, c0, c1, out)
+    add_res = res.ctypes.data != out.ctypes.data
     for i in range(m):
         xr = x[i]
         orow = out[i]
+        rrow = res[i]
         for j in range(c0, c1):
             acc = orow[j]
             wr = w[j]
             for t in range(k16, k):
                 acc += xr[t] * widen(wr[t])
-            _put(out, i, j, acc, bias, res)
+            acc += bias[j]
+            if add_res:
+                acc += rrow[j]
+            orow[j] = acc
     if act:
         for i in range(m):
             orow = out[i]
@@ -676,7 +699,7 @@ def gemv_par(x, w, bias, res, out, act, nt):
 
 @njit(cache=True)
 def gemv(x, w, bias, res, out, act, nt):
-    """out = x @ widen(w).T (+ bias) (+ res) (GELU'd if act), over `nt` threads by column blocks."""
+    """out = x @ widen(w).T + bias (+ res unless res is out) (GELU'd if act), over `nt` threads by column blocks."""
     if nt == 1:
         gemv_block(x, w, 0, w.shape[0], bias, res, out, act)
     else:
@@ -832,8 +855,14 @@ def attn_part(q, qc, q0, rows, kv_k, kv_v, lim, j0, j1, n_head, scale, s, o, pm,
         b1 = min(nk, b0 + ATTN_KEYS)
         for h in range(n_head):
             c = h * dh
-            gemv_block(q[q0:q0 + rows, qc + c:qc + c + dh], kv_k[j0 + b0:j0 + b1, c:c + dh], 0, b1 - b0, None, None,
-                       s[:rows, h, b0:b1], False)
+            qh = q[q0:q0 + rows, qc + c:qc + c + dh]
+            kh = kv_k[j0 + b0:j0 + b1, c:c + dh]
+            sh = s[:rows, h, b0:b1]
+            gemv_core(qh, kh, 0, b1 - b0, sh)
+            for t in range(dh - dh % 16, dh):  # head widths off the 16 lanes
+                for r in range(rows):
+                    for j in range(b1 - b0):
+                        sh[r, j] += qh[r, t] * kh[j, t]
     for r in range(rows):
         e = min(j1, lim[r]) - j0
         orow = o[r]
@@ -930,7 +959,7 @@ def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, n_head, out, nt):
 
 @njit(cache=True)
 def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset, ln1g, ln1b, wqkv, bqkv, wo, bo,
-                        lncg, lncb, wcq, bcq, wco, bco, ln2g, ln2b, w1, b1, w2, b2, lnfg, lnfb, wlog, pos_rows,
+                        lncg, lncb, wcq, bcq, wco, bco, ln2g, ln2b, w1, b1, w2, b2, lnfg, lnfb, wlog, blog, pos_rows,
                         logits, nt):
     """One decoding step for few rows.  x: (batch * n_q, n) embedded tokens; caches (n_layer, batch, n_ctx, n)
     written in place at offset; cross K/V (n_layer, batch_c, n_audio, n); per-layer weights stacked on a
@@ -957,7 +986,7 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
     n_kv = offset + n_q
     for li in range(n_layer):
         ln_rows(xa, 0, m, ln1g[li], ln1b[li], h, 0)
-        gemv(h, wqkv[li], bqkv[li], None, qkv, False, nt)
+        gemv(h, wqkv[li], bqkv[li], qkv, qkv, False, nt)
         for b in range(batch):
             for i in range(n_q):
                 src = qkv[b * n_q + i]
@@ -969,14 +998,14 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
         attn_groups(qkv, 0, k_cache[li], v_cache[li], n_kv, self_lims, n_head, a, nt)
         gemv(a, wo[li], bo[li], xa, x1, False, nt)
         ln_rows(x1, 0, m, lncg[li], lncb[li], h, 0)
-        gemv(h, wcq[li], bcq[li], None, a, False, nt)
+        gemv(h, wcq[li], bcq[li], a, a, False, nt)
         attn_groups(a, 0, cross_k[li], cross_v[li], n_audio, cross_lims, n_head, h, nt)
         gemv(h, wco[li], bco[li], x1, x2, False, nt)
         ln_rows(x2, 0, m, ln2g[li], ln2b[li], h, 0)
-        gemv(h, w1[li], b1[li], None, f, True, nt)
+        gemv(h, w1[li], b1[li], f, f, True, nt)
         gemv(f, w2[li], b2[li], x2, xa, False, nt)
     p = pos_rows.shape[0]
     hl = np.empty((p, n), np.float32)
     for i in range(p):
         ln_rows(xa, pos_rows[i], pos_rows[i] + 1, lnfg, lnfb, hl, i)
-    gemv(hl, wlog, None, None, logits, False, nt)
+    gemv(hl, wlog, blog, logits, logits, False, nt)
