@@ -55,8 +55,8 @@ ROWS_FUSED_MAX = 32
 #: Query rows per block in the GEMM path: keeps a block of scores (512 x 1500 floats) in L2.
 BLOCK_ROWS = 512
 #: decoder_step runs the whole-step kernel (GEMV-style projections) up to this many rows (batch * n_q);
-#: above (prompts), layer by layer with the GEMMs on NumPy's BLAS.
-STEP_ROWS_MAX = 16
+#: above (long prompts), layer by layer with the GEMMs on NumPy's BLAS, whose sgemm is slow for few rows.
+STEP_ROWS_MAX = 64
 
 
 def _numpy_blas_set_threads():
@@ -251,14 +251,10 @@ class PythranBackend(Backend):
     def prepare_decoder_step(self, layers, ln_weight, ln_bias, logits_weight):
         g = weight_group("decoder_step", dict(layers=layers, ln_weight=ln_weight, ln_bias=ln_bias,
                                               logits_weight=logits_weight))
-        # Prompts (many rows) run decoder_layer with BLAS on the float32 weights as given (transposed
-        # views, no copies: the graph keeps these arrays anyway, so this costs no memory).
-        def blas_linear(weight, bias):
-            weight = f32c(weight)
-            return SimpleNamespace(wt=weight.T, n_out=weight.shape[0], n_in=weight.shape[1],
-                                   bias=None if bias is None else f32c(bias))
-
-        fine = [map_group(layer, self.prepare_layer_norm, blas_linear) for layer in g.layers]
+        # Prompts (many rows) run decoder_layer, GEMMs on BLAS, on transposed float32 copies of the layers'
+        # matrices (as prepare_decoder_layer makes them): OpenBLAS on the transposed views as given is many
+        # times slower for few rows.  Their logits (few rows) run on the step kernel's projection.
+        fine = [self._prepare_group(layer) for layer in g.layers]
         mats = [[layer.qkv.weight, layer.out.weight, layer.cross_q.weight, layer.cross_out.weight,
                  layer.mlp.fc1.weight, layer.mlp.fc2.weight] for layer in g.layers]
         # Every matrix as float16 bits when float16 holds them all exactly (the shipped checkpoints):
@@ -284,12 +280,12 @@ class PythranBackend(Backend):
         lnb = np.stack([f32c(n.bias) for l in g.layers for n in (l.attn_ln, l.cross_ln, l.mlp.ln)])
         biases = [vec(lambda l: l.qkv.bias), vec(lambda l: l.out.bias), vec(lambda l: l.cross_q.bias),
                   vec(lambda l: l.cross_out.bias), vec(lambda l: l.mlp.fc1.bias), vec(lambda l: l.mlp.fc2.bias)]
-        arrays = (lnw, lnb, *[a for pair in zip(stacks, biases) for a in pair],
-                  f32c(g.ln.weight)[None], f32c(g.ln.bias)[None], logits[None],
-                  np.zeros((1, logits.shape[0]), np.float32), *patches)
-        return SimpleNamespace(n_head=g.layers[0].n_head, fine=fine, arrays=arrays,
-                               kernel=S.step16 if fp16 else S.step32, fp16=fp16,
-                               ln=self.prepare_layer_norm(*g.ln), logits=blas_linear(logits_weight, None))
+        final = (f32c(g.ln.weight)[None], f32c(g.ln.bias)[None], logits[None], np.zeros((1, logits.shape[0]), np.float32))
+        arrays = (lnw, lnb, *[a for pair in zip(stacks, biases) for a in pair], *final, *patches)
+        logits_args = (*final, patches[0][-1], *patches[1:])
+        return SimpleNamespace(n_head=g.layers[0].n_head, fine=fine, arrays=arrays, fp16=fp16,
+                               kernel=S.step16 if fp16 else S.step32, logits=S.logits16 if fp16 else S.logits32,
+                               logits_args=logits_args)
 
     def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
         x = np.asarray(x)
@@ -311,9 +307,8 @@ class PythranBackend(Backend):
         h = x
         for i, lw in enumerate(w.fine):  # the layers write the caches through these views
             h = self.decoder_layer(h, lw, k_cache[i], v_cache[i], cross_k[i], cross_v[i], offset)
-        h = K.layer_norm(np.ascontiguousarray(h[:, pos]).reshape(b * len(pos), d), w.ln.weight, w.ln.bias,
-                         np.float32(LAYER_NORM_EPS))
-        return self._linear2d(h, w.logits).reshape(b, len(pos), -1)
+        h = np.ascontiguousarray(h[:, pos], dtype=np.float32).reshape(b * len(pos), d)
+        return w.logits(h, *w.logits_args).reshape(b, len(pos), -1)
 
 
 @hookimpl

@@ -227,10 +227,14 @@ def _step(mv, x, nq, group, offset, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bou
     for r in range(nr // nq * n_pos):
         for j in range(d):
             sel[r, j] = h[r // n_pos * nq + pos[r % n_pos], j]
-    hs = np.empty_like(sel)
-    _ln(sel, lnfw, lnfb, 0, hs)
-    logits = np.empty((sel.shape[0], wlog.shape[1]), np.float32)
-    mv(wlog, blog, 0, hs, logits, rps[6], pc, pv)
+    return _logits(mv, sel, lnfw, lnfb, wlog, blog, rps[6], pc, pv)
+
+
+def _logits(mv, x, lnfw, lnfb, wlog, blog, rp, pc, pv):
+    hs = np.empty_like(x)
+    _ln(x, lnfw, lnfb, 0, hs)
+    logits = np.empty((x.shape[0], wlog.shape[1]), np.float32)
+    mv(wlog, blog, 0, hs, logits, rp, pc, pv)
     return logits
 
 
@@ -259,3 +263,17 @@ def step16(x, nq, group, offset, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, 
     row pointers of _mv16 for each matrix (qkv, out, cross_q, cross_out, fc1, fc2, logits), (n_layer, n_out + 1)."""
     return _step(_mv16, x, nq, group, offset, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
                  wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv)
+
+
+#pythran export logits32(float32[:,:] order(C), float32[:,:] order(C), float32[:,:] order(C), float32[:,:,:],
+#                        float32[:,:] order(C), int32[:,:] order(C), int32[:], uint32[:])
+def logits32(x, lnfw, lnfb, wlog, blog, rp, pc, pv):
+    """The end of step32 alone: logits of the rows x (the layers having run elsewhere)."""
+    return _logits(_mv32, x, lnfw, lnfb, wlog, blog, rp, pc, pv)
+
+
+#pythran export logits16(float32[:,:] order(C), float32[:,:] order(C), float32[:,:] order(C), uint16[:,:,:],
+#                        float32[:,:] order(C), int32[:,:] order(C), int32[:], uint32[:])
+def logits16(x, lnfw, lnfb, wlog, blog, rp, pc, pv):
+    """The end of step16 alone."""
+    return _logits(_mv16, x, lnfw, lnfb, wlog, blog, rp, pc, pv)
