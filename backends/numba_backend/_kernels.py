@@ -584,14 +584,23 @@ def gemv_tile(typingctx, w, j, x, i, out, k16, C, R):
             return [builder.add(base, builder.mul(builder.add(first, c64(q)), stride)) for q in range(count)]
 
         wrow = rows(wty, w_a, j_v, nc)
+        w_stride = cgutils.unpack_tuple(builder, context.make_array(wty)(context, builder, w_a).strides, 2)[0]
+        pf_ahead = builder.mul(w_stride, c64(PREFETCH_ROWS))
         xrow = rows(xty, x_a, i_v, nr)
         orow = rows(oty, o_a, i_v, nr)
         zero = ir.Constant(vf, None)
         acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nc)] for _ in range(nr)]
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fma.v16f32")
+        i8p = ir.IntType(8).as_pointer()
+        i32c = lambda v: ir.Constant(ir.IntType(32), v)  # noqa: E731
+        pf = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p] + [ir.IntType(32)] * 3),
+                                            "llvm.prefetch.p0")
         with cgutils.for_range(builder, builder.udiv(k_v, c64(16))) as loop:
             t = loop.index
             wv = []
+            for c in range(nc):  # the same bytes PREFETCH_ROWS rows further on
+                ahead = builder.add(builder.add(wrow[c], builder.mul(t, c64(16 * esz))), pf_ahead)
+                builder.call(pf, [builder.inttoptr(ahead, i8p), i32c(0), i32c(3), i32c(1)])
             for c in range(nc):
                 p = builder.inttoptr(builder.add(wrow[c], builder.mul(t, c64(16 * esz))), vw.as_pointer())
                 v = builder.load(p, align=esz)
@@ -623,6 +632,11 @@ def _strip(x, i, w, t0, t1, out, k16, R, C):
         gemv_tile(w, j, x, i, out, k16, 1, R)
         j += 1
 
+
+#: Software prefetch distance, in rows of the weight (or key, value) matrix: the hardware prefetchers alone
+#: leave part of the memory latency exposed once several rows of x make each weight byte cost more work,
+#: and do not follow the strided head columns of the attention's keys and values.
+PREFETCH_ROWS = 16
 
 #: Weight rows per tile of the GEMV: when x has more rows than one register block (8), the tile stays
 #: in L2 while every block of rows passes over it, so it comes from memory once per call.
@@ -739,8 +753,17 @@ def pv_tile(typingctx, p, i, v, out, n_keys, R, NV):
                  for c in range(nv)] for r in range(nr)] for u in range(nu)]
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fma.v16f32")
 
+        i8p = ir.IntType(8).as_pointer()
+        i32c = lambda v: ir.Constant(ir.IntType(32), v)  # noqa: E731
+        pf = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p] + [ir.IntType(32)] * 3),
+                                            "llvm.prefetch.p0")
+        pf_ahead = builder.mul(vs, c64(PREFETCH_ROWS))
+
         def key(j, a):
             vrow = builder.add(vb, builder.mul(j, vs))
+            for c in range(nv):  # the same columns PREFETCH_ROWS value rows further on
+                builder.call(pf, [builder.inttoptr(builder.add(builder.add(vrow, pf_ahead), c64(64 * c)), i8p),
+                                  i32c(0), i32c(3), i32c(1)])
             vv = [builder.load(builder.inttoptr(builder.add(vrow, c64(64 * c)), vf.as_pointer()), align=4)
                   for c in range(nv)]
             for r in range(nr):
