@@ -5,6 +5,7 @@ backend then reports itself unavailable with the reason.
 """
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -53,6 +54,38 @@ def _unit_last(a):
     if a.dtype != _F32 or a.strides[-1] != 4 or a.ndim != 3:
         a = np.ascontiguousarray(a, dtype=_F32)
     return a
+
+
+class _ThreadChoice:
+    """Thread count of the one-token decode steps of one row count: every thread, or one, whichever has been
+    faster lately.  A step streams ~75 MB (tiny.en), more than one core's bandwidth brings in the time, so
+    on an idle machine every thread wins; but its ~33 parallel regions each wait for the slowest thread,
+    and on an oversubscribed machine a descheduled thread makes a region cost a time slice, where one
+    thread is many times faster.  Both choices compute the same bits (decoder_step_kernel splits work
+    independently of the thread count), so switching changes only the time.  The other choice is re-timed
+    every PROBE steps, less often while it stays far behind."""
+
+    PROBE = 32
+
+    def __init__(self, nt):
+        self.time = {nt: None, 1: None}  # exponential average of the step time
+        self.steps = 0
+
+    def pick(self, nt):
+        if nt not in self.time:
+            self.time = {nt: None, 1: None}
+        for c, t in self.time.items():
+            if t is None:
+                return c
+        self.steps += 1
+        best, other = sorted(self.time, key=self.time.get)
+        every = self.PROBE * (8 if self.time[other] > 2 * self.time[best] else 1)
+        return other if self.steps % every == 0 else best
+
+    def record(self, nt, dt):
+        t = self.time.get(nt)
+        # down at once (a first call pays one-off costs), up gradually (one slow step is noise)
+        self.time[nt] = dt if t is None or dt < t else 0.75 * t + 0.25 * dt
 
 
 class NumbaBackend(AttentionPair, Backend):
@@ -253,7 +286,8 @@ class NumbaBackend(AttentionPair, Backend):
                   f32c(g.ln.weight), f32c(g.ln.bias),
                   f32c(logits_weight) if logits is None else logits.view(np.uint16),
                   np.zeros(logits_weight.shape[0], _F32))  # the logits have no bias: zeros, one GEMV signature
-        return SimpleNamespace(n_layer=len(ls), n_head=ls[0].n_head, arrays=arrays, n_vocab=logits_weight.shape[0])
+        return SimpleNamespace(n_layer=len(ls), n_head=ls[0].n_head, arrays=arrays, n_vocab=logits_weight.shape[0],
+                               threads={})  # batch rows -> _ThreadChoice of the one-token steps
 
     def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
         x = np.asarray(x)
@@ -274,9 +308,16 @@ class NumbaBackend(AttentionPair, Backend):
             kc, vc = f32c(k_cache), f32c(v_cache)
         ck, cv = f32c(cross_k), f32c(cross_v)
         logits = np.empty((len(pos_rows), w.n_vocab), _F32)
-        # Every thread, even for one row: a step streams ~75 MB (tiny.en), more than one core's bandwidth
-        # delivers in the time, and its ~33 parallel regions cost little against that.
-        _kern().decoder_step_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, *w.arrays, pos_rows, logits, _nt())
+        nt = _nt()
+        tuner = w.threads.get(b) if n_q == 1 else None
+        if tuner is None and n_q == 1 and nt > 1:
+            tuner = w.threads[b] = _ThreadChoice(nt)
+        if tuner is not None:
+            nt = tuner.pick(nt)
+            t0 = time.perf_counter()
+        _kern().decoder_step_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, *w.arrays, pos_rows, logits, nt)
+        if tuner is not None:
+            tuner.record(nt, time.perf_counter() - t0)
         if not direct:
             k_cache[:, :, offset:offset + n_q] = kc[:, :, offset:offset + n_q]
             v_cache[:, :, offset:offset + n_q] = vc[:, :, offset:offset + n_q]

@@ -942,40 +942,51 @@ def attn_merge(po, pm, pl, g, q0, rows, n_head, out):
                         orow[c + u] += f * prow[c + u]
 
 
-@njit(parallel=True, cache=True)
-def attn_groups_par(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, nt):
+#: Keys per partial block of attention.  The blocks are fixed by the key count alone, and merged in order,
+#: so the result does not depend on the number of threads that computed them.
+ATTN_PART_KEYS = 256
+
+
+@njit(cache=True)
+def attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, b0, b1):
+    """Partial blocks b0:b1 (ATTN_PART_KEYS keys each) of every group, in one thread's scratch."""
     groups = kv_k.shape[0]
     rows = lims.shape[1]
+    s = np.empty((rows, n_head, ATTN_PART_KEYS), np.float32)
+    for g in range(groups):
+        for b in range(b0, b1):
+            j0 = b * ATTN_PART_KEYS
+            attn_part(q, qc, g * rows, rows, kv_k[g], kv_v[g], lims[g], j0, min(n_keys, j0 + ATTN_PART_KEYS), n_head,
+                      scale, s, po[b, g], pm[b, g], pl[b, g])
+
+
+@njit(parallel=True, cache=True)
+def attn_blocks_par(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, nt):
+    nb = po.shape[0]
+    bb = _blocks(nb, nt, 1)  # contiguous runs of blocks: each thread streams its part of K and V once
     for t in prange(nt):
-        chunk = (n_keys + nt - 1) // nt
-        s = np.empty((rows, n_head, max(chunk, 1)), np.float32)
-        for g in range(groups):
-            j0 = min(n_keys, t * chunk)
-            j1 = min(n_keys, j0 + chunk)
-            attn_part(q, qc, g * rows, rows, kv_k[g], kv_v[g], lims[g], j0, j1, n_head, scale, s, po[t, g], pm[t, g],
-                      pl[t, g])
+        attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, bb[t], bb[t + 1])
 
 
 @njit(cache=True)
 def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, n_head, out, nt):
     """Attention for few query rows: group g (a batch row over its own KV cache, or the beams of one audio
     over its cross K/V) holds the query rows g*R:(g+1)*R of q (columns qc:qc+n) and the keys kv_k[g, :n_keys];
-    row r of a group sees the keys j < lims[g, r].  The keys are split into `nt` contiguous blocks, one
-    per thread (each streams its part of K and V once), and the blocks are merged after."""
+    row r of a group sees the keys j < lims[g, r].  The keys are cut into blocks, computed as unnormalised
+    partials spread over the threads, then merged."""
     groups = kv_k.shape[0]
     rows = lims.shape[1]
     n = out.shape[1]
     scale = np.float32(1.0 / np.sqrt(np.float64(n // n_head)))
-    po = np.empty((nt, groups, rows, n), np.float32)
-    pm = np.empty((nt, groups, rows, n_head), np.float32)
-    pl = np.empty((nt, groups, rows, n_head), np.float32)
+    nb = max(1, (n_keys + ATTN_PART_KEYS - 1) // ATTN_PART_KEYS)
+    po = np.empty((nb, groups, rows, n), np.float32)
+    pm = np.empty((nb, groups, rows, n_head), np.float32)
+    pl = np.empty((nb, groups, rows, n_head), np.float32)
+    nt = min(nt, nb)
     if nt == 1:
-        s = np.empty((rows, n_head, max(n_keys, 1)), np.float32)
-        for g in range(groups):
-            attn_part(q, qc, g * rows, rows, kv_k[g], kv_v[g], lims[g], 0, n_keys, n_head, scale, s, po[0, g], pm[0, g],
-                      pl[0, g])
+        attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, 0, nb)
     else:
-        attn_groups_par(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, nt)
+        attn_blocks_par(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, nt)
     for g in range(groups):
         attn_merge(po, pm, pl, g, g * rows, rows, n_head, out)
 
