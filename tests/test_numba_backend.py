@@ -1,15 +1,18 @@
 """What is particular to the Numba backend.  Its ops' values at Whisper's shapes and layouts are the conformance
 suite's (`whisperkit conformance --backend numba`, run by tests/test_conformance.py), and what every built-in
-backend must do is in tests/test_backends.py; here: its version, and the thread setting (numba's own, bounded by
-NUMBA_NUM_THREADS, and a decode step run on one thread)."""
+backend must do is in tests/test_backends.py; here: its version, the thread setting (numba's own, bounded by
+NUMBA_NUM_THREADS, and a decode step run on one thread), and decoder_step's own choices: float16 storage only
+for float16-exact weights, bits that do not depend on the thread count, the thread count of one-token steps."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from helpers import run_op_case
 
 numba = pytest.importorskip("numba")
-from whisperkit.backends.numba_backend import NumbaBackend  # noqa: E402
+from whisperkit.backends.numba_backend import NumbaBackend, _ThreadChoice  # noqa: E402
+from whisperkit.conformance.cases import CASES  # noqa: E402
 
 NB = NumbaBackend()
 
@@ -31,3 +34,51 @@ def test_threads_follow_setting():
         assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
     finally:
         numba.set_num_threads(before)
+
+
+def _step(case_id):
+    inp = CASES[case_id].make()
+    return NB.prepare_decoder_step(**inp.weights), inp.args
+
+
+@pytest.mark.parametrize("case_id, half", [("decoder_step/tiny_1_off3_fp16_weights", True),
+                                           ("decoder_step/tiny_1_off3", False)])
+def test_decoder_step_stores_float16_only_when_exact(case_id, half):
+    w, _ = _step(case_id)
+    mats = [a for a in w.arrays if a.ndim == 3] + [w.arrays[-2]]  # the layers' matrices, then the logits weight
+    assert len(mats) == 7
+    assert all(a.dtype == (np.uint16 if half else np.float32) for a in mats)
+
+
+def test_decoder_step_bits_do_not_depend_on_threads():
+    w, args = _step("decoder_step/tiny_beam5_shared_cross_1_off20")
+    from whisperkit.backends.numba_backend import _step as kernels
+    x, k, v, ck, cv, offset, positions = args
+    results = []
+    for nt in (1, 2):
+        kc, vc = k.copy(), v.copy()
+        logits = np.empty((x.shape[0], w.n_vocab), np.float32)
+        rows = np.arange(x.shape[0], dtype=np.int64) * x.shape[1] + x.shape[1] - 1
+        kernels.decoder_step_kernel(np.ascontiguousarray(x.reshape(-1, x.shape[-1])), x.shape[1], w.n_head, kc, vc,
+                                    ck, cv, offset, *w.arrays, rows, logits, nt)
+        results.append((logits, kc, vc))
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+
+
+def test_one_token_steps_keep_the_faster_thread_count():
+    c = _ThreadChoice(2)
+    assert c.pick(2) in (1, 2)  # each choice timed once first
+    c.record(2, 0.001)
+    assert c.pick(2) == 1
+    c.record(1, 0.004)
+    picks = []
+    for _ in range(32 * c.PROBE):
+        nt = c.pick(2)
+        picks.append(nt)
+        c.record(nt, 0.001 if nt == 2 else 0.004)
+    assert picks.count(2) > picks.count(1) > 0  # the faster one, with the other re-timed now and then
+    for _ in range(16 * c.PROBE):  # the machine gets busy: every thread is now the slow choice
+        nt = c.pick(2)
+        c.record(nt, 0.05 if nt == 2 else 0.004)
+    assert c.pick(2) == 1

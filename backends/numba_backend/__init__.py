@@ -1,7 +1,11 @@
 """The Numba backend: every op of the contract as parallel Numba kernels, GEMMs through NumPy's OpenBLAS.
 
-See `_kernels` for the kernels and the reasons behind them.  The module imports without Numba: the
-backend then reports itself unavailable with the reason.
+``decoder_step`` is one Numba call per decoding step (every layer, the final LayerNorm fused with the
+logits GEMV): matrices stacked per kind over the layers, stored as float16 when the checkpoint's are
+(exact_float16), else float32; the new keys and values written straight into the stacked caches; the
+cross K/V read once per step for all the beams of an audio.  See `_kernels` for the kernels and the
+reasons behind them (float16 and 512-bit vectors through LLVM intrinsics).  The module imports without
+Numba: the backend then reports itself unavailable with the reason.
 """
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import (AttentionPair, Backend, check_kv_step, exact_float16, f32c, f32c_group, group_arrays, hookimpl,
-                                rows_f32, weight_group)
+from whisperkit.backend import (AttentionPair, Backend, check_kv_step, exact_float16, f32c, f32c_group, group_arrays,
+                                hookimpl, rows_f32, weight_group)
 
 try:
     import numba
@@ -29,6 +33,13 @@ def _kern():
         from . import _kernels as k
         _K = k
     return _K
+
+
+def _step_kernels():
+    """The decoder step's kernels (imported on first use, after `_kernels`)."""
+    _kern()
+    from . import _step as s
+    return s
 
 
 _F32 = np.float32
@@ -315,7 +326,7 @@ class NumbaBackend(AttentionPair, Backend):
         if tuner is not None:
             nt = tuner.pick(nt)
             t0 = time.perf_counter()
-        _kern().decoder_step_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, *w.arrays, pos_rows, logits, nt)
+        _step_kernels().decoder_step_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, *w.arrays, pos_rows, logits, nt)
         if tuner is not None:
             tuner.record(nt, time.perf_counter() - t0)
         if not direct:

@@ -1,0 +1,573 @@
+"""The decoder step of the Numba backend: every layer, the final LayerNorm and the logits in one call.
+
+`decoder_step_kernel` reads ~75 MB per token for tiny.en, weights it cannot reuse, so every product is a
+GEMV-like pass (`gemv_core`) that reads each weight row once for all rows of the step, from float16 where
+the checkpoint's weights are float16 (half the bytes, the same products).  What Numba and LLVM cannot do
+here, and what is done instead:
+* Numba has no float16 arithmetic on the CPU.  The weights are kept as uint16 bits; `widen` bitcasts to
+  LLVM's ``half`` and extends, which the CPU does with F16C's vcvtph2ps.
+* LLVM's loop vectoriser stops at 256-bit vectors on this CPU family (its "prefer 256-bit" tuning), which
+  halves the FMA and conversion rate, and it does not vectorise a float max reduction.  The inner loops
+  are therefore intrinsics emitting explicit 16-lane vectors (`gemv_tile`, `pv_tile`, `vmax`): zmm loads,
+  vcvtph2ps and FMAs, register blocks of weight rows by rows of x, lane sums reduced together.
+* The hardware prefetchers leave latency exposed when several rows share each weight byte, and do not
+  follow the strided head columns of attention's keys and values: the tiles prefetch rows ahead.
+Prompts (n_q up to ~224 rows) run the same kernel: blocks of 8 rows of x per weight row keep it near
+sgemm's speed there, so no float32 copy of the float16 weights is kept.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._kernels import _blocks, exp_f32, gelu_scalar, ln_rows
+
+# A decode step has few rows (one per beam or batched file), so every product is a GEMV-like pass that
+# reads each weight row once for all rows, from float16 where the checkpoint's weights are float16.
+FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@intrinsic
+def widen(typingctx, x):
+    """A weight element as float32: a float16 stored as uint16 is bitcast to LLVM's half and extended
+    (vectorised, that is F16C's vcvtph2ps); a float32 is returned as is.  Numba has no float16
+    arithmetic on the CPU, LLVM has the type."""
+    if isinstance(x, types.Integer) and x.bitwidth == 16:
+        def codegen(context, builder, sig, args):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        return types.float32(x), codegen
+    if x == types.float32:
+        def codegen(context, builder, sig, args):
+            return args[0]
+        return types.float32(x), codegen
+    return None
+
+
+def _prefetch_fn(builder):
+    """LLVM's prefetch(address, rw, locality, cache type)."""
+    i8p = ir.IntType(8).as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [i8p] + [ir.IntType(32)] * 3)
+    return cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+
+
+def _hsums(builder, vecs):
+    """The lane sums of several 16-lane float vectors, reduced together: pairs of vectors fold into one
+    (each group of lanes added to its other half, the two vectors' groups side by side), so n sums take
+    about 2n shuffles and n adds instead of 4 shuffles and 4 adds each."""
+    i32 = ir.IntType(32)
+    zero = ir.Constant(vecs[0].type, None)
+    items = [(v, [k]) for k, v in enumerate(vecs)]  # (vector, the sum each group of lanes belongs to; None: padding)
+    w = 16
+    while w > 1:
+        h = w // 2
+        folded = []
+        for a in range(0, len(items), 2):
+            va, ga = items[a]
+            vb, gb = items[a + 1] if a + 1 < len(items) else (zero, [None] * len(ga))
+            lo = [q * w + lane for q in range(len(ga)) for lane in range(h)]
+            mask = lambda idx: ir.Constant(ir.VectorType(i32, 16), idx + [16 + t for t in idx])  # noqa: E731
+            v = builder.fadd(builder.shuffle_vector(va, vb, mask(lo)),
+                             builder.shuffle_vector(va, vb, mask([t + h for t in lo])))
+            folded.append((v, ga + gb))
+        items = folded
+        w = h
+    out = [None] * len(vecs)
+    for v, groups in items:
+        for lane, k in enumerate(groups):
+            if k is not None:
+                out[k] = builder.extract_element(v, ir.Constant(i32, lane))
+    return out
+
+
+@intrinsic
+def gemv_tile(typingctx, w, j, x, i, out, k16, C, R):
+    """out[i + r, j + c] = sum over t < k16 of x[i + r, t] * widen(w[j + c, t]), for r < R, c < C (literals):
+    explicit 16-lane vectors, so every load, conversion and FMA is one zmm instruction.  LLVM's own
+    vectoriser stops at 256 bits on this CPU family (its "prefer 256-bit" tuning), which halves the FMA
+    and F16C conversion rate of these loops.  C weight rows by R rows of x share each widened weight
+    vector and each x vector: C * R accumulators.  k16: a multiple of 16; the caller adds the tail."""
+    if not (isinstance(C, types.IntegerLiteral) and isinstance(R, types.IntegerLiteral)):
+        return None
+    nc, nr = C.literal_value, R.literal_value
+    half = isinstance(w.dtype, types.Integer)
+    wty, xty, oty = w, x, out
+
+    def codegen(context, builder, sig, args):
+        w_a, j_v, x_a, i_v, o_a, k_v = args[:6]
+        i64 = ir.IntType(64)
+        f32 = ir.FloatType()
+        vf = ir.VectorType(f32, 16)
+        vw = ir.VectorType(ir.HalfType() if half else f32, 16)
+        esz = 2 if half else 4
+        c64 = lambda v: ir.Constant(i64, v)  # noqa: E731
+
+        def rows(aty, a_v, first, count):
+            arr = context.make_array(aty)(context, builder, a_v)
+            stride = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
+            base = builder.ptrtoint(arr.data, i64)
+            return [builder.add(base, builder.mul(builder.add(first, c64(q)), stride)) for q in range(count)]
+
+        wrow = rows(wty, w_a, j_v, nc)
+        w_stride = cgutils.unpack_tuple(builder, context.make_array(wty)(context, builder, w_a).strides, 2)[0]
+        pf_ahead = builder.mul(w_stride, c64(PREFETCH_ROWS))
+        xrow = rows(xty, x_a, i_v, nr)
+        orow = rows(oty, o_a, i_v, nr)
+        zero = ir.Constant(vf, None)
+        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nc)] for _ in range(nr)]
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fma.v16f32")
+        i8p = ir.IntType(8).as_pointer()
+        i32c = lambda v: ir.Constant(ir.IntType(32), v)  # noqa: E731
+        pf = _prefetch_fn(builder)
+        with cgutils.for_range(builder, builder.udiv(k_v, c64(16))) as loop:
+            t = loop.index
+            wv = []
+            for c in range(nc):  # the same bytes PREFETCH_ROWS rows further on
+                ahead = builder.add(builder.add(wrow[c], builder.mul(t, c64(16 * esz))), pf_ahead)
+                builder.call(pf, [builder.inttoptr(ahead, i8p), i32c(0), i32c(3), i32c(1)])
+            for c in range(nc):
+                p = builder.inttoptr(builder.add(wrow[c], builder.mul(t, c64(16 * esz))), vw.as_pointer())
+                v = builder.load(p, align=esz)
+                wv.append(builder.fpext(v, vf) if half else v)
+            for r in range(nr):
+                p = builder.inttoptr(builder.add(xrow[r], builder.mul(t, c64(64))), vf.as_pointer())
+                xv = builder.load(p, align=4)
+                for c in range(nc):
+                    builder.store(builder.call(fma, [xv, wv[c], builder.load(acc[r][c])]), acc[r][c])
+        sums = _hsums(builder, [builder.load(acc[r][c]) for r in range(nr) for c in range(nc)])
+        for r in range(nr):
+            for c in range(nc):
+                addr = builder.add(orow[r], builder.mul(builder.add(j_v, c64(c)), c64(4)))
+                builder.store(sums[r * nc + c], builder.inttoptr(addr, f32.as_pointer()))
+        return context.get_dummy_value()
+
+    return types.none(w, j, x, i, out, k16, C, R), codegen
+
+
+@njit(cache=True, inline="always")
+def _strip(x, i, w, t0, t1, out, k16, R, C):
+    """Weight rows t0:t1 against rows i:i+R of x, C weight rows at a time (C * R >= 8 accumulators: an
+    FMA's latency is 4 cycles and two issue per cycle, so fewer chains would leave the units idle)."""
+    j = t0
+    while t1 - j >= C:
+        gemv_tile(w, j, x, i, out, k16, C, R)
+        j += C
+    while j < t1:
+        gemv_tile(w, j, x, i, out, k16, 1, R)
+        j += 1
+
+
+#: Software prefetch distance, in rows of the weight (or key, value) matrix: the hardware prefetchers alone
+#: leave part of the memory latency exposed once several rows of x make each weight byte cost more work,
+#: and do not follow the strided head columns of the attention's keys and values.
+PREFETCH_ROWS = 16
+
+#: Weight rows per tile of the GEMV: when x has more rows than one register block (8), the tile stays
+#: in L2 while every block of rows passes over it, so it comes from memory once per call.
+GEMV_TILE = 64
+
+
+@njit(cache=True)
+def gemv_core(x, w, c0, c1, out):
+    """out[:, c0:c1] = x[:, :k16] @ widen(w[c0:c1, :k16]).T, k16 = k rounded down to 16 lanes.  Each weight
+    row is read once for a block of up to 8 rows of x (register blocks of gemv_tile; more weight rows per
+    block when x has few rows, so enough FMA chains are in flight)."""
+    m, k = x.shape
+    k16 = k - k % 16
+    for t0 in range(c0, c1, GEMV_TILE):
+        t1 = min(c1, t0 + GEMV_TILE)
+        i = 0
+        while i < m:
+            left = m - i
+            r = (left + (left + 7) // 8 - 1) // ((left + 7) // 8)  # equal blocks of at most 8 rows
+            if r == 1:
+                _strip(x, i, w, t0, t1, out, k16, 1, 8)
+            elif r == 2:
+                _strip(x, i, w, t0, t1, out, k16, 2, 4)
+            elif r == 3:
+                _strip(x, i, w, t0, t1, out, k16, 3, 3)
+            elif r == 4:
+                _strip(x, i, w, t0, t1, out, k16, 4, 2)
+            elif r == 5:
+                _strip(x, i, w, t0, t1, out, k16, 5, 2)
+            elif r == 6:
+                _strip(x, i, w, t0, t1, out, k16, 6, 2)
+            elif r == 7:
+                _strip(x, i, w, t0, t1, out, k16, 7, 2)
+            else:
+                _strip(x, i, w, t0, t1, out, k16, 8, 2)
+            i += r
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def gemv_block(x, w, c0, c1, bias, res, out, act):
+    """out[:, c0:c1] = x @ widen(w[c0:c1]).T + bias (+ res unless res is out), then GELU if `act`.  x: (m, k)
+    float32, few rows, unit stride along k; w: (n, k) uint16 (float16 bits) or float32.  One signature per
+    weight type (a parallel wrapper costs seconds to compile per signature)."""
+    m, k = x.shape
+    k16 = k - k % 16
+    gemv_core(x, w, c0, c1, out)
+    add_res = res.ctypes.data != out.ctypes.data
+    for i in range(m):
+        xr = x[i]
+        orow = out[i]
+        rrow = res[i]
+        for j in range(c0, c1):
+            acc = orow[j]
+            wr = w[j]
+            for t in range(k16, k):
+                acc += xr[t] * widen(wr[t])
+            acc += bias[j]
+            if add_res:
+                acc += rrow[j]
+            orow[j] = acc
+    if act:
+        for i in range(m):
+            orow = out[i]
+            for j in range(c0, c1):
+                orow[j] = gelu_scalar(orow[j])
+
+
+@njit(parallel=True, cache=True)
+def gemv_par(x, w, bias, res, out, act, nt):
+    cb = _blocks(w.shape[0], nt, 16)
+    for p in prange(nt):
+        gemv_block(x, w, cb[p], cb[p + 1], bias, res, out, act)
+
+
+@njit(cache=True)
+def gemv(x, w, bias, res, out, act, nt):
+    """out = x @ widen(w).T + bias (+ res unless res is out) (GELU'd if act), over `nt` threads by column blocks."""
+    if nt == 1:
+        gemv_block(x, w, 0, w.shape[0], bias, res, out, act)
+    else:
+        gemv_par(x, w, bias, res, out, act, nt)
+
+
+@intrinsic
+def pv_tile(typingctx, p, i, v, out, n_keys, R, NV):
+    """out[i + r, :16 * NV] += sum over j < n_keys of p[i + r, j] * v[j, :16 * NV] for r < R (literals): the
+    probability-weighted values of one head, each value row loaded once (NV zmm vectors) for the R
+    query rows, the sums held in R * NV registers over all keys."""
+    if not (isinstance(R, types.IntegerLiteral) and isinstance(NV, types.IntegerLiteral)):
+        return None
+    nr, nv = R.literal_value, NV.literal_value
+    pty, vty, oty = p, v, out
+
+    def codegen(context, builder, sig, args):
+        p_a, i_v, v_a, o_a, n_v = args[:5]
+        i64 = ir.IntType(64)
+        f32 = ir.FloatType()
+        vf = ir.VectorType(f32, 16)
+        c64 = lambda x: ir.Constant(i64, x)  # noqa: E731
+
+        def base(aty, a_v):
+            arr = context.make_array(aty)(context, builder, a_v)
+            return builder.ptrtoint(arr.data, i64), cgutils.unpack_tuple(builder, arr.strides, 2)[0]
+
+        pb, ps = base(pty, p_a)
+        vb, vs = base(vty, v_a)
+        ob, os_ = base(oty, o_a)
+        prow = [builder.add(pb, builder.mul(builder.add(i_v, c64(r)), ps)) for r in range(nr)]
+        orow = [builder.add(ob, builder.mul(builder.add(i_v, c64(r)), os_)) for r in range(nr)]
+        ovec = lambda r, c: builder.inttoptr(builder.add(orow[r], c64(64 * c)), vf.as_pointer())  # noqa: E731
+        # two keys per iteration, each with its own accumulators, when few rows leave FMA chains idle
+        nu = 2 if nr <= 2 else 1
+        zero = ir.Constant(vf, None)
+        acc = [[[cgutils.alloca_once_value(builder, builder.load(ovec(r, c), align=4) if u == 0 else zero)
+                 for c in range(nv)] for r in range(nr)] for u in range(nu)]
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fma.v16f32")
+
+        i8p = ir.IntType(8).as_pointer()
+        i32c = lambda v: ir.Constant(ir.IntType(32), v)  # noqa: E731
+        pf = _prefetch_fn(builder)
+        pf_ahead = builder.mul(vs, c64(PREFETCH_ROWS))
+
+        def key(j, a):
+            vrow = builder.add(vb, builder.mul(j, vs))
+            for c in range(nv):  # the same columns PREFETCH_ROWS value rows further on
+                builder.call(pf, [builder.inttoptr(builder.add(builder.add(vrow, pf_ahead), c64(64 * c)), i8p),
+                                  i32c(0), i32c(3), i32c(1)])
+            vv = [builder.load(builder.inttoptr(builder.add(vrow, c64(64 * c)), vf.as_pointer()), align=4)
+                  for c in range(nv)]
+            for r in range(nr):
+                pj = builder.load(builder.inttoptr(builder.add(prow[r], builder.mul(j, c64(4))), f32.as_pointer()))
+                pv = builder.insert_element(ir.Constant(vf, ir.Undefined), pj, ir.Constant(ir.IntType(32), 0))
+                pv = builder.shuffle_vector(pv, pv, ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+                for c in range(nv):
+                    builder.store(builder.call(fma, [pv, vv[c], builder.load(a[r][c])]), a[r][c])
+
+        with cgutils.for_range(builder, builder.udiv(n_v, c64(nu))) as loop:
+            for u in range(nu):
+                key(builder.add(builder.mul(loop.index, c64(nu)), c64(u)), acc[u])
+        if nu > 1:
+            with cgutils.for_range(builder, builder.sub(n_v, builder.mul(builder.udiv(n_v, c64(nu)), c64(nu)))) as loop:
+                key(builder.add(builder.mul(builder.udiv(n_v, c64(nu)), c64(nu)), loop.index), acc[0])
+        for r in range(nr):
+            for c in range(nv):
+                tot = builder.load(acc[0][r][c])
+                for u in range(1, nu):
+                    tot = builder.fadd(tot, builder.load(acc[u][r][c]))
+                builder.store(tot, ovec(r, c), align=4)
+        return context.get_dummy_value()
+
+    return types.none(p, i, v, out, n_keys, R, NV), codegen
+
+
+@intrinsic
+def vmax(typingctx, a, n):
+    """max(a[:n]) of a contiguous 1-D float32 array, n >= 1, in 16-lane vectors (LLVM does not vectorise a
+    float max reduction written in Numba)."""
+    aty = a
+
+    def codegen(context, builder, sig, args):
+        a_v, n_v = args
+        i64 = ir.IntType(64)
+        f32 = ir.FloatType()
+        vf = ir.VectorType(f32, 16)
+        c64 = lambda x: ir.Constant(i64, x)  # noqa: E731
+        base = builder.ptrtoint(context.make_array(aty)(context, builder, a_v).data, i64)
+        first = builder.load(builder.inttoptr(base, f32.as_pointer()))
+        undef = ir.Constant(vf, ir.Undefined)
+        splat = builder.shuffle_vector(builder.insert_element(undef, first, ir.Constant(ir.IntType(32), 0)), undef,
+                                       ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+        vm = cgutils.alloca_once_value(builder, splat)
+        sm = cgutils.alloca_once_value(builder, first)
+        n16 = builder.udiv(n_v, c64(16))
+        with cgutils.for_range(builder, n16) as loop:
+            p = builder.inttoptr(builder.add(base, builder.mul(loop.index, c64(64))), vf.as_pointer())
+            v = builder.load(p, align=4)
+            cur = builder.load(vm)
+            builder.store(builder.select(builder.fcmp_ordered(">", v, cur), v, cur), vm)
+        with cgutils.for_range(builder, builder.sub(n_v, builder.mul(n16, c64(16)))) as loop:
+            j = builder.add(builder.mul(n16, c64(16)), loop.index)
+            v = builder.load(builder.inttoptr(builder.add(base, builder.mul(j, c64(4))), f32.as_pointer()))
+            cur = builder.load(sm)
+            builder.store(builder.select(builder.fcmp_ordered(">", v, cur), v, cur), sm)
+        v = builder.load(vm)
+        n = 16
+        while n > 1:
+            n //= 2
+            idx = lambda lo: ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(lo, lo + n)))  # noqa: E731
+            lo, hi = builder.shuffle_vector(v, v, idx(0)), builder.shuffle_vector(v, v, idx(n))
+            v = builder.select(builder.fcmp_ordered(">", lo, hi), lo, hi)
+        m = builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+        cur = builder.load(sm)
+        return builder.select(builder.fcmp_ordered(">", m, cur), m, cur)
+
+    return types.float32(a, n), codegen
+
+
+@njit(cache=True, fastmath=FAST)
+def pv_head(p, v, out, rows, n_keys):
+    """out[:rows] += p[:rows, :n_keys] @ v[:n_keys] for one head (v, out: views of the head's columns)."""
+    dh = v.shape[1]
+    if dh == 64:  # every Whisper size: 4 zmm per value row, up to 4 query rows per pass (16 accumulators)
+        i = 0
+        while i < rows:
+            r = min(4, rows - i)
+            if r == 1:
+                pv_tile(p, i, v, out, n_keys, 1, 4)
+            elif r == 2:
+                pv_tile(p, i, v, out, n_keys, 2, 4)
+            elif r == 3:
+                pv_tile(p, i, v, out, n_keys, 3, 4)
+            else:
+                pv_tile(p, i, v, out, n_keys, 4, 4)
+            i += r
+        return
+    for r in range(rows):
+        orow = out[r]
+        for j in range(n_keys):
+            pj = p[r, j]
+            vr = v[j]
+            for t in range(dh):
+                orow[t] += pj * vr[t]
+
+
+#: Keys per block in attention: the block's key (value) rows of every head stay in L1/L2 while the heads
+#: take their columns in turn.
+ATTN_KEYS = 128
+
+
+@njit(cache=True, fastmath=FAST)
+def attn_part(q, qc, q0, rows, kv_k, kv_v, lim, j0, j1, n_head, scale, s, o, pm, pl):
+    """Attention of the query rows q[q0:q0+rows, qc:qc+n] (every head) over the keys j0:j1 of kv_k/kv_v
+    ((n_keys, n)), query r seeing keys j < lim[r].  Unnormalised: o[r] = sum_j exp(s_rj - pm[r, h]) v_j
+    per head, pl[r, h] = sum_j exp(s_rj - pm[r, h]), so blocks of keys combine afterwards.  Per head, the
+    scores are a GEMV over the key rows and the values a pass over the value rows, each row read once for
+    every query row (the rows of one audio share its cross K/V).  s: scratch (rows, n_head, >= j1 - j0)."""
+    n = o.shape[1]
+    dh = n // n_head
+    nk = j1 - j0
+    for b0 in range(0, nk, ATTN_KEYS):
+        b1 = min(nk, b0 + ATTN_KEYS)
+        for h in range(n_head):
+            c = h * dh
+            qh = q[q0:q0 + rows, qc + c:qc + c + dh]
+            kh = kv_k[j0 + b0:j0 + b1, c:c + dh]
+            sh = s[:rows, h, b0:b1]
+            gemv_core(qh, kh, 0, b1 - b0, sh)
+            for t in range(dh - dh % 16, dh):  # head widths off the 16 lanes
+                for r in range(rows):
+                    for j in range(b1 - b0):
+                        sh[r, j] += qh[r, t] * kh[j, t]
+    for r in range(rows):
+        e = min(j1, lim[r]) - j0
+        orow = o[r]
+        for u in range(n):
+            orow[u] = np.float32(0.0)
+        for h in range(n_head):
+            sr = s[r, h]
+            if e <= 0:
+                pm[r, h] = -np.inf
+                pl[r, h] = np.float32(0.0)
+                for j in range(nk):
+                    sr[j] = np.float32(0.0)
+                continue
+            mx = vmax(sr, e) * scale  # scale > 0: the max of the scaled scores
+            tot = np.float32(0.0)
+            for j in range(e):
+                val = exp_f32(sr[j] * scale - mx)
+                sr[j] = val
+                tot += val
+            for j in range(e, nk):
+                sr[j] = np.float32(0.0)
+            pm[r, h] = mx
+            pl[r, h] = tot
+    for b0 in range(0, nk, ATTN_KEYS):
+        b1 = min(nk, b0 + ATTN_KEYS)
+        for h in range(n_head):
+            c = h * dh
+            pv_head(s[:rows, h, b0:b1], kv_v[j0 + b0:j0 + b1, c:c + dh], o[:rows, c:c + dh], rows, b1 - b0)
+
+
+@njit(cache=True, fastmath=FAST)
+def attn_merge(po, pm, pl, g, q0, rows, n_head, out):
+    """out[q0:q0+rows] = the softmax-weighted values of one group, from the partial blocks of every thread."""
+    nparts = po.shape[0]
+    n = out.shape[1]
+    dh = n // n_head
+    for r in range(rows):
+        orow = out[q0 + r]
+        for h in range(n_head):
+            mx = pm[0, g, r, h]
+            for t in range(1, nparts):
+                mx = max(mx, pm[t, g, r, h])
+            tot = np.float32(0.0)
+            for t in range(nparts):
+                tot += exp_f32(pm[t, g, r, h] - mx) * pl[t, g, r, h] if pl[t, g, r, h] > 0 else np.float32(0.0)
+            c = h * dh
+            for u in range(dh):
+                orow[c + u] = np.float32(0.0)
+            for t in range(nparts):
+                if pl[t, g, r, h] > 0:
+                    f = exp_f32(pm[t, g, r, h] - mx) / tot
+                    prow = po[t, g, r]
+                    for u in range(dh):
+                        orow[c + u] += f * prow[c + u]
+
+
+#: Keys per partial block of attention.  The blocks are fixed by the key count alone, and merged in order,
+#: so the result does not depend on the number of threads that computed them.
+ATTN_PART_KEYS = 256
+
+
+@njit(cache=True)
+def attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, b0, b1):
+    """Partial blocks b0:b1 (ATTN_PART_KEYS keys each) of every group, in one thread's scratch."""
+    groups = kv_k.shape[0]
+    rows = lims.shape[1]
+    s = np.empty((rows, n_head, ATTN_PART_KEYS), np.float32)
+    for g in range(groups):
+        for b in range(b0, b1):
+            j0 = b * ATTN_PART_KEYS
+            attn_part(q, qc, g * rows, rows, kv_k[g], kv_v[g], lims[g], j0, min(n_keys, j0 + ATTN_PART_KEYS), n_head,
+                      scale, s, po[b, g], pm[b, g], pl[b, g])
+
+
+@njit(parallel=True, cache=True)
+def attn_blocks_par(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, nt):
+    nb = po.shape[0]
+    bb = _blocks(nb, nt, 1)  # contiguous runs of blocks: each thread streams its part of K and V once
+    for t in prange(nt):
+        attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, bb[t], bb[t + 1])
+
+
+@njit(cache=True)
+def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, n_head, out, nt):
+    """Attention for few query rows: group g (a batch row over its own KV cache, or the beams of one audio
+    over its cross K/V) holds the query rows g*R:(g+1)*R of q (columns qc:qc+n) and the keys kv_k[g, :n_keys];
+    row r of a group sees the keys j < lims[g, r].  The keys are cut into blocks, computed as unnormalised
+    partials spread over the threads, then merged."""
+    groups = kv_k.shape[0]
+    rows = lims.shape[1]
+    n = out.shape[1]
+    scale = np.float32(1.0 / np.sqrt(np.float64(n // n_head)))
+    nb = max(1, (n_keys + ATTN_PART_KEYS - 1) // ATTN_PART_KEYS)
+    po = np.empty((nb, groups, rows, n), np.float32)
+    pm = np.empty((nb, groups, rows, n_head), np.float32)
+    pl = np.empty((nb, groups, rows, n_head), np.float32)
+    nt = min(nt, nb)
+    if nt == 1:
+        attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, 0, nb)
+    else:
+        attn_blocks_par(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, nt)
+    for g in range(groups):
+        attn_merge(po, pm, pl, g, g * rows, rows, n_head, out)
+
+
+@njit(cache=True)
+def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset, ln1g, ln1b, wqkv, bqkv, wo, bo,
+                        lncg, lncb, wcq, bcq, wco, bco, ln2g, ln2b, w1, b1, w2, b2, lnfg, lnfb, wlog, blog, pos_rows,
+                        logits, nt):
+    """One decoding step (a few rows, or a prompt).  x: (batch * n_q, n) embedded tokens; caches
+    (n_layer, batch, n_ctx, n) written in place at offset; cross K/V (n_layer, batch_c, n_audio, n);
+    per-layer weights stacked on a leading layer axis (matrices float16-as-uint16 or float32); logits
+    (len(pos_rows), n_vocab) of the rows pos_rows of the last layer's output."""
+    m, n = x.shape
+    n_layer = wqkv.shape[0]
+    batch = m // n_q
+    batch_c = cross_k.shape[1]
+    n_audio = cross_k.shape[2]
+    g_rows = m // batch_c
+    h = np.empty((m, n), np.float32)
+    qkv = np.empty((m, 3 * n), np.float32)
+    a = np.empty((m, n), np.float32)
+    xa = x.copy()
+    x1 = np.empty((m, n), np.float32)
+    x2 = np.empty((m, n), np.float32)
+    f = np.empty((m, w1.shape[1]), np.float32)
+    self_lims = np.empty((batch, n_q), np.int64)
+    for b in range(batch):
+        for i in range(n_q):
+            self_lims[b, i] = offset + i + 1
+    cross_lims = np.full((batch_c, g_rows), n_audio, np.int64)
+    n_kv = offset + n_q
+    for li in range(n_layer):
+        ln_rows(xa, 0, m, ln1g[li], ln1b[li], h, 0)
+        gemv(h, wqkv[li], bqkv[li], qkv, qkv, False, nt)
+        for b in range(batch):
+            for i in range(n_q):
+                src = qkv[b * n_q + i]
+                kd = k_cache[li, b, offset + i]
+                vd = v_cache[li, b, offset + i]
+                for j in range(n):
+                    kd[j] = src[n + j]
+                    vd[j] = src[2 * n + j]
+        attn_groups(qkv, 0, k_cache[li], v_cache[li], n_kv, self_lims, n_head, a, nt)
+        gemv(a, wo[li], bo[li], xa, x1, False, nt)
+        ln_rows(x1, 0, m, lncg[li], lncb[li], h, 0)
+        gemv(h, wcq[li], bcq[li], a, a, False, nt)
+        attn_groups(a, 0, cross_k[li], cross_v[li], n_audio, cross_lims, n_head, h, nt)
+        gemv(h, wco[li], bco[li], x1, x2, False, nt)
+        ln_rows(x2, 0, m, ln2g[li], ln2b[li], h, 0)
+        gemv(h, w1[li], b1[li], f, f, True, nt)
+        gemv(f, w2[li], b2[li], x2, xa, False, nt)
+    p = pos_rows.shape[0]
+    hl = np.empty((p, n), np.float32)
+    for i in range(p):
+        ln_rows(xa, pos_rows[i], pos_rows[i] + 1, lnfg, lnfb, hl, i)
+    gemv(hl, wlog, blog, logits, logits, False, nt)
