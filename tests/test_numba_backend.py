@@ -68,9 +68,9 @@ def test_decoder_step_bits_do_not_depend_on_threads():
 
 def test_one_token_steps_keep_the_faster_thread_count():
     c = _ThreadChoice(2)
-    assert c.pick(2) in (1, 2)  # each choice timed once first
+    first = [c.pick(2) for _ in range(2 * c.WARM)]  # each choice timed a few times first
+    assert sorted(set(first)) == [1, 2] and first.count(1) == c.WARM
     c.record(2, 0.001)
-    assert c.pick(2) == 1
     c.record(1, 0.004)
     picks = []
     for _ in range(32 * c.PROBE):

@@ -77,6 +77,7 @@ class _ThreadChoice:
     every PROBE steps, less often while it stays far behind."""
 
     PROBE = 32
+    WARM = 4  # steps of each choice timed before choosing
 
     def __init__(self, nt):
         self.time = {nt: None, 1: None}  # exponential average of the step time
@@ -84,11 +85,10 @@ class _ThreadChoice:
 
     def pick(self, nt):
         if nt not in self.time:
-            self.time = {nt: None, 1: None}
-        for c, t in self.time.items():
-            if t is None:
-                return c
+            self.time, self.steps = {nt: None, 1: None}, 0
         self.steps += 1
+        if self.steps <= 2 * self.WARM or None in self.time.values():  # alternate at first: a lone first
+            return nt if self.steps % 2 else 1                         # time may carry one-off costs
         best, other = sorted(self.time, key=self.time.get)
         every = self.PROBE * (8 if self.time[other] > 2 * self.time[best] else 1)
         return other if self.steps % every == 0 else best
