@@ -84,6 +84,10 @@ class Inference:
 
 # ---- logit filters ------------------------------------------------------------------------
 class LogitFilter:
+    #: After apply(): `shifted_and_lse(logits)` when the filter computed it and left the logits as they were
+    #: from that point on, so the token decoder need not compute it again; else None.
+    parts: tuple[np.ndarray, np.ndarray] | None = None
+
     def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
         """Edit logits (batch, n_vocab) in place given the tokens so far (batch, n)."""
         raise NotImplementedError
@@ -144,12 +148,14 @@ class ApplyTimestampRules(LogitFilter):
         # log-probabilities as shifted - lse, subtracted only where read: the same bits as a whole log_softmax
         # (float32 subtraction of one value keeps the order, so the max of the text tokens' too)
         shifted, lse = shifted_and_lse(logits)
+        self.parts = (shifted, lse)
         for k in range(tokens.shape[0]):
             ts = shifted[k, tb:] - lse[k]
             m = ts.max()
             timestamp_logprob = m + np.log(np.sum(np.exp(ts - m))) if np.isfinite(m) else -np.inf
             if timestamp_logprob > shifted[k, :tb].max() - lse[k, 0]:
                 logits[k, :tb] = -np.inf
+                self.parts = None  # the logits changed after they were computed
 
 
 # ---- ranking ------------------------------------------------------------------------------
@@ -304,11 +310,12 @@ class DecodingTask:
                 logits = inference.logits(open_tokens)[:, -1]
             for f in self.logit_filters:
                 f.apply(logits, open_tokens)
+            parts = self.logit_filters[-1].parts if self.logit_filters else None  # only the last filter's stay valid
             if open_tokens is tokens:
-                tokens, completed = self.decoder.update(tokens, logits, sum_logprobs)
+                tokens, completed = self.decoder.update(tokens, logits, sum_logprobs, parts)
             else:
                 open_logprobs = sum_logprobs[active]
-                updated, _ = self.decoder.update(open_tokens, logits, open_logprobs)
+                updated, _ = self.decoder.update(open_tokens, logits, open_logprobs, parts)
                 sum_logprobs[active] = open_logprobs
                 column = np.full(tokens.shape[0], self.tokenizer.eot, np.int64)
                 column[active] = updated[:, -1]

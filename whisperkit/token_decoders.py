@@ -60,8 +60,10 @@ class TokenDecoder:
     def reset(self) -> None:
         """Called before each window."""
 
-    def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Append the next token to every sequence; return (tokens, completed)."""
+    def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray,
+               parts: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, bool]:
+        """Append the next token to every sequence; return (tokens, completed).  `parts`, when given, is
+        `shifted_and_lse(logits)` already computed (by a logit filter) for these very logits."""
         raise NotImplementedError
 
     def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray):
@@ -75,13 +77,13 @@ class GreedyDecoder(TokenDecoder):
     def __init__(self, temperature: float, eot: int, rng: np.random.Generator):
         self.temperature, self.eot, self.rng = temperature, eot, rng
 
-    def update(self, tokens, logits, sum_logprobs):
+    def update(self, tokens, logits, sum_logprobs, parts=None):
         if self.temperature == 0:
             next_tokens = logits.argmax(axis=-1)
         else:  # Gumbel-max: argmax(logits / T + Gumbel noise) samples softmax(logits / T)
             noise = self.rng.gumbel(size=logits.shape).astype(np.float32)
             next_tokens = (logits / np.float32(self.temperature) + noise).argmax(axis=-1)
-        shifted, lse = shifted_and_lse(logits)
+        shifted, lse = parts if parts is not None else shifted_and_lse(logits)
         rows = np.arange(logits.shape[0])
         current = shifted[rows, next_tokens] - lse[:, 0]  # the chosen tokens' log-probabilities
         sum_logprobs += current * (tokens[:, -1] != self.eot)
@@ -112,13 +114,13 @@ class BeamSearchDecoder(TokenDecoder):
         self.finished = None
         self.source_indices = None
 
-    def update(self, tokens, logits, sum_logprobs):
+    def update(self, tokens, logits, sum_logprobs, parts=None):
         if tokens.shape[0] % self.beam_size != 0:
             raise ValueError(f"{tokens.shape[0]} rows is not a multiple of beam_size {self.beam_size}")
         n_audio = tokens.shape[0] // self.beam_size
         if self.finished is None:
             self.finished = [{} for _ in range(n_audio)]
-        shifted, lse = shifted_and_lse(logits)  # log-probabilities are shifted - lse: (n_audio * beam_size, n_vocab)
+        shifted, lse = parts if parts is not None else shifted_and_lse(logits)  # log-probabilities: shifted - lse
         k = self.beam_size + 1
         top = top_k(shifted, k)  # the k best tokens of each row, best first
         top_logprobs = np.take_along_axis(shifted, top, axis=-1) - lse
