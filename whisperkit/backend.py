@@ -224,12 +224,13 @@ def group_arrays(group) -> tuple:
 
 
 def check_kv_step(k_cache, v_cache, offset: int, n_q: int) -> int:
-    """decoder_layer's bound: positions offset .. offset + n_q - 1 must lie inside both caches.  Returns
-    offset as an int; a step outside gets one clear error instead of a broadcast failure deep inside."""
+    """The decoder's bound (decoder_layer, and decoder_step on one layer's caches): positions offset ..
+    offset + n_q - 1 must lie inside both caches (batch, n_text_ctx, n_state).  Returns offset as an int; a
+    step outside gets one clear error instead of a broadcast failure deep inside."""
     offset = int(offset)
     size = min(k_cache.shape[1], v_cache.shape[1])
     if offset < 0 or offset + n_q > size:
-        raise ValueError(f"decoder_layer: positions {offset}..{offset + n_q - 1} outside the KV cache of {size}")
+        raise ValueError(f"decoder step: positions {offset}..{offset + n_q - 1} outside the KV cache of {size}")
     return offset
 
 
