@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from whisperkit.contract import LAYER_NORM_EPS
@@ -141,6 +142,138 @@ def gelu_scalar(v):
     return np.float32(x * h)
 
 
+# ---- explicit 16-lane exp, softmax and GELU -------------------------------------------------------
+# LLVM does not vectorise the scalar loops above here (the max reduction, and the exp and GELU loops
+# stay scalar), and its loop vectoriser stops at 256 bits on this CPU family.  The encoder's softmax
+# (n_head * n_ctx^2 exps per layer) and GELU (n_ctx * 4 n_state) were scalar passes costing as much as
+# a GEMM each; these intrinsics emit the same formulas as zmm vectors.  They cover the first n16 * 16
+# elements of a contiguous 1-D float32 array; the callers finish the tail with the scalar helpers.
+_F32 = ir.FloatType()
+_VF = ir.VectorType(_F32, 16)
+_VI = ir.VectorType(ir.IntType(32), 16)
+_I64 = ir.IntType(64)
+
+
+def _vc(v):
+    return ir.Constant(_VF, [ir.Constant(_F32, float(np.float32(v)))] * 16)
+
+
+def _vfn(builder, name, nargs):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VF, [_VF] * nargs), name)
+
+
+def _vmin_c(builder, x, c):
+    return builder.select(builder.fcmp_ordered("<", x, _vc(c)), _vc(c), x)
+
+
+def _emit_exp(builder, x):
+    """exp_f32 on a 16-lane vector (x <= ~0): the same reduction and polynomial, with FMAs."""
+    fma = _vfn(builder, "llvm.fma.v16f32", 3)
+    x = builder.select(builder.fcmp_ordered("<", x, _vc(-87.3)), _vc(-87.3), x)
+    n = builder.call(_vfn(builder, "llvm.floor.v16f32", 1), [builder.call(fma, [x, _vc(1.44269504088896341), _vc(0.5)])])
+    r = builder.call(fma, [n, _vc(-0.693359375), x])
+    r = builder.call(fma, [n, _vc(2.12194440e-4), r])
+    p = _vc(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = builder.call(fma, [p, r, _vc(c)])
+    y = builder.call(fma, [builder.fmul(p, r), r, builder.fadd(r, _vc(1.0))])
+    e = builder.shl(builder.add(builder.fptosi(n, _VI), ir.Constant(_VI, [ir.Constant(ir.IntType(32), 127)] * 16)),
+                    ir.Constant(_VI, [ir.Constant(ir.IntType(32), 23)] * 16))
+    return builder.fmul(y, builder.bitcast(e, _VF))
+
+
+def _hsum16(builder, v):
+    n = 16
+    while n > 1:
+        n //= 2
+        idx = lambda lo: ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(lo, lo + n)))  # noqa: E731
+        v = builder.fadd(builder.shuffle_vector(v, v, idx(0)), builder.shuffle_vector(v, v, idx(n)))
+    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+
+def _base(context, builder, aty, a_v):
+    return builder.ptrtoint(context.make_array(aty)(context, builder, a_v).data, _I64)
+
+
+def _vptr(builder, base, j):
+    return builder.inttoptr(builder.add(base, builder.mul(j, ir.Constant(_I64, 64))), _VF.as_pointer())
+
+
+@intrinsic
+def vmax16(typingctx, a, n16):
+    """max(a[:16 * n16]), n16 >= 1."""
+    aty = a
+
+    def codegen(context, builder, sig, args):
+        base = _base(context, builder, aty, args[0])
+        vm = cgutils.alloca_once_value(builder, builder.load(_vptr(builder, base, ir.Constant(_I64, 0)), align=4))
+        with cgutils.for_range(builder, args[1]) as loop:
+            v = builder.load(_vptr(builder, base, loop.index), align=4)
+            cur = builder.load(vm)
+            builder.store(builder.select(builder.fcmp_ordered(">", v, cur), v, cur), vm)
+        v = builder.load(vm)
+        n = 16
+        while n > 1:
+            n //= 2
+            idx = lambda lo: ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(lo, lo + n)))  # noqa: E731
+            lo, hi = builder.shuffle_vector(v, v, idx(0)), builder.shuffle_vector(v, v, idx(n))
+            v = builder.select(builder.fcmp_ordered(">", lo, hi), lo, hi)
+        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+    return types.float32(a, n16), codegen
+
+
+@intrinsic
+def vexp_sum16(typingctx, a, n16, m):
+    """a[j] = exp(a[j] - m) for j < 16 * n16, in place; returns their sum."""
+    aty = a
+
+    def codegen(context, builder, sig, args):
+        base = _base(context, builder, aty, args[0])
+        undef = ir.Constant(_VF, ir.Undefined)
+        mv = builder.shuffle_vector(builder.insert_element(undef, args[2], ir.Constant(ir.IntType(32), 0)), undef,
+                                    ir.Constant(_VI, [ir.Constant(ir.IntType(32), 0)] * 16))
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_VF, None))
+        with cgutils.for_range(builder, args[1]) as loop:
+            p = _vptr(builder, base, loop.index)
+            e = _emit_exp(builder, builder.fsub(builder.load(p, align=4), mv))
+            builder.store(e, p, align=4)
+            builder.store(builder.fadd(builder.load(acc), e), acc)
+        return _hsum16(builder, builder.load(acc))
+
+    return types.float32(a, n16, m), codegen
+
+
+@intrinsic
+def vgelu_bias16(typingctx, a, b, n16):
+    """a[j] = gelu(a[j] + b[j]) for j < 16 * n16, in place: the erfcc formula of `gelu_scalar`, in float32
+    (its error stays near float32 rounding, far inside gelu's tolerance)."""
+    aty, bty = a, b
+
+    def codegen(context, builder, sig, args):
+        base = _base(context, builder, aty, args[0])
+        bbase = _base(context, builder, bty, args[1])
+        fma = _vfn(builder, "llvm.fma.v16f32", 3)
+        fabs = _vfn(builder, "llvm.fabs.v16f32", 1)
+        with cgutils.for_range(builder, args[2]) as loop:
+            p = _vptr(builder, base, loop.index)
+            x = builder.fadd(builder.load(p, align=4), builder.load(_vptr(builder, bbase, loop.index), align=4))
+            z = builder.fmul(builder.call(fabs, [x]), _vc(0.7071067811865476))
+            t = builder.fdiv(_vc(1.0), builder.call(fma, [z, _vc(0.5), _vc(1.0)]))
+            r = builder.fmul(t, _vc(0.17087277))
+            for c in (-0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418, 0.37409196):
+                r = builder.fmul(builder.fadd(r, _vc(c)), t)
+            r = builder.fmul(builder.fadd(r, _vc(1.00002368)), t)
+            r = builder.fsub(builder.fsub(r, _vc(1.26551223)), builder.fmul(z, z))
+            h = builder.fmul(builder.fmul(_vc(0.5), t), _emit_exp(builder, r))
+            pos = builder.fcmp_ordered(">=", x, _vc(0.0))
+            y = builder.fmul(x, builder.select(pos, builder.fsub(_vc(1.0), h), h))
+            builder.store(y, p, align=4)
+        return context.get_dummy_value()
+
+    return types.none(a, b, n16), codegen
+
+
 # ---- row helpers (serial; called inside the parallel loops) --------------------------------------
 @njit(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
 def ln_rows(x, r0, r1, g, b, out, o0):
@@ -165,9 +298,11 @@ def ln_rows(x, r0, r1, g, b, out, o0):
 @njit(cache=True, error_model="numpy")
 def bias_gelu_rows(f, r0, r1, bias):
     n = f.shape[1]
+    n16 = n // 16
     for i in range(r0, r1):
         fr = f[i]
-        for j in range(n):
+        vgelu_bias16(fr, bias, n16)
+        for j in range(16 * n16, n):
             fr[j] = gelu_scalar(fr[j] + bias[j])
 
 
@@ -197,11 +332,12 @@ def gemm_wt(a, r0, r1, w, c0, c1, out, beta):
 @njit(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
 def softmax_row(s, length, total):
     """In place over s[:length]; s[length:total] (masked or not computed) set to 0."""
-    m = s[0]
-    for j in range(1, length):
+    n16 = length // 16
+    m = vmax16(s, n16) if n16 > 0 else s[0]
+    for j in range(16 * n16, length):
         m = max(m, s[j])
-    tot = np.float32(0.0)
-    for j in range(length):
+    tot = vexp_sum16(s, n16, m)
+    for j in range(16 * n16, length):
         e = exp_f32(s[j] - m)
         s[j] = e
         tot += e
