@@ -50,10 +50,12 @@ def _nt():
     kernel embeds a ctypes pointer, which makes the function uncacheable)."""
     return numba.get_num_threads()
 
-#: Row-block sizes: encoder blocks of 128 rows keep the (128, 1536) fc1 block and the (128, 1500)
-#: score block of a thread in its L2 while leaving OpenBLAS a GEMM large enough to run at speed.
-_ROW_BLOCK = 128
-_ATTN_BLOCK = 128
+#: Row-block sizes.  Single-threaded sgemm on one block gets markedly faster from 128 to ~256-512 rows
+#: (it packs the whole weight for every call, and its small-M edge costs more), while the per-thread
+#: (rows, 4 n_state) fc1 block and (rows, n_ctx) score block should stay near the 2 MB L2: 384 rows
+#: for the row phases (a 1500-row window splits into 4 blocks of 375), 256 query rows per attention task.
+_ROW_BLOCK = 384
+_ATTN_BLOCK = 256
 #: The decoder step runs parallel only from this many rows (batch * n_q) on: a beam of 5 already gives
 #: each thread enough work per region (docs/bench-results.md, issue 14), a single greedy row does not.
 _DECODE_PARALLEL_ROWS = 2
