@@ -166,10 +166,14 @@ def _vmin_c(builder, x, c):
     return builder.select(builder.fcmp_ordered("<", x, _vc(c)), _vc(c), x)
 
 
-def _emit_exp(builder, x):
-    """exp_f32 on a 16-lane vector (x <= ~0): the same reduction and polynomial, with FMAs."""
+def _emit_exp(builder, x, flush):
+    """exp_f32 on a 16-lane vector (x <= ~0): the same reduction and polynomial, with FMAs; 0 where
+    x < flush (> -87.3).  Flushing keeps denormals out: results near float32's smallest normal, and
+    the products the next GEMM forms from them, are denormal, and each denormal operation or result
+    costs the core a microcode assist (a real window's scores and GELU inputs reach such values)."""
     fma = _vfn(builder, "llvm.fma.v16f32", 3)
-    x = builder.select(builder.fcmp_ordered("<", x, _vc(-87.3)), _vc(-87.3), x)
+    tiny = builder.fcmp_ordered("<", x, _vc(flush))
+    x = builder.select(tiny, _vc(flush), x)
     n = builder.call(_vfn(builder, "llvm.floor.v16f32", 1), [builder.call(fma, [x, _vc(1.44269504088896341), _vc(0.5)])])
     r = builder.call(fma, [n, _vc(-0.693359375), x])
     r = builder.call(fma, [n, _vc(2.12194440e-4), r])
@@ -179,7 +183,14 @@ def _emit_exp(builder, x):
     y = builder.call(fma, [builder.fmul(p, r), r, builder.fadd(r, _vc(1.0))])
     e = builder.shl(builder.add(builder.fptosi(n, _VI), ir.Constant(_VI, [ir.Constant(ir.IntType(32), 127)] * 16)),
                     ir.Constant(_VI, [ir.Constant(ir.IntType(32), 23)] * 16))
-    return builder.fmul(y, builder.bitcast(e, _VF))
+    return builder.select(tiny, ir.Constant(_VF, None), builder.fmul(y, builder.bitcast(e, _VF)))
+
+
+#: exp arguments below these give 0: a probability under e^-50 (relative to the row's largest, which
+#: is 1) changes no output in float32, and keeps its products with the values far from denormal; GELU's
+#: factor e^-70 only appears for x < -11, where |gelu(x)| < 1e-29 (its products with fc2 would be denormal).
+SOFTMAX_FLUSH = -50.0
+GELU_FLUSH = -70.0
 
 
 def _hsum16(builder, v):
@@ -236,7 +247,7 @@ def vexp_sum16(typingctx, a, n16, m):
         acc = cgutils.alloca_once_value(builder, ir.Constant(_VF, None))
         with cgutils.for_range(builder, args[1]) as loop:
             p = _vptr(builder, base, loop.index)
-            e = _emit_exp(builder, builder.fsub(builder.load(p, align=4), mv))
+            e = _emit_exp(builder, builder.fsub(builder.load(p, align=4), mv), SOFTMAX_FLUSH)
             builder.store(e, p, align=4)
             builder.store(builder.fadd(builder.load(acc), e), acc)
         return _hsum16(builder, builder.load(acc))
@@ -265,7 +276,7 @@ def vgelu_bias16(typingctx, a, b, n16):
                 r = builder.fmul(builder.fadd(r, _vc(c)), t)
             r = builder.fmul(builder.fadd(r, _vc(1.00002368)), t)
             r = builder.fsub(builder.fsub(r, _vc(1.26551223)), builder.fmul(z, z))
-            h = builder.fmul(builder.fmul(_vc(0.5), t), _emit_exp(builder, r))
+            h = builder.fmul(builder.fmul(_vc(0.5), t), _emit_exp(builder, r, GELU_FLUSH))
             pos = builder.fcmp_ordered(">=", x, _vc(0.0))
             y = builder.fmul(x, builder.select(pos, builder.fsub(_vc(1.0), h), h))
             builder.store(y, p, align=4)
@@ -338,7 +349,8 @@ def softmax_row(s, length, total):
         m = max(m, s[j])
     tot = vexp_sum16(s, n16, m)
     for j in range(16 * n16, length):
-        e = exp_f32(s[j] - m)
+        d = s[j] - m
+        e = exp_f32(d) if d >= SOFTMAX_FLUSH else np.float32(0.0)
         s[j] = e
         tot += e
     inv = np.float32(1.0) / tot
