@@ -82,3 +82,41 @@ def test_one_token_steps_keep_the_faster_thread_count():
         nt = c.pick(2)
         c.record(nt, 0.05 if nt == 2 else 0.004)
     assert c.pick(2) == 1
+
+
+def _no_denormals(a):
+    a = np.abs(a[a != 0])
+    return not np.any(a < np.finfo(np.float32).tiny)
+
+
+def test_vector_softmax_tails_and_flush():
+    """The 16-lane softmax: rows whose length is not a multiple of 16, scores spanning far more than
+    float32's exp range (tiny probabilities become 0, never denormal), against float64 numpy."""
+    rng = np.random.default_rng(3)
+    for n_kv in (1, 15, 16, 37, 1500):
+        q = (rng.standard_normal((1, 21, 128)) * 6).astype(np.float32)
+        k = (rng.standard_normal((1, n_kv, 128)) * 6).astype(np.float32)
+        p = NB.attention_weights(q, k, 2)
+        s = np.einsum("bqhd,bkhd->bhqk", q.reshape(1, 21, 2, 64).astype(np.float64),
+                      k.reshape(1, n_kv, 2, 64).astype(np.float64)) / 8.0
+        ref = np.exp(s - s.max(-1, keepdims=True))
+        ref /= ref.sum(-1, keepdims=True)
+        assert np.all(np.isfinite(p)) and _no_denormals(p)
+        assert np.abs(p - ref).max() < 1e-5  # float32 scores of this size carry ~1e-6 of rounding
+
+
+def test_vector_gelu_tails_and_extremes():
+    """The 16-lane bias + GELU of the MLP blocks: a width with a scalar tail, inputs far in both tails
+    (outputs that would be denormal are 0), within gelu's conformance tolerance of the exact erf form."""
+    import math
+
+    from whisperkit.backends.numba_backend import _kernels as K
+    rng = np.random.default_rng(4)
+    f = (rng.standard_normal((3, 1539)) * 8).astype(np.float32)
+    f[0, :200] = np.linspace(-40, 40, 200, dtype=np.float32)
+    bias = rng.standard_normal(1539).astype(np.float32)
+    xs = (f + bias).astype(np.float64)
+    ref = 0.5 * xs * (1.0 + np.vectorize(math.erf)(xs / math.sqrt(2.0)))
+    K.bias_gelu_rows(f, 0, f.shape[0], bias)
+    assert np.all(np.isfinite(f)) and _no_denormals(f)
+    assert np.max(np.abs(f - ref) / (np.abs(ref) + 0.01 * np.abs(xs) + 1e-30)) < 1e-5
