@@ -13,7 +13,9 @@ dot loop was measured against sgemm and won (see `SMALL_M`).  Weights stay (n_ou
 are used with transB=Trans (the layout np.matmul(x, W.T) hands OpenBLAS too), so a column slice W[c0:c1]
 is contiguous for the decode loop; the pre-transposed (n_in, n_out) layout was measured no better.
 Everything between the GEMMs (bias, residual, LayerNorm, GELU, mask, softmax) is Numba code fused into
-the same parallel loop, on blocks still in cache.
+the same parallel loop, on blocks still in cache.  LLVM leaves the softmax's max/exp and the GELU loops
+scalar (and stops at 256-bit vectors here), so those two are explicit 16-lane intrinsics (`vmax16`,
+`vexp_sum16`, `vgelu_bias16`); they flush values that would make the next GEMM run on denormals.
 
 
 The decoder step has its own kernels, in `_step`.
