@@ -173,3 +173,24 @@ def test_transcription_tokens_equal_the_reference(tiny_numpy, name):
     model = load_model("tiny.en", backend=name)
     assert [s.tokens for s in model.transcribe(audio).segments] == want
     assert not model.ops.fallbacks  # every op ran on the backend
+
+
+@pytest.mark.parametrize("name", sorted(CACHE_REFUSAL))
+@pytest.mark.parametrize("layers,offset,positions,refusal", [
+    (2, 5, (0, 1), None),  # the case as built: accepted
+    (1, 5, (-1,), "caches hold 1 layers"),
+    (2, 15, (-1,), "outside the KV cache"),
+    (2, 5, (2,), "position 2 outside"),
+    (2, 5, (-3,), "position -3 outside"),
+])
+def test_decoder_step_refuses_bad_caches_and_positions(name, layers, offset, positions, refusal):
+    from whisperkit.conformance.cases import CASES
+    inp = CASES["decoder_step/odd_33_3heads_2_off5"].make()  # 2 layers, 2 rows of 2 tokens, a cache of 16
+    got, _ = bind_both(new_backend(name), "decoder_step", **inp.weights)
+    x, kc, vc, ck, cv = inp.args[:5]
+    args = (x, kc[:layers], vc[:layers], ck, cv, offset, positions)
+    if refusal is None:
+        assert got(*args).shape == (2, len(positions), 77)
+    else:
+        with pytest.raises(ValueError, match=refusal):
+            got(*args)

@@ -234,6 +234,20 @@ def check_kv_step(k_cache, v_cache, offset: int, n_q: int) -> int:
     return offset
 
 
+def check_step(k_cache, v_cache, n_layer: int, offset: int, n_q: int, positions) -> tuple[int, list[int]]:
+    """decoder_step's arguments checked once for every backend: caches of n_layer layers, positions offset ..
+    offset + n_q - 1 inside them, and each logit position inside the n_q new tokens.  Returns (offset as an
+    int, the positions counted from the start)."""
+    if k_cache.shape[0] != n_layer or v_cache.shape[0] != n_layer:
+        raise ValueError(f"decoder_step: caches hold {k_cache.shape[0]} layers, the model has {n_layer}")
+    offset = check_kv_step(k_cache[0], v_cache[0], offset, n_q)
+    pos = [int(p) for p in positions]
+    for p in pos:
+        if not -n_q <= p < n_q:
+            raise ValueError(f"decoder_step: position {p} outside the {n_q} new tokens")
+    return offset, [p % n_q for p in pos]
+
+
 def exact_float16(a) -> np.ndarray | None:
     """``a`` as a C-contiguous float16 array when widening that back to float32 gives ``a`` bit for bit
     (the weights of the shipped fp16 checkpoints), else None.  Checked once, at prepare: a backend that

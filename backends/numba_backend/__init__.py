@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import (AttentionPair, Backend, check_kv_step, exact_float16, f32c, f32c_group, group_arrays,
+from whisperkit.backend import (AttentionPair, Backend, check_kv_step, check_step, exact_float16, f32c, f32c_group, group_arrays,
                                 hookimpl, rows_f32, weight_group)
 
 try:
@@ -305,15 +305,8 @@ class NumbaBackend(AttentionPair, Backend):
     def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
         x = np.asarray(x)
         b, n_q, n = x.shape
-        n_layer = w.n_layer
-        if k_cache.shape[0] != n_layer or v_cache.shape[0] != n_layer:
-            raise ValueError(f"decoder_step: caches hold {k_cache.shape[0]} layers, the model has {n_layer}")
-        offset = check_kv_step(k_cache[0], v_cache[0], offset, n_q)
-        pos = [int(p) for p in positions]
-        for p in pos:
-            if not -n_q <= p < n_q:
-                raise ValueError(f"decoder_step: position {p} outside the {n_q} new tokens")
-        pos_rows = np.array([r * n_q + p % n_q for r in range(b) for p in pos], np.int64)
+        offset, pos = check_step(k_cache, v_cache, w.n_layer, offset, n_q, positions)
+        pos_rows = np.array([r * n_q + p for r in range(b) for p in pos], np.int64)
         x2 = f32c(x).reshape(b * n_q, n)
         kc, vc = k_cache, v_cache
         direct = (kc.dtype == _F32 and vc.dtype == _F32 and kc.flags.c_contiguous and vc.flags.c_contiguous)

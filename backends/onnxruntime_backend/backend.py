@@ -49,7 +49,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import AttentionPair, Backend, check_kv_step, f32c, weight_group
+from whisperkit.backend import AttentionPair, Backend, check_kv_step, check_step, f32c, weight_group
 from whisperkit.errors import BackendError
 from whisperkit.threads import get_num_threads
 
@@ -367,14 +367,8 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
     def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
         x = f32c(x)
         b, n_q, d = x.shape
-        n_layer = w.n_layer
-        if k_cache.shape[0] != n_layer or v_cache.shape[0] != n_layer:
-            raise ValueError(f"decoder_step: caches have {k_cache.shape[0]} layers, the model {n_layer}")
-        offset = check_kv_step(k_cache[0], v_cache[0], offset, n_q)
+        offset, pos = check_step(k_cache, v_cache, w.n_layer, offset, n_q, positions)
         end = offset + n_q
-        pos = [p + n_q if p < 0 else p for p in map(int, positions)]
-        if not all(0 <= p < n_q for p in pos):
-            raise ValueError(f"decoder_step: positions {tuple(positions)} outside the {n_q} new tokens")
         pos = np.array(pos, np.int64)
         # one token sees every cached row: its mask is all zeros (and only the multi-token branch reads it)
         mask = np.zeros((1, end), _F32) if n_q == 1 else _causal_mask(n_q, end, offset)
@@ -389,7 +383,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         copy_back = []
         for name, cache in (("k", k_cache), ("v", v_cache)):
             direct = cache.dtype == _F32 and cache.flags.c_contiguous and cache.flags.writeable and b == 1
-            tmp = None if direct else np.empty((n_layer, b, n_q, d), _F32)
+            tmp = None if direct else np.empty((w.n_layer, b, n_q, d), _F32)
             for i, (past_name, new_name) in enumerate(w.names[name]):
                 inputs[past_name] = cache[i, :, :offset] if direct else f32c(cache[i, :, :offset])
                 outputs[new_name] = cache[i, :, offset:end] if direct else tmp[i]

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import (Backend, check_kv_step, exact_float16, f32c, hookimpl, map_group, rows_f32,
+from whisperkit.backend import (Backend, check_kv_step, check_step, exact_float16, f32c, hookimpl, map_group, rows_f32,
                                 weight_group)
 from whisperkit.contract import LAYER_NORM_EPS
 from whisperkit.threads import get_num_threads
@@ -290,15 +290,8 @@ class PythranBackend(Backend):
     def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
         x = np.asarray(x)
         b, n_q, d = x.shape
-        n_layer = len(w.fine)
-        if k_cache.shape[0] != n_layer or v_cache.shape[0] != n_layer:
-            raise ValueError(f"decoder_step: caches hold {k_cache.shape[0]} layers, the model has {n_layer}")
-        offset = check_kv_step(k_cache[0], v_cache[0], offset, n_q)
-        pos = [int(p) for p in positions]
-        for p in pos:
-            if not -n_q <= p < n_q:
-                raise ValueError(f"decoder_step: position {p} outside the {n_q} new tokens")
-        pos = np.array([p % n_q for p in pos], np.int64)
+        offset, pos = check_step(k_cache, v_cache, len(w.fine), offset, n_q, positions)
+        pos = np.array(pos, np.int64)
         direct = all(c.dtype == np.float32 and c.flags.c_contiguous for c in (k_cache, v_cache))
         if b * n_q <= STEP_ROWS_MAX and direct:
             logits = w.kernel(f32c(x).reshape(b * n_q, d), n_q, b // cross_k.shape[1], offset, w.n_head, pos,
