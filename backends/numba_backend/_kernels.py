@@ -212,6 +212,17 @@ def _vptr(builder, base, j):
     return builder.inttoptr(builder.add(base, builder.mul(j, ir.Constant(_I64, 64))), _VF.as_pointer())
 
 
+def hmax_lanes(builder, v):
+    """The largest of the 16 lanes of float vector v, by halving (codegen helper of the vector intrinsics)."""
+    n = 16
+    while n > 1:
+        n //= 2
+        idx = lambda lo: ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(lo, lo + n)))  # noqa: E731
+        lo, hi = builder.shuffle_vector(v, v, idx(0)), builder.shuffle_vector(v, v, idx(n))
+        v = builder.select(builder.fcmp_ordered(">", lo, hi), lo, hi)
+    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+
 @intrinsic
 def vmax16(typingctx, a, n16):
     """max(a[:16 * n16]), n16 >= 1."""
@@ -225,13 +236,7 @@ def vmax16(typingctx, a, n16):
             cur = builder.load(vm)
             builder.store(builder.select(builder.fcmp_ordered(">", v, cur), v, cur), vm)
         v = builder.load(vm)
-        n = 16
-        while n > 1:
-            n //= 2
-            idx = lambda lo: ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(lo, lo + n)))  # noqa: E731
-            lo, hi = builder.shuffle_vector(v, v, idx(0)), builder.shuffle_vector(v, v, idx(n))
-            v = builder.select(builder.fcmp_ordered(">", lo, hi), lo, hi)
-        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+        return hmax_lanes(builder, v)
 
     return types.float32(a, n16), codegen
 

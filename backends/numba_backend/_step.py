@@ -23,7 +23,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._kernels import _blocks, exp_f32, gelu_scalar, ln_rows
+from ._kernels import _blocks, exp_f32, gelu_scalar, hmax_lanes, ln_rows
 
 # A decode step has few rows (one per beam or batched file), so every product is a GEMV-like pass that
 # reads each weight row once for all rows, from float16 where the checkpoint's weights are float16.
@@ -347,13 +347,7 @@ def vmax(typingctx, a, n):
             cur = builder.load(sm)
             builder.store(builder.select(builder.fcmp_ordered(">", v, cur), v, cur), sm)
         v = builder.load(vm)
-        n = 16
-        while n > 1:
-            n //= 2
-            idx = lambda lo: ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(lo, lo + n)))  # noqa: E731
-            lo, hi = builder.shuffle_vector(v, v, idx(0)), builder.shuffle_vector(v, v, idx(n))
-            v = builder.select(builder.fcmp_ordered(">", lo, hi), lo, hi)
-        m = builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+        m = hmax_lanes(builder, v)
         cur = builder.load(sm)
         return builder.select(builder.fcmp_ordered(">", m, cur), m, cur)
 
