@@ -46,6 +46,17 @@ def tiny_hf(tiny, tmp_path_factory) -> Path:
     return write_hf(tiny, tmp_path_factory.mktemp("hf") / "tiny-hf")
 
 
+def test_fp16_checkpoints_stay_fp16(tiny, tiny_hf, tmp_path):
+    """The shipped tiny.en is float16: its tensors are read as float16 (half the memory of widening them),
+    and a float16 safetensors directory reads back the same bits."""
+    assert {a.dtype for a in tiny.tensors.values()} == {np.dtype(np.float16)}
+    out = write_hf(tiny, tmp_path / "fp16", dtype="float16")
+    w = read_hf(out)
+    for k, v in tiny.tensors.items():
+        assert w.tensors[k].dtype == np.float16, k
+        np.testing.assert_array_equal(w.tensors[k].view(np.uint16), v.view(np.uint16), err_msg=k)
+
+
 def _assert_canonical(w: LoadedWeights, dims: ModelDimensions) -> None:
     assert w.dims == dims
     shapes = canonical_shapes(dims)
@@ -53,7 +64,7 @@ def _assert_canonical(w: LoadedWeights, dims: ModelDimensions) -> None:
     for name, shape in shapes.items():
         a = w.tensors[name]
         assert a.shape == shape, name
-        assert a.dtype == np.float32 and a.flags.c_contiguous, name
+        assert a.dtype in (np.float16, np.float32) and a.flags.c_contiguous, name
     D = dims.n_text_state
     for side, n in (("encoder", dims.n_audio_layer), ("decoder", dims.n_text_layer)):
         for i in range(n):
@@ -255,7 +266,7 @@ def test_hf_round_trip_bit_exact(tiny, tiny_hf):
     assert w.dims == tiny.dims
     assert set(w.tensors) == set(tiny.tensors)
     for k, v in tiny.tensors.items():
-        assert w.tensors[k].dtype == np.float32
+        assert w.tensors[k].dtype == np.float32  # written as float32: read back as float32
         np.testing.assert_array_equal(w.tensors[k], v, err_msg=k)
     np.testing.assert_array_equal(w.alignment_heads, tiny.alignment_heads)
     assert w.tokenizer_json == tiny_hf / "tokenizer.json" and w.tokenizer_json.is_file()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import threading
@@ -41,6 +42,8 @@ class Whisper:
         self.dims: ModelDimensions = self.weights.dims
         self.ops = registry.ops(self.backend)
         self.graph = WhisperGraph(self.ops, self.dims, self.weights.tensors)
+        # The backend holds the prepared weights now; the model keeps the facts, not a second copy of the tensors.
+        self.weights = dataclasses.replace(self.weights, tensors={})
         self.alignment_heads = self.weights.alignment_heads
         self._lock = _backend_lock(self.backend)
 

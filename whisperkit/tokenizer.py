@@ -216,6 +216,10 @@ def _load_ranks(path: Path) -> Dict[bytes, int]:
             added.add(entry["content"])
 
     u2b = _unicode_to_byte()
+    # str.translate + latin-1 give the bytes in C, not per character; the code points below 256 outside the
+    # alphabet (raw space, control bytes) become one that latin-1 refuses, so they still fail
+    to_latin1: Dict[int, object] = {c: "\uffff" for c in range(256)}
+    to_latin1.update({ord(ch): b for ch, b in u2b.items()})
     ranks: Dict[bytes, int] = {}
     for token, rank in vocab.items():
         if token in added:
@@ -223,10 +227,11 @@ def _load_ranks(path: Path) -> Dict[bytes, int]:
         if not isinstance(rank, int) or isinstance(rank, bool):
             raise TokenizerError(f"tokenizer file {path}: vocab id of {token!r} is {rank!r}, not an integer")
         try:
-            raw = bytes(u2b[ch] for ch in token)
-        except KeyError as exc:
+            raw = token.translate(to_latin1).encode("latin-1")
+        except UnicodeEncodeError:
+            bad = next(ch for ch in token if ch not in u2b)
             raise TokenizerError(
-                f"tokenizer file {path}: vocab token {token!r} has character {exc.args[0]!r} "
+                f"tokenizer file {path}: vocab token {token!r} has character {bad!r} "
                 "outside GPT-2's byte-level alphabet"
             ) from None
         if raw in ranks:
@@ -309,6 +314,10 @@ class Tokenizer:
 
     # ---- text <-> ids -------------------------------------------------------------------------
     def encode(self, text: str, **kwargs) -> List[int]:
+        if not kwargs and "<|" not in text:
+            # tiktoken's default check for special-token text compiles one regex of every special token
+            # (0.2 s, the slowest step of a cold start); text that cannot hold one skips it, same tokens.
+            return self.encoding.encode(text, disallowed_special=())
         return self.encoding.encode(text, **kwargs)
 
     def decode(self, token_ids: Sequence[int], **kwargs) -> str:
@@ -399,9 +408,9 @@ class Tokenizer:
         assert all(0x2640 <= ord(c) <= 0x267F for c in miscellaneous)
 
         # allow hyphens "-" and single quotes "'" between words, but not at the beginning of a word
-        result = {self.encoding.encode(" -")[0], self.encoding.encode(" '")[0]}
+        result = {self.encode(" -")[0], self.encode(" '")[0]}
         for symbol in symbols + sorted(miscellaneous):
-            for tokens in (self.encoding.encode(symbol), self.encoding.encode(" " + symbol)):
+            for tokens in (self.encode(symbol), self.encode(" " + symbol)):
                 if len(tokens) == 1 or symbol in miscellaneous:
                     result.add(tokens[0])
         return tuple(sorted(result))

@@ -272,10 +272,10 @@ class NumbaBackend(AttentionPair, Backend):
     def prepare_decoder_step(self, layers, ln_weight, ln_bias, logits_weight):
         g = weight_group("decoder_step", dict(layers=layers, ln_weight=ln_weight, ln_bias=ln_bias,
                                               logits_weight=logits_weight))
-        ls = [f32c_group(layer) for layer in g.layers]
+        ls = g.layers
 
         def vec(get):
-            return np.stack([get(layer) for layer in ls])
+            return np.stack([f32c(get(layer)) for layer in ls])
 
         def mat(get):
             """Every layer's matrix stacked, as float16 bits (uint16) when all of them are float16 values,
@@ -284,7 +284,7 @@ class NumbaBackend(AttentionPair, Backend):
             hs = [exact_float16(w) for w in ws]
             if all(h is not None for h in hs):
                 return np.stack([h.view(np.uint16) for h in hs])
-            return np.stack(ws)
+            return np.stack([f32c(w) for w in ws])
 
         logits = exact_float16(logits_weight)
         arrays = (vec(lambda l: l.attn_ln.weight), vec(lambda l: l.attn_ln.bias),

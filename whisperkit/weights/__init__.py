@@ -2,7 +2,9 @@
 a safetensors writer, and :func:`resolve_model` (local path, bundled model, or Hub repo id).
 
 Every reader returns :class:`LoadedWeights` whose ``tensors`` use one canonical naming (see
-:func:`canonical_shapes` and the name table in `layout`) and are float32, C-contiguous. Nothing here
+:func:`canonical_shapes` and the name table in `layout`) and are C-contiguous float16 or float32: a
+checkpoint's float16 tensors stay float16 (each stands for its exact float32 widening, which the op
+contract allows backends to keep), every other float type becomes float32. Nothing here
 ever unpickles: PyTorch ``pytorch_model.bin`` / ``*.pt`` checkpoints are refused.
 
 | module    | holds |

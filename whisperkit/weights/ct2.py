@@ -15,7 +15,8 @@ import numpy as np
 from whisperkit.errors import ModelFileError
 
 from . import layout
-from .files import LoadedWeights, loaded, Source, alignment_heads, check_tensors, positive_dims, read_json, refuse_pickle
+from .files import (LoadedWeights, loaded, Source, alignment_heads, check_tensors, positive_dims, read_json, refuse_pickle,
+                    stored_weight)
 from .layout import DECODER, ENCODER, ModelDimensions
 
 _CT2_DTYPES = {0: np.dtype("<f4"), 1: np.dtype("i1"), 2: np.dtype("<i2"), 3: np.dtype("<i4"), 4: np.dtype("<f2")}
@@ -148,13 +149,17 @@ class _CT2File:
             raise ModelFileError(f"{self.src.label}: {name} must hold one integer, got {a[:4].tolist()}")
         return int(a[0])
 
-    def float32(self, name: str) -> np.ndarray:
+    def weight(self, name: str) -> np.ndarray:
+        """The tensor at its stored precision where that is exact (`files.stored_weight`); quantized
+        tensors are scaled to float32."""
         real = self.resolve(name)
         if real is None:
             raise ModelFileError(f"{self.src.label}: missing tensor {name!r}")
         a = self.raw(real)
         if a.dtype.kind == "f":
-            return np.ascontiguousarray(a.astype(np.float32))  # always a copy: detaches from the mmap
+            out = stored_weight(a)
+            self.src.release(self.vars[real].offset, a.nbytes)
+            return out
         scale_name = self.resolve(real + "_scale")
         if scale_name is None:
             raise ModelFileError(
@@ -228,7 +233,7 @@ def _ct2_to_canonical(ct2: _CT2File, where: str) -> tuple[ModelDimensions, dict[
         origin[t.canonical] = t.ct2
         if not ct2.has(t.ct2):
             continue
-        a = ct2.float32(t.ct2)
+        a = ct2.weight(t.ct2)
         if t.zero_part is not None:  # a fused bias whose key part the canonical layout keeps zero
             parts = len(t.hf)
             d = t.shape[0] // parts
@@ -236,7 +241,7 @@ def _ct2_to_canonical(ct2: _CT2File, where: str) -> tuple[ModelDimensions, dict[
             if a.shape == (parts * d,):
                 a[k : k + d] = 0.0  # K bias: softmax-invariant
             elif a.shape == ((parts - 1) * d,):  # stored without the K part
-                a = np.concatenate([a[:k], np.zeros(d, np.float32), a[k:]])
+                a = np.concatenate([a[:k], np.zeros(d, a.dtype), a[k:]])
         tensors[t.canonical] = a
     check_tensors(tensors, dims, where, origin)
     return dims, tensors

@@ -34,6 +34,14 @@ def refuse_pickled_dir(d: Path) -> None:
         raise refuse_pickle(d, f"has only pickled PyTorch checkpoints ({', '.join(pickled)})")
 
 
+def stored_weight(a: np.ndarray) -> np.ndarray:
+    """A tensor read from a file as the readers hand it on: float16 stays float16, at half the memory of
+    its float32 widening, which is what it means (the op contract lets backends keep it so, and widen
+    where they compute); any other floating type becomes float32.  Always a C-contiguous copy, which
+    detaches it from the mmap."""
+    return np.array(a, dtype=np.float16 if a.dtype == np.float16 else np.float32, order="C")
+
+
 @dataclass
 class LoadedWeights:
     dims: ModelDimensions
@@ -172,6 +180,19 @@ class Source:
             k += 1
             local = 0
         return b"".join(parts)
+
+    def release(self, offset: int, n: int) -> None:
+        """Drop this process's mapped pages of bytes offset .. offset + n (after they were copied out), so
+        reading a model holds each weight once, not once mapped and once copied.  Pages that are read again
+        come back from the page cache."""
+        page = mmap.PAGESIZE
+        for m, start in zip(self._maps, self._starts):
+            if not isinstance(m, mmap.mmap) or not hasattr(m, "madvise"):
+                continue
+            lo, hi = max(offset - start, 0), min(offset + n - start, len(m))
+            lo -= lo % page
+            if hi > lo:
+                m.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     def close(self) -> None:
         for m in self._maps:

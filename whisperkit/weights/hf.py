@@ -16,7 +16,7 @@ from whisperkit.errors import ModelFileError
 
 from . import layout
 from .files import (LoadedWeights, loaded, Source, alignment_heads, check_tensors, json_loads, positive_dims, read_json,
-                    refuse_pickled_dir)
+                    refuse_pickled_dir, stored_weight)
 from .layout import DECODER, ENCODER, ModelDimensions
 
 #: The one tensor of the Hugging Face layout that is not canonical: the output projection, tied to the
@@ -108,14 +108,17 @@ class _SafeTensors:
     def keys(self) -> Iterable[str]:
         return self.entries.keys()
 
-    def float32(self, key: str) -> np.ndarray:
+    def weight(self, key: str) -> np.ndarray:
+        """The tensor at its stored precision where that is exact (`files.stored_weight`); bfloat16 as float32."""
         dtype, dt, shape, b, e = self.entries[key]
         a = np.frombuffer(self.src.view(self.start + b, e - b), dtype=dtype).reshape(shape)
         if dt == "BF16":
             return (a.astype(np.uint32) << 16).view(np.float32)
         if dtype.kind != "f":
             raise ModelFileError(f"{self.path}: tensor {key!r} is {dt}, expected a floating-point tensor")
-        return np.ascontiguousarray(a.astype(np.float32))
+        out = stored_weight(a)
+        self.src.release(self.start + b, e - b)
+        return out
 
     def close(self) -> None:
         self.src.close()
@@ -192,7 +195,7 @@ def read_hf(path: str | os.PathLike, *, name: str | None = None) -> LoadedWeight
             full = prefix + hf
             used[canon] = full
             st = owner.get(full)
-            return None if st is None else st.float32(full)
+            return None if st is None else st.weight(full)
 
         def fused(canon: str, hf_parts: tuple[str | None, ...]) -> np.ndarray | None:
             arrays = []
@@ -208,7 +211,7 @@ def read_hf(path: str | os.PathLike, *, name: str | None = None) -> LoadedWeight
             if any(a.ndim == 0 for a in given) or len({a.shape[1:] for a in given}) != 1:
                 raise ModelFileError(f"{where}: cannot fuse {list(hf_parts)} into {canon}: shapes {[a.shape for a in given]}")
             width = given[0].shape[0]
-            arrays = [np.zeros((width,) + given[0].shape[1:], np.float32) if a is None else a for a in arrays]
+            arrays = [np.zeros((width,) + given[0].shape[1:], given[0].dtype) if a is None else a for a in arrays]
             if len({a.shape[1:] for a in arrays}) != 1:
                 raise ModelFileError(f"{where}: cannot fuse {list(hf_parts)} into {canon}: shapes {[a.shape for a in arrays]}")
             return np.concatenate(arrays, axis=0)
@@ -220,7 +223,7 @@ def read_hf(path: str | os.PathLike, *, name: str | None = None) -> LoadedWeight
         check_tensors(tensors, dims, where, used)
         proj = owner.get(prefix + HF_PROJ_OUT)
         if proj is not None:
-            p = proj.float32(prefix + HF_PROJ_OUT)
+            p = proj.weight(prefix + HF_PROJ_OUT)
             if not np.array_equal(p, tensors[layout.module(DECODER, "token_embedding.weight")[0].canonical]):
                 raise ModelFileError(
                     f"{where}: proj_out.weight differs from the token embedding; Whisper ties them and an untied "
