@@ -45,6 +45,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     version = np.__version__
     description = "reference: NumPy with its BLAS"
+    auto_rank = 0  # the slowest, and always there: what `auto` falls back to
     thread_safe = True  # every op allocates its own outputs; nothing is shared between calls
     shared_cross_kv = True
 

@@ -25,7 +25,8 @@ Speed never makes the bench fail: it exits non-zero only on bad arguments."""
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="whisperkit-bench", description=__doc__, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", default="all", help="'all' (every usable backend, default) or a comma-separated list")
+    ap.add_argument("--backend", default="all", help="'all' (every usable backend, default) or a comma-separated list; "
+                    "'auto' stands for the backend auto picks here, which the report marks")
     ap.add_argument("--audio", action="append", type=Path, default=None,
                     help="audio file to transcribe (repeatable); default: jfk_16k.wav and osr_16k.wav of ../shared/audio")
     ap.add_argument("--model", default="tiny.en", help="model name or path (default tiny.en)")
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend.strip().lower() == "all":
         wanted = sorted(infos)
     else:
-        wanted = [n.strip() for n in args.backend.split(",") if n.strip()]
+        wanted = [listing["auto"] if n.strip() == "auto" else n.strip() for n in args.backend.split(",") if n.strip()]
+        wanted = list(dict.fromkeys(wanted))
         unknown = [n for n in wanted if n not in infos]
         if unknown:
             ap.error(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(sorted(infos))}")

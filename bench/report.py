@@ -385,7 +385,8 @@ def markdown(doc: dict, all_results, op_results, batch_results=(), long_results=
         f"{doc['threads']} threads for every engine; model {doc['model']}; transcribe() with its defaults "
         f"(temperature fallback, timestamps), {modes}; {doc['runs']} timed runs after {doc['warmup']} warm-up, "
         "interleaved round-robin across engines; every engine in a worker process of its own."
-        + (f" Peers: {peers}." if peers else ""),
+        + (f" Peers: {peers}." if peers else "")
+        + "".join(f" `backend=\"auto\"` picks {b['name']} on this machine." for b in doc.get("backends", []) if b.get("auto")),
         "",
         f"Load average {m.get('loadavg_at_start')} at the start, on {m['usable_cores']} cores: the machine is shared, so "
         "absolute times are noisy. Compare ratios within one table; they come from interleaved runs.",

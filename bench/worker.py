@@ -299,8 +299,12 @@ class _Server:
     def registry(self) -> dict:
         from whisperkit.registry import get_registry
         reg = get_registry()
-        return {"backends": [dict(name=n, usable=i.usable, version=i.version, reason=i.reason, ops=list(i.ops))
-                             for n, i in sorted(reg.infos.items())], "blas": blas_info(), "pid": os.getpid()}
+        for i in reg.infos.values():  # usable only when it loads here
+            reg._ready(i)
+        auto = reg.auto_name()
+        return {"backends": [dict(name=n, usable=i.usable, version=i.version, reason=i.reason, ops=list(i.ops),
+                                  auto_rank=i.auto_rank, auto=n == auto)
+                             for n, i in sorted(reg.infos.items())], "auto": auto, "blas": blas_info(), "pid": os.getpid()}
 
     def model_info(self) -> dict:
         from whisperkit.bench.engines import EngineUnavailable, _ct2_dir

@@ -20,6 +20,13 @@ def golden_base() -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_numpy():
+def tiny_weights():
+    """tiny.en read once, for the tests that build several models (a model keeps no tensors of its own)."""
+    from whisperkit.weights import resolve_model
+    return resolve_model("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def tiny_numpy(tiny_weights):
     from whisperkit import WhisperTiny
-    return WhisperTiny(backend="numpy")
+    return WhisperTiny(backend="numpy", weights=tiny_weights)

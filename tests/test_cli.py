@@ -16,11 +16,30 @@ def run(*args, timeout=600, cwd=None):
     return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
-def test_backends_lists_numpy_as_usable():
+def test_backends_lists_numpy_as_usable_and_marks_the_auto_pick():
     proc = run("backends")
     assert proc.returncode == 0, proc.stderr
     row = next(l for l in proc.stdout.splitlines() if l.startswith("numpy "))
     assert " yes " in row and "linear" in row and "attention" in row
+    from whisperkit.registry import build_registry
+    pick = build_registry().auto_name()  # the same choice, made in this process
+    marked = [l.split()[0] for l in proc.stdout.splitlines() if l.split()[1:2] == ["*"]]
+    assert marked == [pick], proc.stdout
+    assert f"backend auto picks {pick}" in proc.stdout
+
+
+def test_transcribe_names_its_backend_and_numpy_still_means_the_reference(tmp_path):
+    from whisperkit.registry import build_registry
+    pick = build_registry().auto_name()
+    audio = shared("audio", "jfk.flac")
+    auto = run("transcribe", audio, "--beam_size", "None", "--best_of", "None", "--output_format", "txt", cwd=tmp_path)
+    assert auto.returncode == 0, auto.stderr
+    assert f"on backend {pick} (auto" in auto.stdout.splitlines()[0]
+    ref = run("transcribe", audio, "--backend", "numpy", "--beam_size", "None", "--best_of", "None",
+              "--output_format", "txt", cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    assert ref.stdout.splitlines()[0] == "whisperkit: tiny.en on backend numpy"
+    assert auto.stdout.splitlines()[-1] == ref.stdout.splitlines()[-1]  # token-exact backends: the same text
 
 
 def test_transcribe_flac_prints_segments_then_text(golden_tiny, tmp_path):
@@ -28,7 +47,8 @@ def test_transcribe_flac_prints_segments_then_text(golden_tiny, tmp_path):
     proc = run("transcribe", shared("audio", "jfk.flac"), "--beam_size", "None", "--best_of", "None", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].startswith("[00:00.000 --> 00:07.740]")
+    assert lines[0].startswith("whisperkit: tiny.en on backend ")  # the verbose header, as openai-whisper's "Detected language"
+    assert lines[1].startswith("[00:00.000 --> 00:07.740]")
     assert lines[-1] == golden_tiny["clips"]["jfk_16k.wav"]["transcribe_greedy"]["text"].strip()
     # --output_format all into the default --output_dir "."
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"jfk.{e}" for e in ("json", "srt", "tsv", "txt", "vtt")]

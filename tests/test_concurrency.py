@@ -10,9 +10,9 @@ USABLE = [n for n, i in get_registry().infos.items() if i.usable]
 
 
 @pytest.mark.parametrize("backend", USABLE)
-def test_threads_share_one_model(backend, tiny_numpy):
+def test_threads_share_one_model(backend, tiny_numpy, tiny_weights):
     from whisperkit import Whisper
-    model = Whisper("tiny.en", backend=backend, weights=tiny_numpy.weights)
+    model = Whisper("tiny.en", backend=backend, weights=tiny_weights)
     clips = [str(shared("audio", c)) for c in ("jfk_16k.wav", "pv_en.wav")]
     alone = {c: [s.tokens for s in model.transcribe(c, temperature=0.0).segments] for c in clips}
     jobs = clips * 2  # two callers per clip, four at once

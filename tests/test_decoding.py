@@ -10,13 +10,13 @@ BACKENDS = [n for n, i in get_registry().infos.items() if i.usable]  # every one
 
 
 @pytest.fixture(scope="module")
-def tiny_on(tiny_numpy):
+def tiny_on(tiny_numpy, tiny_weights):
     from whisperkit import Whisper
     cache = {"numpy": tiny_numpy}
 
     def get(backend):
         if backend not in cache:
-            cache[backend] = Whisper("tiny.en", backend=backend, weights=tiny_numpy.weights)
+            cache[backend] = Whisper("tiny.en", backend=backend, weights=tiny_weights)
         return cache[backend]
     return get
 

@@ -17,9 +17,9 @@ SR = 16000
 
 
 @pytest.fixture(scope="module")
-def models(tiny_numpy):
+def models(tiny_numpy, tiny_weights):
     from whisperkit import Whisper
-    return {b: (tiny_numpy if b == "numpy" else Whisper("tiny.en", backend=b, weights=tiny_numpy.weights)) for b in USABLE}
+    return {b: (tiny_numpy if b == "numpy" else Whisper("tiny.en", backend=b, weights=tiny_weights)) for b in USABLE}
 
 
 @pytest.mark.parametrize("backend", USABLE)

@@ -27,11 +27,12 @@ class Whisper:
 
     It is the `whisperkit.protocols.SpeechModel` that transcribe.py and timing.py work with.
 
-    >>> model = Whisper("tiny.en", backend="numpy")
+    >>> model = Whisper("tiny.en")                   # backend="auto": the fastest usable backend here
+    >>> model = Whisper("tiny.en", backend="numpy")  # the reference
     >>> model.transcribe("talk.flac").text
     """
 
-    def __init__(self, name_or_path: str | os.PathLike = "tiny.en", backend: str | Backend = "numpy",
+    def __init__(self, name_or_path: str | os.PathLike = "tiny.en", backend: str | Backend = "auto",
                  *, weights: LoadedWeights | None = None, download_root: str | None = None):
         registry = get_registry()
         self.backend = registry.get(backend) if isinstance(backend, str) else backend
@@ -156,9 +157,9 @@ def _tokenizer(path: str, multilingual: bool, num_languages: int, language, task
 class WhisperTiny(Whisper):
     """The bundled, offline default: Whisper tiny.en."""
 
-    def __init__(self, backend: str | Backend = "numpy", **kwargs: Any):
+    def __init__(self, backend: str | Backend = "auto", **kwargs: Any):
         super().__init__("tiny.en", backend=backend, **kwargs)
 
 
-def load_model(name_or_path: str | os.PathLike = "tiny.en", backend: str | Backend = "numpy", **kwargs: Any) -> Whisper:
+def load_model(name_or_path: str | os.PathLike = "tiny.en", backend: str | Backend = "auto", **kwargs: Any) -> Whisper:
     return Whisper(name_or_path, backend=backend, **kwargs)

@@ -34,9 +34,18 @@ class Backend:
     #: when False, the dispatcher repeats them to one row per decoder row before the call.
     shared_cross_kv: bool = False
 
+    #: Where ``backend="auto"`` puts this backend: the usable backend with the highest rank is picked;
+    #: None: never picked by auto.  Built-ins declare theirs from the bench's measurements (README).
+    auto_rank: float | None = None
+
     def unavailable_reason(self) -> str | None:
-        """None when usable on this machine, else a sentence saying why not (missing library...)."""
+        """None when usable on this machine, else a sentence saying why not (missing library...).
+        Cheap: it runs for every registered backend when the registry is listed or `auto` chooses."""
         return None
+
+    def load(self) -> None:
+        """Import what the kernels need (the library, the compiled module), once, when this backend is
+        chosen by name or by `auto`; raise with the reason when it cannot (a failed import or compile)."""
 
     def implemented_ops(self) -> tuple[str, ...]:
         return tuple(op for op in OPS if callable(getattr(self, op, None)))

@@ -73,6 +73,9 @@ def cmd_transcribe(args) -> int:
     if args.threads:
         set_num_threads(args.threads)
     model = Whisper(args.model, backend=args.backend, download_root=args.model_dir)
+    if args.transcribe_verbose and not args.json:
+        print(f"whisperkit: {model.name} on backend {model.backend.name}"
+              + (" (auto: the fastest usable here)" if args.backend == "auto" else ""))
     options = _transcribe_options(args, model)
     try:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -112,19 +115,27 @@ def _emit(args, writer, writer_args, path, result) -> None:
 def cmd_backends(args) -> int:
     from .registry import get_registry
     reg = get_registry()
+    for name in reg.names():  # listed as usable only when it loads here
+        if reg.infos[name].usable:
+            reg._ready(reg.infos[name])
+    pick = reg.auto_name()
     rows = []
     for name in reg.names():
         i = reg.infos[name]
-        rows.append((name, i.version, "yes" if i.usable else "no", ", ".join(i.ops) or "-", i.reason))
+        rank = "-" if i.auto_rank is None else f"{i.auto_rank:g}"
+        rows.append((name + (" *" if name == pick else ""), i.version, "yes" if i.usable else "no", rank,
+                     ", ".join(i.ops) or "-", i.reason))
     if args.json:
-        print(json.dumps([dict(zip(("name", "version", "usable", "ops", "reason"), r)) for r in rows], indent=2))
+        print(json.dumps([dict(name=i.name, version=i.version, usable=i.usable, auto_rank=i.auto_rank, auto=i.name == pick,
+                               ops=list(i.ops), reason=i.reason) for i in map(reg.infos.get, reg.names())], indent=2))
         return 0
-    w = [max(len(r[k]) for r in rows + [("backend", "version", "usable", "ops", "")]) for k in range(3)]
-    print(f"{'backend':<{w[0]}}  {'version':<{w[1]}}  {'usable':<{w[2]}}  ops / reason")
-    for name, version, usable, ops, reason in rows:
-        print(f"{name:<{w[0]}}  {version:<{w[1]}}  {usable:<{w[2]}}  {ops}")
+    w = [max(len(r[k]) for r in rows + [("backend", "version", "usable", "rank", "", "")]) for k in range(4)]
+    print(f"{'backend':<{w[0]}}  {'version':<{w[1]}}  {'usable':<{w[2]}}  {'rank':<{w[3]}}  ops / reason")
+    for name, version, usable, rank, ops, reason in rows:
+        print(f"{name:<{w[0]}}  {version:<{w[1]}}  {usable:<{w[2]}}  {rank:<{w[3]}}  {ops}")
         if reason:
-            print(f"{'':<{w[0] + w[1] + w[2] + 6}}unusable: {reason}")
+            print(f"{'':<{sum(w) + 8}}unusable: {reason}")
+    print(f"* backend auto picks {pick}: the usable backend of highest rank (ranks from the bench's measurements)")
     return 0
 
 
@@ -151,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3)")
     t.add_argument("--model", default="tiny.en", help="tiny.en (bundled), base (with the base-model extra), a local directory, or a Hub repo id")
     t.add_argument("--model_dir", default=None, help="where downloaded models are kept")
-    t.add_argument("--backend", default="numpy", help="kernel backend (see `whisperkit backends`)")
+    t.add_argument("--backend", default="auto",
+                   help="kernel backend (default auto: the fastest usable here; see `whisperkit backends`)")
     t.add_argument("--output_dir", "-o", default=".", help="directory to save the outputs")
     t.add_argument("--output_format", "-f", default="all", choices=OUTPUT_FORMATS, help="format of the output files; all: every format")
     t.add_argument("--verbose", dest="transcribe_verbose", type=_str2bool, default=True,

@@ -3,6 +3,10 @@
 Built-in backends are found through the very same entry points as third-party ones.  A plugin that
 fails to import, or whose backend reports itself unusable or speaks another API version, is listed as
 unavailable with the reason and never breaks the others.
+
+``get("auto")`` picks the usable backend of highest `Backend.auto_rank` (a third-party backend declares
+its own).  A backend is loaded (`Backend.load`: its library, its compiled kernels) only when chosen; one
+that fails to load is marked unusable with the reason, logged, and `auto` goes on to the next.
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import logging
+
 import pluggy
 
 from . import hookspecs
@@ -20,8 +26,11 @@ from .hookspecs import hookimpl  # noqa: F401  (re-exported)
 from .contract import API_VERSION
 from .errors import BackendError
 
+log = logging.getLogger("whisperkit")
+
 ENTRY_POINT_GROUP = "whisperkit.backends"
 REFERENCE = "numpy"
+AUTO = "auto"
 
 
 @dataclass
@@ -33,6 +42,8 @@ class BackendInfo:
     usable: bool = False
     reason: str = ""
     plugin: str = ""  # the entry point or module that provided it
+    auto_rank: float | None = None
+    loaded: bool = False  # Backend.load() has run (successfully, or usable is now False)
 
 
 class Registry:
@@ -44,6 +55,8 @@ class Registry:
         self.pm = pm
         self._infos: dict[str, BackendInfo] = {}
         self._pending: dict[str, importlib.metadata.EntryPoint] = {}
+        #: what the last `auto` choice passed over: (backend name, reason), in rank order
+        self.auto_skipped: list[tuple[str, str]] = []
 
     @property
     def infos(self) -> dict[str, BackendInfo]:
@@ -91,6 +104,8 @@ class Registry:
     def _add_backend(self, b: Backend, label: str) -> None:
         info = BackendInfo(b.name or label, b, version=str(getattr(b, "version", "?")), plugin=label)
         try:
+            rank = getattr(b, "auto_rank", None)
+            info.auto_rank = None if rank is None else float(rank)
             info.ops = tuple(b.implemented_ops())
             if getattr(b, "api_version", None) != API_VERSION:
                 info.reason = (f"backend {info.name} speaks op-contract API version {getattr(b, 'api_version', None)!r}, "
@@ -122,14 +137,52 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self.infos)
 
+    def _ready(self, info: BackendInfo) -> bool:
+        """Load a usable backend's kernels once; a failure makes it unusable, with the reason."""
+        if info.usable and not info.loaded:
+            info.loaded = True
+            try:
+                info.backend.load()
+            except Exception as exc:
+                info.usable = False
+                info.reason = f"loading failed: {type(exc).__name__}: {exc}"
+                log.warning("backend %s cannot be used: %s", info.name, info.reason)
+        return info.usable
+
     def get(self, name: str) -> Backend:
+        if name == AUTO:
+            return self.auto()
         self._load(name)
         info = self._infos.get(name)
         if info is None:
-            raise BackendError(f"unknown backend {name!r}; known backends: {', '.join(self.names()) or 'none'}")
-        if not info.usable:
+            raise BackendError(f"unknown backend {name!r}; known backends: {', '.join(self.names()) or 'none'} "
+                               f"(or {AUTO!r}: the fastest usable one)")
+        if not self._ready(info):
             raise BackendError(f"backend {name!r} is not usable here: {info.reason}")
         return info.backend
+
+    def auto_order(self) -> list[BackendInfo]:
+        """Every backend `auto` considers (a rank declared), best first; usable or not."""
+        ranked = [i for i in self.infos.values() if i.auto_rank is not None]
+        return sorted(ranked, key=lambda i: (-i.auto_rank, i.name))
+
+    def auto(self) -> Backend:
+        """The usable backend of highest rank.  Those passed over are in `auto_skipped` with the reason
+        and logged; the reference is the last resort."""
+        self.auto_skipped = []
+        for info in self.auto_order():
+            if self._ready(info):
+                if self.auto_skipped:
+                    log.warning("backend auto: picked %s; passed over %s", info.name,
+                                "; ".join(f"{n} ({r})" for n, r in self.auto_skipped))
+                else:
+                    log.info("backend auto: picked %s (rank %g)", info.name, info.auto_rank)
+                return info.backend
+            self.auto_skipped.append((info.name, info.reason))
+        return self.reference()
+
+    def auto_name(self) -> str:
+        return self.auto().name
 
     def reference(self) -> Backend:
         return self.get(REFERENCE)

@@ -5,10 +5,13 @@ logits GEMV): matrices stacked per kind over the layers, stored as float16 when 
 (exact_float16), else float32; the new keys and values written straight into the stacked caches; the
 cross K/V read once per step for all the beams of an audio.  See `_kernels` for the kernels and the
 reasons behind them (float16 and 512-bit vectors through LLVM intrinsics).  The module imports without
-Numba: the backend then reports itself unavailable with the reason.
+Numba (the registry lists it at no cost): Numba and the kernels are imported by `load`, when the backend
+is chosen; without Numba installed the backend reports itself unavailable with the reason.
 """
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import time
 from types import SimpleNamespace
 
@@ -17,12 +20,24 @@ import numpy as np
 from whisperkit.backend import (AttentionPair, Backend, check_kv_step, check_step, exact_float16, f32c, f32c_group, group_arrays,
                                 hookimpl, rows_f32, weight_group)
 
-try:
-    import numba
-    _IMPORT_ERROR = None
-except Exception as exc:  # pragma: no cover - exercised only without numba
-    numba = None
-    _IMPORT_ERROR = f"Numba cannot be imported ({type(exc).__name__}: {exc}); install the 'numba' extra"
+def _installed(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist) if importlib.util.find_spec(dist) is not None else None
+    except (ImportError, ValueError, importlib.metadata.PackageNotFoundError):
+        return None
+
+
+_VERSION = _installed("numba")
+_IMPORT_ERROR = None if _VERSION else "Numba is not installed; install the 'numba' extra"
+numba = None  # the module, imported by _numba() when the backend is loaded
+
+
+def _numba():
+    global numba
+    if numba is None:
+        import numba as nb
+        numba = nb
+    return numba
 
 _K = None  # the kernels module, imported on first use (it compiles/loads the kernels)
 
@@ -48,7 +63,7 @@ _F32 = np.float32
 def _nt():
     """Numba's current thread count, passed to the kernels (calling numba.get_num_threads() inside a
     kernel embeds a ctypes pointer, which makes the function uncacheable)."""
-    return numba.get_num_threads()
+    return _numba().get_num_threads()
 
 #: Row-block sizes.  Single-threaded sgemm on one block gets markedly faster from 128 to ~256-512 rows
 #: (it packs the whole weight for every call, and its small-M edge costs more), while the per-thread
@@ -104,21 +119,24 @@ class _ThreadChoice:
 class NumbaBackend(AttentionPair, Backend):
     name = "numba"
     shared_cross_kv = True  # decoder_layer takes one cross K/V row per audio (the contract)
-    version = getattr(numba, "__version__", "missing")
+    version = _VERSION or "missing"
     description = "Numba parallel kernels (prange over rows/heads), GEMMs via NumPy's OpenBLAS called from Numba"
+    #: first for `auto`: the fastest warm, 1.67-1.94x faster-whisper fp32 on tiny.en (docs/bench-results.md, issue 14)
+    auto_rank = 40
 
     def unavailable_reason(self):
+        return _IMPORT_ERROR
+
+    def load(self) -> None:
         if _IMPORT_ERROR is not None:
-            return _IMPORT_ERROR
-        try:
-            _kern()
-        except ImportError as exc:
-            return f"Numba backend kernels cannot be loaded: {exc}"
-        return None
+            raise ImportError(_IMPORT_ERROR)
+        _numba()
+        _step_kernels()
 
     def set_num_threads(self, n):
-        if numba is not None:
-            numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+        if _IMPORT_ERROR is None:
+            nb = _numba()
+            nb.set_num_threads(max(1, min(int(n), nb.config.NUMBA_NUM_THREADS)))
 
     # ---- fine ops ---------------------------------------------------------------------------------
     def prepare_linear(self, weight, bias=None):
@@ -250,14 +268,15 @@ class NumbaBackend(AttentionPair, Backend):
         # barriers than they save, catastrophically so when the 2 cores are oversubscribed.  Several rows
         # (beams, batched files, prompts) and the logits GEMV (one large region) run parallel.
         nt = _nt() if m >= _DECODE_PARALLEL_ROWS else 1
-        prev_nt = numba.get_num_threads()
+        nb = _numba()
+        prev_nt = nb.get_num_threads()
         if nt != prev_nt:
-            numba.set_num_threads(nt)
+            nb.set_num_threads(nt)
         try:
             self._decoder_call(x2, n_q, w, kc, vc, cross_k, cross_v, offset, bufs, y, nt)
         finally:
             if nt != prev_nt:
-                numba.set_num_threads(prev_nt)
+                nb.set_num_threads(prev_nt)
         if not direct:
             k_cache[:, offset:offset + n_q] = kc[:, offset:offset + n_q]
             v_cache[:, offset:offset + n_q] = vc[:, offset:offset + n_q]

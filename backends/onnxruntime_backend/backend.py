@@ -170,6 +170,9 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
     description = "ONNX Runtime CPU kernels (MLAS) on ONNX graphs built in code; fused layer graphs"
     graph_optimization = "ORT_ENABLE_EXTENDED"
     allow_spinning = False
+    #: second for `auto`: 1.35-1.47x faster-whisper fp32 warm on tiny.en, behind numba's 1.67-1.94x
+    #: (docs/bench-results.md, issue 14); and the most memory of the three
+    auto_rank = 30
 
     def __init__(self, exact_gelu: bool = False):
         #: exact_gelu: the fine gelu op bit-equal to the reference (float64 erfc graph, about the reference's
@@ -197,6 +200,9 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
             return (f"{' and '.join(missing)} cannot be imported (not installed); "
                     "install with: pip install 'whisperkit[onnxruntime]'")
         return None
+
+    def load(self) -> None:
+        self._ort()
 
     def _ort(self):
         if self._mods is None:

@@ -98,6 +98,8 @@ class PythranBackend(Backend):
     name = "pythran"
     shared_cross_kv = True  # decoder_layer takes one cross K/V row per audio (the contract)
     description = "Pythran kernels compiled at install (OpenMP) + NumPy's BLAS for the GEMMs"
+    #: third for `auto`: 0.89-1.06x faster-whisper fp32 warm on tiny.en (docs/bench-results.md, issue 14)
+    auto_rank = 20
 
     def __init__(self):
         # the pythran that compiled the kernels (the build's, not whatever is installed now)
@@ -108,6 +110,10 @@ class PythranBackend(Backend):
 
     def unavailable_reason(self):
         return _IMPORT_ERROR
+
+    def load(self) -> None:
+        if _IMPORT_ERROR is not None:  # the compiled modules were imported with the plugin; nothing more to load
+            raise ImportError(_IMPORT_ERROR)
 
     def set_num_threads(self, n):
         if K is not None:
