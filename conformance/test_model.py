@@ -33,12 +33,14 @@ def _reference(conformance, Whisper, shared):
     ref = conformance.model_cache.get("reference")
     if ref is None:
         try:
-            model = Whisper("tiny.en", backend=conformance.reference)
+            from whisperkit.weights import resolve_model
+            weights = resolve_model("tiny.en")
+            model = Whisper("tiny.en", backend=conformance.reference, weights=weights)
         except Exception as exc:
             _not_run(f"tiny.en could not be loaded ({type(exc).__name__}: {exc})")
         mel = np.load(shared / "golden" / "jfk_mel.npy")
         features = model.embed_audio(mel[None])
-        ref = dict(model=model, mel=mel, features=features, logits=model.logits(np.array([[SOT]]), features), tokens={})
+        ref = dict(model=model, weights=weights, mel=mel, features=features, logits=model.logits(np.array([[SOT]]), features), tokens={})
         conformance.model_cache["reference"] = ref
     return ref
 
@@ -51,7 +53,7 @@ def _model_for(conformance, name, Whisper, ref):
     if cached is not None and cached[0] == name:
         return cached[1]
     conformance.model_cache.pop("backend", None)  # one backend's prepared model at a time
-    model = Whisper("tiny.en", backend=backend, weights=ref["model"].weights)
+    model = Whisper("tiny.en", backend=backend, weights=ref["weights"])  # the very tensors the reference read
     conformance.model_cache["backend"] = (name, model)
     return model
 

@@ -36,13 +36,18 @@ class Whisper:
                  *, weights: LoadedWeights | None = None, download_root: str | None = None):
         registry = get_registry()
         self.backend = registry.get(backend) if isinstance(backend, str) else backend
+        given = weights
         self.weights = weights if weights is not None else resolve_model(name_or_path, download_root=download_root)
         self.name = self.weights.name
         if self.weights.tokenizer_json is None:  # before the weights are prepared on the backend
             raise ModelFileError(f"model {self.name} ({self.weights.source}) has no tokenizer.json beside its weights")
         self.dims: ModelDimensions = self.weights.dims
         self.ops = registry.ops(self.backend)
-        self.graph = WhisperGraph(self.ops, self.dims, self.weights.tensors)
+        # Word timing binds the decoder layers as fine ops, rarely: it reads them again then (or takes the
+        # caller's tensors) rather than holding a second copy of what the backend prepared.
+        reread = ((lambda: given.tensors) if given is not None else
+                  (lambda: resolve_model(name_or_path, download_root=download_root).tensors))
+        self.graph = WhisperGraph(self.ops, self.dims, self.weights.tensors, reread)
         # The backend holds the prepared weights now; the model keeps the facts, not a second copy of the tensors.
         self.weights = dataclasses.replace(self.weights, tensors={})
         self.alignment_heads = self.weights.alignment_heads

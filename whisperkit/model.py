@@ -1,6 +1,8 @@
 """The Whisper graph, written once for every backend: every heavy op goes through the op contract."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from .backend import DecoderLayerWeights, DecoderStepWeights, EncoderLayerWeights, MlpWeights, Ops, bind_group, weight_group
@@ -109,24 +111,31 @@ class KVCache:
 
 
 class TextDecoder:
-    def __init__(self, ops: Ops, dims: ModelDimensions, t: dict):
+    def __init__(self, ops: Ops, dims: ModelDimensions, t: dict, reread: Callable[[], dict] | None = None):
+        """`reread()`, if given, gives the tensors again when the fine ops are first needed, so that the
+        decoder layers' weights are not held twice (here and as the backend prepared them)."""
         self.dims = dims
         self.token_embedding = layout.param(t, DECODER, "token_embedding.weight")  # (n_vocab, n_text_state)
         self.positional_embedding = layout.param(t, DECODER, "positional_embedding")  # (n_text_ctx, n_text_state)
         self.cross_kv = [ops.bind("linear", **layout.module_weights(t, DECODER, "cross_attn.kv", i))
                          for i in range(dims.n_text_layer)]
-        self.layer_kwargs = [layout.layer_kwargs(t, DECODER, i, dims.n_text_head) for i in range(dims.n_text_layer)]
+        layer_kwargs = self._layer_kwargs(t)
         ln = layout.module_weights(t, DECODER, "ln")
         # all layers, the final LayerNorm and the logits (tied to the token embedding) as one op
-        self.step = ops.bind("decoder_step", layers=tuple(self.layer_kwargs), ln_weight=ln["weight"],
+        self.step = ops.bind("decoder_step", layers=tuple(layer_kwargs), ln_weight=ln["weight"],
                              ln_bias=ln["bias"], logits_weight=self.token_embedding)
+        self._reread = reread if reread is not None else (lambda: t)
         self.ops, self._fine, self._ln_weights, self._ln, self._logits = ops, None, ln, None, None
+
+    def _layer_kwargs(self, t: dict) -> list[dict]:
+        return [layout.layer_kwargs(t, DECODER, i, self.dims.n_text_head) for i in range(self.dims.n_text_layer)]
 
     def _fine_blocks(self) -> list[DecoderLayerWeights]:
         """The decoder layers with their parts bound as fine ops, on first use (word timestamps need the
         cross-attention queries, which a fused decoder_layer keeps inside)."""
         if self._fine is None:
-            self._fine = [bind_group(weight_group("decoder_layer", kw), self.ops) for kw in self.layer_kwargs]
+            kwargs = self._layer_kwargs(self._reread())
+            self._fine = [bind_group(weight_group("decoder_layer", kw), self.ops) for kw in kwargs]
         return self._fine
 
     def forward_with_cross_attention(self, tokens: np.ndarray, cache: KVCache, layers: set[int]):
@@ -170,13 +179,14 @@ class TextDecoder:
 
 
 class WhisperGraph:
-    """Encoder + decoder bound to one dispatcher.  Weights are prepared once, here."""
+    """Encoder + decoder bound to one dispatcher.  Weights are prepared once, here; `reread` as in
+    `TextDecoder`."""
 
-    def __init__(self, ops: Ops, dims: ModelDimensions, tensors: dict):
+    def __init__(self, ops: Ops, dims: ModelDimensions, tensors: dict, reread: Callable[[], dict] | None = None):
         self.ops = ops
         self.dims = dims
         self.encoder = AudioEncoder(ops, dims, tensors)
-        self.decoder = TextDecoder(ops, dims, tensors)
+        self.decoder = TextDecoder(ops, dims, tensors, reread)
 
     def embed_audio(self, mel: np.ndarray) -> np.ndarray:
         """mel: (batch, n_mels, 3000) -> audio features (batch, n_audio_ctx, n_audio_state)."""
