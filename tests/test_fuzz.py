@@ -151,7 +151,7 @@ def _valid_weights(w: LoadedWeights) -> None:
     assert set(w.tensors) == set(shapes)
     for name, shape in shapes.items():
         a = w.tensors[name]
-        assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous, name
+        assert a.shape == shape and a.dtype in (np.float16, np.float32) and a.flags.c_contiguous, name
         assert np.isfinite(a).all(), name
     if w.alignment_heads is not None:
         h = w.alignment_heads
