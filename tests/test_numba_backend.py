@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import run_op_case
+from helpers import run_op_case, shared
 
 numba = pytest.importorskip("numba")
 from whisperkit.backends.numba_backend import NumbaBackend, _ThreadChoice  # noqa: E402
@@ -121,3 +121,27 @@ def test_vector_gelu_tails_and_extremes():
     K.bias_gelu_rows(f, 0, f.shape[0], bias)
     assert np.all(np.isfinite(f)) and _no_denormals(f)
     assert np.max(np.abs(f - ref) / (np.abs(ref) + 0.01 * np.abs(xs) + 1e-30)) < 1e-5
+
+
+def test_load_opens_every_kernel_overload_a_transcription_uses():
+    """`NumbaBackend.load` opens the hot kernels' overloads up front (on Whisper's loading thread): a
+    tiny.en transcription afterwards must not need any overload the list left out.  In a fresh process,
+    so that no other test has opened them already."""
+    import subprocess
+    import sys
+    code = f"""
+import numba
+from whisperkit import Whisper
+from whisperkit.backends.numba_backend import _kern, _step_kernels
+model = Whisper("tiny.en", backend="numba")
+def signatures():
+    return {{name: set(map(str, d.signatures)) for mod in (_kern(), _step_kernels()) for name, d in vars(mod).items()
+            if isinstance(d, numba.core.registry.CPUDispatcher)}}
+before = signatures()
+assert sum(map(len, before.values())) >= 6, before
+model.transcribe({str(shared("audio", "jfk.flac"))!r}, beam_size=5, best_of=5)
+print({{k: sorted(v - before[k]) for k, v in signatures().items() if v - before[k]}})
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "{}", out.stdout

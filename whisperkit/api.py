@@ -35,13 +35,19 @@ class Whisper:
     def __init__(self, name_or_path: str | os.PathLike = "tiny.en", backend: str | Backend = "auto",
                  *, weights: LoadedWeights | None = None, download_root: str | None = None):
         registry = get_registry()
-        self.backend = registry.get(backend) if isinstance(backend, str) else backend
-        given = weights
-        self.weights = weights if weights is not None else resolve_model(name_or_path, download_root=download_root)
-        self.name = self.weights.name
-        if self.weights.tokenizer_json is None:  # before the weights are prepared on the backend
-            raise ModelFileError(f"model {self.name} ({self.weights.source}) has no tokenizer.json beside its weights")
-        self.dims: ModelDimensions = self.weights.dims
+        # A backend chosen by name loads (its library, its compiled kernels: Backend.load) on a thread of its
+        # own while the weights are read and the tokenizer built, much of which runs outside the GIL.
+        loading = _Background(registry.get, backend) if isinstance(backend, str) else None
+        try:
+            given = weights
+            self.weights = weights if weights is not None else resolve_model(name_or_path, download_root=download_root)
+            self.name = self.weights.name
+            if self.weights.tokenizer_json is None:  # before the weights are prepared on the backend
+                raise ModelFileError(f"model {self.name} ({self.weights.source}) has no tokenizer.json beside its weights")
+            self.dims: ModelDimensions = self.weights.dims
+            self.tokenizer_for()
+        finally:
+            self.backend = loading.result() if loading is not None else backend
         self.ops = registry.ops(self.backend)
         # Word timing binds the decoder layers as fine ops, rarely: it reads them again then (or takes the
         # caller's tensors) rather than holding a second copy of what the backend prepared.
@@ -132,6 +138,27 @@ class Whisper:
 
     def __repr__(self) -> str:
         return f"<Whisper {self.name} on {self.backend.name}>"
+
+
+class _Background:
+    """``fn(*args)`` on a thread; `result()` waits for it and returns its value or raises its exception."""
+
+    def __init__(self, fn, *args):
+        self._value = self._error = None
+
+        def run():
+            try:
+                self._value = fn(*args)
+            except BaseException as exc:  # handed to the caller of result()
+                self._error = exc
+        self._thread = threading.Thread(target=run, name="whisperkit-backend-load", daemon=True)
+        self._thread.start()
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 _LOCKS: "weakref.WeakKeyDictionary[Backend, threading.RLock]" = weakref.WeakKeyDictionary()

@@ -60,6 +60,29 @@ def _step_kernels():
 _F32 = np.float32
 
 
+def _hot_signatures():
+    """(kernel, signature) of every kernel a transcription on a float16 checkpoint calls, with the types
+    it calls them with.  `load` opens these overloads at once: the first one pays Numba's one-time set-up
+    (about 0.2 s), and `Whisper` runs `load` on a thread while it reads the weights.  A signature missing
+    here is only opened later, at its first call (tests/test_numba_backend.py checks the list)."""
+    from numba import types as t
+    K, S = _kern(), _step_kernels()
+    f = [None] + [t.Array(t.float32, nd, "C") for nd in (1, 2, 3, 4)]
+    h = [None, None] + [t.Array(t.uint16, nd, "C") for nd in (2, 3)]
+    i = t.int64
+    layer = (f[2], f[2], h[3], f[2], h[3], f[2]) * 3  # per kind of layer part: LN weight, bias; matrix, bias
+    return [
+        (K.conv1d_kernel, (f[3], f[3], f[1], f[2], i, i, i)),
+        (K.gelu_kernel, (f[1], f[1], i)),
+        (K.encoder_layer_kernel, (f[2], i, i) + (f[1], f[1], f[2], f[1], f[2], f[1]) + (f[1], f[1], f[2], f[1], f[2], f[1])
+         + (i, i, i)),
+        (K.layer_norm_kernel, (f[2], f[1], f[1], f[2], i)),
+        (K.linear_kernel, (f[2], f[2], f[1], f[2], t.none, i, t.Omitted(256))),
+        (S.decoder_step_kernel, (f[2], i, i, f[4], f[4], f[4], f[4], i) + layer
+         + (f[1], f[1], h[2], f[1], t.Array(t.int64, 1, "C"), f[2], i)),
+    ]
+
+
 def _nt():
     """Numba's current thread count, passed to the kernels (calling numba.get_num_threads() inside a
     kernel embeds a ctypes pointer, which makes the function uncacheable)."""
@@ -131,7 +154,8 @@ class NumbaBackend(AttentionPair, Backend):
         if _IMPORT_ERROR is not None:
             raise ImportError(_IMPORT_ERROR)
         _numba()
-        _step_kernels()
+        for kernel, sig in _hot_signatures():
+            kernel.compile(sig)  # from the on-disk cache (compiled once, on the first run after install)
 
     def set_num_threads(self, n):
         if _IMPORT_ERROR is None:
