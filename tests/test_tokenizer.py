@@ -278,3 +278,24 @@ def test_tokenizer_json_bad_chars_and_gaps(tmp_path):
 def test_tokenizer_json_directory(tmp_path):
     with pytest.raises(TokenizerError, match="directory"):
         get_tokenizer(tmp_path, False)
+
+
+def test_ranks_cache_round_trips_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    """The vocabulary is cached after the first read of a tokenizer.json (the cold start's slowest step);
+    the cache gives the very same ranks, and a cache file that does not add up is read past and rewritten."""
+    from whisperkit import tokenizer as T
+    monkeypatch.setenv("WHISPERKIT_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "tokenizer.json"
+    src.write_bytes(TINY_EN_JSON.read_bytes())
+    want = T._load_ranks(src)
+    assert T._cached_ranks(src) == want
+    cache = T._ranks_cache_file(src)
+    assert cache.is_file()
+    calls = []
+    monkeypatch.setattr(T, "_load_ranks", lambda p: calls.append(p) or want)
+    assert T._cached_ranks(src) == want and calls == []  # from the cache
+    cache.write_bytes(cache.read_bytes()[:-7])  # truncated
+    assert T._cached_ranks(src) == want and calls == [src]  # read past, the JSON read again...
+    assert T._read_ranks_cache(cache) == want  # ... and the cache rewritten whole
+    src.write_bytes(TINY_EN_JSON.read_bytes() + b" ")  # another file (size): another cache entry
+    assert T._ranks_cache_file(src) != cache
