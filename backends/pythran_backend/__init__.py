@@ -82,12 +82,16 @@ def _exponent0_patches(stacks):
     elements with exponent 0 (zeros, subnormals), which the kernel's bit shuffle does not widen exactly."""
     rps, cols, vals, base = [], [], [], 0
     for h in stacks:
-        mask = (h & 0x7C00) == 0
-        counts = mask.sum(axis=-1).astype(np.int64)  # (n_layer, n_out)
+        flat = h.reshape(-1)
+        # the few exponent-0 elements, found in one pass over the bits (a flat index, then row and column:
+        # an N-d nonzero and a per-row count over the whole mask took most of a cold start's prepare)
+        where = np.flatnonzero((flat & np.uint16(0x7C00)) == 0)
+        row, col = np.divmod(where, h.shape[-1])
+        counts = np.bincount(row, minlength=h.shape[0] * h.shape[1]).reshape(h.shape[:2])  # (n_layer, n_out)
         ends = base + np.cumsum(counts.ravel()).reshape(counts.shape)
         rps.append(np.concatenate([ends - counts, ends[:, -1:]], axis=1).astype(np.int32))
-        cols.append(np.nonzero(mask)[-1].astype(np.int32))
-        vals.append(h[mask].view(np.float16).astype(np.float32).view(np.uint32))
+        cols.append(col.astype(np.int32))
+        vals.append(flat[where].view(np.float16).astype(np.float32).view(np.uint32))
         base = int(ends[-1, -1])
     if base >= 2 ** 31:
         raise ValueError("too many float16 zeros and subnormals for the step kernel's int32 patch list")
