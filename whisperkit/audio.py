@@ -1,6 +1,8 @@
 """Audio loading and Whisper's log-mel front end, in NumPy.
 
-Decoding is done by libsndfile (through ``soundfile``) and resampling by ``soxr``; no ffmpeg.
+Decoding is done by libsndfile (through ``soundfile``) for what it reads (wav, flac, ogg, opus, mp3...), and
+by FFmpeg's libraries through PyAV for every other container and codec (m4a/aac, mp4 and other videos, webm,
+mkv, wma...); resampling by ``soxr``; no ffmpeg program.
 The log-mel spectrogram reproduces openai-whisper's ``log_mel_spectrogram`` (periodic Hann
 window, centred STFT with reflect padding, last frame dropped, Slaney mel filterbank).
 """
@@ -104,23 +106,13 @@ def iter_file_blocks(source: Union[str, os.PathLike], sr: int = SAMPLE_RATE):
     try:
         f = soundfile.SoundFile(str(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
-        raise _open_error(path, exc) from None
+        yield from _iter_av_blocks(path, sr, exc)  # a format libsndfile does not know: FFmpeg's decoders
+        return
     except OSError as exc:
         raise AudioError(f"cannot read audio file {path}: {exc}") from None
     with f:
         in_rate, channels = int(f.samplerate), int(f.channels)
-        if not MIN_FILE_RATE <= in_rate <= MAX_FILE_RATE:
-            raise AudioError(
-                f"{path}: declares a sample rate of {in_rate} Hz, outside the supported "
-                f"{MIN_FILE_RATE}..{MAX_FILE_RATE} Hz (a corrupt header?)"
-            )
-        if channels < 1:
-            raise AudioError(f"{path}: declares {channels} channels")
-        resampler = None
-        if in_rate != sr:
-            import soxr
-
-            resampler = soxr.ResampleStream(in_rate, sr, 1, dtype="float32", quality="HQ")
+        resampler = _resampler(path, in_rate, channels, sr)
         block_frames = max(1, _BLOCK_VALUES // channels)
         done = 0  # input frames read so far
         while True:
@@ -139,20 +131,110 @@ def iter_file_blocks(source: Union[str, os.PathLike], sr: int = SAMPLE_RATE):
                     mono = block.mean(axis=1, dtype=np.float64).astype(np.float32)
             else:
                 mono = np.ascontiguousarray(block[:, 0])
-            finite = np.isfinite(mono)
-            if not finite.all():
-                first = done + int(np.flatnonzero(~finite)[0])
-                raise AudioError(
-                    f"{path} contains NaN or Inf samples (first at {first / in_rate:.3f} s, frame {first}); "
-                    "the file is damaged"
-                )
+            out = _finish_block(path, mono, done, in_rate, resampler, last)
             done += block.shape[0]
-            if resampler is not None:
-                mono = resampler.resample_chunk(mono, last=last)
-            if mono.size:
-                yield np.ascontiguousarray(mono, dtype=np.float32)
+            if out.size:
+                yield out
             if last:
                 return
+
+
+def _resampler(path: Path, in_rate: int, channels: int, sr: int):
+    """The checked header facts; a soxr stream to `sr` Hz when the file's rate differs, else None."""
+    if not MIN_FILE_RATE <= in_rate <= MAX_FILE_RATE:
+        raise AudioError(
+            f"{path}: declares a sample rate of {in_rate} Hz, outside the supported "
+            f"{MIN_FILE_RATE}..{MAX_FILE_RATE} Hz (a corrupt header?)"
+        )
+    if channels < 1:
+        raise AudioError(f"{path}: declares {channels} channels")
+    if in_rate == sr:
+        return None
+    import soxr
+
+    return soxr.ResampleStream(in_rate, sr, 1, dtype="float32", quality="HQ")
+
+
+def _finish_block(path: Path, mono: np.ndarray, done: int, in_rate: int, resampler, last: bool) -> np.ndarray:
+    """One block of mono samples, `done` input frames into the file: checked finite, then resampled."""
+    finite = np.isfinite(mono)
+    if not finite.all():
+        first = done + int(np.flatnonzero(~finite)[0])
+        raise AudioError(
+            f"{path} contains NaN or Inf samples (first at {first / in_rate:.3f} s, frame {first}); "
+            "the file is damaged"
+        )
+    if resampler is not None:
+        mono = resampler.resample_chunk(mono, last=last)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _downmix(planes: np.ndarray) -> np.ndarray:
+    """(channels, frames) float32 -> mono float32, channels averaged in float64."""
+    if planes.shape[0] == 1:
+        return np.ascontiguousarray(planes[0])
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf samples: reported by _finish_block
+        return planes.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def _iter_av_blocks(path: Path, sr: int, sndfile_error: BaseException):
+    """`iter_file_blocks` for what libsndfile cannot open: the first audio stream of any container FFmpeg
+    reads (video files included), decoded by PyAV packet by packet into blocks of about one second."""
+    try:
+        import av
+    except ImportError:
+        raise _open_error(path, sndfile_error) from None
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.error.FFmpegError, ValueError, TypeError, RuntimeError, OverflowError) as exc:
+        raise AudioError(f"{path} is not a readable audio file (libsndfile: "
+                         f"{str(sndfile_error).strip() or type(sndfile_error).__name__}; FFmpeg: {_av_reason(exc)})") from None
+    except OSError as exc:
+        raise AudioError(f"cannot read audio file {path}: {exc}") from None
+    with container:
+        if not container.streams.audio:
+            held = ", ".join(f"{len(v)} {k}" for k, v in (("video", container.streams.video),
+                                                          ("subtitle", container.streams.subtitles),
+                                                          ("data", container.streams.data)) if len(v)) or "no streams"
+            raise AudioError(f"{path} has no audio stream (it holds {held}): nothing to transcribe")
+        stream = container.streams.audio[0]
+        ctx = stream.codec_context
+        if ctx is None:
+            raise AudioError(f"{path}: FFmpeg has no decoder for its audio stream")
+        in_rate, channels = int(ctx.sample_rate or 0), int(ctx.channels or 0)
+        resampler = _resampler(path, in_rate, channels, sr)
+        to_planar = av.AudioResampler(format="fltp")  # any sample format -> float32 planes, rate and layout kept
+        pending: list[np.ndarray] = []
+        n_pending, done = 0, 0
+        try:
+            for frame in container.decode(stream):
+                if frame.sample_rate != in_rate:
+                    raise AudioError(f"{path}: the sample rate changes from {in_rate} to {frame.sample_rate} Hz "
+                                     f"at {done / in_rate:.3f} s; not supported")
+                for f in to_planar.resample(frame):
+                    mono = _downmix(f.to_ndarray())
+                    pending.append(mono)
+                    n_pending += mono.size
+                if n_pending >= in_rate:  # about a second: one check and one resampler call per block
+                    block = np.concatenate(pending)
+                    out = _finish_block(path, block, done, in_rate, resampler, False)
+                    done += block.size
+                    pending, n_pending = [], 0
+                    if out.size:
+                        yield out
+        except (av.error.FFmpegError, ValueError, TypeError, RuntimeError, OverflowError) as exc:
+            raise AudioError(
+                f"{path}: decoding failed after {(done + n_pending) / in_rate:.3f} s (FFmpeg: {_av_reason(exc)}); "
+                "the file is truncated or corrupt"
+            ) from None
+        block = np.concatenate(pending) if pending else np.zeros(0, np.float32)
+        out = _finish_block(path, block, done, in_rate, resampler, True)
+        if out.size:
+            yield out
+
+
+def _av_reason(exc: BaseException) -> str:
+    return (getattr(exc, "strerror", None) or str(exc)).strip() or type(exc).__name__
 
 
 def _check_path(source) -> Path:

@@ -1,0 +1,92 @@
+"""Files only FFmpeg reads (through PyAV): containers and codecs built here from a shared clip with PyAV's
+own encoders, in a temporary directory (no media file is kept in git), each transcribed to the wav's text."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from helpers import shared
+from whisperkit.audio import load_audio
+from whisperkit.errors import AudioError
+
+av = pytest.importorskip("av", reason="PyAV is a runtime dependency of whisperkit")
+
+# (file name, container, audio codec, encoder rate, video codec): what users have that libsndfile refuses
+MEDIA = [
+    ("memo.m4a", "ipod", "aac", 16000, None),            # a phone voice memo
+    ("lecture.mp4", "mp4", "aac", 16000, "mpeg4"),       # a video: its first audio stream is read
+    ("call.webm", "webm", "libopus", 48000, None),       # browser recordings
+    ("show.mkv", "matroska", "mp3", 16000, None),
+    ("podcast.aac", "adts", "aac", 16000, None),         # raw AAC
+]
+
+
+def _samples():
+    x, rate = sf.read(shared("audio", "jfk_16k.wav"), dtype="float32")
+    return x if x.ndim == 1 else x.mean(axis=1), rate
+
+
+def _write(path, container, acodec, arate, vcodec, x, rate, audio=True):
+    with av.open(str(path), "w", format=container) as out:
+        a = out.add_stream(acodec, rate=arate, layout="mono") if audio else None
+        if a is not None:
+            a.bit_rate = 160_000  # a good encoder setting, as a user's file would have
+        if vcodec:
+            v = out.add_stream(vcodec, rate=10)
+            v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+            for i in range(int(len(x) / rate * 10)):
+                img = np.full((48, 64, 3), (i * 7) % 255, np.uint8)
+                for pkt in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    out.mux(pkt)
+            for pkt in v.encode():
+                out.mux(pkt)
+        if a is not None:
+            pcm = av.AudioFrame.from_ndarray((x[None] * 32767).astype(np.int16), format="s16", layout="mono")
+            pcm.sample_rate = rate
+            to_codec = av.AudioResampler(format=a.codec_context.format.name, layout="mono", rate=arate,
+                                         frame_size=a.codec_context.frame_size or None)
+            for frame in to_codec.resample(pcm) + to_codec.resample(None):
+                for pkt in a.encode(frame):
+                    out.mux(pkt)
+            for pkt in a.encode():
+                out.mux(pkt)
+    return path
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    x, rate = _samples()
+    return {name: _write(d / name, c, a, r, v, x, rate) for name, c, a, r, v in MEDIA}
+
+
+@pytest.fixture(scope="module")
+def model():
+    from whisperkit import WhisperTiny
+    return WhisperTiny()
+
+
+@pytest.mark.parametrize("name", [m[0] for m in MEDIA])
+def test_libsndfile_refuses_and_pyav_reads_it(media, name):
+    with pytest.raises(Exception):
+        sf.info(str(media[name]))  # the point: these are the files that needed FFmpeg
+    y = load_audio(media[name])
+    x, _ = _samples()
+    assert y.dtype == np.float32 and y.ndim == 1
+    assert abs(len(y) - len(x)) < 0.1 * 16000 + 2048  # codec priming and padding only
+    assert 0.5 < float(np.abs(y).max()) <= 1.05  # the speech is there, scaled as the wav's
+
+
+@pytest.mark.parametrize("name", [m[0] for m in MEDIA])
+def test_transcribes_to_the_wav_text(media, model, name):
+    # beam 5, the CLI's default; greedy decoding tips on the final period of this clip after a lossy codec
+    want = model.transcribe(str(shared("audio", "jfk_16k.wav")), beam_size=5, best_of=5).text
+    assert model.transcribe(str(media[name]), beam_size=5, best_of=5).text == want
+
+
+def test_a_video_without_sound_is_one_clear_error(tmp_path):
+    x, rate = _samples()
+    silent = _write(tmp_path / "screen.mp4", "mp4", None, None, "mpeg4", x[: rate * 2], rate, audio=False)
+    with pytest.raises(AudioError, match=r"screen\.mp4 has no audio stream \(it holds 1 video\)"):
+        load_audio(silent)
