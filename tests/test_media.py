@@ -90,3 +90,47 @@ def test_a_video_without_sound_is_one_clear_error(tmp_path):
     silent = _write(tmp_path / "screen.mp4", "mp4", None, None, "mpeg4", x[: rate * 2], rate, audio=False)
     with pytest.raises(AudioError, match=r"screen\.mp4 has no audio stream \(it holds 1 video\)"):
         load_audio(silent)
+
+
+# ----------------------------------------------------------------------------- damaged files keep their readable part
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory):
+    d = tmp_path_factory.mktemp("damaged")
+    data = shared("audio", "jfk.flac").read_bytes()
+    truncated = d / "truncated.flac"
+    truncated.write_bytes(data[:600_000])
+    garbage = d / "garbage.flac"
+    noise = np.random.default_rng(15).integers(0, 256, 30_000, dtype=np.uint8).tobytes()
+    garbage.write_bytes(data[:300_000] + noise + data[330_000:])
+    return {"truncated": truncated, "garbage": garbage}
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage"])
+def test_a_damaged_flac_transcribes_its_readable_part_and_says_where(damaged, model, kind):
+    from whisperkit.audio import AudioDamageWarning
+    path = damaged[kind]
+    got: list = []
+    samples = load_audio(path, damage=got)
+    assert len(got) == 1 and str(path) in got[0].message
+    assert abs(got[0].seconds - samples.size / 16000) < 0.1  # the time named is what the decoders delivered
+    assert 3.0 < samples.size / 16000 < 11.1
+    with pytest.warns(AudioDamageWarning, match=r"is damaged .*libsndfile") as caught:
+        result = model.transcribe(str(path), beam_size=5, best_of=5)
+    assert len(caught) == 1  # once, although the file is read twice
+    assert result.warnings == [got[0].message] and result.to_dict()["warnings"] == result.warnings
+    assert [w.strip(",.").lower() for w in result.text.split()[:5]] == ["and", "so", "my", "fellow", "americans"]
+    with pytest.raises(AudioError, match=r"decoding failed after \d+\.\d{3} s .*truncated or corrupt"):
+        model.transcribe(str(path), strict_audio=True)
+
+
+def test_a_clean_file_has_no_warnings_key(model):
+    assert "warnings" not in model.transcribe(str(shared("audio", "jfk_16k.wav")), beam_size=5, best_of=5).to_dict()
+
+
+def test_a_file_with_nothing_decodable_stays_an_error(tmp_path):
+    head = tmp_path / "head.flac"
+    head.write_bytes(shared("audio", "jfk.flac").read_bytes()[:9000])  # the header and a part of the first frame
+    with pytest.raises(AudioError, match=r"head\.flac"):
+        load_audio(head)

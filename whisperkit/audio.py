@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Union
+from typing import NamedTuple, Union
 
 import numpy as np
 
@@ -90,8 +90,51 @@ def _open_error(path: Path, exc: BaseException) -> AudioError:
     return AudioError(f"{path} is not a readable audio file (libsndfile: {reason})")
 
 
-def iter_file_blocks(source: Union[str, os.PathLike], sr: int = SAMPLE_RATE):
+class AudioDamage(NamedTuple):
+    """Where a damaged file's decoding stopped: the readable part before it is transcribed."""
+
+    path: str
+    seconds: float  # audio delivered, in seconds of the file
+    reason: str  # the decoders' own words
+
+    @property
+    def message(self) -> str:
+        return (f"{self.path} is damaged ({self.reason}): the {self.seconds:.3f} s of audio that could be "
+                "decoded are transcribed")
+
+
+class AudioDamageWarning(UserWarning):
+    """A damaged audio file of which only the readable part is used (see `AudioDamage`)."""
+
+
+class _Damage:
+    """How a decoding that stops part-way ends: with an AudioError (strict, or nothing decoded at all),
+    else recorded (in `into`, or as an AudioDamageWarning) while the samples before it are kept."""
+
+    def __init__(self, path: Path, strict: bool, into: list | None):
+        self.path, self.strict, self.into = path, strict, into
+
+    def stopped(self, frames: int, rate: int, reason: str) -> None:
+        seconds = frames / rate
+        if self.strict or frames == 0:
+            raise AudioError(f"{self.path}: decoding failed after {seconds:.3f} s ({reason}); "
+                             "the file is truncated or corrupt")
+        damage = AudioDamage(str(self.path), seconds, reason)
+        if self.into is not None:
+            self.into.append(damage)
+        else:
+            import warnings
+            warnings.warn(AudioDamageWarning(damage.message), stacklevel=3)
+
+
+def iter_file_blocks(source: Union[str, os.PathLike], sr: int = SAMPLE_RATE, *, strict: bool = False,
+                     damage: list | None = None):
     """Yield the file's audio as consecutive mono float32 blocks at ``sr`` Hz.
+
+    A file whose decoding fails part-way (truncated, garbage inside) gives the audio decoded before the
+    failure. libsndfile's failure hands over to FFmpeg, which often decodes further. Where it stopped is
+    appended to `damage` as an `AudioDamage`, or, without that list, warned as an `AudioDamageWarning`.
+    With ``strict`` it is an AudioError instead, and so is a file of which nothing decodes.
 
     Never trusts the header's frame count: the file is read in blocks of at most
     ``_BLOCK_VALUES`` values, so memory is bounded by what the file really holds, not by what it
@@ -106,7 +149,7 @@ def iter_file_blocks(source: Union[str, os.PathLike], sr: int = SAMPLE_RATE):
     try:
         f = soundfile.SoundFile(str(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
-        yield from _iter_av_blocks(path, sr, exc)  # a format libsndfile does not know: FFmpeg's decoders
+        yield from _iter_av_blocks(path, sr, exc, _Damage(path, strict, damage))  # a format libsndfile does not know
         return
     except OSError as exc:
         raise AudioError(f"cannot read audio file {path}: {exc}") from None
@@ -119,10 +162,11 @@ def iter_file_blocks(source: Union[str, os.PathLike], sr: int = SAMPLE_RATE):
             try:
                 block = f.read(block_frames, dtype="float32", always_2d=True)
             except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
-                raise AudioError(
-                    f"{path}: decoding failed after {done / in_rate:.3f} s (libsndfile: "
-                    f"{str(exc).strip() or type(exc).__name__}); the file is truncated or corrupt"
-                ) from None
+                # the failing block is lost whole: FFmpeg decodes the file again past the `done` frames
+                # already given, and on into the damage as far as it can
+                yield from _iter_av_blocks(path, sr, exc, _Damage(path, strict, damage), skip=done,
+                                           resampler=resampler, rate=in_rate)
+                return
             except (OSError, MemoryError) as exc:
                 raise AudioError(f"cannot read audio file {path}: {type(exc).__name__}: {exc}") from None
             last = block.shape[0] < block_frames
@@ -177,18 +221,29 @@ def _downmix(planes: np.ndarray) -> np.ndarray:
         return planes.mean(axis=0, dtype=np.float64).astype(np.float32)
 
 
-def _iter_av_blocks(path: Path, sr: int, sndfile_error: BaseException):
-    """`iter_file_blocks` for what libsndfile cannot open: the first audio stream of any container FFmpeg
-    reads (video files included), decoded by PyAV packet by packet into blocks of about one second."""
+def _iter_av_blocks(path: Path, sr: int, sndfile_error: BaseException, damage: _Damage, *, skip: int = 0,
+                    resampler=None, rate: int | None = None):
+    """`iter_file_blocks` by FFmpeg (PyAV): the first audio stream of any container, videos included,
+    decoded packet by packet into blocks of about one second.  With ``skip`` it continues a libsndfile
+    read that failed after ``skip`` frames at ``rate`` Hz (its `resampler` carries on); if FFmpeg cannot
+    go on from there, the file ends where libsndfile stopped."""
+    sndfile = f"libsndfile: {str(sndfile_error).strip() or type(sndfile_error).__name__}"
+    resuming = rate is not None
     try:
         import av
     except ImportError:
-        raise _open_error(path, sndfile_error) from None
+        if not resuming:
+            raise _open_error(path, sndfile_error) from None
+        yield from _flush(path, resampler, skip, rate)
+        return damage.stopped(skip, rate, sndfile)
+    errors = (av.error.FFmpegError, ValueError, TypeError, RuntimeError, OverflowError)
     try:
         container = av.open(str(path), metadata_errors="ignore")
-    except (av.error.FFmpegError, ValueError, TypeError, RuntimeError, OverflowError) as exc:
-        raise AudioError(f"{path} is not a readable audio file (libsndfile: "
-                         f"{str(sndfile_error).strip() or type(sndfile_error).__name__}; FFmpeg: {_av_reason(exc)})") from None
+    except errors as exc:
+        if resuming:
+            yield from _flush(path, resampler, skip, rate)
+            return damage.stopped(skip, rate, f"{sndfile}; FFmpeg: {_av_reason(exc)}")
+        raise AudioError(f"{path} is not a readable audio file ({sndfile}; FFmpeg: {_av_reason(exc)})") from None
     except OSError as exc:
         raise AudioError(f"cannot read audio file {path}: {exc}") from None
     with container:
@@ -202,17 +257,25 @@ def _iter_av_blocks(path: Path, sr: int, sndfile_error: BaseException):
         if ctx is None:
             raise AudioError(f"{path}: FFmpeg has no decoder for its audio stream")
         in_rate, channels = int(ctx.sample_rate or 0), int(ctx.channels or 0)
-        resampler = _resampler(path, in_rate, channels, sr)
+        if resuming and in_rate != rate:  # not the stream libsndfile read: end where it stopped
+            yield from _flush(path, resampler, skip, rate)
+            return damage.stopped(skip, rate, sndfile)
+        if not resuming:
+            resampler = _resampler(path, in_rate, channels, sr)
         to_planar = av.AudioResampler(format="fltp")  # any sample format -> float32 planes, rate and layout kept
         pending: list[np.ndarray] = []
-        n_pending, done = 0, 0
+        n_pending, done, skipped = 0, skip, 0
         try:
             for frame in container.decode(stream):
                 if frame.sample_rate != in_rate:
                     raise AudioError(f"{path}: the sample rate changes from {in_rate} to {frame.sample_rate} Hz "
-                                     f"at {done / in_rate:.3f} s; not supported")
+                                     f"at {(done + n_pending) / in_rate:.3f} s; not supported")
                 for f in to_planar.resample(frame):
                     mono = _downmix(f.to_ndarray())
+                    if skipped < skip:  # what libsndfile gave already
+                        drop = min(skip - skipped, mono.size)
+                        skipped += drop
+                        mono = mono[drop:]
                     pending.append(mono)
                     n_pending += mono.size
                 if n_pending >= in_rate:  # about a second: one check and one resampler call per block
@@ -222,15 +285,21 @@ def _iter_av_blocks(path: Path, sr: int, sndfile_error: BaseException):
                     pending, n_pending = [], 0
                     if out.size:
                         yield out
-        except (av.error.FFmpegError, ValueError, TypeError, RuntimeError, OverflowError) as exc:
-            raise AudioError(
-                f"{path}: decoding failed after {(done + n_pending) / in_rate:.3f} s (FFmpeg: {_av_reason(exc)}); "
-                "the file is truncated or corrupt"
-            ) from None
-        block = np.concatenate(pending) if pending else np.zeros(0, np.float32)
-        out = _finish_block(path, block, done, in_rate, resampler, True)
-        if out.size:
-            yield out
+        except errors as exc:
+            why = f"FFmpeg: {_av_reason(exc)}"
+            yield from _flush(path, resampler, done, in_rate, pending)
+            return damage.stopped(done + n_pending, in_rate, f"{sndfile}; {why}" if resuming else why)
+        yield from _flush(path, resampler, done, in_rate, pending)
+        if resuming:  # FFmpeg read past where libsndfile failed: all of it is kept, and the damage said
+            damage.stopped(done + n_pending, in_rate, f"{sndfile} at {skip / in_rate:.3f} s; FFmpeg decoded on to the end")
+
+
+def _flush(path: Path, resampler, done: int, rate: int, pending: list | None = None):
+    """The last block: what is pending, and the resampler's tail."""
+    block = np.concatenate(pending) if pending else np.zeros(0, np.float32)
+    out = _finish_block(path, block, done, rate, resampler, True)
+    if out.size:
+        yield out
 
 
 def _av_reason(exc: BaseException) -> str:
@@ -256,19 +325,20 @@ def _check_path(source) -> Path:
     return path
 
 
-def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(source: AudioSource, sr: int = SAMPLE_RATE, *, strict: bool = False, damage: list | None = None) -> np.ndarray:
     """Return mono float32 samples at ``sr`` Hz (16 kHz by default).
 
     ``source`` is a path to an audio file libsndfile can read (wav, flac, ogg, mp3, ...), or a
     1-D NumPy array that is already mono at 16 kHz (it is only converted to float32 and checked).
     Integer PCM and 8-bit unsigned files come out scaled to [-1, 1]; several channels are averaged;
     NaN/Inf samples, a sample rate outside [MIN_FILE_RATE, MAX_FILE_RATE] Hz, an unreadable or
-    sample-less file are an :class:`AudioError` naming the file (see :func:`iter_file_blocks`).
+    sample-less file are an :class:`AudioError` naming the file; a file damaged part-way gives its
+    readable part, as :func:`iter_file_blocks` says (``strict``, ``damage``).
     """
     if isinstance(source, np.ndarray):
         return _check_array(source)
     path = _check_path(source)
-    blocks = list(iter_file_blocks(path, sr))
+    blocks = list(iter_file_blocks(path, sr, strict=strict, damage=damage))
     if not blocks:
         raise AudioError(f"audio file contains no samples: {path}")
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)

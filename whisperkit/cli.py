@@ -49,7 +49,7 @@ def _transcribe_options(args, model) -> dict:
         no_speech_threshold=args.no_speech_threshold, word_timestamps=args.word_timestamps,
         prepend_punctuations=args.prepend_punctuations, append_punctuations=args.append_punctuations,
         clip_timestamps=args.clip_timestamps, hallucination_silence_threshold=args.hallucination_silence_threshold,
-        vad_filter=args.vad_filter,
+        vad_filter=args.vad_filter, strict_audio=args.strict_audio,
         progress=False if args.no_progress else None)
 
 
@@ -70,6 +70,10 @@ def cmd_transcribe(args) -> int:
         _warn("--max_words_per_line has no effect with --max_line_width")
     writer_args = {option: getattr(args, option) for option in WORD_OPTIONS}
 
+    import warnings
+
+    from .audio import AudioDamageWarning
+    warnings.simplefilter("ignore", AudioDamageWarning)  # each result's warnings are printed by _emit
     if args.threads:
         set_num_threads(args.threads)
     model = Whisper(args.model, backend=args.backend, download_root=args.model_dir)
@@ -98,6 +102,8 @@ def cmd_transcribe(args) -> int:
 
 def _emit(args, writer, writer_args, path, result) -> None:
     """Write one result's files and print it as the options ask."""
+    for message in result.warnings:  # once each, on stderr (the Python warnings are silenced in main)
+        _warn(message)
     writer(result, path, **writer_args)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
@@ -199,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files transcribed together, their windows batched through the backend (default 1)")
     t.add_argument("--vad_filter", type=_str2bool, default=False,
                    help="transcribe only the speech regions found by the voice-activity filter")
+    t.add_argument("--strict_audio", type=_str2bool, default=False,
+                   help="a file whose decoding fails part-way is an error; by default its readable part is "
+                        "transcribed, with a warning")
     t.add_argument("--threads", type=_optional_int, default=0, help="threads for every backend (0: all cores)")
     t.add_argument("--clip_timestamps", default="0", help="start,end,start,end,... seconds of the clips to process; the last end defaults to the end of the file")
     t.add_argument("--hallucination_silence_threshold", type=_optional_float, default=None,

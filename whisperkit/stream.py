@@ -27,14 +27,15 @@ class _Samples:
     """Forward-only reader of 16 kHz mono float32 samples from a file (`audio.iter_file_blocks`:
     bounded blocks, checked samples, streamed resampling) or from an array."""
 
-    def __init__(self, source):
+    def __init__(self, source, strict: bool = False, damage: list | None = None):
         self.array = _check_array(source) if isinstance(source, np.ndarray) else None
         self.path = None if self.array is not None else source
+        self.strict, self.damage = strict, damage
 
     def blocks(self, seconds: int = BLOCK_SECONDS):
         """Yield consecutive float32 16 kHz mono blocks of the whole audio."""
         if self.array is None:
-            yield from iter_file_blocks(self.path)
+            yield from iter_file_blocks(self.path, strict=self.strict, damage=self.damage)
             return
         step = seconds * SAMPLE_RATE
         for i in range(0, len(self.array), step):
@@ -58,8 +59,11 @@ class StreamingMel:
     `window(seek, n)` equals ``mel[:, seek:seek + n]`` of its whole-file log-mel with 30 s of padding.
     """
 
-    def __init__(self, source, n_mels: int = 80):
+    def __init__(self, source, n_mels: int = 80, strict: bool = False):
+        """A damaged file's readable part is used (`audio.iter_file_blocks`); `damage` then lists where its
+        decoding stopped, or, with ``strict``, the constructor raises AudioError."""
         self.n_mels = n_mels
+        self.strict, self.damage = strict, []
         self.filters = mel_filters(n_mels).astype(np.float64)
         self._source = source
         self._head = None  # the first 201 samples, for the reflect padding at the start
@@ -71,7 +75,7 @@ class StreamingMel:
 
     # ---- pass 1: length and maximum -------------------------------------------------------
     def _first_pass(self) -> tuple[int, float]:
-        samples = _Samples(self._source)
+        samples = _Samples(self._source, self.strict, self.damage)
         n, log_max = 0, -np.inf
         carry = np.zeros(0, np.float64)  # samples not yet covered by a full frame
         next_frame = 0  # index of the next frame to compute
@@ -126,7 +130,7 @@ class StreamingMel:
         if self._reader is not None and max(start, 0) < self._buf_start:
             self._reader, self._buf, self._buf_start = None, np.zeros(0, np.float64), 0
         if self._reader is None:
-            self._reader = _Samples(self._source).blocks()
+            self._reader = _Samples(self._source, damage=[]).blocks()  # the same samples again: pass 1 reported the damage
         have_end = self._buf_start + len(self._buf)
         while have_end < min(end, self.n_samples):
             block = next(self._reader, None)

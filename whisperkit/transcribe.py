@@ -54,10 +54,15 @@ class TranscriptionResult:
     text: str
     segments: list[Segment] = field(default_factory=list)
     language: str = "en"
+    warnings: list[str] = field(default_factory=list)  # e.g. a damaged file of which only a part was read
 
     def to_dict(self) -> dict:
-        """The JSON shape of openai-whisper's transcribe(): {"text", "segments", "language"}."""
-        return {"text": self.text, "segments": [s.to_dict() for s in self.segments], "language": self.language}
+        """The JSON shape of openai-whisper's transcribe(): {"text", "segments", "language"}, plus
+        "warnings" when there are any."""
+        d = {"text": self.text, "segments": [s.to_dict() for s in self.segments], "language": self.language}
+        if self.warnings:
+            d["warnings"] = list(self.warnings)
+        return d
 
 
 @dataclass(frozen=True)
@@ -207,7 +212,7 @@ def _transcription(model: "SpeechModel", audio, *, verbose: bool | None = None,
                    word_timestamps: bool = False, prepend_punctuations: str = PREPEND_PUNCTUATIONS,
                    append_punctuations: str = APPEND_PUNCTUATIONS, hallucination_silence_threshold: float | None = None,
                    progress: bool | None = None, vad_filter: bool = False, vad_options: VadOptions | dict | None = None,
-                   skip_silent_windows: bool = True, **decode_options: Any):
+                   skip_silent_windows: bool = True, strict_audio: bool = False, **decode_options: Any):
     """Generator of one transcription: yields EmbedRequest and DecodeRequest, is sent their answers,
     and returns the TranscriptionResult.
 
@@ -222,6 +227,8 @@ def _transcription(model: "SpeechModel", audio, *, verbose: bool | None = None,
     before it that is longer than this, as openai-whisper does.
     vad_filter: transcribe only the speech regions found by `whisperkit.vad` (joined together), with
     every timestamp mapped back to the original audio; vad_options: a VadOptions or its fields.
+    strict_audio: a file whose decoding fails part-way is an AudioError; by default its readable part is
+    transcribed, with an AudioDamageWarning and the same message in the result's `warnings`.
     skip_silent_windows (default True, a departure from openai-whisper): a window whose log-mel is
     flat at the floor (digital silence, or everything 80 dB below the loudest sound) is skipped
     without decoding; openai-whisper decodes it and tiny.en then often invents " you".
@@ -229,18 +236,21 @@ def _transcription(model: "SpeechModel", audio, *, verbose: bool | None = None,
     The audio is never held whole: the log-mel is computed per window from the file (two streaming
     passes, `whisperkit.stream.StreamingMel`), except with vad_filter, which needs the samples."""
     speech_map = None
+    damage: list = []
     if vad_filter:
         from .audio import load_audio
         from .vad import SpeechMap, join_speech, speech_regions
         vo = vad_options if isinstance(vad_options, VadOptions) else VadOptions(**(vad_options or {}))
-        samples = load_audio(audio)
+        samples = load_audio(audio, strict=strict_audio, damage=damage)
         regions = speech_regions(samples, vo)
         if not regions:
-            return TranscriptionResult(text="", segments=[], language=language or "en")
+            return TranscriptionResult(text="", segments=[], language=language or "en", warnings=_warn_damage(damage))
         speech_map = SpeechMap(regions)
         audio = join_speech(samples, regions)
         del samples
-    mel = StreamingMel(audio, model.dims.n_mels)
+    mel = StreamingMel(audio, model.dims.n_mels, strict=strict_audio)
+    damage += mel.damage
+    warned = _warn_damage(damage)
 
     if not model.dims.is_multilingual:
         language, task = "en", "transcribe"
@@ -279,7 +289,18 @@ def _transcription(model: "SpeechModel", audio, *, verbose: bool | None = None,
         bar.close()
     if speech_map is not None:
         _map_times(result, speech_map)
+    result.warnings = warned
     return result
+
+
+def _warn_damage(damage: list) -> list[str]:
+    """A damaged file's reports, warned once (an AudioDamageWarning each) and returned as messages."""
+    import warnings
+
+    from .audio import AudioDamageWarning
+    for d in damage:
+        warnings.warn(AudioDamageWarning(d.message), stacklevel=4)
+    return [d.message for d in damage]
 
 
 def _map_times(result: TranscriptionResult, speech_map) -> None:
