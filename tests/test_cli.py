@@ -97,3 +97,18 @@ def test_convert_writes_a_loadable_hf_directory(tmp_path):
     from whisperkit import load_model
     m = load_model(tmp_path / "hf")
     assert m.dims.n_text_layer == 4 and m.dims.n_vocab == 51864
+
+
+def test_transcribe_reads_standard_input(golden_tiny, tmp_path):
+    wav = shared("audio", "jfk_16k.wav").read_bytes()
+    proc = subprocess.run([EXE, "transcribe", "-", "--beam_size", "None", "--best_of", "None", "--output_format", "txt"],
+                          input=wav, capture_output=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().strip().splitlines()[-1] == golden_tiny["clips"]["jfk_16k.wav"]["transcribe_greedy"]["text"].strip()
+    assert [p.name for p in tmp_path.iterdir()] == ["stdin.txt"]
+    named = subprocess.run([EXE, "transcribe", "-", "--output_name", "talk", "--output_format", "srt"],
+                           input=shared("audio", "jfk.flac").read_bytes(), capture_output=True, timeout=600, cwd=tmp_path)
+    assert named.returncode == 0, named.stderr
+    assert (tmp_path / "talk.srt").is_file()
+    empty = subprocess.run([EXE, "transcribe", "-"], input=b"", capture_output=True, text=False, timeout=600, cwd=tmp_path)
+    assert empty.returncode == 2 and b"standard input held no audio (0 bytes)" in empty.stderr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -60,6 +61,10 @@ def cmd_transcribe(args) -> int:
     from .threads import set_num_threads
     from .writers import get_writer
 
+    if args.audio.count("-") > 1:
+        raise WhisperkitError("standard input ('-') can be given once")
+    if args.output_name and len(args.audio) > 1:
+        raise WhisperkitError(f"--output_name names the outputs of one input, got {len(args.audio)} inputs")
     if not args.word_timestamps:
         for option in WORD_OPTIONS:
             if getattr(args, option):
@@ -86,18 +91,34 @@ def cmd_transcribe(args) -> int:
     except OSError as exc:
         raise WhisperkitError(f"cannot create the output directory {args.output_dir}: {exc.strerror}") from None
     writer = get_writer(args.output_format, args.output_dir)
-    try:
-        if args.batch_size > 1 and len(args.audio) > 1:
-            results = model.transcribe_batch(args.audio, batch_size=args.batch_size, **options)
-        else:
-            results = (model.transcribe(path, **options) for path in args.audio)
-        for path, result in zip(args.audio, results):
-            _emit(args, writer, writer_args, path, result)
-    except ValueError as exc:  # an option the decoder rejects (e.g. --patience without --beam_size)
-        if isinstance(exc, WhisperkitError):
-            raise
-        raise WhisperkitError(str(exc)) from None
+    with contextlib.ExitStack() as cleanup:
+        sources = [_spool_stdin(cleanup) if a == "-" else a for a in args.audio]  # "-": standard input
+        names = [args.output_name or ("stdin" if a == "-" else a) for a in args.audio]
+        try:
+            if args.batch_size > 1 and len(sources) > 1:
+                results = model.transcribe_batch(sources, batch_size=args.batch_size, **options)
+            else:
+                results = (model.transcribe(path, **options) for path in sources)
+            for name, result in zip(names, results):
+                _emit(args, writer, writer_args, name, result)
+        except ValueError as exc:  # an option the decoder rejects (e.g. --patience without --beam_size)
+            if isinstance(exc, WhisperkitError):
+                raise
+            raise WhisperkitError(str(exc)) from None
     return 0
+
+
+def _spool_stdin(cleanup: contextlib.ExitStack) -> str:
+    """Standard input copied, a MiB at a time, into a temporary file that is removed at the end: the
+    transcription reads its audio twice (the streaming log-mel's two passes), which a pipe cannot give."""
+    import shutil
+    import tempfile
+    tmp = cleanup.enter_context(tempfile.NamedTemporaryFile(prefix="whisperkit-stdin-"))
+    shutil.copyfileobj(sys.stdin.buffer, tmp, 1 << 20)
+    tmp.flush()
+    if tmp.tell() == 0:
+        raise WhisperkitError("standard input held no audio (0 bytes): pipe a file into `whisperkit transcribe -`")
+    return tmp.name
 
 
 def _emit(args, writer, writer_args, path, result) -> None:
@@ -165,7 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("transcribe", help="transcribe audio files (openai-whisper's `whisper` options)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3)")
+    t.add_argument("audio", nargs="+",
+                   help="audio or video files: wav, flac, ogg, opus and mp3 through libsndfile; m4a, aac, mp4, mkv, "
+                        "webm, wma and whatever else FFmpeg reads through PyAV; '-' reads standard input")
+    t.add_argument("--output_name", default=None,
+                   help="base name of the output files of one input (default: the input's name; 'stdin' for '-')")
     t.add_argument("--model", default="tiny.en", help="tiny.en (bundled), base (with the base-model extra), a local directory, or a Hub repo id")
     t.add_argument("--model_dir", default=None, help="where downloaded models are kept")
     t.add_argument("--backend", default="auto",
