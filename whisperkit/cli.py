@@ -50,7 +50,7 @@ def _transcribe_options(args, model) -> dict:
         no_speech_threshold=args.no_speech_threshold, word_timestamps=args.word_timestamps,
         prepend_punctuations=args.prepend_punctuations, append_punctuations=args.append_punctuations,
         clip_timestamps=args.clip_timestamps, hallucination_silence_threshold=args.hallucination_silence_threshold,
-        vad_filter=args.vad_filter, strict_audio=args.strict_audio,
+        vad_filter=args.vad_filter, vad_method=args.vad_method, strict_audio=args.strict_audio,
         progress=False if args.no_progress else None)
 
 
@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files transcribed together, their windows batched through the backend (default 1)")
     t.add_argument("--vad_filter", type=_str2bool, default=False,
                    help="transcribe only the speech regions found by the voice-activity filter")
+    t.add_argument("--vad_method", default="auto", choices=("auto", "silero", "energy"),
+                   help="the voice-activity filter: Silero VAD (the 'vad' extra), our energy filter, or auto "
+                        "(Silero when installed)")
     t.add_argument("--strict_audio", type=_str2bool, default=False,
                    help="a file whose decoding fails part-way is an error; by default its readable part is "
                         "transcribed, with a warning")

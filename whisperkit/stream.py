@@ -28,12 +28,16 @@ class _Samples:
     bounded blocks, checked samples, streamed resampling) or from an array."""
 
     def __init__(self, source, strict: bool = False, damage: list | None = None):
+        """source: a path, an array, or an object whose `blocks()` gives the blocks (`vad.SpeechOnly`)."""
         self.array = _check_array(source) if isinstance(source, np.ndarray) else None
         self.path = None if self.array is not None else source
         self.strict, self.damage = strict, damage
 
     def blocks(self, seconds: int = BLOCK_SECONDS):
         """Yield consecutive float32 16 kHz mono blocks of the whole audio."""
+        if self.array is None and hasattr(self.path, "blocks"):
+            yield from self.path.blocks()
+            return
         if self.array is None:
             yield from iter_file_blocks(self.path, strict=self.strict, damage=self.damage)
             return

@@ -212,6 +212,7 @@ def _transcription(model: "SpeechModel", audio, *, verbose: bool | None = None,
                    word_timestamps: bool = False, prepend_punctuations: str = PREPEND_PUNCTUATIONS,
                    append_punctuations: str = APPEND_PUNCTUATIONS, hallucination_silence_threshold: float | None = None,
                    progress: bool | None = None, vad_filter: bool = False, vad_options: VadOptions | dict | None = None,
+                   vad_parameters: VadOptions | dict | None = None, vad_method: str = "auto",
                    skip_silent_windows: bool = True, strict_audio: bool = False, **decode_options: Any):
     """Generator of one transcription: yields EmbedRequest and DecodeRequest, is sent their answers,
     and returns the TranscriptionResult.
@@ -226,7 +227,8 @@ def _transcription(model: "SpeechModel", audio, *, verbose: bool | None = None,
     looks like a hallucination (improbable, very short or very long words), skip the silence
     before it that is longer than this, as openai-whisper does.
     vad_filter: transcribe only the speech regions found by `whisperkit.vad` (joined together), with
-    every timestamp mapped back to the original audio; vad_options: a VadOptions or its fields.
+    every timestamp mapped back to the original audio; vad_parameters (or vad_options): a VadOptions or
+    its fields, faster-whisper's names; vad_method: "silero", "energy" or "auto" (Silero when installed).
     strict_audio: a file whose decoding fails part-way is an AudioError; by default its readable part is
     transcribed, with an AudioDamageWarning and the same message in the result's `warnings`.
     skip_silent_windows (default True, a departure from openai-whisper): a window whose log-mel is
@@ -234,20 +236,19 @@ def _transcription(model: "SpeechModel", audio, *, verbose: bool | None = None,
     without decoding; openai-whisper decodes it and tiny.en then often invents " you".
 
     The audio is never held whole: the log-mel is computed per window from the file (two streaming
-    passes, `whisperkit.stream.StreamingMel`), except with vad_filter, which needs the samples."""
+    passes, `whisperkit.stream.StreamingMel`); with vad_filter, one more pass finds the speech, and the
+    log-mel's passes read only its regions."""
     speech_map = None
     damage: list = []
     if vad_filter:
-        from .audio import load_audio
-        from .vad import SpeechMap, join_speech, speech_regions
-        vo = vad_options if isinstance(vad_options, VadOptions) else VadOptions(**(vad_options or {}))
-        samples = load_audio(audio, strict=strict_audio, damage=damage)
-        regions = speech_regions(samples, vo)
+        from .vad import SpeechMap, SpeechOnly, find_speech, resolve_method
+        vad_parameters = vad_parameters if vad_parameters is not None else vad_options
+        vo = vad_parameters if isinstance(vad_parameters, VadOptions) else VadOptions(**(vad_parameters or {}))
+        regions = find_speech(audio, vo, resolve_method(vad_method), strict=strict_audio, damage=damage)  # streamed
         if not regions:
             return TranscriptionResult(text="", segments=[], language=language or "en", warnings=_warn_damage(damage))
         speech_map = SpeechMap(regions)
-        audio = join_speech(samples, regions)
-        del samples
+        audio = SpeechOnly(audio, regions)  # read again, region by region, by the streaming log-mel
     mel = StreamingMel(audio, model.dims.n_mels, strict=strict_audio)
     damage += mel.damage
     warned = _warn_damage(damage)
