@@ -191,5 +191,5 @@ def test_zero_samples(tmp_path):
 
 
 def test_not_a_path_or_array():
-    with pytest.raises(AudioError, match="file path or a NumPy array"):
+    with pytest.raises(AudioError, match="a file path, bytes, a binary file object or a NumPy array, got int"):
         load_audio(12345)

@@ -134,3 +134,18 @@ def test_a_file_with_nothing_decodable_stays_an_error(tmp_path):
     head.write_bytes(shared("audio", "jfk.flac").read_bytes()[:9000])  # the header and a part of the first frame
     with pytest.raises(AudioError, match=r"head\.flac"):
         load_audio(head)
+
+
+def test_bytes_and_file_objects_are_read_like_paths(model):
+    import io
+    path = shared("audio", "jfk.flac")
+    data = path.read_bytes()
+    want = load_audio(path)
+    np.testing.assert_array_equal(load_audio(data), want)
+    np.testing.assert_array_equal(load_audio(io.BytesIO(data)), want)
+    with open(path, "rb") as f:
+        assert model.transcribe(f, temperature=0.0).text == model.transcribe(str(path), temperature=0.0).text
+    with open(path, "r", encoding="utf-8") as f, pytest.raises(AudioError, match=r"binary mode \('rb'\)"):
+        load_audio(f)
+    with pytest.raises(AudioError, match="file path, bytes, a binary file object or a NumPy array, got int"):
+        load_audio(123)

@@ -9,6 +9,7 @@ window, centred STFT with reflect padding, last frame dropped, Slaney mel filter
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
@@ -28,7 +29,7 @@ N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # the initial convolutions have stride 2
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 10 ms per audio frame
 TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 20 ms per audio token
 
-AudioSource = Union[str, os.PathLike, np.ndarray]
+AudioSource = Union[str, os.PathLike, bytes, np.ndarray]  # or a binary file object
 
 __all__ = [
     "SAMPLE_RATE",
@@ -306,10 +307,34 @@ def _av_reason(exc: BaseException) -> str:
     return (getattr(exc, "strerror", None) or str(exc)).strip() or type(exc).__name__
 
 
+@contextlib.contextmanager
+def as_file(source):
+    """A path for `source`: bytes, or a binary file object (an upload, a socket's file, sys.stdin.buffer), copied
+    a MiB at a time into a temporary file that is removed on exit, since a transcription reads its audio
+    more than once; a path or an array as it is."""
+    if not (isinstance(source, (bytes, bytearray, memoryview)) or hasattr(source, "read")):
+        yield source
+        return
+    import shutil
+    import tempfile
+    with tempfile.NamedTemporaryFile(prefix="whisperkit-audio-") as tmp:
+        try:
+            if hasattr(source, "read"):
+                shutil.copyfileobj(source, tmp, 1 << 20)
+            else:
+                tmp.write(source)
+        except (TypeError, UnicodeDecodeError):  # a text-mode file: str chunks, or bytes that are not text
+            raise AudioError(f"an audio file object must be opened in binary mode ('rb'), got {source!r}") from None
+        except OSError as exc:
+            raise AudioError(f"cannot read the audio file object {source!r}: {exc}") from None
+        tmp.flush()
+        yield tmp.name
+
+
 def _check_path(source) -> Path:
     if not isinstance(source, (str, os.PathLike)):
         raise AudioError(
-            f"audio source must be a file path or a NumPy array, got {type(source).__name__}"
+            f"audio source must be a file path, bytes, a binary file object or a NumPy array, got {type(source).__name__}"
         )
     path = Path(source)
     try:
@@ -328,8 +353,8 @@ def _check_path(source) -> Path:
 def load_audio(source: AudioSource, sr: int = SAMPLE_RATE, *, strict: bool = False, damage: list | None = None) -> np.ndarray:
     """Return mono float32 samples at ``sr`` Hz (16 kHz by default).
 
-    ``source`` is a path to an audio file libsndfile can read (wav, flac, ogg, mp3, ...), or a
-    1-D NumPy array that is already mono at 16 kHz (it is only converted to float32 and checked).
+    ``source`` is a path to an audio file (libsndfile's formats, and whatever FFmpeg reads through
+    PyAV), its bytes, a binary file object, or a 1-D NumPy array that is already mono at 16 kHz (it is only converted to float32 and checked).
     Integer PCM and 8-bit unsigned files come out scaled to [-1, 1]; several channels are averaged;
     NaN/Inf samples, a sample rate outside [MIN_FILE_RATE, MAX_FILE_RATE] Hz, an unreadable or
     sample-less file are an :class:`AudioError` naming the file; a file damaged part-way gives its
@@ -337,8 +362,9 @@ def load_audio(source: AudioSource, sr: int = SAMPLE_RATE, *, strict: bool = Fal
     """
     if isinstance(source, np.ndarray):
         return _check_array(source)
-    path = _check_path(source)
-    blocks = list(iter_file_blocks(path, sr, strict=strict, damage=damage))
+    with as_file(source) as source:
+        path = _check_path(source)
+        blocks = list(iter_file_blocks(path, sr, strict=strict, damage=damage))
     if not blocks:
         raise AudioError(f"audio file contains no samples: {path}")
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)

@@ -203,7 +203,15 @@ def _hashable(x):
     return tuple(x) if isinstance(x, list) else x
 
 
-def _transcription(model: "SpeechModel", audio, *, verbose: bool | None = None,
+def _transcription(model: "SpeechModel", audio, **options: Any):
+    """`_transcribe_source` of a path or array; bytes and binary file objects are first copied into a
+    temporary file (`audio.as_file`), removed when the transcription ends."""
+    from .audio import as_file
+    with as_file(audio) as source:
+        return (yield from _transcribe_source(model, source, **options))
+
+
+def _transcribe_source(model: "SpeechModel", audio, *, verbose: bool | None = None,
                    temperature: float | Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                    compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
                    no_speech_threshold: float | None = 0.6, condition_on_previous_text: bool = True,
