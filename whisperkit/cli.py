@@ -97,6 +97,9 @@ def cmd_transcribe(args) -> int:
         try:
             if args.batch_size > 1 and len(sources) > 1:
                 results = model.transcribe_batch(sources, batch_size=args.batch_size, **options)
+            elif args.batch_size > 1:  # one file: its VAD chunks decoded batch_size at a time (whisperkit.chunked)
+                chunked = {k: v for k, v in options.items() if k not in ("vad_filter", "clip_timestamps", "condition_on_previous_text")}
+                results = [model.transcribe(sources[0], batch_size=args.batch_size, **chunked)]
             else:
                 results = (model.transcribe(path, **options) for path in sources)
             for name, result in zip(names, results):
@@ -227,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max_words_per_line", type=_optional_int, default=None,
                    help="(needs --word_timestamps True, no effect with --max_line_width) words in a line")
     t.add_argument("--batch_size", type=int, default=1,
-                   help="files transcribed together, their windows batched through the backend (default 1)")
+                   help="several files: transcribed together, their windows batched through the backend; one file: "
+                        "its speech (the VAD's) in chunks of up to 30 s, decoded this many at a time, without "
+                        "conditioning on the text before (not token-exact with openai-whisper) (default 1)")
     t.add_argument("--vad_filter", type=_str2bool, default=False,
                    help="transcribe only the speech regions found by the voice-activity filter")
     t.add_argument("--vad_method", default="auto", choices=("auto", "silero", "energy"),

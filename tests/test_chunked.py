@@ -1,0 +1,77 @@
+"""Batched transcription of one long file (`whisperkit.chunked`): the VAD's speech in chunks of at most
+30 s, decoded several rows at a time, timestamps mapped back to the file."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import shared
+from whisperkit.audio import SAMPLE_RATE as SR, load_audio
+from whisperkit.chunked import _ChunkReader, speech_chunks
+from whisperkit.vad import VadOptions, find_speech
+
+VAD = dict(vad_method="energy")  # the filter every install has; the chunking is the same with Silero
+
+
+def test_speech_chunks_join_regions_within_30_s_and_cut_longer_ones():
+    s = SR
+    assert speech_chunks([(0, 5 * s), (8 * s, 20 * s), (25 * s, 40 * s)]) == [(0, 20 * s), (25 * s, 40 * s)]
+    assert speech_chunks([(0, 70 * s)]) == [(0, 30 * s), (30 * s, 60 * s), (60 * s, 70 * s)]
+    assert speech_chunks([]) == []
+    chunks = speech_chunks([(i * 7 * s, i * 7 * s + 3 * s) for i in range(20)])
+    assert all(e - b <= 30 * s for b, e in chunks) and chunks[0][0] == 0 and chunks[-1][1] == 19 * 7 * s + 3 * s
+
+
+@pytest.fixture(scope="module")
+def long_audio():
+    """jfk, 40 s of silence, osr, 5 s of silence, pv_en: several chunks of different lengths."""
+    parts = [load_audio(shared("audio", "jfk_16k.wav")), np.zeros(40 * SR, np.float32),
+             load_audio(shared("audio", "osr_16k.wav")), np.zeros(5 * SR, np.float32), load_audio(shared("audio", "pv_en.wav"))]
+    return np.concatenate(parts)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from whisperkit import WhisperTiny
+    return WhisperTiny()
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_each_chunk_gets_the_tokens_it_gets_alone(model, long_audio, batch_size):
+    chunks = speech_chunks(find_speech(long_audio, VadOptions(), "energy"))
+    assert len(chunks) >= 3 and len({e - s for s, e in chunks}) == len(chunks)  # rows that finish at different steps
+    result = model.transcribe(long_audio, batch_size=batch_size, temperature=0.0, **VAD)
+    alone = [model.transcribe(long_audio[s:e], temperature=0.0, condition_on_previous_text=False) for s, e in chunks]
+    assert [t for r in alone for seg in r.segments for t in seg.tokens] == [t for seg in result.segments for t in seg.tokens]
+    assert result.text == "".join(r.text for r in alone)
+    starts = [seg.start for seg in result.segments]
+    assert starts == sorted(starts) and result.segments[-1].end <= len(long_audio) / SR + 0.01
+    osr = next(seg for seg in result.segments if "ring" in seg.text)
+    assert osr.start >= 51.0 - 0.5  # the osr clip starts at 11 + 40 s in the file, not at 0 of its chunk
+
+
+def test_word_timestamps_in_batched_mode_are_file_times(model, long_audio):
+    result = model.transcribe(long_audio, batch_size=4, temperature=0.0, word_timestamps=True, **VAD)
+    words = [w for seg in result.segments for w in seg.words]
+    assert words and all(seg.start - 0.01 <= w["start"] <= w["end"] <= seg.end + 0.01
+                         for seg in result.segments for w in seg.words)
+    ring = next(w for w in words if "ring" in w["word"])
+    assert 51.0 < ring["start"] < 56.0
+
+
+def test_an_all_silent_file_gives_an_empty_result(model):
+    result = model.transcribe(np.zeros(60 * SR, np.float32), batch_size=8, **VAD)
+    assert result.text == "" and result.segments == []
+
+
+def test_options_that_batched_mode_fixes_are_refused(model, long_audio):
+    with pytest.raises(ValueError, match="condition_on_previous_text cannot be set in batched mode"):
+        model.transcribe(long_audio, batch_size=4, condition_on_previous_text=True, **VAD)
+
+
+def test_the_chunk_reader_reads_forward_spans_of_a_file():
+    path = shared("audio", "osr_16k.wav")
+    x = load_audio(path)
+    reader = _ChunkReader(path)
+    for s, e in [(100, 5000), (4000, 300_000), (300_000, 300_001), (400_000, len(x) + 999)]:
+        np.testing.assert_array_equal(reader.read(s, e), x[s:min(e, len(x))])
