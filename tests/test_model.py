@@ -95,3 +95,21 @@ def test_kv_cache_reorder_moves_only_the_filled_prefix_of_rows_that_change():
     np.testing.assert_array_equal(c.v[:, :, :5], v0[:, index, :5])
     np.testing.assert_array_equal(c.k[:, :, 5:], k0[:, :, 5:])
     np.testing.assert_array_equal(c.v[:, :, 5:], v0[:, :, 5:])
+
+
+def test_kv_cache_select_keeps_the_caches_c_contiguous():
+    """Rows leaving a batch must not leave caches a backend has to copy at every later step."""
+    from whisperkit.model import KVCache
+    from whisperkit.weights.layout import ModelDimensions
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=6, n_audio_state=8, n_audio_head=2, n_audio_layer=1,
+                           n_vocab=10, n_text_ctx=5, n_text_state=8, n_text_head=2, n_text_layer=2)
+    c = KVCache(dims, batch=4)
+    c.k[:] = np.arange(c.k.size, dtype=np.float32).reshape(c.k.shape)
+    c.cross_k = np.arange(2 * 4 * 6 * 8, dtype=np.float32).reshape(2, 4, 6, 8)
+    c.cross_v = c.cross_k + 1
+    want_k, want_cross = c.k[:, [0, 2]].copy(), c.cross_k[:, [0, 2]].copy()
+    c.select(np.array([0, 2]))
+    for a in (c.k, c.v, c.cross_k, c.cross_v):
+        assert a.flags.c_contiguous and a.shape[1] == 2
+    np.testing.assert_array_equal(c.k, want_k)
+    np.testing.assert_array_equal(c.cross_k, want_cross)

@@ -106,8 +106,10 @@ class KVCache:
             self.cross_k = np.repeat(self.cross_k, self.group, axis=1)
             self.cross_v = np.repeat(self.cross_v, self.group, axis=1)
             self.group = 1
-        self.k, self.v = self.k[:, rows], self.v[:, rows]
-        self.cross_k, self.cross_v = self.cross_k[:, rows], self.cross_v[:, rows]
+        # np.take, not [:, rows]: a slice before an index array gives a result that is not C-contiguous, and
+        # the backends would then copy every cache at every step (measured: 2.7 s of 6.7 s of decoding, issue 17)
+        self.k, self.v = np.take(self.k, rows, axis=1), np.take(self.v, rows, axis=1)
+        self.cross_k, self.cross_v = np.take(self.cross_k, rows, axis=1), np.take(self.cross_v, rows, axis=1)
 
 
 class TextDecoder:
