@@ -122,12 +122,18 @@ class Whisper:
         tokenizer = self.tokenizer_for(language=language, task=options.task)
         return DecodingTask(self.graph, tokenizer, options).run(features)[0]
 
-    def transcribe(self, audio, **options: Any) -> TranscriptionResult:
-        """Transcribe a path or a float32 16 kHz mono array; options as openai-whisper's transcribe().
+    def transcribe(self, audio, *, batch_size: int | None = None, **options: Any) -> TranscriptionResult:
+        """Transcribe a path, bytes, a binary file object or a float32 16 kHz mono array; options as
+        openai-whisper's transcribe(): the sequential loop, token-exact with openai-whisper.  With
+        `batch_size`, the batched pipeline instead (`whisperkit.chunked`): the VAD's speech in chunks of at
+        most 30 s, `batch_size` rows decoded together, no conditioning on the text before.
 
         A model may be shared between threads: each call keeps its own KV cache and decoding state;
         on a backend that is not `thread_safe` the calls take turns (one lock per backend instance)."""
         with self._lock:
+            if batch_size is not None:
+                from .chunked import transcribe_chunked
+                return transcribe_chunked(self, audio, batch_size=batch_size, **options)
             return transcribe(self, audio, **options)
 
     def transcribe_batch(self, sources, batch_size: int = 8, **options: Any) -> list[TranscriptionResult]:

@@ -127,14 +127,9 @@ def _decode_with_fallback(features: np.ndarray, tokenizer: "Tokenizer", options:
     return result
 
 
-def transcribe(model: "SpeechModel", audio, *, batch_size: int | None = None, **options: Any) -> TranscriptionResult:
+def transcribe(model: "SpeechModel", audio, **options: Any) -> TranscriptionResult:
     """openai-whisper's transcribe() with its option names and defaults (see `_transcription`): the
-    sequential loop, token-exact with openai-whisper.  With `batch_size`, the batched chunked pipeline
-    instead (`whisperkit.chunked`): the VAD's speech in chunks of at most 30 s, `batch_size` rows decoded
-    together, no conditioning on the text before."""
-    if batch_size is not None:
-        from .chunked import transcribe_chunked
-        return transcribe_chunked(model, audio, batch_size=batch_size, **options)
+    sequential loop, token-exact with openai-whisper.  (`whisperkit.chunked` is the batched one.)"""
     return _drive(model, _transcription(model, audio, **options))
 
 
