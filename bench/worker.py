@@ -299,8 +299,7 @@ class _Server:
     def registry(self) -> dict:
         from whisperkit.registry import get_registry
         reg = get_registry()
-        for i in reg.infos.values():  # usable only when it loads here
-            reg._ready(i)
+        reg.load_all()  # usable only when it loads here
         auto = reg.auto_name()
         return {"backends": [dict(name=n, usable=i.usable, version=i.version, reason=i.reason, ops=list(i.ops),
                                   auto_rank=i.auto_rank, auto=n == auto)

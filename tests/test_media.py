@@ -78,11 +78,15 @@ def test_libsndfile_refuses_and_pyav_reads_it(media, name):
     assert 0.5 < float(np.abs(y).max()) <= 1.05  # the speech is there, scaled as the wav's
 
 
-@pytest.mark.parametrize("name", [m[0] for m in MEDIA])
-def test_transcribes_to_the_wav_text(media, model, name):
+@pytest.fixture(scope="module")
+def wav_text(model):
     # beam 5, the CLI's default; greedy decoding tips on the final period of this clip after a lossy codec
-    want = model.transcribe(str(shared("audio", "jfk_16k.wav")), beam_size=5, best_of=5).text
-    assert model.transcribe(str(media[name]), beam_size=5, best_of=5).text == want
+    return model.transcribe(str(shared("audio", "jfk_16k.wav")), beam_size=5, best_of=5).text
+
+
+@pytest.mark.parametrize("name", [m[0] for m in MEDIA])
+def test_transcribes_to_the_wav_text(media, model, wav_text, name):
+    assert model.transcribe(str(media[name]), beam_size=5, best_of=5).text == wav_text
 
 
 def test_a_video_without_sound_is_one_clear_error(tmp_path):

@@ -112,16 +112,15 @@ def cmd_transcribe(args) -> int:
 
 
 def _spool_stdin(cleanup: contextlib.ExitStack) -> str:
-    """Standard input copied, a MiB at a time, into a temporary file that is removed at the end: the
-    transcription reads its audio twice (the streaming log-mel's two passes), which a pipe cannot give."""
-    import shutil
-    import tempfile
-    tmp = cleanup.enter_context(tempfile.NamedTemporaryFile(prefix="whisperkit-stdin-"))
-    shutil.copyfileobj(sys.stdin.buffer, tmp, 1 << 20)
-    tmp.flush()
-    if tmp.tell() == 0:
+    """Standard input as a temporary file (`audio.as_file`), removed at the end: the transcription reads its
+    audio twice (the streaming log-mel's two passes), which a pipe cannot give."""
+    import os
+
+    from .audio import as_file
+    path = cleanup.enter_context(as_file(sys.stdin.buffer))
+    if os.path.getsize(path) == 0:
         raise WhisperkitError("standard input held no audio (0 bytes): pipe a file into `whisperkit transcribe -`")
-    return tmp.name
+    return path
 
 
 def _emit(args, writer, writer_args, path, result) -> None:
@@ -145,9 +144,7 @@ def _emit(args, writer, writer_args, path, result) -> None:
 def cmd_backends(args) -> int:
     from .registry import get_registry
     reg = get_registry()
-    for name in reg.names():  # listed as usable only when it loads here
-        if reg.infos[name].usable:
-            reg._ready(reg.infos[name])
+    reg.load_all()  # listed as usable only when it loads here
     pick = reg.auto_name()
     rows = []
     for name in reg.names():

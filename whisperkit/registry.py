@@ -149,6 +149,11 @@ class Registry:
                 log.warning("backend %s cannot be used: %s", info.name, info.reason)
         return info.usable
 
+    def load_all(self) -> None:
+        """Load every usable backend, so that `usable` says whether each really loads here (listings)."""
+        for info in self.infos.values():
+            self._ready(info)
+
     def get(self, name: str) -> Backend:
         if name == AUTO:
             return self.auto()

@@ -74,11 +74,6 @@ class _Counted:
             yield b
 
 
-def silero_regions(audio: np.ndarray, options: VadOptions = VadOptions()) -> list[tuple[int, int]]:
-    """`find_speech` by Silero, on an array."""
-    return find_speech(audio, options, "silero")
-
-
 def _silero_regions(probs: np.ndarray, n_samples: int, options: VadOptions) -> list[tuple[int, int]]:
     """Speech ranges [start, end) from Silero's per-chunk probabilities, as faster-whisper forms them: speech
     starts at a chunk at or above `threshold` and ends after `min_silence_duration_ms` below `neg_threshold`;
@@ -170,14 +165,6 @@ def _frame_features_blocks(blocks) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(levels), np.concatenate(flats)
 
 
-def speech_regions(audio: np.ndarray, options: VadOptions = VadOptions()) -> list[tuple[int, int]]:
-    """Sample ranges [start, end) of speech in 16 kHz mono audio by the energy filter, padded and merged."""
-    if len(audio) == 0:
-        return []
-    level, flatness = _frame_features(audio)
-    return _energy_regions(level, flatness, len(audio), options)
-
-
 def _energy_regions(level: np.ndarray, flatness: np.ndarray, n_samples: int, options: VadOptions) -> list[tuple[int, int]]:
     if n_samples == 0 or level.size == 0:
         return []
@@ -242,9 +229,3 @@ class SpeechOnly:
             at = end
             if k == len(self.regions):
                 return
-
-
-def join_speech(audio: np.ndarray, regions: list[tuple[int, int]]) -> np.ndarray:
-    if not regions:
-        return np.zeros(0, np.float32)
-    return np.concatenate([audio[s:e] for s, e in regions]).astype(np.float32)
