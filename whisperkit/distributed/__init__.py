@@ -86,7 +86,7 @@ class JobReport:
         c = self.counts
         lines = [f"{c['transcribed']} transcribed, {c['skipped']} skipped (complete before), {c['failed']} failed"
                  + (f", {c['pending']} not done (interrupted)" if c["pending"] else "")]
-        if self.wall_seconds > 0 and self.actors:
+        if self.wall_seconds > 0 and self.actors and self.audio_seconds > 0:
             lines.append(f"{self.audio_seconds:.1f} s of audio in {self.wall_seconds:.1f} s: {self.speed:.1f} audio "
                          f"hours per wall hour; {self.actors} actor{'s' * (self.actors > 1)} x {self.threads_per_actor} "
                          f"thread{'s' * (self.threads_per_actor > 1)}: {self.speed / self.actors:.1f} per actor")
@@ -141,7 +141,7 @@ def transcribe_dataset(inputs, output_dir, *, model: str = "tiny.en", backend: s
             todo.append(item)
     report = JobReport(list(rows.values()), out, threads_per_actor=threads,
                        options=dict(model=model, backend=backend, compute_type=compute_type, batch_size=batch_size,
-                                    formats=list(formats), **{k: _jsonable(v) for k, v in options.items()}))
+                                    formats=list(formats), **{k: _jsonable(v) for k, v in options.items() if k not in _OWN_OPTIONS}))
     try:
         if todo:
             _run(report, rows, todo, address, actors, threads, batch_size, progress,

@@ -3,6 +3,7 @@ pool against the cluster's CPUs."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -10,8 +11,6 @@ import tempfile
 
 from ..errors import WhisperkitError
 
-#: the environment a private local cluster is started with (token authentication, the token never on disk)
-_AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
 _TOKEN = secrets.token_hex(32)  # one per process: Ray's token loader caches the first token it reads
 
 
@@ -34,8 +33,33 @@ def connected(address: str | None):
     one).  An address ("host:port", "auto", "ray://host:10001"): that cluster, left running.  A Ray already
     initialised in this process is used as it is."""
     ray = import_ray()
+    with _quiet_ray_logs():
+        with _connect(ray, address):
+            yield ray
+
+
+#: Ray's loggers that speak on the driver's stderr of what the job handles itself: Ray Data's execution notes and
+#: its "progress bars disabled" (the job draws its own bar), the private cluster's token notice
+_NOISY = ("ray.data", "ray._private.authentication")
+
+
+@contextlib.contextmanager
+def _quiet_ray_logs():
+    loggers = [logging.getLogger(name) for name in _NOISY]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _connect(ray, address):
     if ray.is_initialized():
-        yield ray
+        yield
         return
     if address not in (None, "local"):
         try:
@@ -44,7 +68,7 @@ def connected(address: str | None):
             raise WhisperkitError(f"cannot join the Ray cluster at {address}: {type(exc).__name__}: "
                                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
         try:
-            yield ray
+            yield
         finally:
             ray.shutdown()
         return
@@ -54,7 +78,7 @@ def connected(address: str | None):
             ray.init(address="local", _temp_dir=temp_dir, include_dashboard=False, logging_level="WARNING",
                      log_to_driver=False, configure_logging=True)
             try:
-                yield ray
+                yield
             finally:
                 ray.shutdown()
         finally:
@@ -63,17 +87,17 @@ def connected(address: str | None):
 
 @contextlib.contextmanager
 def _private_auth():
-    """Token authentication for the local cluster, with a token held only in this process's environment (and
-    its children's), unless the user set up Ray's authentication; Ray would otherwise write ~/.ray/auth_token."""
-    if any(os.environ.get(k) for k in (*_AUTH_ENV, "RAY_AUTH_TOKEN_PATH")):
+    """The token of the local cluster (Ray turns token authentication on for a local cluster) held only in this
+    process's environment and its children's, unless the user set up Ray's authentication: Ray would otherwise
+    write a token to ~/.ray/auth_token."""
+    if any(os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
         yield
         return
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=_TOKEN)
+    os.environ["RAY_AUTH_TOKEN"] = _TOKEN
     try:
         yield
     finally:
-        for k in _AUTH_ENV:
-            os.environ.pop(k, None)
+        os.environ.pop("RAY_AUTH_TOKEN", None)
 
 
 def node_cpus(ray) -> list[int]:

@@ -24,8 +24,7 @@ def write_outputs(result: dict, item: Item, output_dir: str, formats: tuple[str,
         name = os.path.basename(item.source)  # the writers name a file after the input, less its extension
         written = []
         for fmt in formats:
-            options = writer_options if fmt in ("srt", "vtt") else {}  # the line options only shape subtitles
-            path = get_writer(fmt, tmp)(result, name, **options)
+            path = get_writer(fmt, tmp)(result, name, **writer_options)
             _fsync(path)
             written.append(path)
         for path in written:  # in the order of `formats`: the JSON, which marks the input complete, comes last
@@ -44,7 +43,7 @@ def write_json_atomically(path: str, data) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):  # another cleaner was first
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 

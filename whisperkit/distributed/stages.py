@@ -6,7 +6,7 @@ the job goes on and the manifest says what went wrong.
 Rows between the stages: source, key (the `plan.Item`), audio (float32, empty when decoding failed), error
 (str, "" when none), warnings (JSON list of str: a damaged file's report).  Rows out of the transcriber:
 source, key, status ("transcribed" or "failed"), error, warnings, audio_seconds, seconds (transcription time),
-worker ("<node ip> pid <pid>").
+worker ("<node ip> pid <pid> (node <Ray node id, 8 digits>)").
 """
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ class Transcriber:
         self.threads, self.output_dir, self.formats = threads, output_dir, tuple(formats)
         self.writer_options, self.options = writer_options, options
         import ray
-        self.worker = f"{ray.util.get_node_ip_address()} pid {os.getpid()}"
+        node = ray.get_runtime_context().get_node_id()[:8]
+        self.worker = f"{ray.util.get_node_ip_address()} pid {os.getpid()} (node {node})"
 
     def __call__(self, batch: dict) -> dict:
         limit_threads(self.threads)  # Ray Data calls from a thread of its own; Numba's setting is per thread
