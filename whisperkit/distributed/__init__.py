@@ -85,7 +85,7 @@ class JobReport:
     def summary(self) -> str:
         c = self.counts
         lines = [f"{c['transcribed']} transcribed, {c['skipped']} skipped (complete before), {c['failed']} failed"
-                 + (f", {c['pending']} not done (interrupted)" if c["pending"] else "")]
+                 + (f", {c['pending']} not done" if c["pending"] else "") + (" (interrupted)" if self.interrupted else "")]
         if self.wall_seconds > 0 and self.actors and self.audio_seconds > 0:
             lines.append(f"{self.audio_seconds:.1f} s of audio in {self.wall_seconds:.1f} s: {self.speed:.1f} audio "
                          f"hours per wall hour; {self.actors} actor{'s' * (self.actors > 1)} x {self.threads_per_actor} "
@@ -142,19 +142,21 @@ def transcribe_dataset(inputs, output_dir, *, model: str = "tiny.en", backend: s
     report = JobReport(list(rows.values()), out, threads_per_actor=threads,
                        options=dict(model=model, backend=backend, compute_type=compute_type, batch_size=batch_size,
                                     formats=list(formats), **{k: _jsonable(v) for k, v in options.items() if k not in _OWN_OPTIONS}))
+    ran = False
     try:
         if todo:
             _run(report, rows, todo, address, actors, threads, batch_size, progress,
                  dict(model=model, backend=backend, compute_type=compute_type, threads=threads,
                       download_root=download_root, output_dir=out, formats=formats,
                       writer_options=dict(writer_options or {}), options=options))
+        ran = True
     except KeyboardInterrupt:
         report.interrupted = True
         raise
     finally:
         remove_leftovers(out)  # the job's workers are gone: what is still temporary was left by a killed one
         write_json_atomically(manifest_path(out), report.manifest())
-        if progress and (todo or not items):
+        if progress and (ran or report.interrupted):
             print(f"whisperkit: {report.summary()}", file=sys.stderr)
     return report
 
