@@ -369,6 +369,18 @@ def test_an_actor_needing_more_cpus_than_a_node_has_is_one_clear_error(cluster, 
         transcribe_dataset(shared("audio", "jfk.flac"), tmp_path, address=cluster.address, threads_per_actor=2)
 
 
+def test_a_model_that_does_not_load_on_the_actors_is_one_clear_error(cluster, tmp_path):
+    from whisperkit.distributed import transcribe_dataset
+    from whisperkit.errors import WhisperkitError
+    with pytest.raises(WhisperkitError) as err:
+        transcribe_dataset(_clips_dir(tmp_path / "clips", ["pv_en.wav"], corrupt=False), tmp_path / "out",
+                           address=cluster.address, model="no-such-model", progress=False)
+    assert str(err.value).startswith("the model could not be loaded on ")
+    assert "'no-such-model' is not a local path, a bundled model" in str(err.value)
+    manifest = json.loads((tmp_path / "out" / "whisperkit-manifest.json").read_text())
+    assert manifest["counts"]["failed"] == 1 and "no-such-model" in manifest["inputs"][0]["error"]
+
+
 def test_cli_on_the_cluster_writes_the_one_process_files_and_exits_with_the_failures(cluster, tmp_path):
     clips = _clips_dir(tmp_path / "clips", ["jfk.flac", "pv_en.wav"])
     env = dict(os.environ)

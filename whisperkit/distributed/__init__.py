@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ..errors import WhisperkitError
 from .plan import Item, expand_inputs, formats_of, is_complete, probe_seconds
-from .stages import check_compute_type
+from .stages import MODEL_ERROR, check_compute_type
 
 __all__ = ["transcribe_dataset", "JobReport"]
 
@@ -155,6 +155,9 @@ def transcribe_dataset(inputs, output_dir, *, model: str = "tiny.en", backend: s
         raise
     finally:
         remove_leftovers(out)  # the job's workers are gone: what is still temporary was left by a killed one
+        for item in todo:  # written by an actor, its row not yet back when the job was stopped
+            if rows[item.source]["status"] == "pending" and is_complete(item, out, formats):
+                rows[item.source]["status"] = "transcribed"
         write_json_atomically(manifest_path(out), report.manifest())
         if progress and (ran or report.interrupted):
             print(f"whisperkit: {report.summary()}", file=sys.stderr)
@@ -185,6 +188,9 @@ def _run(report: JobReport, rows: dict, todo: list[Item], address, actors, threa
         if row["status"] == "pending" and not report.interrupted:
             row.update(status="failed", error=f"{item.source}: no result: the worker transcribing it died "
                                               f"{MAX_TASK_RETRIES + 1} times (Ray's retries exhausted)")
+    model_errors = [rows[i.source]["error"] for i in todo if rows[i.source]["error"].startswith(MODEL_ERROR)]
+    if model_errors and not any(rows[i.source]["status"] == "transcribed" for i in todo):
+        raise WhisperkitError(model_errors[0])  # nothing can be transcribed: one error, not one per input
 
 
 def _pipeline(ray, todo: list[Item], actors: int, threads: int, batch_size: int, actor_kwargs: dict):
@@ -196,7 +202,7 @@ def _pipeline(ray, todo: list[Item], actors: int, threads: int, batch_size: int,
     # from the actors (on a node of N cores, N one-thread actors leave no CPU for a task that asks for one, and
     # the job would stall).  Its concurrency is bounded instead, so it runs just ahead of the actors.
     ds = ds.map_batches(decode, fn_kwargs={"strict_audio": bool(actor_kwargs["options"].get("strict_audio"))},
-                        batch_size=1, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=actors + 1))
+                        batch_size=1, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=min(actors + 1, len(todo))))
     with warnings.catch_warnings():
         # max_restarts and max_task_retries have no named parameter in Ray 2.60: they go as remote args, which
         # Ray 2.60 warns are deprecated for 2.64 (hence the extra's bound, ray<2.64)
@@ -223,16 +229,17 @@ def _iter_rows(ds):
 
 
 def _root_cause(exc: BaseException) -> str:
-    """The innermost error of a Ray error chain, as "Type: message" (its first line)."""
-    seen = set()
-    while id(exc) not in seen:
+    """The error under a Ray error chain: whisperkit's own if there is one, else the innermost, as "Type: message"
+    (its last line)."""
+    chain, seen = [], set()
+    while isinstance(exc, BaseException) and id(exc) not in seen:
         seen.add(id(exc))
-        inner = getattr(exc, "cause", None) or exc.__cause__
-        if not isinstance(inner, BaseException):
-            break
-        exc = inner
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"
+        chain.append(exc)
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    ours = [e for e in chain if isinstance(e, WhisperkitError)]
+    cause = ours[0] if ours else chain[-1]
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"
 
 
 def _bar(total: float, progress: bool):

@@ -19,6 +19,9 @@ import numpy as np
 
 from ..errors import WhisperkitError
 
+#: how the error of every input of an actor whose model did not load begins
+MODEL_ERROR = "the model could not be loaded"
+
 #: the compute types this version runs; issue 18 (int8) adds its own here and in `load_model`
 COMPUTE_TYPES = ("float32",)
 
@@ -72,13 +75,19 @@ class Transcriber:
 
     def __init__(self, *, model: str, backend: str, compute_type: str, threads: int, download_root: str | None,
                  output_dir: str, formats: tuple, writer_options: dict, options: dict):
-        limit_threads(threads)  # before the model: backends size their pools when they are created
-        self.model = load_model(model, backend, compute_type, download_root)
-        self.threads, self.output_dir, self.formats = threads, output_dir, tuple(formats)
-        self.writer_options, self.options = writer_options, options
         import ray
         node = ray.get_runtime_context().get_node_id()[:8]
         self.worker = f"{ray.util.get_node_ip_address()} pid {os.getpid()} (node {node})"
+        self.threads, self.output_dir, self.formats = threads, output_dir, tuple(formats)
+        self.writer_options, self.options = writer_options, options
+        limit_threads(threads)  # before the model: backends size their pools when they are created
+        self.model, self.model_error = None, ""
+        try:
+            self.model = load_model(model, backend, compute_type, download_root)
+        except WhisperkitError as exc:
+            # Raised here, Ray would restart the actor again and again and print its traceback each time; kept,
+            # it fails this actor's inputs with one clear message (and the driver stops on it: see transcribe_dataset)
+            self.model_error = f"{MODEL_ERROR} on {self.worker}: {exc}"
 
     def __call__(self, batch: dict) -> dict:
         limit_threads(self.threads)  # Ray Data calls from a thread of its own; Numba's setting is per thread
@@ -87,6 +96,9 @@ class Transcriber:
         rows = [dict(source=i.source, key=i.key, status="failed", error=str(e), warnings=w, audio_seconds=0.0,
                      seconds=0.0, worker=self.worker)
                 for i, e, w in zip(items, batch["error"], batch["warnings"])]
+        if self.model is None:
+            for row in rows:
+                row["error"] = row["error"] or self.model_error
         todo = [k for k, row in enumerate(rows) if not row["error"]]
         for k, result, seconds in self._transcribe([np.asarray(batch["audio"][k], np.float32) for k in todo]):
             row = rows[todo[k]]
