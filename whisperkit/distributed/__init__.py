@@ -33,6 +33,9 @@ __all__ = ["transcribe_dataset", "JobReport"]
 #: itself is restarted each time (a file that kills its worker every time must not stall the job forever)
 MAX_TASK_RETRIES = 3
 
+#: the most blocks the list of inputs is cut into (see _pipeline)
+MAX_BLOCKS = 10_000
+
 #: transcribe() options the job sets itself
 _OWN_OPTIONS = {"progress": "the job draws one bar for all inputs", "verbose": "actors print nothing",
                 "batch_size": "it is transcribe_dataset's own argument (files per actor call)"}
@@ -76,7 +79,8 @@ class JobReport:
         shares: dict[str, dict] = {}
         for r in self.rows:
             if r["status"] == "transcribed":
-                s = shares.setdefault(r["worker"], dict(files=0, audio_seconds=0.0, seconds=0.0))
+                s = shares.setdefault(r["worker"], dict(files=0, audio_seconds=0.0, seconds=0.0,
+                                                        backend=r["backend"]))
                 s["files"] += 1
                 s["audio_seconds"] += r["audio_seconds"]
                 s["seconds"] += r["seconds"]
@@ -92,8 +96,8 @@ class JobReport:
                          f"thread{'s' * (self.threads_per_actor > 1)}: {self.speed / self.actors:.1f} per actor")
             for worker, s in sorted(self.per_worker().items()):
                 rate = s["audio_seconds"] / s["seconds"] if s["seconds"] else 0.0
-                lines.append(f"  {worker}: {s['files']} files, {s['audio_seconds']:.1f} s of audio, "
-                             f"{s['seconds']:.1f} s transcribing ({rate:.1f} x real time)")
+                lines.append(f"  {worker}, backend {s['backend']}: {s['files']} files, {s['audio_seconds']:.1f} s of "
+                             f"audio, {s['seconds']:.1f} s transcribing ({rate:.1f} x real time)")
         return "\n".join(lines)
 
     def manifest(self) -> dict:
@@ -131,17 +135,12 @@ def transcribe_dataset(inputs, output_dir, *, model: str = "tiny.en", backend: s
     out = _output_dir(output_dir)
     items = expand_inputs(inputs, out)
 
-    from .outputs import manifest_path, remove_leftovers, write_json_atomically
-    rows = {i.source: _row(i, out, "pending") for i in items}
-    todo = []
-    for item in items:
-        if is_complete(item, out, formats):
-            rows[item.source]["status"] = "skipped"
-        else:
-            todo.append(item)
+    rows = {i.source: _row(i, out, "skipped" if is_complete(i, out, formats) else "pending") for i in items}
+    todo = [i for i in items if rows[i.source]["status"] == "pending"]
+    own = {k: _jsonable(v) for k, v in options.items() if k not in _OWN_OPTIONS}
     report = JobReport(list(rows.values()), out, threads_per_actor=threads,
                        options=dict(model=model, backend=backend, compute_type=compute_type, batch_size=batch_size,
-                                    formats=list(formats), **{k: _jsonable(v) for k, v in options.items() if k not in _OWN_OPTIONS}))
+                                    formats=list(formats), **own))
     ran = False
     try:
         if todo:
@@ -154,14 +153,20 @@ def transcribe_dataset(inputs, output_dir, *, model: str = "tiny.en", backend: s
         report.interrupted = True
         raise
     finally:
-        remove_leftovers(out)  # the job's workers are gone: what is still temporary was left by a killed one
-        for item in todo:  # written by an actor, its row not yet back when the job was stopped
-            if rows[item.source]["status"] == "pending" and is_complete(item, out, formats):
-                rows[item.source]["status"] = "transcribed"
-        write_json_atomically(manifest_path(out), report.manifest())
+        _finish(report, rows, todo, formats)
         if progress and (ran or report.interrupted):
             print(f"whisperkit: {report.summary()}", file=sys.stderr)
     return report
+
+
+def _finish(report: JobReport, rows: dict, todo: list[Item], formats: tuple[str, ...]) -> None:
+    """After the job, finished or stopped: leftovers removed, the manifest written."""
+    from .outputs import manifest_path, remove_leftovers, write_json_atomically
+    remove_leftovers(report.output_dir)  # the job's workers are gone: what is still temporary, a killed one left
+    for item in todo:  # written by an actor, its row not yet back when the job was stopped
+        if rows[item.source]["status"] == "pending" and is_complete(item, report.output_dir, formats):
+            rows[item.source]["status"] = "transcribed"
+    write_json_atomically(manifest_path(report.output_dir), report.manifest())
 
 
 def _run(report: JobReport, rows: dict, todo: list[Item], address, actors, threads, batch_size, progress,
@@ -176,7 +181,8 @@ def _run(report: JobReport, rows: dict, todo: list[Item], address, actors, threa
         start = time.perf_counter()
         try:
             for row in _iter_rows(ds):
-                row = {k: v.item() if hasattr(v, "item") else v for k, v in row.items() if k != "key"}  # NumPy -> Python
+                # NumPy scalars -> Python; the key is the output's name, already in the row
+                row = {k: v.item() if hasattr(v, "item") else v for k, v in row.items() if k != "key"}
                 bar.update(probes[row["source"]])
                 rows[row["source"]].update(row, warnings=json.loads(row["warnings"]))
                 report.wall_seconds = time.perf_counter() - start
@@ -185,7 +191,7 @@ def _run(report: JobReport, rows: dict, todo: list[Item], address, actors, threa
             report.wall_seconds = time.perf_counter() - start
     for item in todo:  # a row that never came back: Ray gave up on it (its worker died on every retry)
         row = rows[item.source]
-        if row["status"] == "pending" and not report.interrupted:
+        if row["status"] == "pending":
             row.update(status="failed", error=f"{item.source}: no result: the worker transcribing it died "
                                               f"{MAX_TASK_RETRIES + 1} times (Ray's retries exhausted)")
     model_errors = [rows[i.source]["error"] for i in todo if rows[i.source]["error"].startswith(MODEL_ERROR)]
@@ -196,8 +202,10 @@ def _run(report: JobReport, rows: dict, todo: list[Item], address, actors, threa
 def _pipeline(ray, todo: list[Item], actors: int, threads: int, batch_size: int, actor_kwargs: dict):
     """The Ray Data pipeline: paths -> decode (tasks) -> transcribe and write (actor pool) -> result rows."""
     from .stages import Transcriber, decode
+    # A block per file, so that files are balanced over the actors and retried one by one; past MAX_BLOCKS, a few
+    # files share a block (and its task, and its retry), which keeps the number of objects Ray tracks bounded.
     ds = ray.data.from_items([{"source": i.source, "key": i.key} for i in todo],
-                             override_num_blocks=len(todo))  # a block per file: retried and balanced one by one
+                             override_num_blocks=min(len(todo), MAX_BLOCKS))
     # Decoding reserves no CPU: it is a few percent of transcription's work, and a reserved core would be taken
     # from the actors (on a node of N cores, N one-thread actors leave no CPU for a task that asks for one, and
     # the job would stall).  Its concurrency is bounded instead, so it runs just ahead of the actors.
@@ -249,8 +257,9 @@ def _bar(total: float, progress: bool):
 
 
 def _row(item: Item, out: str, status: str) -> dict:
+    """An input's row of the manifest, filled in by the transcriber's row for it."""
     return dict(source=item.source, output=item.output(out), status=status, error="", warnings=[],
-                audio_seconds=0.0, seconds=0.0, worker="")
+                audio_seconds=0.0, seconds=0.0, worker="", backend="")
 
 
 def _check_options(options: dict) -> dict:
@@ -261,9 +270,11 @@ def _check_options(options: dict) -> dict:
     known |= set(DecodingOptions.__dataclass_fields__)
     for name in options:
         if name in _OWN_OPTIONS:
-            raise WhisperkitError(f"transcribe option {name!r} cannot be given to transcribe_dataset: {_OWN_OPTIONS[name]}")
+            raise WhisperkitError(f"transcribe option {name!r} cannot be given to transcribe_dataset: "
+                                  f"{_OWN_OPTIONS[name]}")
         if name not in known:
-            raise WhisperkitError(f"unknown transcribe option {name!r}; expected one of: {', '.join(sorted(known - set(_OWN_OPTIONS)))}")
+            raise WhisperkitError(f"unknown transcribe option {name!r}; expected one of: "
+                                  f"{', '.join(sorted(known - set(_OWN_OPTIONS)))}")
     return dict(options, progress=False, verbose=None)
 
 

@@ -6,7 +6,7 @@ the job goes on and the manifest says what went wrong.
 Rows between the stages: source, key (the `plan.Item`), audio (float32, empty when decoding failed), error
 (str, "" when none), warnings (JSON list of str: a damaged file's report).  Rows out of the transcriber:
 source, key, status ("transcribed" or "failed"), error, warnings, audio_seconds, seconds (transcription time),
-worker ("<node ip> pid <pid> (node <Ray node id, 8 digits>)").
+worker ("<node ip> pid <pid> (node <Ray node id, 8 digits>)"), backend (the kernel backend the actor's model runs on).
 """
 from __future__ import annotations
 
@@ -93,8 +93,9 @@ class Transcriber:
         limit_threads(self.threads)  # Ray Data calls from a thread of its own; Numba's setting is per thread
         from .plan import Item
         items = [Item(str(s), str(k)) for s, k in zip(batch["source"], batch["key"])]
+        backend = self.model.backend.name if self.model is not None else ""
         rows = [dict(source=i.source, key=i.key, status="failed", error=str(e), warnings=w, audio_seconds=0.0,
-                     seconds=0.0, worker=self.worker)
+                     seconds=0.0, worker=self.worker, backend=backend)
                 for i, e, w in zip(items, batch["error"], batch["warnings"])]
         if self.model is None:
             for row in rows:
