@@ -11,6 +11,7 @@ starts for a node inherits its session), never by `ray stop`, which stops every 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -323,12 +324,15 @@ def cluster():
 CLIPS = ["jfk.flac", "jfk_16k.wav", "osr_8k.wav", "pv_en.wav", "tts_en/tts_00.wav"]
 
 
-def _clips_dir(root: Path, names=CLIPS, corrupt=True) -> Path:
+def _clips_dir(root: Path, names=CLIPS, corrupt=True, damaged=False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name in names:
         shutil.copy(shared("audio", name), root / Path(name).name)
+    jfk = shared("audio", "jfk.flac").read_bytes()
     if corrupt:  # the first 300 bytes of a FLAC file: a header, then nothing
-        (root / "broken.flac").write_bytes(shared("audio", "jfk.flac").read_bytes()[:300])
+        (root / "broken.flac").write_bytes(jfk[:300])
+    if damaged:  # 60% of a FLAC file: its readable part is transcribed, with a warning
+        (root / "jfk_cut.flac").write_bytes(jfk[: len(jfk) * 6 // 10])
     return root
 
 
@@ -339,16 +343,19 @@ def _tokens(result: dict) -> list[list[int]]:
 def test_two_node_cluster_gives_the_one_process_tokens_and_reports_the_corrupt_file(cluster, tmp_path):
     from whisperkit import load_model
     from whisperkit.distributed import transcribe_dataset
-    clips = _clips_dir(tmp_path / "clips")
+    clips = _clips_dir(tmp_path / "clips", damaged=True)
     report = transcribe_dataset(clips, tmp_path / "out", address=cluster.address, threads_per_actor=1, progress=False)
-    assert report.counts == dict(transcribed=len(CLIPS), skipped=0, failed=1, pending=0)
+    assert report.counts == dict(transcribed=len(CLIPS) + 1, skipped=0, failed=1, pending=0)
     assert report.actors == 2
 
     model = load_model("tiny.en")
-    for name in CLIPS:
+    damaged = json.loads((tmp_path / "out" / "jfk_cut.json").read_text())
+    assert len(damaged["warnings"]) == 1 and "is damaged" in damaged["warnings"][0], damaged
+    for name in CLIPS + ["jfk_cut.flac"]:
         stem = Path(name).stem
         got = json.loads((tmp_path / "out" / f"{stem}.json").read_text())
-        want = model.transcribe(str(clips / Path(name).name)).to_dict()
+        with pytest.warns(UserWarning) if name == "jfk_cut.flac" else contextlib.nullcontext():
+            want = model.transcribe(str(clips / Path(name).name)).to_dict()
         assert _tokens(got) == _tokens(want) and got["text"] == want["text"], name
         assert got == want, name  # the whole to_dict(): times, probabilities, language
     manifest = json.loads((tmp_path / "out" / "whisperkit-manifest.json").read_text())
@@ -360,6 +367,19 @@ def test_two_node_cluster_gives_the_one_process_tokens_and_reports_the_corrupt_f
     assert len(nodes) == 2, manifest["inputs"]  # one actor on each node: both did work
     assert manifest["counts"]["failed"] == 1 and manifest["audio_seconds"] == pytest.approx(
         sum(r["audio_seconds"] for r in manifest["inputs"]), abs=1e-3)
+
+
+def test_files_transcribed_together_with_batch_size_give_the_one_process_tokens_at_temperature_0(cluster, tmp_path):
+    from whisperkit import load_model
+    from whisperkit.distributed import transcribe_dataset
+    clips = _clips_dir(tmp_path / "clips", ["jfk.flac", "pv_en.wav", "osr_8k.wav"])
+    report = transcribe_dataset(clips, tmp_path / "out", address=cluster.address, batch_size=2, temperature=0.0,
+                                progress=False)
+    assert report.counts == dict(transcribed=3, skipped=0, failed=1, pending=0)
+    model = load_model("tiny.en")
+    for name in ["jfk.flac", "pv_en.wav", "osr_8k.wav"]:
+        got = json.loads((tmp_path / "out" / f"{Path(name).stem}.json").read_text())
+        assert _tokens(got) == _tokens(model.transcribe(str(clips / name), temperature=0.0).to_dict()), name
 
 
 def test_an_actor_needing_more_cpus_than_a_node_has_is_one_clear_error(cluster, tmp_path):

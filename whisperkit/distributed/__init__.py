@@ -189,11 +189,11 @@ def _run(report: JobReport, rows: dict, todo: list[Item], address, actors, threa
         finally:
             bar.close()
             report.wall_seconds = time.perf_counter() - start
-    for item in todo:  # a row that never came back: Ray gave up on it (its worker died on every retry)
+    for item in todo:  # a row that never came back: Ray gave up on it (its worker died on every retry) and dropped it
         row = rows[item.source]
         if row["status"] == "pending":
-            row.update(status="failed", error=f"{item.source}: no result: the worker transcribing it died "
-                                              f"{MAX_TASK_RETRIES + 1} times (Ray's retries exhausted)")
+            row.update(status="failed", error=f"{item.source}: no result: the worker process decoding or "
+                                              f"transcribing it died on each of {MAX_TASK_RETRIES + 1} attempts")
     model_errors = [rows[i.source]["error"] for i in todo if rows[i.source]["error"].startswith(MODEL_ERROR)]
     if model_errors and not any(rows[i.source]["status"] == "transcribed" for i in todo):
         raise WhisperkitError(model_errors[0])  # nothing can be transcribed: one error, not one per input
