@@ -74,9 +74,14 @@ def cmd_transcribe(args) -> int:
     if args.max_words_per_line and args.max_line_width:
         _warn("--max_words_per_line has no effect with --max_line_width")
     writer_args = {option: getattr(args, option) for option in WORD_OPTIONS}
-    if args.ray is not None:  # the inputs go to a Ray cluster (whisperkit.distributed; Ray is imported only here)
+    if args.ray is not None:  # the inputs go to a Ray cluster (whisperkit.distributed; Ray is imported only there)
+        from types import SimpleNamespace
+
         from .distributed.cli import transcribe_on_ray
-        return transcribe_on_ray(args)
+        # No model is loaded here (the actors load theirs): an English-only model given another language is set to
+        # English by the actors' transcribe() itself, without the warning below.
+        options = _transcribe_options(args, SimpleNamespace(name=args.model, is_multilingual=True))
+        return transcribe_on_ray(args, options, writer_args)
     if args.actors is not None:
         raise WhisperkitError("--actors sizes the actor pool of --ray; give --ray too")
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-from types import SimpleNamespace
-
 from ..errors import WhisperkitError
 
 #: what `--ray`'s optional value must look like to be taken as an address rather than the first input
@@ -30,10 +28,9 @@ def ray_argv(argv: list[str]) -> list[str]:
     return argv
 
 
-def transcribe_on_ray(args) -> int:
-    """Run the job the parsed `transcribe` arguments describe; the exit status is the number of inputs that
-    failed (at most 125)."""
-    from ..cli import WORD_OPTIONS, _transcribe_options, _warn
+def transcribe_on_ray(args, options: dict, writer_options: dict) -> int:
+    """Run the job the parsed `transcribe` arguments describe, with the transcribe() options the command built
+    from them; the exit status is the number of inputs that failed (at most 125)."""
     from . import transcribe_dataset
     if "-" in args.audio:
         raise WhisperkitError("--ray reads files, not standard input ('-'): give files, directories or glob patterns")
@@ -42,22 +39,18 @@ def transcribe_on_ray(args) -> int:
                               "named after it")
     if args.json:
         raise WhisperkitError("--json prints one result; with --ray the results are the JSON files in --output_dir")
-    # No model is loaded here (the actors load theirs): an English-only model given another language is set to
-    # English by the actors' transcribe() itself, without the warning the one-process command prints.
-    unloaded = SimpleNamespace(name=args.model, is_multilingual=True)
-    options = _transcribe_options(args, unloaded)
-    for own in ("verbose", "progress"):
-        options.pop(own)
+    options = {k: v for k, v in options.items() if k not in ("verbose", "progress")}  # the job's own
     report = transcribe_dataset(
         args.audio, args.output_dir, model=args.model, backend=args.backend, download_root=args.model_dir,
         actors=args.actors, threads_per_actor=args.threads or None, batch_size=args.batch_size,
         address=None if args.ray == "local" else args.ray, output_format=args.output_format,
-        writer_options={o: getattr(args, o) for o in WORD_OPTIONS}, progress=not args.no_progress, **options)
+        writer_options=writer_options, progress=not args.no_progress, **options)
     failed = [row for row in report.rows if row["status"] == "failed"]
     for row in failed[:_SHOWN_ERRORS]:
-        _warn(f"failed: {row['error']}")
+        print(f"whisperkit: warning: failed: {row['error']}", file=sys.stderr)
     if len(failed) > _SHOWN_ERRORS:
-        _warn(f"... and {len(failed) - _SHOWN_ERRORS} more failed inputs: see the manifest")
+        print(f"whisperkit: warning: ... and {len(failed) - _SHOWN_ERRORS} more failed inputs: see the manifest",
+              file=sys.stderr)
     if failed:
         print(f"whisperkit: {len(failed)} of {len(report.rows)} inputs failed; the manifest lists each with its "
               f"error: {os.path.join(report.output_dir, 'whisperkit-manifest.json')}", file=sys.stderr)
