@@ -340,6 +340,20 @@ def _tokens(result: dict) -> list[list[int]]:
     return [s["tokens"] for s in result["segments"]]
 
 
+def _assert_same_result(got: dict, want: dict, name: str) -> None:
+    """The whole to_dict(): the same text, language, warnings, segments and times; the probabilities to float32
+    rounding (a process with another thread count sums in another order)."""
+    assert {k: v for k, v in got.items() if k != "segments"} == {k: v for k, v in want.items() if k != "segments"}
+    assert len(got["segments"]) == len(want["segments"]), name
+    for g, w in zip(got["segments"], want["segments"]):
+        assert g.keys() == w.keys(), name
+        for key in g:
+            if key in ("avg_logprob", "compression_ratio", "no_speech_prob"):
+                assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-5), (name, key)
+            else:
+                assert g[key] == w[key], (name, key)
+
+
 def test_two_node_cluster_gives_the_one_process_tokens_and_reports_the_corrupt_file(cluster, tmp_path):
     from whisperkit import load_model
     from whisperkit.distributed import transcribe_dataset
@@ -357,7 +371,7 @@ def test_two_node_cluster_gives_the_one_process_tokens_and_reports_the_corrupt_f
         with pytest.warns(UserWarning) if name == "jfk_cut.flac" else contextlib.nullcontext():
             want = model.transcribe(str(clips / Path(name).name)).to_dict()
         assert _tokens(got) == _tokens(want) and got["text"] == want["text"], name
-        assert got == want, name  # the whole to_dict(): times, probabilities, language
+        _assert_same_result(got, want, name)
     manifest = json.loads((tmp_path / "out" / "whisperkit-manifest.json").read_text())
     assert [Path(r["source"]).name for r in manifest["inputs"]] == sorted(p.name for p in clips.iterdir())
     broken = next(r for r in manifest["inputs"] if r["source"].endswith("broken.flac"))
