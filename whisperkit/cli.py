@@ -255,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "ADDRESS, or start a local Ray without one; outputs renamed into place whole, complete ones "
                         "skipped on a rerun, whisperkit-manifest.json in --output_dir; exit status: inputs failed")
     t.add_argument("--actors", type=int, default=None,
-                   help="with --ray: transcription actors, one model each (default: as many as the CPUs hold, "
-                        "--threads CPUs each)")
+                   help="with --ray: transcription actors, one model each; None: as many as the nodes' CPUs hold, "
+                        "--threads CPUs each")
     t.add_argument("--clip_timestamps", default="0", help="start,end,start,end,... seconds of the clips to process; the last end defaults to the end of the file")
     t.add_argument("--hallucination_silence_threshold", type=_optional_float, default=None,
                    help="(needs --word_timestamps True) skip silences longer than this (s) before a possible hallucination")
