@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -485,7 +486,7 @@ def test_a_job_interrupted_half_way_resumes_with_only_the_missing_inputs(tmp_pat
     env.update(TMPDIR=tmp, RAY_USAGE_STATS_ENABLED="0")
     home_token = Path.home() / ".ray" / "auth_token"
     token_before = home_token.exists()
-    command = [EXE, "transcribe", "--ray", str(clips), "-o", str(out), "-f", "json"]
+    command = [EXE, "transcribe", "--ray", str(clips), "-o", str(out), "-f", "json", "--actors", "2"]
     try:
         first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  start_new_session=True)
@@ -506,6 +507,11 @@ def test_a_job_interrupted_half_way_resumes_with_only_the_missing_inputs(tmp_pat
         manifest = json.loads((out / "whisperkit-manifest.json").read_text())
         assert manifest["counts"] == dict(transcribed=8 - len(done), skipped=len(done), failed=0, pending=0)
         assert f"{8 - len(done)} transcribed, {len(done)} skipped" in second.stderr
+        # the throughput at the end: overall and per actor
+        assert re.search(r"s of audio in [\d.]+ s: [\d.]+ audio hours per wall hour; 2 actors x 1 thread: [\d.]+ per "
+                         r"actor", second.stderr), second.stderr
+        workers = re.findall(r"pid \d+ \(node \w+\), backend \w+: (\d+) files", second.stderr)
+        assert workers and sum(map(int, workers)) == 8 - len(done), second.stderr
         for name, stat in done.items():  # not written again
             now = (out / name).stat()
             assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), name
