@@ -17,6 +17,7 @@ import warnings
 
 import numpy as np
 
+from ..audio import SAMPLE_RATE
 from ..errors import WhisperkitError
 
 #: how the error of every input of an actor whose model did not load begins
@@ -93,29 +94,34 @@ class Transcriber:
         limit_threads(self.threads)  # Ray Data calls from a thread of its own; Numba's setting is per thread
         from .plan import Item
         items = [Item(str(s), str(k)) for s, k in zip(batch["source"], batch["key"])]
-        backend = self.model.backend.name if self.model is not None else ""
-        rows = [dict(source=i.source, key=i.key, status="failed", error=str(e), warnings=w, audio_seconds=0.0,
-                     seconds=0.0, worker=self.worker, backend=backend)
-                for i, e, w in zip(items, batch["error"], batch["warnings"])]
-        if self.model is None:
-            for row in rows:
-                row["error"] = row["error"] or self.model_error
-        todo = [k for k, row in enumerate(rows) if not row["error"]]
-        for k, result, seconds in self._transcribe([np.asarray(batch["audio"][k], np.float32) for k in todo]):
-            row = rows[todo[k]]
-            row.update(audio_seconds=len(batch["audio"][todo[k]]) / 16000, seconds=seconds)
-            if isinstance(result, BaseException):
-                row["error"] = f"{row['source']}: {type(result).__name__}: {result}"
-                continue
-            result.warnings = json.loads(row["warnings"]) + list(result.warnings)  # as transcribe(path) reports it
-            try:
-                from .outputs import write_outputs
-                write_outputs(result.to_dict(), items[todo[k]], self.output_dir, self.formats, self.writer_options)
-            except OSError as exc:  # a full disk, a permission: this input's failure
-                row["error"] = f"cannot write the outputs of {row['source']}: {exc}"
-                continue
-            row.update(status="transcribed", warnings=json.dumps(result.warnings))
-        return {name: [row[name] for row in rows] for name in rows[0]} if rows else {}
+        rows = [self._row(item, str(error), str(warnings))
+                for item, error, warnings in zip(items, batch["error"], batch["warnings"])]
+        todo = [k for k, row in enumerate(rows) if not row["error"]]  # decoded, and a model to transcribe them
+        arrays = [np.asarray(batch["audio"][k], np.float32) for k in todo]
+        for j, result, seconds in self._transcribe(arrays):
+            rows[todo[j]].update(audio_seconds=len(arrays[j]) / SAMPLE_RATE, seconds=seconds)
+            self._record(rows[todo[j]], items[todo[j]], result)
+        return {name: [row[name] for row in rows] for name in rows[0]}
+
+    def _row(self, item, error: str, warnings: str) -> dict:
+        """An input's result row, failed until it is transcribed and written."""
+        return dict(source=item.source, key=item.key, status="failed", error=error or self.model_error,
+                    warnings=warnings, audio_seconds=0.0, seconds=0.0, worker=self.worker,
+                    backend=self.model.backend.name if self.model is not None else "")
+
+    def _record(self, row: dict, item, result) -> None:
+        """Write a transcription's outputs and mark its row transcribed, or record why not."""
+        if isinstance(result, BaseException):
+            row["error"] = f"{row['source']}: {type(result).__name__}: {result}"
+            return
+        result.warnings = json.loads(row["warnings"]) + list(result.warnings)  # as transcribe(path) reports them
+        try:
+            from .outputs import write_outputs
+            write_outputs(result.to_dict(), item, self.output_dir, self.formats, self.writer_options)
+        except OSError as exc:  # a full disk, a permission: this input's failure
+            row["error"] = f"cannot write the outputs of {row['source']}: {exc}"
+            return
+        row.update(status="transcribed", warnings=json.dumps(result.warnings))
 
     def _transcribe(self, arrays: list):
         """(index, result or the exception it raised, seconds) for each array."""
