@@ -328,7 +328,7 @@ class DecodingTask:
             if independent_rows:
                 still_open = tokens[active, -1] != self.tokenizer.eot
                 if not still_open.all():
-                    inference.cache.select(np.flatnonzero(still_open))
+                    inference.cache.select(np.flatnonzero(still_open), inference.offset)
                     active = active[still_open]
         tokens, sum_lp = self.decoder.finalize(tokens, sum_logprobs)
         return self._results(audio_features, language, tokens, sum_lp, no_speech_probs, n_audio)
