@@ -86,3 +86,31 @@ def test_the_chunk_reader_reads_forward_spans_of_a_file():
     reader = _ChunkReader(path)
     for s, e in [(100, 5000), (4000, 300_000), (300_000, 300_001), (400_000, len(x) + 999)]:
         np.testing.assert_array_equal(reader.read(s, e), x[s:min(e, len(x))])
+
+
+def test_beam_search_in_batched_mode_gives_each_chunk_its_tokens_alone(model, long_audio):
+    chunks = speech_chunks(find_speech(long_audio, batched_vad_options(None), "energy"))
+    result = model.transcribe(long_audio, batch_size=3, temperature=0.0, beam_size=5, **VAD)
+    alone = [model.transcribe(np.concatenate([long_audio[s:e] for s, e in chunk]), temperature=0.0, beam_size=5,
+                              condition_on_previous_text=False, without_timestamps=True) for chunk in chunks]
+    assert [seg.tokens for seg in result.segments] == [seg.tokens for r in alone for seg in r.segments]
+
+
+def test_several_files_fill_the_batch_with_their_chunks(model, long_audio):
+    """transcribe_batch(chunked=True): the chunks of one file after another share the batches; each file's
+    result is the one it gets alone in batched mode."""
+    files = [long_audio, long_audio[: 30 * SR], np.zeros(5 * SR, np.float32)]  # the last one has no speech
+    together = model.transcribe_batch(files, batch_size=4, chunked=True, temperature=0.0, **VAD)
+    alone = [model.transcribe(f, batch_size=4, temperature=0.0, **VAD) for f in files]
+    assert [r.to_dict() for r in together] == [r.to_dict() for r in alone]
+    assert together[0].text and together[1].text and together[2].text == ""
+
+
+def test_the_cli_batch_size_runs_the_batched_pipeline_on_every_file(tmp_path, model):
+    from whisperkit.cli import main
+    files = [str(shared("audio", "jfk_16k.wav")), str(shared("audio", "pv_en.wav"))]
+    assert main(["transcribe", *files, "--batch_size", "2", "--vad_method", "energy", "--beam_size", "None",
+                 "--output_dir", str(tmp_path), "-f", "txt", "--verbose", "False"]) == 0
+    for f in files:
+        want = model.transcribe(f, batch_size=2, vad_method="energy").text.strip()
+        assert (tmp_path / (f.rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".txt")).read_text().strip() == want

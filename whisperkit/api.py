@@ -133,13 +133,20 @@ class Whisper:
         with self._lock:
             if batch_size is not None:
                 from .chunked import transcribe_chunked
-                return transcribe_chunked(self, audio, batch_size=batch_size, **options)
+                return transcribe_chunked(self, [audio], batch_size=batch_size, **options)[0]
             return transcribe(self, audio, **options)
 
-    def transcribe_batch(self, sources, batch_size: int = 8, **options: Any) -> list[TranscriptionResult]:
-        """Transcribe several paths/arrays, up to `batch_size` at once with their windows batched
-        through the backend ops; results in the order given (see `transcribe.transcribe_batch`)."""
+    def transcribe_batch(self, sources, batch_size: int = 8, *, chunked: bool = False,
+                         **options: Any) -> list[TranscriptionResult]:
+        """Transcribe several paths/arrays; results in the order given.  By default each file runs the
+        sequential loop (token-exact with openai-whisper), up to `batch_size` files at once, their windows
+        batched through the backend ops where their prompts have one length (`transcribe.transcribe_batch`).
+        chunked=True: the batched pipeline of `transcribe(batch_size=...)` instead, its batches filled with
+        the VAD chunks of one file after another (`whisperkit.chunked`)."""
         with self._lock:
+            if chunked:
+                from .chunked import transcribe_chunked
+                return transcribe_chunked(self, list(sources), batch_size=batch_size, **options)
             return transcribe_batch(self, list(sources), batch_size=batch_size, **options)
 
     def __repr__(self) -> str:

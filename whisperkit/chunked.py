@@ -19,7 +19,6 @@ Memory stays bounded.  The VAD reads the file block by block, and the chunks are
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -87,49 +86,79 @@ def batched_vad_options(given: VadOptions | dict | None) -> VadOptions:
     return VadOptions(**{"min_silence_duration_ms": 160, **(given or {}), "max_speech_duration_s": N_SAMPLES / SAMPLE_RATE})
 
 
-def transcribe_chunked(model: "SpeechModel", audio, *, batch_size: int, vad_method: str = "auto",
+def transcribe_chunked(model: "SpeechModel", sources: list, *, batch_size: int, vad_method: str = "auto",
                        vad_parameters: VadOptions | dict | None = None, strict_audio: bool = False,
-                       without_timestamps: bool = True, **options: Any) -> "TranscriptionResult":
-    """`transcribe` of one file or array in batched chunks (see the module doc).  The other options are
-    transcribe()'s and apply to every chunk: temperature fallback, no-speech gating and word timestamps each
-    work per chunk.  condition_on_previous_text is off (chunks are independent), and so are vad_filter
-    (the chunks are the VAD's) and clip_timestamps.
+                       without_timestamps: bool = True, **options: Any) -> list["TranscriptionResult"]:
+    """`transcribe` of files or arrays in batched chunks (see the module doc), one result per source.  The
+    batch is filled with the chunks of one file after another: the next file's VAD runs when its turn
+    comes.  The other options are transcribe()'s and apply to every chunk: temperature fallback, no-speech
+    gating and word timestamps each work per chunk.  condition_on_previous_text is off (chunks are
+    independent), and so are vad_filter (the chunks are the VAD's) and clip_timestamps.
 
     without_timestamps (default True, as faster-whisper's batched mode): each chunk is decoded once, as one
     segment spanning the chunk (its words still get their times with word_timestamps).  False: the model's
     timestamps cut each chunk into segments, and a chunk whose last segment is cut off is decoded again
     from there, as in the sequential loop."""
-    from .transcribe import TranscriptionResult, _warn_damage, iter_transcriptions
+    from .transcribe import iter_transcriptions
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     for fixed in ("vad_filter", "clip_timestamps", "condition_on_previous_text"):
         if options.pop(fixed, None) not in (None, False, "0"):
             raise ValueError(f"{fixed} cannot be set in batched mode (batch_size): the VAD's chunks are decoded independently")
     vo = batched_vad_options(vad_parameters)
-    damage: list = []
-    regions = find_speech(audio, vo, resolve_method(vad_method), strict=strict_audio, damage=damage)
-    chunks = speech_chunks(regions)
-    warnings = _warn_damage(damage)
+    method = resolve_method(vad_method)
     options.update(condition_on_previous_text=False, progress=False, without_timestamps=without_timestamps)
-    reader = _ChunkReader(audio)
-    samples = (reader.read_joined(chunk) for chunk in chunks)  # read forward, one chunk each time a row frees
-    if chunks and options.get("language") is None and model.is_multilingual:
-        first = next(samples)  # one language for the file, from its first chunk (not one per chunk)
-        options["language"] = model.detect_language(first)[0]
-        samples = itertools.chain([first], samples)
-    segments: list = []
-    texts: list[str] = []
-    language = options.get("language")
-    done: dict[int, "TranscriptionResult"] = {}  # finished out of order, waiting for the chunks before them
-    for i, result in iter_transcriptions(model, samples, batch_size=batch_size, **options):
-        done[i] = result
-        while len(texts) in done:  # the chunks in file order
-            k = len(texts)
-            result = done.pop(k)
-            _append_mapped(segments, result.segments, chunks[k], vo.speech_pad_ms / 1000)
-            texts.append(result.text)
-            language = language or result.language
-    return TranscriptionResult(text="".join(texts), segments=segments, language=language or "en", warnings=warnings)
+    files: list[_ChunkedFile] = []
+    owner: list[tuple[int, int]] = []  # per chunk fed to the batch: (file, chunk of the file)
+
+    def chunk_sources():
+        for audio in sources:
+            f = _ChunkedFile(model, audio, vo, method, strict_audio, options.get("language"))
+            files.append(f)
+            for k, source in enumerate(f.sources()):
+                owner.append((len(files) - 1, k))
+                yield source
+    for i, result in iter_transcriptions(model, chunk_sources(), batch_size=batch_size, **options):
+        f, k = owner[i]
+        files[f].add(k, result)
+    return [f.result() for f in files]
+
+
+class _ChunkedFile:
+    """One file of `transcribe_chunked`: its chunks (the VAD runs at construction), their samples read
+    forward, and its results put in order and mapped back to the file as they come."""
+
+    def __init__(self, model: "SpeechModel", audio, vo: VadOptions, method: str, strict: bool, language: str | None):
+        from .transcribe import _warn_damage
+        damage: list = []
+        self.chunks = speech_chunks(find_speech(audio, vo, method, strict=strict, damage=damage))
+        self.warnings = _warn_damage(damage)
+        self.model, self.audio, self.pad, self.language = model, audio, vo.speech_pad_ms / 1000, language
+        self.segments: list = []
+        self.texts: list[str] = []
+        self.done: dict[int, "TranscriptionResult"] = {}  # finished out of order, waiting for the chunks before them
+
+    def sources(self):
+        from .transcribe import WithOptions
+        reader = _ChunkReader(self.audio)
+        for k, chunk in enumerate(self.chunks):  # read forward, one chunk each time a row of the batch frees
+            samples = reader.read_joined(chunk)
+            if k == 0 and self.language is None and self.model.is_multilingual:
+                self.language = self.model.detect_language(samples)[0]  # one language for the file, from its first chunk
+            yield WithOptions(samples, {"language": self.language} if self.language else {})
+
+    def add(self, k: int, result: "TranscriptionResult") -> None:
+        self.done[k] = result
+        while len(self.texts) in self.done:  # the chunks in file order
+            result = self.done.pop(len(self.texts))
+            _append_mapped(self.segments, result.segments, self.chunks[len(self.texts)], self.pad)
+            self.texts.append(result.text)
+            self.language = self.language or result.language
+
+    def result(self) -> "TranscriptionResult":
+        from .transcribe import TranscriptionResult
+        return TranscriptionResult(text="".join(self.texts), segments=self.segments, language=self.language or "en",
+                                   warnings=self.warnings)
 
 
 SEGMENT_SLACK = 0.5  # s: how far tiny.en's timestamp tokens land from where speech starts or ends, at a joint

@@ -51,7 +51,8 @@ def _transcribe_options(args, model) -> dict:
         prepend_punctuations=args.prepend_punctuations, append_punctuations=args.append_punctuations,
         clip_timestamps=args.clip_timestamps, hallucination_silence_threshold=args.hallucination_silence_threshold,
         vad_filter=args.vad_filter, vad_method=args.vad_method, strict_audio=args.strict_audio,
-        progress=False if args.no_progress else None)
+        progress=False if args.no_progress else None,
+        **({} if args.without_timestamps is None else {"without_timestamps": args.without_timestamps}))
 
 
 def cmd_transcribe(args) -> int:
@@ -95,11 +96,9 @@ def cmd_transcribe(args) -> int:
         sources = [_spool_stdin(cleanup) if a == "-" else a for a in args.audio]  # "-": standard input
         names = [args.output_name or ("stdin" if a == "-" else a) for a in args.audio]
         try:
-            if args.batch_size > 1 and len(sources) > 1:
-                results = model.transcribe_batch(sources, batch_size=args.batch_size, **options)
-            elif args.batch_size > 1:  # one file: its VAD chunks decoded batch_size at a time (whisperkit.chunked)
+            if args.batch_size > 1:  # the VAD chunks of the files decoded batch_size at a time (whisperkit.chunked)
                 chunked = {k: v for k, v in options.items() if k not in ("vad_filter", "clip_timestamps", "condition_on_previous_text")}
-                results = [model.transcribe(sources[0], batch_size=args.batch_size, **chunked)]
+                results = model.transcribe_batch(sources, batch_size=args.batch_size, chunked=True, **chunked)
             else:
                 results = (model.transcribe(path, **options) for path in sources)
             for name, result in zip(names, results):
@@ -227,9 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max_words_per_line", type=_optional_int, default=None,
                    help="(needs --word_timestamps True, no effect with --max_line_width) words in a line")
     t.add_argument("--batch_size", type=int, default=1,
-                   help="several files: transcribed together, their windows batched through the backend; one file: "
-                        "its speech (the VAD's) in chunks of up to 30 s, decoded this many at a time, without "
-                        "conditioning on the text before (not token-exact with openai-whisper) (default 1)")
+                   help="above 1: the batched pipeline, as faster-whisper's: the speech of each file (the VAD's) in "
+                        "chunks of up to 30 s, this many decoded at a time, the chunks of one file after another, "
+                        "without conditioning on the text before (not token-exact with openai-whisper) (default 1: "
+                        "the sequential loop, token-exact)")
+    t.add_argument("--without_timestamps", type=_str2bool, default=None,
+                   help="decode text only, one segment per window (default: True with --batch_size, as faster-whisper's "
+                        "batched mode; False otherwise, as openai-whisper)")
     t.add_argument("--vad_filter", type=_str2bool, default=False,
                    help="transcribe only the speech regions found by the voice-activity filter")
     t.add_argument("--vad_method", default="auto", choices=("auto", "silero", "energy"),

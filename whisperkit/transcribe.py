@@ -144,6 +144,13 @@ def transcribe_batch(model: "SpeechModel", sources: Sequence, batch_size: int = 
     return results  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class WithOptions:
+    """A source of `iter_transcriptions` with options of its own (over the shared ones)."""
+    audio: Any
+    options: dict
+
+
 def iter_transcriptions(model: "SpeechModel", sources: Iterable, batch_size: int = 8, **options: Any):
     """`transcribe_batch` as a generator of (index into sources, result), each as soon as it is done.
     `sources` is read lazily, one more source each time a row of the batch frees, so a long stream of
@@ -158,7 +165,8 @@ def iter_transcriptions(model: "SpeechModel", sources: Iterable, batch_size: int
             i, src = next(queue, (None, None))
             if i is None:
                 break
-            gen = _transcription(model, src, **options)
+            gen = (_transcription(model, src.audio, **{**options, **src.options}) if isinstance(src, WithOptions)
+                   else _transcription(model, src, **options))
             try:
                 active[i] = (gen, next(gen))
             except StopIteration as stop:
