@@ -8,6 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from whisperkit.contract import compute_type_name
+
+from .engines import engine_name, split_engine
 from .machine import default_audio, default_threads, find_shared_audio, thread_env
 
 EPILOG = """examples:
@@ -55,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--long_batch", type=int, default=8, metavar="N",
                     help="with --long: also batched, transcribe(batch_size=N), and faster-whisper's "
                          "BatchedInferencePipeline(batch_size=N) when installed; 0: sequential only (default 8)")
+    ap.add_argument("--compute_type", default="float32",
+                    help="float32 (default) or int8 for every backend; 'NAME@int8' in --backend sets one backend's")
     ap.add_argument("--json", type=Path, help="write every figure as JSON here")
     ap.add_argument("--markdown", type=Path, help="write the results as markdown here (for the README)")
     ap.add_argument("--plot", type=Path, help="write a PNG bar chart of the real-time factor here")
@@ -203,14 +208,19 @@ def main(argv: list[str] | None = None) -> int:
         wanted = sorted(infos)
     else:
         wanted = [listing["auto"] if n.strip() == "auto" else n.strip() for n in args.backend.split(",") if n.strip()]
-        wanted = list(dict.fromkeys(wanted))
-        unknown = [n for n in wanted if n not in infos]
-        if unknown:
-            ap.error(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(sorted(infos))}")
+    try:  # "name@int8" picks a compute type for one backend; --compute_type for every one without its own
+        wanted = [engine_name(b, compute_type_name(c if "@" in n else args.compute_type))
+                  for n in wanted for b, c in [split_engine(n)]]
+    except ValueError as exc:
+        ap.error(str(exc))
+    wanted = list(dict.fromkeys(wanted))
+    unknown = [n for n in wanted if split_engine(n)[0] not in infos]
+    if unknown:
+        ap.error(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(sorted(infos))}")
     for n in wanted:
-        if not infos[n]["usable"]:
-            skipped.append(dict(engine=n, kind="backend", reason=infos[n]["reason"]))
-    selected = [n for n in wanted if infos[n]["usable"]]
+        if not infos[split_engine(n)[0]]["usable"]:
+            skipped.append(dict(engine=n, kind="backend", reason=infos[split_engine(n)[0]]["reason"]))
+    selected = [n for n in wanted if infos[split_engine(n)[0]]["usable"]]
     # the reference first: its tokens are what the others are compared with
     selected.sort(key=lambda n: (n != e2e.REFERENCE, n))
 
@@ -422,7 +432,7 @@ def run_ops(args, selected: list[str], wopts: dict, doc: dict, skipped: list[dic
         roof = roof_worker.call("roofline", quick=args.quick)
         doc["pids"]["roofline"] = roof["pid"]
         doc["blas"]["roofline_worker"] = roof["blas"]
-        for n in selected:
+        for n in dict.fromkeys(split_engine(n)[0] for n in selected):  # the per-op figures are float32's
             try:
                 w = Worker(f"ops:{n}", **wopts)
                 c = w.call("op_cases")

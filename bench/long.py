@@ -173,8 +173,10 @@ def run_long(engine: str, path: Path, duration_s: float, model: str, threads: in
 
 def _transcribe_whisperkit(engine: str, audio: str, model: str, batch_size: int | None):
     from whisperkit import Whisper
+    from .engines import split_engine
+    backend, compute_type = split_engine(engine)
     t = time.perf_counter()
-    m = Whisper(model, backend=engine)
+    m = Whisper(model, backend=backend, compute_type=compute_type)
     load_s = time.perf_counter() - t
     t = time.perf_counter()
     # the defaults (greedy, temperature fallback), streaming from the file; batched: the default VAD too
@@ -203,7 +205,7 @@ def _transcribe_faster_whisper(audio: str, model: str, threads: int | None, batc
 def main(argv=None) -> int:
     import argparse
     ap = argparse.ArgumentParser(prog="python -m whisperkit.bench.long")
-    ap.add_argument("engine", help=f"a backend name, or {FASTER_WHISPER}")
+    ap.add_argument("engine", help=f"a backend name (with @int8 for that compute type), or {FASTER_WHISPER}")
     ap.add_argument("audio")
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--threads", type=int, default=None)

@@ -92,3 +92,28 @@ def test_int8_transcribes_jfk(backend):
     assert m.compute_type == "int8" and "int8" in repr(m)
     text = m.transcribe(str(shared("audio", "jfk_16k.wav")), temperature=0.0).text
     assert "ask not what your country can do for you" in text.lower().replace(",", "")
+
+
+def test_the_cli_takes_a_compute_type(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from whisperkit.cli import main
+    assert main(["transcribe", str(shared("audio", "jfk_16k.wav")), "--backend", "onnxruntime", "--compute_type", "int8",
+                 "--beam_size", "None", "-o", str(tmp_path), "-f", "txt"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("whisperkit: tiny.en on backend onnxruntime, int8") and "your country" in out
+    assert main(["transcribe", str(shared("audio", "jfk_16k.wav")), "--compute_type", "float16", "-o", str(tmp_path)]) == 2
+    assert "compute_type must be one of" in capsys.readouterr().err
+
+
+def test_the_bench_runs_a_backend_in_int8(tmp_path):
+    import json
+    import subprocess
+    import sys
+    pytest.importorskip("onnxruntime")
+    cmd = [sys.executable, "-c", "import sys; from whisperkit.bench.cli import main; sys.exit(main())",
+           "--backend", "onnxruntime@int8,onnxruntime", "--quick", "--no-peers", "--no-ops", "--no-cold", "--batch", "0",
+           "--audio", str(shared("audio", "jfk_16k.wav")), "--json", str(tmp_path / "b.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    engines = {r["engine"] for r in json.loads((tmp_path / "b.json").read_text())["records"] if r["section"] == "e2e"}
+    assert {"onnxruntime@int8", "onnxruntime"} <= engines, engines

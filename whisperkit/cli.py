@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 
+from .contract import compute_type_name
 from .errors import WhisperkitError
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS
 from .writers import OUTPUT_FORMATS, format_timestamp
@@ -82,9 +83,14 @@ def cmd_transcribe(args) -> int:
     warnings.simplefilter("ignore", AudioDamageWarning)  # each result's warnings are printed by _emit
     if args.threads:
         set_num_threads(args.threads)
-    model = Whisper(args.model, backend=args.backend, download_root=args.model_dir)
+    try:
+        compute_type = compute_type_name(args.compute_type)
+    except ValueError as exc:
+        raise WhisperkitError(str(exc)) from None
+    model = Whisper(args.model, backend=args.backend, compute_type=compute_type, download_root=args.model_dir)
     if args.transcribe_verbose and not args.json:
         print(f"whisperkit: {model.name} on backend {model.backend.name}"
+              + ("" if compute_type == "float32" else f", {compute_type}")
               + (" (auto: the fastest usable here)" if args.backend == "auto" else ""))
     options = _transcribe_options(args, model)
     try:
@@ -194,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model_dir", default=None, help="where downloaded models are kept")
     t.add_argument("--backend", default="auto",
                    help="kernel backend (default auto: the fastest usable here; see `whisperkit backends`)")
+    t.add_argument("--compute_type", default="float32",
+                   help="float32 (token-exact with openai-whisper) or int8 (the linear layers in int8, faster-whisper's "
+                        "name; README 'int8')")
     t.add_argument("--output_dir", "-o", default=".", help="directory to save the outputs")
     t.add_argument("--output_format", "-f", default="all", choices=OUTPUT_FORMATS, help="format of the output files; all: every format")
     t.add_argument("--verbose", dest="transcribe_verbose", type=_str2bool, default=True,
