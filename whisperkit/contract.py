@@ -31,7 +31,8 @@ Compute types (`COMPUTE_TYPES`, faster-whisper's names)
   the encoder and the decoder, and the logits) are quantized once, at prepare, per output channel and
   symmetrically (`quantize_int8`): ``scale[o] = max_i |W[o, i]| / 127`` (1 for a zero row),
   ``W8 = clip(rint(W / scale[o]), -127, 127)`` as int8.  Activations are quantized at each call, per row
-  and per block of ``B = int8_block(n_in)`` inputs (128 when it divides n_in), the same way
+  and per block of ``B = int8_block(n_in)`` inputs (128 when it divides n_in; the whole row when not even
+  16 does), the same way
   (`quantize_rows_int8`).  ``linear(x)[r, o] = sum_b xs[r, b] * scale[o] * (x8[r, b] . W8[o, b]) + bias[o]``:
   each block's dot product is an exact integer, the scaling and the sum over blocks are float32.
   Biases, LayerNorms, the convolutions, attention and the embeddings stay float32 (as stored).  A backend
@@ -78,11 +79,9 @@ def quantize_int8(weight):
 
 
 def int8_block(n_in: int) -> int:
-    """Inputs per activation scale in int8 (module doc): the largest of 128, 64, 32, 16 dividing n_in."""
-    for b in (128, 64, 32, 16):
-        if n_in % b == 0:
-            return b
-    raise ValueError(f"int8 needs the input width to be a multiple of 16, got {n_in}")
+    """Inputs per activation scale in int8 (module doc): the largest of 128, 64, 32, 16 dividing n_in, or
+    n_in itself (one scale per row) when none does."""
+    return next((b for b in (128, 64, 32, 16) if n_in % b == 0), n_in)
 
 
 def quantize_rows_int8(x, block: int):

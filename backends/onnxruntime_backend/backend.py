@@ -156,6 +156,17 @@ class _Runner:
 _BOOL = (np.array(False), np.array(True))  # the step graph's flags, bound once (same pointer every call)
 
 
+def _matrices(weights):
+    """Every 2-d array among the weights of an op (the layers' of decoder_step too)."""
+    for v in weights.values():
+        if isinstance(v, (list, tuple)):
+            for item in v:
+                if isinstance(item, dict):
+                    yield from _matrices(item)
+        elif np.ndim(v) == 2:
+            yield np.asarray(v)
+
+
 def _causal_mask(n_q: int, n_kv: int, offset: int) -> np.ndarray:
     """(n_q, n_kv) additive mask: query i (absolute position offset + i) sees key j iff j <= offset + i."""
     return np.where(np.arange(n_kv)[None, :] > offset + np.arange(n_q)[:, None], _F32(-np.inf), _F32(0.0)).astype(_F32)
@@ -246,6 +257,10 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         if r is None:
             r = self._weightless[key] = self._runner(build())
         return r
+
+    def supports_compute(self, op, compute_type, **args):
+        # MatMulNBits blocks are 16 to 128 inputs: every weight matrix's width must be a multiple of 16
+        return compute_type in self.compute_types and all(w.shape[1] % 16 == 0 for w in _matrices(args))
 
     def prepare(self, op, weights, ops):
         # int8: the graphs of the ops in contract.INT8_OPS run their linears as MatMulNBits (graphs.linear_int8)
