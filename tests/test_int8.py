@@ -117,3 +117,13 @@ def test_the_bench_runs_a_backend_in_int8(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     engines = {r["engine"] for r in json.loads((tmp_path / "b.json").read_text())["records"] if r["section"] == "e2e"}
     assert {"onnxruntime@int8", "onnxruntime"} <= engines, engines
+
+
+def test_auto_picks_the_fastest_backend_that_implements_int8():
+    pytest.importorskip("onnxruntime")
+    from whisperkit.registry import get_registry
+    reg = get_registry()
+    want = next(i.name for i in reg.auto_order() if "int8" in i.backend.compute_types and i.usable)
+    assert reg.auto("int8").name == want
+    assert all(reason == "does not implement compute type int8" for _, reason in reg.auto_skipped
+               if "int8" not in reg.infos[_].backend.compute_types)

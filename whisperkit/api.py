@@ -42,7 +42,7 @@ class Whisper:
         registry = get_registry()
         # A backend chosen by name loads (its library, its compiled kernels: Backend.load) on a thread of its
         # own while the weights are read and the tokenizer built, much of which runs outside the GIL.
-        loading = _Background(registry.get, backend) if isinstance(backend, str) else None
+        loading = _Background(registry.get, backend, self.compute_type) if isinstance(backend, str) else None
         try:
             given = weights
             self.weights = weights if weights is not None else resolve_model(name_or_path, download_root=download_root)
