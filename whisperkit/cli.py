@@ -151,23 +151,27 @@ def cmd_backends(args) -> int:
     reg = get_registry()
     reg.load_all()  # listed as usable only when it loads here
     pick = reg.auto_name()
+    pick_int8 = reg.auto_name("int8")
     rows = []
     for name in reg.names():
         i = reg.infos[name]
         rank = "-" if i.auto_rank is None else f"{i.auto_rank:g}"
         rows.append((name + (" *" if name == pick else ""), i.version, "yes" if i.usable else "no", rank,
-                     ", ".join(i.ops) or "-", i.reason))
+                     ",".join(i.backend.compute_types), ", ".join(i.ops) or "-", i.reason))
     if args.json:
         print(json.dumps([dict(name=i.name, version=i.version, usable=i.usable, auto_rank=i.auto_rank, auto=i.name == pick,
+                               auto_int8=i.name == pick_int8, compute_types=list(i.backend.compute_types),
                                ops=list(i.ops), reason=i.reason) for i in map(reg.infos.get, reg.names())], indent=2))
         return 0
-    w = [max(len(r[k]) for r in rows + [("backend", "version", "usable", "rank", "", "")]) for k in range(4)]
-    print(f"{'backend':<{w[0]}}  {'version':<{w[1]}}  {'usable':<{w[2]}}  {'rank':<{w[3]}}  ops / reason")
-    for name, version, usable, rank, ops, reason in rows:
-        print(f"{name:<{w[0]}}  {version:<{w[1]}}  {usable:<{w[2]}}  {rank:<{w[3]}}  {ops}")
+    head = ("backend", "version", "usable", "rank", "compute")
+    w = [max(len(r[k]) for r in rows + [head]) for k in range(5)]
+    print("  ".join(f"{h:<{w[k]}}" for k, h in enumerate(head)) + "  ops / reason")
+    for name, version, usable, rank, types, ops, reason in rows:
+        print("  ".join(f"{v:<{w[k]}}" for k, v in enumerate((name, version, usable, rank, types))) + f"  {ops}")
         if reason:
-            print(f"{'':<{sum(w) + 8}}unusable: {reason}")
-    print(f"* backend auto picks {pick}: the usable backend of highest rank (ranks from the bench's measurements)")
+            print(f"{'':<{sum(w) + 10}}unusable: {reason}")
+    print(f"* backend auto picks {pick}: the usable backend of highest rank (ranks from the bench's measurements); "
+          f"with --compute_type int8, {pick_int8} (the highest rank that implements int8)")
     return 0
 
 
