@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from whisperkit import model
-from whisperkit.backend import Backend, DecoderStepWeights, bind_group, hookimpl, weight_group
+from whisperkit.backend import Backend, DecoderStepWeights, Ops, bind_group, hookimpl, weight_group
 from whisperkit.contract import LAYER_NORM_EPS, int8_block, quantize_int8, quantize_rows_int8
 
 # Coefficients of the erfc approximation of Numerical Recipes (2nd ed., sec. 6.2, "erfcc"),
@@ -137,9 +137,10 @@ class NumpyBackend(Backend):
         if op == "linear" and ops.compute_type == "int8":
             return self.prepare_linear_int8(**weights)
         if op == "decoder_step":  # each layer bound as decoder_layer, so a backend's own decoder_layer runs them
+            float32 = ops if ops.compute_type == "float32" else Ops(ops.backend, ops.reference)  # the logits: float32 always
             return DecoderStepWeights(tuple(ops.bind("decoder_layer", **layer) for layer in weights["layers"]),
                                       ops.bind("layer_norm", weight=weights["ln_weight"], bias=weights["ln_bias"]),
-                                      ops.bind("linear", weight=weights["logits_weight"], bias=None))
+                                      float32.bind("linear", weight=weights["logits_weight"], bias=None))
         if op in ("mlp_block", "encoder_layer", "decoder_layer"):
             return SimpleNamespace(block=bind_group(weight_group(op, weights), ops), ops=ops)
         return super().prepare(op, weights, ops)

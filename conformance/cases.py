@@ -575,8 +575,8 @@ def _by_op(op):
 # One such flip moves an output by xs * |W8 * scale| (one quantization step of an input times a weight), and
 # it grows through the layers that follow.  Measured, onnxruntime (MLAS, accuracy level 4) against the
 # reference, as a fraction of each op's error scale: linear 2.4e-4, mlp_block 3.4e-3, encoder_layer 6.0e-3,
-# decoder_layer 3.8e-3, decoder_step 1.5e-2 (its one-token attention path differs from the reference's
-# composition in float32 rounding, and 4 layers amplify the flips that follows).  The tolerances are about 3x
+# decoder_layer 3.8e-3, decoder_step 1.1e-2 (its one-token attention path differs from the reference's
+# composition in float32 rounding, and 4 layers amplify the flips that follow; its logits are float32).  The tolerances are about 3x
 # those.  For comparison, int8 against float32 is 3e-3 (linear) to 2.5e-2 (decoder_step) on the same scale:
 # the coarse ops' int8 checks bound the error, they cannot tell int8 from float32 (the model's WER does).
 _INT8 = {
@@ -584,7 +584,7 @@ _INT8 = {
     "mlp_block": Tol(1e-2, 1e-37, "flips in two int8 linears through gelu (comment above): measured 3.4e-3"),
     "encoder_layer": Tol(2e-2, 1e-37, "flips in six int8 linears and the attention they feed: measured 6.0e-3"),
     "decoder_layer": Tol(1.5e-2, 1e-37, "flips in seven int8 linears and the attention they feed: measured 3.8e-3"),
-    "decoder_step": Tol(5e-2, 1e-37, "flips through n_layer decoder layers and the int8 logits: measured 1.5e-2"),
+    "decoder_step": Tol(5e-2, 1e-37, "flips through n_layer int8 decoder layers (the logits are float32): measured 1.1e-2"),
 }
 
 for _op, _tol, _scale, _doc in [

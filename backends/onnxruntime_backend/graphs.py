@@ -463,13 +463,12 @@ def build_decoder_step(w: DecoderStepWeights, int8: bool = False) -> GraphBuilde
     # pre-packed panels; several rows (beams): the pre-packed constant.  Both are kept (twice the memory of
     # the largest weight) for the op that dominates a step.
     one_row = g.input("one_row", [], TensorProto.BOOL)
-    if g.int8:  # one int8 kernel whatever the rows (one_row stays an input, unused: the backend feeds it)
-        g.output(linear(g, h, w.logits.weight, None, "logits"), "logits", ["b", "n_pos", n_vocab])
-    else:
-        logits = g.op("If", one_row,
-                      then_branch=g.branch(lambda b: linear(b, h, w.logits.weight, None, "logits", bound=True), "gemv"),
-                      else_branch=g.branch(lambda b: linear(b, h, w.logits.weight, None, "logits"), "packed"))
-        g.output(logits, "logits", ["b", "n_pos", n_vocab])
+    int8, g.int8 = g.int8, False  # the logits stay float32 in every compute type (the contract)
+    logits = g.op("If", one_row,
+                  then_branch=g.branch(lambda b: linear(b, h, w.logits.weight, None, "logits", bound=True), "gemv"),
+                  else_branch=g.branch(lambda b: linear(b, h, w.logits.weight, None, "logits"), "packed"))
+    g.int8 = int8
+    g.output(logits, "logits", ["b", "n_pos", n_vocab])
     for i, (k_new, v_new) in enumerate(news):
         g.output(k_new, f"k_new.{i}", ["b", "n_q", n_state])
         g.output(v_new, f"v_new.{i}", ["b", "n_q", n_state])
