@@ -41,9 +41,9 @@ def serve(args) -> int:
         raise WhisperkitError(f"whisperkit serve needs the server extra ({exc.name} is missing): "
                               "pip install 'whisperkit[server]'") from None
 
+    sock = _bind(args.host, args.port)  # first: a port in use fails before seconds of loading
     models = _load_models(args.model or ["tiny.en"], args.backend, args.model_dir)
     slots, threads = _plan(models, args.workers, usable_cores())
-    sock = _bind(args.host, args.port)
     state = ServerState(models=models, slots=Slots(slots, max_queue), max_upload_bytes=int(max_upload * (1 << 20)),
                         api_key=api_key)
     # A damaged upload's warning goes to its client in the response, not to the server's stderr

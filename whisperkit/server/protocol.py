@@ -22,9 +22,7 @@ if TYPE_CHECKING:
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("segment", "word")
 SUBTITLES = {"srt": WriteSRT, "vtt": WriteVTT}
-# OpenAI's temperature=0: "the model will use log probability to automatically increase the temperature
-# until certain thresholds are hit", which is openai-whisper's fallback schedule
-FALLBACK_STEP = 0.2
+FALLBACK_STEP = 0.2  # openai-whisper's temperature schedule: 0, 0.2, ... 1
 SEGMENT_FIELDS = ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
                   "compression_ratio", "no_speech_prob")
 
@@ -90,7 +88,8 @@ def _language(value: str | None, model: "Whisper", task: str) -> str | None:
 
 
 def _temperatures(value: str | None) -> tuple[float, ...]:
-    """The temperatures to try: from the one asked for, in openai-whisper's steps of 0.2 up to 1."""
+    """The temperatures to try.  OpenAI: 0 (the default) raises the temperature "until certain thresholds are
+    hit", which is openai-whisper's fallback (0, 0.2, ... 1); any other value is the one temperature used."""
     if value is None or not value.strip():
         t = 0.0
     else:
@@ -101,7 +100,9 @@ def _temperatures(value: str | None) -> tuple[float, ...]:
         if not 0.0 <= t <= 1.0:  # NaN fails too
             raise ApiError(400, f"temperature must be a number from 0 to 1, got {value!r}", param="temperature",
                            code="invalid_value")
-    return tuple(float(x) for x in np.arange(t, 1.0 + 1e-6, FALLBACK_STEP))
+    if t > 0:
+        return (t,)
+    return tuple(float(x) for x in np.arange(0.0, 1.0 + 1e-6, FALLBACK_STEP))
 
 
 # --- the work of a slot: transcribe and render ---------------------------------------------------------------
