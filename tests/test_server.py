@@ -47,7 +47,7 @@ class Server:
     def request(self, method: str, path: str, body=None, headers: dict | None = None,
                 chunked: bool = False) -> tuple[int, dict, bytes]:
         """Raw HTTP (for bodies the openai client would never send): status, headers, body."""
-        conn = http.client.HTTPConnection(self.host, int(self.port), timeout=300)
+        conn = http.client.HTTPConnection(self.host, int(self.port), timeout=120)
         try:
             conn.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
             resp = conn.getresponse()
@@ -200,6 +200,7 @@ def test_verbose_json_without_words_has_segments_only(server):
     assert got.words is None and len(got.segments) >= 1 and got.segments[-1].end <= got.duration + 0.02
 
 
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the client marks translations.create so
 def test_translation_on_base(server):
     from whisperkit import load_model
     base = load_model("base")
@@ -220,6 +221,7 @@ def test_models_lists_the_loaded_models_and_the_alias(server):
     assert err.value.body["code"] == "model_not_found"
 
 
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 def test_bad_fields_are_400_naming_the_field(server):
     client = server.client()
     cases = [

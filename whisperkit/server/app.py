@@ -18,7 +18,7 @@ from .. import __version__
 from .errors import ApiError, error_body
 from .protocol import read_job, run_job
 from .slots import Slots
-from .upload import FORM_ALLOWANCE, drain_body, read_upload
+from .upload import read_upload
 
 log = logging.getLogger("whisperkit.server")
 
@@ -55,7 +55,7 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="whisperkit", version=__version__,
                   description="OpenAI's audio transcription API on whisperkit (see the README's `whisperkit serve`)")
     app.state.whisperkit = state
-    _add_error_handlers(app, state)
+    _add_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict:
@@ -124,19 +124,13 @@ def _auth_check(state: ServerState):
     return check
 
 
-def _add_error_handlers(app: FastAPI, state: ServerState) -> None:
-    # An error answered before the body was read still drains it: a client that is still sending when the
-    # connection closes sees a reset instead of the answer.  Past four times the upload limit it is dropped.
-    drain_cap = 4 * (state.max_upload_bytes + FORM_ALLOWANCE)
-
+def _add_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         log.info("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
-        await drain_body(request, drain_cap)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # routing's own errors (404 unknown path, 405 wrong method) in OpenAI's shape
-        await drain_body(request, drain_cap)
         message = f"{request.method} {request.url.path}: {exc.detail}"
         return JSONResponse(error_body(message, code=_slug(str(exc.detail))), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
