@@ -388,6 +388,7 @@ def test_an_upload_goes_to_disk_not_to_memory(busy, tmp_path):
     status, _, raw = busy.request("POST", "/v1/audio/transcriptions", body=body, headers=headers)
     assert status == 400 and json.loads(raw)["error"]["code"] == "invalid_audio", raw
     grew_mib = (busy.status_line("VmHWM") - peak_before) / 1024
+    print(f"\n{size >> 20} MiB upload: the server's peak RSS grew by {grew_mib:.1f} MiB")
     assert grew_mib < 32, f"the server's peak memory grew by {grew_mib:.0f} MiB for a {size >> 20} MiB upload"
     assert busy.leftover_uploads() == [] and busy.healthy()
 
