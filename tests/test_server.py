@@ -450,7 +450,7 @@ def test_load_8_clients_x_50(tmp_path, local):
     assert figures["requests"] == 400
 
 
-# --- the command line --------------------------------------------------------------------------------------------
+# --- the plan and the command line --------------------------------------------------------------------------------------------
 def test_compute_type_other_than_float32_is_a_clear_startup_error():
     proc = subprocess.run([EXE, "serve", "--compute_type", "int8"], capture_output=True, text=True, timeout=120)
     assert_one_clear_error(proc, "--compute_type 'int8' is not available")
@@ -471,3 +471,17 @@ def test_whisperkit_and_its_other_commands_do_not_import_the_server_stack():
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'python_multipart') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("thread_safe, workers, cores, plan", [
+    (True, None, 8, (8, 1)),    # one slot per core, one thread each
+    (False, None, 8, (1, 8)),   # decodes take turns on the backend's lock: one slot with every core
+    (True, 2, 8, (2, 4)),       # slots x threads = the cores
+    (True, 16, 8, (16, 1)),     # asked for more slots than cores: one thread each
+])
+def test_slots_times_threads_is_the_cores(thread_safe, workers, cores, plan):
+    from types import SimpleNamespace
+
+    from whisperkit.server import plan_slots
+    models = {"m": SimpleNamespace(backend=SimpleNamespace(name="b", thread_safe=thread_safe))}
+    assert plan_slots(models, workers, cores) == plan

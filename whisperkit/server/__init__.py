@@ -43,7 +43,9 @@ def serve(args) -> int:
 
     sock = _bind(args.host, args.port)  # first: a port in use fails before seconds of loading
     models = _load_models(args.model or ["tiny.en"], args.backend, args.model_dir)
-    slots, threads = _plan(models, args.workers, usable_cores())
+    slots, threads = plan_slots(models, args.workers, usable_cores())
+    from ..threads import set_num_threads
+    set_num_threads(threads)
     state = ServerState(models=models, slots=Slots(slots, max_queue), max_upload_bytes=int(max_upload * (1 << 20)),
                         api_key=api_key)
     # A damaged upload's warning goes to its client in the response, not to the server's stderr
@@ -88,13 +90,12 @@ def _load_models(names: list[str], backend: str, model_dir: str | None) -> dict:
     return models
 
 
-def _plan(models: dict, workers: int | None, cores: int) -> tuple[int, int]:
+def plan_slots(models: dict, workers: int | None, cores: int) -> tuple[int, int]:
     """(decoding slots, threads per decode) so that slots x threads = the cores: a decode's kernels use its
     threads, so more slots than that would only take the cores from one another.
 
     A backend that is not thread-safe runs one decode at a time whatever the slots (Whisper.transcribe takes
     its lock), so its default is one slot with every core."""
-    from ..threads import set_num_threads
     thread_safe = all(getattr(m.backend, "thread_safe", False) for m in models.values())
     if workers is None:
         slots = cores if thread_safe else 1
@@ -105,9 +106,7 @@ def _plan(models: dict, workers: int | None, cores: int) -> tuple[int, int]:
         if slots > 1 and not thread_safe:
             print(f"whisperkit serve: warning: backend {next(iter(models.values())).backend.name} is not thread-safe: "
                   f"its decodes take turns, so {slots} slots decode one request at a time", file=sys.stderr, flush=True)
-    threads = max(1, cores // slots)
-    set_num_threads(threads)
-    return slots, threads
+    return slots, max(1, cores // slots)
 
 
 def _bind(host: str, port: int) -> socket.socket:
