@@ -54,7 +54,6 @@ class ServerState:
 def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="whisperkit", version=__version__,
                   description="OpenAI's audio transcription API on whisperkit (see the README's `whisperkit serve`)")
-    app.state.whisperkit = state
     _add_error_handlers(app)
 
     @app.get("/health")
