@@ -362,6 +362,8 @@ def test_a_full_queue_gets_429_with_retry_after_and_later_requests_succeed(busy,
         outcomes = list(pool.map(one, range(n)))
     done = [o[1] for o in outcomes if o[0] == "ok"]
     refused = [o for o in outcomes if o[0] != "ok"]
+    print(f"\n{n} at once on 1 slot + a queue of 2: {len(done)} answered, {len(refused)} refused "
+          f"(statuses {sorted({o[0] for o in refused})}, Retry-After {sorted({o[1] for o in refused})})")
     assert len(done) >= 3 and len(refused) >= 1, outcomes
     assert done == [want] * len(done)
     for status, retry_after, body in refused:
