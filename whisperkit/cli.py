@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 
+from .contract import compute_type_name
 from .errors import WhisperkitError
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS
 from .writers import OUTPUT_FORMATS, format_timestamp
@@ -51,7 +52,8 @@ def _transcribe_options(args, model) -> dict:
         prepend_punctuations=args.prepend_punctuations, append_punctuations=args.append_punctuations,
         clip_timestamps=args.clip_timestamps, hallucination_silence_threshold=args.hallucination_silence_threshold,
         vad_filter=args.vad_filter, vad_method=args.vad_method, strict_audio=args.strict_audio,
-        progress=False if args.no_progress else None)
+        progress=False if args.no_progress else None,
+        **({} if args.without_timestamps is None else {"without_timestamps": args.without_timestamps}))
 
 
 def cmd_transcribe(args) -> int:
@@ -81,9 +83,14 @@ def cmd_transcribe(args) -> int:
     warnings.simplefilter("ignore", AudioDamageWarning)  # each result's warnings are printed by _emit
     if args.threads:
         set_num_threads(args.threads)
-    model = Whisper(args.model, backend=args.backend, download_root=args.model_dir)
+    try:
+        compute_type = compute_type_name(args.compute_type)
+    except ValueError as exc:
+        raise WhisperkitError(str(exc)) from None
+    model = Whisper(args.model, backend=args.backend, compute_type=compute_type, download_root=args.model_dir)
     if args.transcribe_verbose and not args.json:
         print(f"whisperkit: {model.name} on backend {model.backend.name}"
+              + ("" if compute_type == "float32" else f", {compute_type}")
               + (" (auto: the fastest usable here)" if args.backend == "auto" else ""))
     options = _transcribe_options(args, model)
     try:
@@ -95,11 +102,9 @@ def cmd_transcribe(args) -> int:
         sources = [_spool_stdin(cleanup) if a == "-" else a for a in args.audio]  # "-": standard input
         names = [args.output_name or ("stdin" if a == "-" else a) for a in args.audio]
         try:
-            if args.batch_size > 1 and len(sources) > 1:
-                results = model.transcribe_batch(sources, batch_size=args.batch_size, **options)
-            elif args.batch_size > 1:  # one file: its VAD chunks decoded batch_size at a time (whisperkit.chunked)
+            if args.batch_size > 1:  # the VAD chunks of the files decoded batch_size at a time (whisperkit.chunked)
                 chunked = {k: v for k, v in options.items() if k not in ("vad_filter", "clip_timestamps", "condition_on_previous_text")}
-                results = [model.transcribe(sources[0], batch_size=args.batch_size, **chunked)]
+                results = model.transcribe_batch(sources, batch_size=args.batch_size, chunked=True, **chunked)
             else:
                 results = (model.transcribe(path, **options) for path in sources)
             for name, result in zip(names, results):
@@ -200,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model_dir", default=None, help="where downloaded models are kept")
     t.add_argument("--backend", default="auto",
                    help="kernel backend (default auto: the fastest usable here; see `whisperkit backends`)")
+    t.add_argument("--compute_type", default="float32",
+                   help="float32 (token-exact with openai-whisper) or int8 (the linear layers in int8, faster-whisper's "
+                        "name; README 'int8')")
     t.add_argument("--output_dir", "-o", default=".", help="directory to save the outputs")
     t.add_argument("--output_format", "-f", default="all", choices=OUTPUT_FORMATS, help="format of the output files; all: every format")
     t.add_argument("--verbose", dest="transcribe_verbose", type=_str2bool, default=True,
@@ -232,9 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max_words_per_line", type=_optional_int, default=None,
                    help="(needs --word_timestamps True, no effect with --max_line_width) words in a line")
     t.add_argument("--batch_size", type=int, default=1,
-                   help="several files: transcribed together, their windows batched through the backend; one file: "
-                        "its speech (the VAD's) in chunks of up to 30 s, decoded this many at a time, without "
-                        "conditioning on the text before (not token-exact with openai-whisper) (default 1)")
+                   help="above 1: the batched pipeline, as faster-whisper's: the speech of each file (the VAD's) in "
+                        "chunks of up to 30 s, this many decoded at a time, the chunks of one file after another, "
+                        "without conditioning on the text before (not token-exact with openai-whisper) (default 1: "
+                        "the sequential loop, token-exact)")
+    t.add_argument("--without_timestamps", type=_str2bool, default=None,
+                   help="decode text only, one segment per window (default: True with --batch_size, as faster-whisper's "
+                        "batched mode; False otherwise, as openai-whisper)")
     t.add_argument("--vad_filter", type=_str2bool, default=False,
                    help="transcribe only the speech regions found by the voice-activity filter")
     t.add_argument("--vad_method", default="auto", choices=("auto", "silero", "energy"),

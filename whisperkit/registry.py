@@ -192,9 +192,9 @@ class Registry:
     def reference(self) -> Backend:
         return self.get(REFERENCE)
 
-    def ops(self, name: str | Backend) -> Ops:
+    def ops(self, name: str | Backend, compute_type: str = "float32") -> Ops:
         backend = name if isinstance(name, Backend) else self.get(name)
-        return Ops(backend, self.reference())
+        return Ops(backend, self.reference(), compute_type)
 
 
 def build_registry() -> Registry:
