@@ -453,9 +453,17 @@ def test_load_8_clients_x_50(tmp_path, local):
 
 
 # --- the plan and the command line --------------------------------------------------------------------------------------------
-def test_compute_type_other_than_float32_is_a_clear_startup_error():
-    proc = subprocess.run([EXE, "serve", "--compute_type", "int8"], capture_output=True, text=True, timeout=120)
-    assert_one_clear_error(proc, "--compute_type 'int8' is not available")
+def test_an_unknown_compute_type_is_a_clear_startup_error():
+    proc = subprocess.run([EXE, "serve", "--compute_type", "int4"], capture_output=True, text=True, timeout=120)
+    assert_one_clear_error(proc, "--compute_type", "'int4'", "float32", "int8")
+
+
+def test_int8_serves_what_an_int8_model_transcribes(tmp_path):
+    from whisperkit import load_model
+    want = load_model("tiny.en", compute_type="int8").transcribe(str(clip("jfk.flac"))).text.strip()
+    with running_server(tmp_path, "--compute_type", "int8") as srv:
+        assert ", int8, " in srv.log.read_text().splitlines()[0]
+        assert transcribe_upload(srv.client(), "jfk.flac").text == want
 
 
 def test_a_port_in_use_is_a_clear_startup_error():

@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: tiny.en)")
     s.add_argument("--model_dir", default=None, help="where downloaded models are kept")
     s.add_argument("--backend", default="auto", help="kernel backend (see `whisperkit backends`)")
-    s.add_argument("--compute_type", default="float32", help="float32 (or default); int8 is not available yet")
+    s.add_argument("--compute_type", default="float32",
+                   help="float32 (token-exact with openai-whisper) or int8 (the linear layers in int8; README 'int8')")
     s.add_argument("--workers", type=int, default=None,
                    help="decoding slots (default: one per core on a thread-safe backend, else 1 with every core)")
     s.add_argument("--max_queue", type=int, default=8,

@@ -14,21 +14,21 @@ import warnings
 from ..errors import WhisperkitError
 
 API_KEY_ENV = "WHISPERKIT_API_KEY"
-COMPUTE_TYPES = ("default", "float32")
 
 
 def check_compute_type(compute_type: str) -> str:
-    """The compute type the models are loaded with.  Only float32 exists in this version (int8 is issue 18):
-    this is the one place to pass the choice on to load_model once it does."""
-    if compute_type in COMPUTE_TYPES:
-        return "float32"
-    raise WhisperkitError(f"--compute_type {compute_type!r} is not available in this version of whisperkit: "
-                          f"models compute in float32; use one of {', '.join(COMPUTE_TYPES)}")
+    """The compute type every model is loaded with (faster-whisper's names, `whisperkit.contract`): float32,
+    token-exact with openai-whisper, or int8; a name that is neither stops the start."""
+    from ..contract import compute_type_name
+    try:
+        return compute_type_name(compute_type)
+    except ValueError as exc:
+        raise WhisperkitError(f"--compute_type: {exc}") from None
 
 
 def serve(args) -> int:
     """Run the server until it is interrupted; startup problems are a WhisperkitError (one line, exit 2)."""
-    check_compute_type(args.compute_type)
+    compute_type = check_compute_type(args.compute_type)
     max_upload = _positive(args.max_upload_mb, "--max_upload_mb", float)
     max_queue = _positive(args.max_queue, "--max_queue", int, allow_zero=True)
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
@@ -42,7 +42,7 @@ def serve(args) -> int:
                               "pip install 'whisperkit[server]'") from None
 
     sock = _bind(args.host, args.port)  # first: a port in use fails before seconds of loading
-    models = _load_models(args.model or ["tiny.en"], args.backend, args.model_dir)
+    models = _load_models(args.model or ["tiny.en"], args.backend, compute_type, args.model_dir)
     slots, threads = plan_slots(models, args.workers, usable_cores())
     from ..threads import set_num_threads
     set_num_threads(threads)
@@ -56,6 +56,7 @@ def serve(args) -> int:
     host, port = sock.getsockname()[:2]
     first = next(iter(models.values()))
     print(f"whisperkit serve: {', '.join(models)} (whisper-1: {first.name}) on backend {first.backend.name}, "
+          f"{compute_type}, "
           f"{slots} decoding slot{'s' * (slots > 1)} x {threads} thread{'s' * (threads > 1)}, queue {max_queue}, "
           f"uploads up to {max_upload:g} MiB, API key {'required' if api_key else 'not required'}", flush=True)
     if api_key is None and host not in ("127.0.0.1", "::1", "localhost"):
@@ -78,7 +79,7 @@ def _positive(value, flag: str, kind, allow_zero: bool = False):
     return kind(value)
 
 
-def _load_models(names: list[str], backend: str, model_dir: str | None) -> dict:
+def _load_models(names: list[str], backend: str, compute_type: str, model_dir: str | None) -> dict:
     """Each model once, by the id clients will use (its name as given: tiny.en, base, or a path)."""
     from ..api import Whisper
     models = {}
@@ -86,7 +87,7 @@ def _load_models(names: list[str], backend: str, model_dir: str | None) -> dict:
         if name == "whisper-1":
             raise WhisperkitError("--model whisper-1: that is the alias of the first --model, not a model")
         if name not in models:
-            models[name] = Whisper(name, backend=backend, download_root=model_dir)
+            models[name] = Whisper(name, backend=backend, compute_type=compute_type, download_root=model_dir)
     return models
 
 
