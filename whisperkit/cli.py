@@ -1,4 +1,4 @@
-"""The ``whisperkit`` command: transcribe, backends, convert, conformance."""
+"""The ``whisperkit`` command: transcribe, backends, convert, conformance, serve."""
 from __future__ import annotations
 
 import argparse
@@ -183,6 +183,11 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .server import serve  # imported here: FastAPI and uvicorn load only for this command
+    return serve(args)
+
+
 def cmd_conformance(argv: list[str]) -> int:
     from .conformance.cli import main
     return main(argv)
@@ -271,6 +276,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out_dir")
     c.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     c.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("serve", help="serve OpenAI's audio transcription API over HTTP (the server extra)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port, printed at start)")
+    s.add_argument("--model", action="append", default=None,
+                   help="a model to load (repeat for several); the first is the default, also called whisper-1 "
+                        "(default: tiny.en)")
+    s.add_argument("--model_dir", default=None, help="where downloaded models are kept")
+    s.add_argument("--backend", default="auto", help="kernel backend (see `whisperkit backends`)")
+    s.add_argument("--compute_type", default="float32",
+                   help="float32 (token-exact with openai-whisper) or int8 (the linear layers in int8; README 'int8')")
+    s.add_argument("--workers", type=int, default=None,
+                   help="decoding slots (default: one per core on a thread-safe backend, else 1 with every core)")
+    s.add_argument("--max_queue", type=int, default=8,
+                   help="requests admitted beyond the busy slots; past that a request gets 429 with Retry-After")
+    s.add_argument("--max_upload_mb", type=float, default=25.0, help="largest audio upload in MiB (413 above)")
+    s.add_argument("--api_key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1 (default: $WHISPERKIT_API_KEY; unset: no key)")
+    s.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level; info logs every request")
+    s.set_defaults(func=cmd_serve)
 
     sub.add_parser("conformance", help="hold a backend to the reference (run `whisperkit conformance --help`)", add_help=False)
     return p
