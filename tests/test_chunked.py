@@ -114,3 +114,18 @@ def test_the_cli_batch_size_runs_the_batched_pipeline_on_every_file(tmp_path, mo
     for f in files:
         want = model.transcribe(f, batch_size=2, vad_method="energy").text.strip()
         assert (tmp_path / (f.rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".txt")).read_text().strip() == want
+
+
+def test_a_text_only_chunk_that_stopped_early_is_decoded_again_with_timestamps(model, long_audio, monkeypatch):
+    """A chunk whose text-only decoding gives fewer than a word a second of its speech is decoded again with
+    timestamps; its segments then come from that decoding."""
+    import whisperkit.chunked as chunked
+    from whisperkit.transcribe import TranscriptionResult
+    assert chunked._stopped_early(TranscriptionResult(text=" one two"), 30.0)
+    assert not chunked._stopped_early(TranscriptionResult(text=" one two"), 5.0)  # too little speech to tell
+    assert not chunked._stopped_early(TranscriptionResult(text=" w" * 40), 30.0)
+    normal = model.transcribe(long_audio, batch_size=4, temperature=0.0, **VAD)
+    monkeypatch.setattr(chunked, "MIN_WORDS_PER_SECOND", 100.0)  # every chunk of 10 s or more looks cut short
+    again = model.transcribe(long_audio, batch_size=4, temperature=0.0, **VAD)
+    assert len(again.segments) > len(normal.segments)  # the long chunks came back in the model's own segments
+    assert again.text.split()[:5] == normal.text.split()[:5]
