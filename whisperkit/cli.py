@@ -76,6 +76,16 @@ def cmd_transcribe(args) -> int:
     if args.max_words_per_line and args.max_line_width:
         _warn("--max_words_per_line has no effect with --max_line_width")
     writer_args = {option: getattr(args, option) for option in WORD_OPTIONS}
+    if args.ray is not None:  # the inputs go to a Ray cluster (whisperkit.distributed; Ray is imported only there)
+        from types import SimpleNamespace
+
+        from .distributed.cli import transcribe_on_ray
+        # No model is loaded here (the actors load theirs): an English-only model given another language is set to
+        # English by the actors' transcribe() itself, without the warning below.
+        options = _transcribe_options(args, SimpleNamespace(name=args.model, is_multilingual=True))
+        return transcribe_on_ray(args, options, writer_args)
+    if args.actors is not None:
+        raise WhisperkitError("--actors sizes the actor pool of --ray; give --ray too")
 
     import warnings
 
@@ -259,7 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--strict_audio", type=_str2bool, default=False,
                    help="a file whose decoding fails part-way is an error; by default its readable part is "
                         "transcribed, with a warning")
-    t.add_argument("--threads", type=_optional_int, default=0, help="threads for every backend (0: all cores)")
+    t.add_argument("--threads", type=_optional_int, default=0,
+                   help="threads for every backend (0: all cores); with --ray, each actor's (0: 1 thread)")
+    t.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="transcribe the files (directories, globs) on Ray (the 'ray' extra): join the cluster at "
+                        "ADDRESS, or start a local Ray without one; outputs renamed into place whole, complete ones "
+                        "skipped on a rerun, whisperkit-manifest.json in --output_dir; exit status: inputs failed")
+    t.add_argument("--actors", type=int, default=None,
+                   help="with --ray: transcription actors, one model each; None: as many as the nodes' CPUs hold, "
+                        "--threads CPUs each")
     t.add_argument("--clip_timestamps", default="0", help="start,end,start,end,... seconds of the clips to process; the last end defaults to the end of the file")
     t.add_argument("--hallucination_silence_threshold", type=_optional_float, default=None,
                    help="(needs --word_timestamps True) skip silences longer than this (s) before a possible hallucination")
@@ -323,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "conformance":
         return cmd_conformance(argv[1:])
+    if "--ray" in argv:  # `--ray DIR`: DIR is an input, not the address (whisperkit.distributed.cli)
+        from .distributed.cli import ray_argv
+        argv = ray_argv(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
