@@ -110,7 +110,7 @@ def transcribe_dataset(inputs, output_dir, *, model: str = "tiny.en", backend: s
                        compute_type: str = "float32", actors: int | None = None, threads_per_actor: int | None = None,
                        batch_size: int = 1, address: str | None = None, output_format="json",
                        writer_options: dict | None = None, download_root: str | None = None,
-                       progress: bool = True, **transcribe_options) -> JobReport:
+                       progress: bool | None = None, **transcribe_options) -> JobReport:
     """Transcribe every input file on Ray, each into ``output_dir`` (its JSON and any other `output_format`).
 
     inputs: a path, directory (searched recursively for audio and video files) or glob pattern, or a list of
@@ -120,8 +120,9 @@ def transcribe_dataset(inputs, output_dir, *, model: str = "tiny.en", backend: s
     call; above 1 they are transcribed together (`Whisper.transcribe_batch`: at temperature 0 the same tokens,
     with fallback to higher temperatures the draws can differ).  address: a Ray cluster to join; None starts a
     private local Ray.  output_format: "json" (always written), "txt", "vtt", "srt", "tsv", "all" or a list;
-    writer_options: the srt/vtt line options (max_line_width, ...).  progress: a bar over the audio seconds and
-    the throughput at the end, on stderr.  Other keywords: `Whisper.transcribe`'s options.
+    writer_options: the srt/vtt line options (max_line_width, ...).  progress: a bar over the audio seconds on
+    stderr (None: when stderr is a terminal), and the counts and throughput at the end (unless False).  Other
+    keywords: `Whisper.transcribe`'s options.
 
     Returns a `JobReport`; its rows are also in ``<output_dir>/whisperkit-manifest.json``.  An input that cannot be
     decoded or transcribed is a failed row with its error; the job goes on."""
@@ -154,7 +155,7 @@ def transcribe_dataset(inputs, output_dir, *, model: str = "tiny.en", backend: s
         raise
     finally:
         _finish(report, rows, todo, formats)
-        if progress and (ran or report.interrupted):
+        if progress is not False and (ran or report.interrupted):
             print(f"whisperkit: {report.summary()}", file=sys.stderr)
     return report
 
@@ -250,9 +251,10 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {text[-1] if text else ''}"
 
 
-def _bar(total: float, progress: bool):
+def _bar(total: float, progress: bool | None):
     from tqdm import tqdm
-    return tqdm(total=round(total, 1), unit="s", disable=not progress, file=sys.stderr, leave=True,
+    shown = sys.stderr.isatty() if progress is None else progress  # as transcribe()'s own bar
+    return tqdm(total=round(total, 1), unit="s", disable=not shown, file=sys.stderr, leave=True,
                 bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
 
 

@@ -44,7 +44,7 @@ def transcribe_on_ray(args, options: dict, writer_options: dict) -> int:
         args.audio, args.output_dir, model=args.model, backend=args.backend, download_root=args.model_dir,
         actors=args.actors, threads_per_actor=args.threads or None, batch_size=args.batch_size,
         address=None if args.ray == "local" else args.ray, output_format=args.output_format,
-        writer_options=writer_options, progress=not args.no_progress, **options)
+        writer_options=writer_options, progress=False if args.no_progress else None, **options)
     failed = [row for row in report.rows if row["status"] == "failed"]
     for row in failed[:_SHOWN_ERRORS]:
         print(f"whisperkit: warning: failed: {row['error']}", file=sys.stderr)
