@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from whisperkit import model
-from whisperkit.backend import Backend, DecoderStepWeights, bind_group, hookimpl, weight_group
-from whisperkit.contract import LAYER_NORM_EPS
+from whisperkit.backend import Backend, DecoderStepWeights, Ops, bind_group, hookimpl, weight_group
+from whisperkit.contract import LAYER_NORM_EPS, int8_block, quantize_int8, quantize_rows_int8
 
 # Coefficients of the erfc approximation of Numerical Recipes (2nd ed., sec. 6.2, "erfcc"),
 # fractional error below 1.2e-7 for every argument >= 0 -- i.e. within about one float32 ulp.
@@ -46,6 +46,7 @@ class NumpyBackend(Backend):
     version = np.__version__
     description = "reference: NumPy with its BLAS"
     auto_rank = 0  # the slowest, and always there: what `auto` falls back to
+    compute_types = ("float32", "int8")  # the reference defines every compute type
     thread_safe = True  # every op allocates its own outputs; nothing is shared between calls
     shared_cross_kv = True
 
@@ -53,7 +54,28 @@ class NumpyBackend(Backend):
     def prepare_linear(self, weight, bias=None):
         return SimpleNamespace(weight=np.asarray(weight, np.float32), bias=None if bias is None else np.asarray(bias, np.float32))
 
+    def prepare_linear_int8(self, weight, bias=None):
+        q, scale = quantize_int8(weight)  # the contract's scheme: held as int8, one scale per output channel
+        return SimpleNamespace(weight=None, q=q, scale=scale, block=int8_block(q.shape[1]),
+                               bias=None if bias is None else np.asarray(bias, np.float32))
+
+    def linear_int8(self, x, w):
+        """The contract's int8 linear.  Each block's dot product of integers in [-127, 127] is below 2**24
+        (128 * 127 * 127), so float32 products and sums (BLAS) give it exactly."""
+        n_out, n_in = w.q.shape
+        x8, xs = quantize_rows_int8(np.asarray(x, np.float32).reshape(-1, n_in), w.block)  # (rows, blocks, B), (rows, blocks)
+        w8 = w.q.astype(np.float32).reshape(n_out, -1, w.block)  # widened for this call only
+        y = np.zeros((x8.shape[0], n_out), np.float32)
+        for b in range(x8.shape[1]):
+            y += np.matmul(x8[:, b], w8[:, b].T) * xs[:, b, None]
+        y *= w.scale
+        if w.bias is not None:
+            y += w.bias
+        return y.reshape(np.shape(x)[:-1] + (n_out,))
+
     def linear(self, x, w):
+        if w.weight is None:
+            return self.linear_int8(x, w)
         y = np.matmul(x, w.weight.T)  # (..., n_out)
         if w.bias is not None:
             y += w.bias
@@ -112,10 +134,13 @@ class NumpyBackend(Backend):
 
     # ---- coarse ops: the graph's block functions (whisperkit.model) on fine ops bound through the dispatcher
     def prepare(self, op, weights, ops):
+        if op == "linear" and ops.compute_type == "int8":
+            return self.prepare_linear_int8(**weights)
         if op == "decoder_step":  # each layer bound as decoder_layer, so a backend's own decoder_layer runs them
+            float32 = ops if ops.compute_type == "float32" else Ops(ops.backend, ops.reference)  # the logits: float32 always
             return DecoderStepWeights(tuple(ops.bind("decoder_layer", **layer) for layer in weights["layers"]),
                                       ops.bind("layer_norm", weight=weights["ln_weight"], bias=weights["ln_bias"]),
-                                      ops.bind("linear", weight=weights["logits_weight"], bias=None))
+                                      float32.bind("linear", weight=weights["logits_weight"], bias=None))
         if op in ("mlp_block", "encoder_layer", "decoder_layer"):
             return SimpleNamespace(block=bind_group(weight_group(op, weights), ops), ops=ops)
         return super().prepare(op, weights, ops)

@@ -8,6 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from whisperkit.contract import compute_type_name
+
+from .engines import engine_name, split_engine
 from .machine import default_audio, default_threads, find_shared_audio, thread_env
 
 EPILOG = """examples:
@@ -49,12 +52,55 @@ def build_parser() -> argparse.ArgumentParser:
                     help="batch throughput: the clips (jfk_16k, pv_en, osr_16k, pv_de or --audio) repeated to at least N "
                          "files, one at a time vs transcribe_batch(batch_size=N); default 4, off with --quick; 0 disables")
     ap.add_argument("--long", type=float, default=None, metavar="MINUTES",
-                    help="also transcribe a MINUTES-long file (clips with silence and noise between them) in a fresh "
-                         "process per backend: wall time, RTF, peak RSS (default: off)")
+                    help="also transcribe a MINUTES-long file (the clips whose text is known, jfk_16k, pv_en and "
+                         "osr_16k, or --audio, with silence and noise between them) in a fresh process per engine and "
+                         "mode: wall time, RTF, peak RSS, word error rate (default: off)")
+    ap.add_argument("--long_batch", type=int, default=8, metavar="N",
+                    help="with --long: also batched, transcribe(batch_size=N), and faster-whisper's "
+                         "BatchedInferencePipeline(batch_size=N) when installed; 0: sequential only (default 8)")
+    ap.add_argument("--compute_type", default="float32",
+                    help="float32 (default) or int8 for every backend; 'NAME@int8' in --backend sets one backend's")
     ap.add_argument("--json", type=Path, help="write every figure as JSON here")
     ap.add_argument("--markdown", type=Path, help="write the results as markdown here (for the README)")
     ap.add_argument("--plot", type=Path, help="write a PNG bar chart of the real-time factor here")
     return ap
+
+
+def run_long_file(args, selected: list[str], threads: int, env: dict, doc: dict, skipped: list) -> list:
+    """--long: build the file, then one fresh process per engine and mode (see bench/long.py)."""
+    import tempfile
+
+    from whisperkit.audio import load_audio
+
+    from .engines import peer_available
+    from .long import FASTER_WHISPER, GAP_S, LABELLED, SR, reference_text, run_long, write_long
+    shared = find_shared_audio()
+    paths = ([Path(p).resolve() for p in args.audio] if args.audio else
+             [shared / n for n in LABELLED if shared is not None and (shared / n).is_file()])
+    if not paths:
+        raise SystemExit("whisperkit-bench: error: no audio for --long: pass --audio FILE (the shared clips were not found)")
+    runs = [(n, None) for n in selected] + ([(n, args.long_batch) for n in selected] if args.long_batch else [])
+    why = peer_available(FASTER_WHISPER) if not args.no_peers else "--no-peers"
+    if why is None:
+        runs += [(FASTER_WHISPER, None)] + ([(FASTER_WHISPER, args.long_batch)] if args.long_batch else [])
+    elif not args.no_peers:
+        skipped.append(dict(engine=FASTER_WHISPER, kind="peer", reason=f"long file: {why}"))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="whisperkit-bench-long-") as tmp:
+        path = Path(tmp) / f"long_{args.long:g}min.wav"
+        clips = [load_audio(p) for p in paths]
+        duration = write_long(path, args.long, clips)
+        reference = reference_text([p.name for p in paths], [len(c) for c in clips], int(round(args.long * 60 * SR)))
+        doc["long"] = dict(minutes=args.long, duration_s=duration, clips=[p.name for p in paths], gap_s=GAP_S,
+                           batch_size=args.long_batch or None, wer=reference is not None)
+        for engine, batch in runs:
+            mode = "sequential" if batch is None else f"batched {batch}"
+            print(f"long: {engine} {mode}, {args.long:g} minutes in a fresh process ...", file=sys.stderr)
+            r = run_long(engine, path, duration, args.model, threads, env=env, batch_size=batch, reference=reference)
+            results.append(r)
+            if r.error:
+                print(f"  long file failed on {engine} {mode}: {r.error}", file=sys.stderr)
+    return results
 
 
 def _finite(obj):
@@ -124,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         extra_clips = [Path(p).resolve() for p in (args.audio or batch_clips())]
         if not extra_clips:
             ap.error("no audio for --batch / --long: pass --audio FILE (the shared clips were not found)")
+    if args.long_batch < 0:
+        ap.error(f"--long_batch must be 0 (off) or a batch size, got {args.long_batch}")
     cli_audio: Path | None = None
     if args.cli:
         shared = find_shared_audio()
@@ -160,14 +208,19 @@ def main(argv: list[str] | None = None) -> int:
         wanted = sorted(infos)
     else:
         wanted = [listing["auto"] if n.strip() == "auto" else n.strip() for n in args.backend.split(",") if n.strip()]
-        wanted = list(dict.fromkeys(wanted))
-        unknown = [n for n in wanted if n not in infos]
-        if unknown:
-            ap.error(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(sorted(infos))}")
+    try:  # "name@int8" picks a compute type for one backend; --compute_type for every one without its own
+        wanted = [engine_name(b, compute_type_name(c if "@" in n else args.compute_type))
+                  for n in wanted for b, c in [split_engine(n)]]
+    except ValueError as exc:
+        ap.error(str(exc))
+    wanted = list(dict.fromkeys(wanted))
+    unknown = [n for n in wanted if split_engine(n)[0] not in infos]
+    if unknown:
+        ap.error(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(sorted(infos))}")
     for n in wanted:
-        if not infos[n]["usable"]:
-            skipped.append(dict(engine=n, kind="backend", reason=infos[n]["reason"]))
-    selected = [n for n in wanted if infos[n]["usable"]]
+        if not infos[split_engine(n)[0]]["usable"]:
+            skipped.append(dict(engine=n, kind="backend", reason=infos[split_engine(n)[0]]["reason"]))
+    selected = [n for n in wanted if infos[split_engine(n)[0]]["usable"]]
     # the reference first: its tokens are what the others are compared with
     selected.sort(key=lambda n: (n != e2e.REFERENCE, n))
 
@@ -311,21 +364,7 @@ def main(argv: list[str] | None = None) -> int:
 
     long_results = []
     if args.long and selected:
-        import tempfile
-        from .long import GAP_S, run_long, write_long
-        with tempfile.TemporaryDirectory(prefix="whisperkit-bench-long-") as tmp:
-            path = Path(tmp) / f"long_{args.long:g}min.wav"
-            try:
-                duration = write_long(path, args.long, [load_audio(p) for p in extra_clips])
-            except Exception as exc:
-                ap.error(f"cannot build the long file: {exc}")
-            doc["long"] = dict(minutes=args.long, duration_s=duration, clips=[p.name for p in extra_clips], gap_s=GAP_S)
-            for n in selected:
-                print(f"long: {n}, {args.long:g} minutes in a fresh process ...", file=sys.stderr)
-                r = run_long(n, path, duration, args.model, threads, env=env)
-                long_results.append(r)
-                if r.error:
-                    print(f"  long file failed on {n}: {r.error}", file=sys.stderr)
+        long_results = run_long_file(args, selected, threads, env, doc, skipped)
 
     op_results: dict = {}
     if do_ops:
@@ -393,7 +432,7 @@ def run_ops(args, selected: list[str], wopts: dict, doc: dict, skipped: list[dic
         roof = roof_worker.call("roofline", quick=args.quick)
         doc["pids"]["roofline"] = roof["pid"]
         doc["blas"]["roofline_worker"] = roof["blas"]
-        for n in selected:
+        for n in dict.fromkeys(split_engine(n)[0] for n in selected):  # the per-op figures are float32's
             try:
                 w = Worker(f"ops:{n}", **wopts)
                 c = w.call("op_cases")

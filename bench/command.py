@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .engines import split_engine
+
 FW_SCRIPT = """import sys
 from faster_whisper import WhisperModel
 model = WhisperModel(sys.argv[1], device="cpu", compute_type="float32", cpu_threads=int(sys.argv[3]))
@@ -92,7 +94,11 @@ def build_commands(audio: Path, *, model: str, backends: list[str], threads: int
     else:
         base = [wk, "transcribe", str(audio)] + ([] if model == "tiny.en" else ["--model", model])
         cmds.append(Command("whisperkit transcribe FILE", base, "whisperkit"))
-        cmds += [Command(f"whisperkit transcribe FILE --backend {b}", base + ["--backend", b], "whisperkit") for b in backends]
+        for b in backends:
+            name, compute_type = split_engine(b)
+            extra = [] if compute_type == "float32" else ["--compute_type", compute_type]
+            label = f"whisperkit transcribe FILE --backend {name}" + "".join(" " + e for e in extra)
+            cmds.append(Command(label, base + ["--backend", name] + extra, "whisperkit"))
     if not peers:
         return cmds, skipped
     if importlib.util.find_spec("faster_whisper") is None:

@@ -47,11 +47,22 @@ def beam_options(beam: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- ours
+def split_engine(name: str) -> tuple[str, str]:
+    """"onnxruntime@int8" -> ("onnxruntime", "int8"); a plain backend name is float32."""
+    backend, _, compute_type = name.partition("@")
+    return backend, compute_type or "float32"
+
+
+def engine_name(backend: str, compute_type: str) -> str:
+    return backend if compute_type == "float32" else f"{backend}@{compute_type}"
+
+
 class BackendEngine(Engine):
     kind = "backend"
 
     def __init__(self, backend: str, model: str = "tiny.en", weights=None):
-        self.name = backend
+        self.name = backend  # "numba", or "numba@int8" for another compute type
+        self.backend, self.compute_type = split_engine(backend)
         self.model_name = model
         self.weights = weights
         self.model = None
@@ -60,8 +71,8 @@ class BackendEngine(Engine):
     def load(self) -> None:
         from whisperkit import Whisper
         from whisperkit.registry import get_registry
-        self.version = get_registry().infos[self.name].version
-        self.model = Whisper(self.model_name, backend=self.name, weights=self.weights)
+        self.version = get_registry().infos[self.backend].version
+        self.model = Whisper(self.model_name, backend=self.backend, compute_type=self.compute_type, weights=self.weights)
         self.fallbacks = sorted(self.model.fallback_ops)
 
     def transcribe(self, audio: np.ndarray, beam: int = 1) -> list[int]:

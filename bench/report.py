@@ -106,7 +106,8 @@ def batch_records(batch_results) -> list[dict]:
 def long_records(long_results, clip: str = "long") -> list[dict]:
     records = []
     for r in long_results:
-        base = dict(section="long", engine=r.engine, kind="backend", clip=clip)
+        base = dict(section="long", engine=r.engine, kind="peer" if r.engine in PEER_SHORT else "backend", clip=clip,
+                    mode=r.mode)
         for figure, (value, unit) in r.figures().items():
             records.append(dict(base, figure=figure, value=value, unit=unit))
         if r.error:
@@ -223,17 +224,19 @@ def batch_rows(batch_results) -> tuple[list[str], list[list[str]]]:
     return BATCH_HEADERS, rows
 
 
-LONG_HEADERS = ["engine", "audio (min)", "wall (s)", "RTF", "load (s)", "process (s)", "peak RSS (MB)", "segments", "tokens"]
+LONG_HEADERS = ["engine", "mode", "audio (min)", "wall (s)", "RTF", "load (s)", "process (s)", "peak RSS (MB)", "segments",
+                "tokens", "WER (%)"]
 
 
 def long_rows(long_results) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in long_results:
         if r.error:
-            rows.append([r.engine, f"{r.duration_s / 60:.1f}", f"failed: {r.error}"[:90]] + [""] * (len(LONG_HEADERS) - 3))
+            rows.append([r.engine, r.mode, f"{r.duration_s / 60:.1f}", f"failed: {r.error}"[:90]] + [""] * (len(LONG_HEADERS) - 4))
             continue
-        rows.append([r.engine, f"{r.duration_s / 60:.1f}", _f(r.transcribe_s, "{:.1f}"), _f(r.rtf, "{:.3f}"), _f(r.load_s),
-                     _f(r.outside_s, "{:.1f}"), _f(r.peak_rss_mb, "{:.0f}"), _f(r.n_segments, "{}"), _f(r.n_tokens, "{}")])
+        rows.append([r.engine, r.mode, f"{r.duration_s / 60:.1f}", _f(r.transcribe_s, "{:.1f}"), _f(r.rtf, "{:.4f}"),
+                     _f(r.load_s), _f(r.outside_s, "{:.1f}"), _f(r.peak_rss_mb, "{:.0f}"), _f(r.n_segments, "{}"),
+                     _f(r.n_tokens, "{}"), _f(r.wer, "{:.2f}")])
     return LONG_HEADERS, rows
 
 
@@ -352,10 +355,14 @@ def render(doc: dict, all_results, op_results, table=text_table, heading=lambda 
         lg = doc.get("long") or {}
         parts.append(heading(3, "Long file"))
         parts.append(f"A {lg.get('minutes')}-minute WAV built from the shared clips ({', '.join(lg.get('clips', []))}) "
-                     f"with {lg.get('gap_s')} s of digital silence or noise between them, transcribed with the default "
-                     "options (temperature fallback, conditioning on previous text) from the file in a fresh process per "
-                     "backend.  Wall: the transcription alone; RTF: wall / duration; process: the whole process timed from "
-                     "outside; peak RSS: VmHWM of that process (model load included).")
+                     f"with {lg.get('gap_s')} s of digital silence or noise between them, transcribed from the file in a "
+                     "fresh process per engine and mode, greedy with temperature fallback.  Sequential: `transcribe()`'s "
+                     "defaults (conditioning on previous text); faster-whisper with beam_size=1.  Batched: "
+                     "`transcribe(batch_size=N)` and faster-whisper's `BatchedInferencePipeline(batch_size=N)`, each "
+                     "with its default VAD (Silero; pauses of 160 ms split speech into chunks of at most 30 s).  "
+                     "Wall: the transcription alone; RTF: wall / duration; process: the whole process timed from "
+                     "outside; peak RSS: VmHWM of that process (model load included).  WER: word error rate against the "
+                     "clips' known text (jiwer; lower case, punctuation removed, 'mr' read as 'mister').")
         parts.append(table(*long_rows(long_results)))
     if op_results:
         roof = doc.get("roofline") or {}

@@ -569,6 +569,24 @@ def _by_op(op):
     return [c for c in CASES.values() if c.op == op]
 
 
+# int8 (contract.INT8_OPS) against the reference's int8 path.  The integer dot products are exact on both sides;
+# what differs is an activation rounded to the neighbouring integer, where the kernel's float32 division (or
+# reciprocal) lands on the other side of .5 than the reference's, and the float32 order of the block sums.
+# One such flip moves an output by xs * |W8 * scale| (one quantization step of an input times a weight), and
+# it grows through the layers that follow.  Measured, onnxruntime (MLAS, accuracy level 4) against the
+# reference, as a fraction of each op's error scale: linear 2.4e-4, mlp_block 3.4e-3, encoder_layer 6.0e-3,
+# decoder_layer 3.8e-3, decoder_step 1.1e-2 (its one-token attention path differs from the reference's
+# composition in float32 rounding, and 4 layers amplify the flips that follow; its logits are float32).  The tolerances are about 3x
+# those.  For comparison, int8 against float32 is 3e-3 (linear) to 2.5e-2 (decoder_step) on the same scale:
+# the coarse ops' int8 checks bound the error, they cannot tell int8 from float32 (the model's WER does).
+_INT8 = {
+    "linear": Tol(1e-3, 1e-37, "activation rounding flips and block-sum order (comment above): measured 2.4e-4"),
+    "mlp_block": Tol(1e-2, 1e-37, "flips in two int8 linears through gelu (comment above): measured 3.4e-3"),
+    "encoder_layer": Tol(2e-2, 1e-37, "flips in six int8 linears and the attention they feed: measured 6.0e-3"),
+    "decoder_layer": Tol(1.5e-2, 1e-37, "flips in seven int8 linears and the attention they feed: measured 3.8e-3"),
+    "decoder_step": Tol(5e-2, 1e-37, "flips through n_layer int8 decoder layers (the logits are float32): measured 1.1e-2"),
+}
+
 for _op, _tol, _scale, _doc in [
     ("linear", _F32_MATMUL, _linear_scale, "|x| @ |weight|.T + |bias|"),
     ("conv1d", Tol(5e-6, 1e-37, _F32_MATMUL.reason.replace("n_in", "c_in*k")), _conv_scale, "conv1d(|x|, |weight|) + |bias|"),
@@ -598,7 +616,8 @@ for _op, _tol, _scale, _doc in [
                                       "rows written are held to the same tolerance"), _rowwise_scale,
      "max |ref| of the row (logits: over the vocabulary)"),
 ]:
-    RECORDS[_op] = OpRecord(_op, _by_op(_op), {"float32": _tol}, _scale, _doc)
+    RECORDS[_op] = OpRecord(_op, _by_op(_op), {"float32": _tol, **({"int8": _INT8[_op]} if _op in _INT8 else {})},
+                            _scale, _doc)
 
 #: the whole-model checks compared as values (conformance/test_model.py), by case id; the token checks are exact
 MODEL_TOL = {

@@ -90,8 +90,9 @@ def _arrays(inp: Inputs):
 
 
 def run_case(case: Case, backend: Backend, ops: Ops, ref_ops: Ops, reference_cache: dict | None = None) -> float:
-    """Run `case` on `backend` (through `ops`) and on the reference; raise ConformanceFailure on any
-    difference, else return the worst error as a fraction of the tolerance.  Raises `Fallback` when the dispatcher does not send the op to the backend."""
+    """Run `case` on `backend` (through `ops`) and on the reference (through `ref_ops`, of the same compute
+    type); raise ConformanceFailure on any difference, else return the worst error as a fraction of the
+    tolerance.  Raises `Fallback` when the dispatcher does not send the op to the backend."""
     record = RECORDS[case.op]
     if case.op not in backend.implemented_ops():  # no need to build the inputs: the dispatcher cannot choose it
         raise Fallback(FALLBACK_REASON)
@@ -99,13 +100,13 @@ def run_case(case: Case, backend: Backend, ops: Ops, ref_ops: Ops, reference_cac
     bound = bind(ops, backend, case, inp)
     if not bound.on_backend:
         raise Fallback(FALLBACK_REASON)
-    dtype = str(next(a for _, a in _arrays(inp)).dtype)
+    dtype = ops.compute_type if ops.compute_type != "float32" else str(next(a for _, a in _arrays(inp)).dtype)
     tol = record.tolerances.get(dtype)
     if tol is None:
-        raise ConformanceFailure(f"no tolerance for dtype {dtype} in the table of {case.op}")
+        raise ConformanceFailure(f"no tolerance for {dtype} in the table of {case.op}")
 
     # the reference's answer, on its own fresh copy of the inputs (an op may write into its KV cache)
-    key = case.id
+    key = (ops.compute_type, case.id)
     if reference_cache is not None and key in reference_cache:
         ref_out, ref_inp = reference_cache[key]
     else:

@@ -17,13 +17,24 @@ import numpy as np
 import pytest
 
 from whisperkit.backend import Backend, Ops
-from whisperkit.contract import OPS
+from whisperkit.contract import COMPUTE_TYPES, INT8_OPS, OPS
 from whisperkit.errors import BackendError
 from whisperkit.registry import get_registry
 
 from . import selection
 from .cases import CASES, RECORDS
 from .checks import FALLBACK_REASON
+
+def typed_case(compute_type: str, case_id: str) -> str:
+    """The id of a case run in another compute type than float32: "int8:linear/..." (float32: the plain id)."""
+    return case_id if compute_type == "float32" else f"{compute_type}:{case_id}"
+
+
+def split_case(case_id: str) -> tuple[str, str]:
+    """"int8:linear/x" -> ("int8", "linear/x"); a plain id is float32."""
+    compute_type, _, plain = case_id.rpartition(":")
+    return compute_type or "float32", plain
+
 
 MODEL_CASES = ("model/encoder_jfk", "model/logits_after_sot_jfk", "model/greedy_tokens_jfk", "model/greedy_tokens_pv_en")
 NOT_RUN_PREFIX = "not run: "
@@ -38,8 +49,12 @@ class ConformanceSession:
         self.reference = reg.reference()
         self.backends = {b.name: b for b in backends}
         self.unusable = unusable
+        # one dispatcher per backend and compute type it declares (the float32 one keyed by the name alone)
         self.ops = {b.name: Ops(b, self.reference) for b in backends}
+        self.ops.update({(b.name, ct): Ops(b, self.reference, ct) for b in backends for ct in b.compute_types
+                         if ct != "float32"})
         self.ref_ops = Ops(self.reference, self.reference)
+        self.ref_ops_by_type = {ct: Ops(self.reference, self.reference, ct) for ct in COMPUTE_TYPES}
         self.reference_cache: dict = {}
         self.model_cache: dict = {}
         self.xfails: dict[str, dict[str, str]] = {}
@@ -146,6 +161,9 @@ def pytest_generate_tests(metafunc):
     s = _session(metafunc.config)
     if "op_case" in metafunc.fixturenames:
         params = [(b, c) for c in CASES for b in s.backends]  # case-major: the reference result is reused
+        # each other compute type a backend declares: the cases of the ops it changes (int8: contract.INT8_OPS)
+        params += [(b, typed_case(ct, c)) for ct in COMPUTE_TYPES if ct != "float32" for c in CASES
+                   if CASES[c].op in INT8_OPS for b, backend in s.backends.items() if ct in backend.compute_types]
         metafunc.parametrize("op_case", params, ids=[f"{b}-{c}" for b, c in params])
     if "model_case" in metafunc.fixturenames:
         params = [(b, c) for b in s.backends for c in MODEL_CASES]  # backend-major: one backend's model in memory
@@ -197,7 +215,9 @@ def pytest_runtest_makereport(item, call):
             status = "failed" if rep.when == "call" else "error"
             detail = str(rep.longreprtext)
         used = dict(rep.user_properties).get("tolerance_used")
-        s.results[backend][case_id] = dict(case=case_id, op=case_id.split("/")[0], status=status, detail=detail,
+        compute_type, plain = split_case(case_id)
+        s.results[backend][case_id] = dict(case=case_id, op=plain.split("/")[0], compute_type=compute_type,
+                                           status=status, detail=detail,
                                            seconds=round(rep.duration, 4),
                                            tolerance_used=None if used is None else round(float(used), 4))
     elif rep.failed and res is not None:  # teardown error
@@ -207,20 +227,45 @@ def pytest_runtest_makereport(item, call):
 STATUSES = ("passed", "failed", "error", "xfail", "xpass", "fallback", "not run")
 
 
+def _verdict(counts: dict | None) -> str:
+    """One op in one compute type, from its cases' outcomes."""
+    if not counts:
+        return "-"
+    if counts["failed"] or counts["error"]:
+        return "FAILS"
+    if counts["fallback"] and not (counts["passed"] or counts["xfail"] or counts["xpass"]):
+        return "falls back to reference"
+    if counts["fallback"]:
+        return "conforms (some fallback)"
+    if counts["not run"] and not counts["passed"]:
+        return "not run"
+    if counts["xfail"]:
+        return "conforms (expected failures)"
+    return "conforms"
+
+
+def _op_key(result: dict) -> str:
+    """The op of a case's result, with its compute type when not float32: "linear", "linear[int8]"."""
+    ct = result.get("compute_type", "float32")
+    return result["op"] if ct == "float32" else f"{result['op']}[{ct}]"
+
+
 def _summary(s: ConformanceSession) -> dict:
     out = {"machine": machine_info(), "seconds": round(time.perf_counter() - s.started, 2), "backends": {}}
     for name, b in s.backends.items():
         results = s.results.get(name, {})
-        ops = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
+        ops = defaultdict(lambda: dict.fromkeys(STATUSES, 0))  # by op (float32) or "op[int8]"
         worst: dict[str, float] = {}
         for r in results.values():
-            ops[r["op"]][r["status"]] += 1
+            key = _op_key(r)
+            ops[key][r["status"]] += 1
             if r.get("tolerance_used") is not None:
-                worst[r["op"]] = max(worst.get(r["op"], 0.0), r["tolerance_used"])
+                worst[key] = max(worst.get(key, 0.0), r["tolerance_used"])
         failed = sorted(c for c, r in results.items() if r["status"] in ("failed", "error"))
         out["backends"][name] = dict(
-            backend_info(b, s.ops[name]), ops=dict(ops), cases=results, failed=failed, worst_tolerance_used=worst,
-            fallback_ops=sorted({r["op"] for r in results.values() if r["status"] == "fallback"}),
+            backend_info(b, s.ops[name]), compute_types=list(b.compute_types), ops=dict(ops), cases=results,
+            failed=failed, worst_tolerance_used=worst,
+            fallback_ops=sorted({_op_key(r) for r in results.values() if r["status"] == "fallback"}),
             conforms=not failed and bool(results),
         )
     out["unusable"] = dict(s.unusable)
@@ -235,28 +280,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         if not b["cases"]:
             continue
         tr.section(f"whisperkit conformance: backend {name} {b['version']}", sep="=")
-        header = f"{'op':<20} {'result':<28} " + " ".join(f"{st:>8}" for st in STATUSES) + "  worst/tol"
+        types = b["compute_types"]
+        header = f"{'op':<20} " + " ".join(f"{ct:<28}" for ct in types) + " " + " ".join(f"{st:>8}" for st in STATUSES) \
+            + "  worst/tol"
         tr.write_line(header)
         tr.write_line("-" * len(header))
         for op in list(OPS) + ["model"]:
-            counts = b["ops"].get(op)
-            if not counts:
+            keys = [op if ct == "float32" else f"{op}[{ct}]" for ct in types]
+            if not any(b["ops"].get(k) for k in keys):
                 continue
-            if counts["failed"] or counts["error"]:
-                verdict = "FAILS"
-            elif counts["fallback"] and not (counts["passed"] or counts["xfail"] or counts["xpass"]):
-                verdict = "falls back to reference"
-            elif counts["fallback"]:
-                verdict = "conforms (some fallback)"
-            elif counts["not run"] and not counts["passed"]:
-                verdict = "not run"
-            elif counts["xfail"]:
-                verdict = "conforms (expected failures)"
-            else:
-                verdict = "conforms"
-            w = b["worst_tolerance_used"].get(op)
-            tr.write_line(f"{op:<20} {verdict:<28} " + " ".join(f"{counts[st]:>8}" for st in STATUSES)
-                          + (f"  {w:9.3f}" if w is not None else ""))
+            total = {st: sum(b["ops"].get(k, {}).get(st, 0) for k in keys) for st in STATUSES}
+            worst = [b["worst_tolerance_used"].get(k) for k in keys]
+            worst = max((w for w in worst if w is not None), default=None)
+            tr.write_line(f"{op:<20} " + " ".join(f"{_verdict(b['ops'].get(k)):<28}" for k in keys) + " "
+                          + " ".join(f"{total[st]:>8}" for st in STATUSES) + (f"  {worst:9.3f}" if worst is not None else ""))
         for st in ("failed", "error", "xfail", "xpass", "not run"):
             rows = [(c, r) for c, r in b["cases"].items() if r["status"] == st]
             for c, r in rows:

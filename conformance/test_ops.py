@@ -5,15 +5,17 @@ import pytest
 
 from whisperkit.conformance.cases import CASES, RECORDS
 from whisperkit.conformance.checks import ConformanceFailure, Fallback, run_case
-from whisperkit.conformance.plugin import ALL_CASE_IDS
+from whisperkit.conformance.plugin import ALL_CASE_IDS, split_case
 from whisperkit.conformance.selection import unmatched_xfails
 
 
 def test_op(op_case, conformance, request):
     backend_name, case_id = op_case
     backend = conformance.backend_for(request, backend_name, case_id)
+    compute_type, plain = split_case(case_id)
+    ops = conformance.ops[backend_name] if compute_type == "float32" else conformance.ops[backend_name, compute_type]
     try:
-        margin = run_case(CASES[case_id], backend, conformance.ops[backend_name], conformance.ref_ops, conformance.reference_cache)
+        margin = run_case(CASES[plain], backend, ops, conformance.ref_ops_by_type[compute_type], conformance.reference_cache)
     except Fallback as exc:
         pytest.skip(str(exc))
     except ConformanceFailure as exc:
@@ -32,7 +34,9 @@ def test_xfail_list(xfail_backend, conformance):
 
 def test_table_covers_the_contract():
     from whisperkit.contract import OPS
+    from whisperkit.contract import INT8_OPS
     assert set(RECORDS) == set(OPS)
     for op, rec in RECORDS.items():
         assert rec.cases, f"op {op} has no case"
         assert all(t.reason for t in rec.tolerances.values())
+        assert ("int8" in rec.tolerances) == (op in INT8_OPS), op  # a tolerance for every op int8 changes

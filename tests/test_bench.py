@@ -321,3 +321,34 @@ def test_long_file_builder(tmp_path):
     assert kinds[:4] == ["clip", "silence", "clip", "noise"]
     with pytest.raises(ValueError):
         long_layout([], 100)
+
+
+def test_the_long_file_has_a_known_text_and_a_word_error_rate():
+    from whisperkit.bench.long import LABELLED, SR, long_layout, normalize, reference_text, word_error_rate
+    names = list(LABELLED)
+    lengths = [11 * SR, 6 * SR, 36 * SR]
+    total = 80 * SR  # jfk, gap, pv_en, gap (57 s), then osr does not fit whole: left out, a gap in its place
+    assert [k for k, _, _ in long_layout(lengths, total)][:5] == ["clip", "silence", "clip", "noise", "silence"]
+    assert reference_text(names, lengths, total) == LABELLED[names[0]] + " " + LABELLED[names[1]]
+    assert reference_text(["pv_de.wav"], [SR], total) is None  # no known text: no WER
+    assert normalize("Mr. Quilter's  gospel, AND so!") == "mister quilter's gospel and so"
+    assert word_error_rate("a b c d", "a x c") == pytest.approx(50.0)  # one substitution, one deletion of four
+
+
+def test_long_run_sequential_and_batched(tmp_path):
+    """--long end to end on one minute: the sequential and the batched run of a backend, each in its own
+    process, with the WER against the clips' known text."""
+    cmd = [sys.executable, "-c", "import sys; from whisperkit.bench.cli import main; sys.exit(main())",
+           "--backend", "numba", "--quick", "--no-peers", "--no-ops", "--no-cold", "--batch", "0", "--long", "1",
+           "--long_batch", "4", "--json", str(tmp_path / "l.json"), "--markdown", str(tmp_path / "l.md")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "l.json").read_text())
+    assert doc["long"]["clips"] == ["jfk_16k.wav", "pv_en.wav", "osr_16k.wav"] and doc["long"]["wer"] is True
+    figures = {(r["mode"], r["figure"]): r["value"] for r in doc["records"] if r["section"] == "long"}
+    for mode in ("sequential", "batched 4"):
+        assert figures[mode, "long_duration_s"] == pytest.approx(60.0)
+        assert figures[mode, "long_wall_s"] > 0 and figures[mode, "long_tokens"] > 20
+        assert 0 <= figures[mode, "long_wer"] < 20, figures  # jfk and pv_en are heard; a few words may differ
+    md = (tmp_path / "l.md").read_text().split("### Long file", 1)[1]
+    assert re.search(r"\| numba \| batched 4 \| 1\.0 \| \d+\.\d \|", md), md

@@ -151,7 +151,7 @@ def test_leftovers_of_killed_writers_are_removed_and_nothing_else(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, fragments", [
-    (dict(compute_type="int8"), ["compute_type 'int8' is not available in this version", "float32"]),
+    (dict(compute_type="float16"), ["compute_type must be one of", "int8", "got 'float16'"]),
     (dict(threads_per_actor=0), ["threads_per_actor must be a positive integer, got 0"]),
     (dict(actors=-1), ["actors must be a positive integer, got -1"]),
     (dict(batch_size=2.5), ["batch_size must be a positive integer, got 2.5"]),

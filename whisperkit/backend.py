@@ -7,7 +7,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .contract import API_VERSION, OPS
+from .contract import API_VERSION, INT8_OPS, OPS, compute_type_name
 from .hookspecs import hookimpl  # noqa: F401  (built-in backends import it from here)
 
 log = logging.getLogger("whisperkit")
@@ -37,6 +37,9 @@ class Backend:
     #: Where ``backend="auto"`` puts this backend: the usable backend with the highest rank is picked;
     #: None: never picked by auto.  Built-ins declare theirs from the bench's measurements (README).
     auto_rank: float | None = None
+    #: The compute types (`whisperkit.contract.COMPUTE_TYPES`) this backend implements.  For "int8", its
+    #: ops in `contract.INT8_OPS` get the int8 scheme of the contract; `supports_compute` refines per op.
+    compute_types: tuple[str, ...] = ("float32",)
 
     def unavailable_reason(self) -> str | None:
         """None when usable on this machine, else a sentence saying why not (missing library...).
@@ -56,9 +59,15 @@ class Backend:
         Called at bind time; False sends that op (for this weight set) to the reference."""
         return op in self.implemented_ops()
 
+    def supports_compute(self, op: str, compute_type: str, **args: Any) -> bool:
+        """Whether this backend runs `op` in `compute_type` (for ops that int8 quantizes); False sends it
+        to the reference's path for that type."""
+        return compute_type in self.compute_types
+
     def prepare(self, op: str, weights: dict[str, Any], ops: "Ops") -> Any:
-        """Turn load-time weights into what `op` receives as ``w``.  `ops` is the dispatcher,
-        for backends whose coarse ops are compositions of other ops."""
+        """Turn load-time weights into what `op` receives as ``w``.  `ops` is the dispatcher, for backends
+        whose coarse ops are compositions of other ops; `ops.compute_type` is the compute type to prepare
+        for (int8: quantize the weight matrices of `contract.INT8_OPS` as the contract says)."""
         fn = getattr(self, "prepare_" + op, None)
         return fn(**weights) if fn is not None else SimpleNamespace(**weights)
 
@@ -91,9 +100,10 @@ class Ops:
     are plain methods chosen at construction.  Every fallback is logged once and kept in `fallbacks`.
     """
 
-    def __init__(self, backend: Backend, reference: Backend):
+    def __init__(self, backend: Backend, reference: Backend, compute_type: str = "float32"):
         self.backend = backend
         self.reference = reference
+        self.compute_type = compute_type_name(compute_type)
         self.fallbacks: set[str] = set()
         for op, spec in OPS.items():
             if not spec.weights:
@@ -101,11 +111,14 @@ class Ops:
                 setattr(self, op, getattr(impl, op))
 
     def _choose(self, op: str, **args: Any) -> Backend:
-        if self.backend is not self.reference and self.backend.supports(op, **args):
+        quantized = self.compute_type != "float32" and op in INT8_OPS
+        if self.backend is not self.reference and self.backend.supports(op, **args) and \
+                (not quantized or self.backend.supports_compute(op, self.compute_type, **args)):
             return self.backend
-        if self.backend is not self.reference and op not in self.fallbacks:
-            self.fallbacks.add(op)
-            log.info("backend %s: op %s falls back to the reference", self.backend.name, op)
+        name = f"{op}[{self.compute_type}]" if quantized else op
+        if self.backend is not self.reference and name not in self.fallbacks:
+            self.fallbacks.add(name)
+            log.info("backend %s: op %s falls back to the reference", self.backend.name, name)
         return self.reference
 
     def bind(self, op: str, **weights: Any) -> BoundOp:

@@ -1,4 +1,4 @@
-"""The ``whisperkit`` command: transcribe, backends, convert, conformance."""
+"""The ``whisperkit`` command: transcribe, backends, convert, conformance, serve."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 
+from .contract import compute_type_name
 from .errors import WhisperkitError
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS
 from .writers import OUTPUT_FORMATS, format_timestamp
@@ -51,7 +52,8 @@ def _transcribe_options(args, model) -> dict:
         prepend_punctuations=args.prepend_punctuations, append_punctuations=args.append_punctuations,
         clip_timestamps=args.clip_timestamps, hallucination_silence_threshold=args.hallucination_silence_threshold,
         vad_filter=args.vad_filter, vad_method=args.vad_method, strict_audio=args.strict_audio,
-        progress=False if args.no_progress else None)
+        progress=False if args.no_progress else None,
+        **({} if args.without_timestamps is None else {"without_timestamps": args.without_timestamps}))
 
 
 def cmd_transcribe(args) -> int:
@@ -91,9 +93,14 @@ def cmd_transcribe(args) -> int:
     warnings.simplefilter("ignore", AudioDamageWarning)  # each result's warnings are printed by _emit
     if args.threads:
         set_num_threads(args.threads)
-    model = Whisper(args.model, backend=args.backend, download_root=args.model_dir)
+    try:
+        compute_type = compute_type_name(args.compute_type)
+    except ValueError as exc:
+        raise WhisperkitError(str(exc)) from None
+    model = Whisper(args.model, backend=args.backend, compute_type=compute_type, download_root=args.model_dir)
     if args.transcribe_verbose and not args.json:
         print(f"whisperkit: {model.name} on backend {model.backend.name}"
+              + ("" if compute_type == "float32" else f", {compute_type}")
               + (" (auto: the fastest usable here)" if args.backend == "auto" else ""))
     options = _transcribe_options(args, model)
     try:
@@ -105,11 +112,9 @@ def cmd_transcribe(args) -> int:
         sources = [_spool_stdin(cleanup) if a == "-" else a for a in args.audio]  # "-": standard input
         names = [args.output_name or ("stdin" if a == "-" else a) for a in args.audio]
         try:
-            if args.batch_size > 1 and len(sources) > 1:
-                results = model.transcribe_batch(sources, batch_size=args.batch_size, **options)
-            elif args.batch_size > 1:  # one file: its VAD chunks decoded batch_size at a time (whisperkit.chunked)
+            if args.batch_size > 1:  # the VAD chunks of the files decoded batch_size at a time (whisperkit.chunked)
                 chunked = {k: v for k, v in options.items() if k not in ("vad_filter", "clip_timestamps", "condition_on_previous_text")}
-                results = [model.transcribe(sources[0], batch_size=args.batch_size, **chunked)]
+                results = model.transcribe_batch(sources, batch_size=args.batch_size, chunked=True, **chunked)
             else:
                 results = (model.transcribe(path, **options) for path in sources)
             for name, result in zip(names, results):
@@ -156,23 +161,27 @@ def cmd_backends(args) -> int:
     reg = get_registry()
     reg.load_all()  # listed as usable only when it loads here
     pick = reg.auto_name()
+    pick_int8 = reg.auto_name("int8")
     rows = []
     for name in reg.names():
         i = reg.infos[name]
         rank = "-" if i.auto_rank is None else f"{i.auto_rank:g}"
         rows.append((name + (" *" if name == pick else ""), i.version, "yes" if i.usable else "no", rank,
-                     ", ".join(i.ops) or "-", i.reason))
+                     ",".join(i.backend.compute_types), ", ".join(i.ops) or "-", i.reason))
     if args.json:
         print(json.dumps([dict(name=i.name, version=i.version, usable=i.usable, auto_rank=i.auto_rank, auto=i.name == pick,
+                               auto_int8=i.name == pick_int8, compute_types=list(i.backend.compute_types),
                                ops=list(i.ops), reason=i.reason) for i in map(reg.infos.get, reg.names())], indent=2))
         return 0
-    w = [max(len(r[k]) for r in rows + [("backend", "version", "usable", "rank", "", "")]) for k in range(4)]
-    print(f"{'backend':<{w[0]}}  {'version':<{w[1]}}  {'usable':<{w[2]}}  {'rank':<{w[3]}}  ops / reason")
-    for name, version, usable, rank, ops, reason in rows:
-        print(f"{name:<{w[0]}}  {version:<{w[1]}}  {usable:<{w[2]}}  {rank:<{w[3]}}  {ops}")
+    head = ("backend", "version", "usable", "rank", "compute")
+    w = [max(len(r[k]) for r in rows + [head]) for k in range(5)]
+    print("  ".join(f"{h:<{w[k]}}" for k, h in enumerate(head)) + "  ops / reason")
+    for name, version, usable, rank, types, ops, reason in rows:
+        print("  ".join(f"{v:<{w[k]}}" for k, v in enumerate((name, version, usable, rank, types))) + f"  {ops}")
         if reason:
-            print(f"{'':<{sum(w) + 8}}unusable: {reason}")
-    print(f"* backend auto picks {pick}: the usable backend of highest rank (ranks from the bench's measurements)")
+            print(f"{'':<{sum(w) + 10}}unusable: {reason}")
+    print(f"* backend auto picks {pick}: the usable backend of highest rank (ranks from the bench's measurements); "
+          f"with --compute_type int8, {pick_int8} (the highest rank that implements int8)")
     return 0
 
 
@@ -182,6 +191,11 @@ def cmd_convert(args) -> int:
     out = write_hf(weights, args.out_dir, dtype=args.dtype)
     print(f"wrote {weights.name} as a Hugging Face safetensors directory: {out}")
     return 0
+
+
+def cmd_serve(args) -> int:
+    from .server import serve  # imported here: FastAPI and uvicorn load only for this command
+    return serve(args)
 
 
 def cmd_conformance(argv: list[str]) -> int:
@@ -205,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model_dir", default=None, help="where downloaded models are kept")
     t.add_argument("--backend", default="auto",
                    help="kernel backend (default auto: the fastest usable here; see `whisperkit backends`)")
+    t.add_argument("--compute_type", default="float32",
+                   help="float32 (token-exact with openai-whisper) or int8 (the linear layers in int8, faster-whisper's "
+                        "name; README 'int8')")
     t.add_argument("--output_dir", "-o", default=".", help="directory to save the outputs")
     t.add_argument("--output_format", "-f", default="all", choices=OUTPUT_FORMATS, help="format of the output files; all: every format")
     t.add_argument("--verbose", dest="transcribe_verbose", type=_str2bool, default=True,
@@ -237,9 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max_words_per_line", type=_optional_int, default=None,
                    help="(needs --word_timestamps True, no effect with --max_line_width) words in a line")
     t.add_argument("--batch_size", type=int, default=1,
-                   help="several files: transcribed together, their windows batched through the backend; one file: "
-                        "its speech (the VAD's) in chunks of up to 30 s, decoded this many at a time, without "
-                        "conditioning on the text before (not token-exact with openai-whisper) (default 1)")
+                   help="above 1: the batched pipeline, as faster-whisper's: the speech of each file (the VAD's) in "
+                        "chunks of up to 30 s, this many decoded at a time, the chunks of one file after another, "
+                        "without conditioning on the text before (not token-exact with openai-whisper) (default 1: "
+                        "the sequential loop, token-exact)")
+    t.add_argument("--without_timestamps", type=_str2bool, default=None,
+                   help="decode text only, one segment per window (default: True with --batch_size, as faster-whisper's "
+                        "batched mode; False otherwise, as openai-whisper)")
     t.add_argument("--vad_filter", type=_str2bool, default=False,
                    help="transcribe only the speech regions found by the voice-activity filter")
     t.add_argument("--vad_method", default="auto", choices=("auto", "silero", "energy"),
@@ -273,6 +294,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out_dir")
     c.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     c.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("serve", help="serve OpenAI's audio transcription API over HTTP (the server extra)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port, printed at start)")
+    s.add_argument("--model", action="append", default=None,
+                   help="a model to load (repeat for several); the first is the default, also called whisper-1 "
+                        "(default: tiny.en)")
+    s.add_argument("--model_dir", default=None, help="where downloaded models are kept")
+    s.add_argument("--backend", default="auto", help="kernel backend (see `whisperkit backends`)")
+    s.add_argument("--compute_type", default="float32",
+                   help="float32 (token-exact with openai-whisper) or int8 (the linear layers in int8; README 'int8')")
+    s.add_argument("--workers", type=int, default=None,
+                   help="decoding slots (default: one per core on a thread-safe backend, else 1 with every core)")
+    s.add_argument("--max_queue", type=int, default=8,
+                   help="requests admitted beyond the busy slots; past that a request gets 429 with Retry-After")
+    s.add_argument("--max_upload_mb", type=float, default=25.0, help="largest audio upload in MiB (413 above)")
+    s.add_argument("--api_key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1 (default: $WHISPERKIT_API_KEY; unset: no key)")
+    s.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level; info logs every request")
+    s.set_defaults(func=cmd_serve)
 
     sub.add_parser("conformance", help="hold a backend to the reference (run `whisperkit conformance --help`)", add_help=False)
     return p

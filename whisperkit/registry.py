@@ -154,9 +154,10 @@ class Registry:
         for info in self.infos.values():
             self._ready(info)
 
-    def get(self, name: str) -> Backend:
+    def get(self, name: str, compute_type: str = "float32") -> Backend:
+        """The backend of this name, loaded; "auto": the fastest usable one that implements `compute_type`."""
         if name == AUTO:
-            return self.auto()
+            return self.auto(compute_type)
         self._load(name)
         info = self._infos.get(name)
         if info is None:
@@ -171,13 +172,17 @@ class Registry:
         ranked = [i for i in self.infos.values() if i.auto_rank is not None]
         return sorted(ranked, key=lambda i: (-i.auto_rank, i.name))
 
-    def auto(self) -> Backend:
-        """The usable backend of highest rank.  Those passed over are in `auto_skipped` with the reason
-        and logged; the reference is the last resort."""
+    def auto(self, compute_type: str = "float32") -> Backend:
+        """The usable backend of highest rank that implements `compute_type`.  Those passed over are in
+        `auto_skipped` with the reason and logged; the reference is the last resort."""
         self.auto_skipped = []
         for info in self.auto_order():
+            if compute_type not in info.backend.compute_types:  # its int8 ops would all run on the reference
+                self.auto_skipped.append((info.name, f"does not implement compute type {compute_type}"))
+                continue
             if self._ready(info):
-                if self.auto_skipped:
+                broken = [(n, r) for n, r in self.auto_skipped if not r.startswith("does not implement")]
+                if broken:  # a backend that should have been usable: say so
                     log.warning("backend auto: picked %s; passed over %s", info.name,
                                 "; ".join(f"{n} ({r})" for n, r in self.auto_skipped))
                 else:
@@ -186,15 +191,15 @@ class Registry:
             self.auto_skipped.append((info.name, info.reason))
         return self.reference()
 
-    def auto_name(self) -> str:
-        return self.auto().name
+    def auto_name(self, compute_type: str = "float32") -> str:
+        return self.auto(compute_type).name
 
     def reference(self) -> Backend:
         return self.get(REFERENCE)
 
-    def ops(self, name: str | Backend) -> Ops:
+    def ops(self, name: str | Backend, compute_type: str = "float32") -> Ops:
         backend = name if isinstance(name, Backend) else self.get(name)
-        return Ops(backend, self.reference())
+        return Ops(backend, self.reference(), compute_type)
 
 
 def build_registry() -> Registry:

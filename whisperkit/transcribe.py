@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -138,29 +138,49 @@ def transcribe_batch(model: "SpeechModel", sources: Sequence, batch_size: int = 
     their windows encoded as one batch and decoded as one batch wherever their decoding options and
     prompt lengths agree.  Results come back in the order of `sources`.  With temperature > 0 the
     random draws differ from one-at-a-time runs; at temperature 0 the tokens are the same."""
+    results: list[TranscriptionResult | None] = [None] * len(sources)
+    for i, result in iter_transcriptions(model, sources, batch_size, **options):
+        results[i] = result
+    return results  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class WithOptions:
+    """A source of `iter_transcriptions` with options of its own (over the shared ones)."""
+    audio: Any
+    options: dict
+
+
+def iter_transcriptions(model: "SpeechModel", sources: Iterable, batch_size: int = 8, **options: Any):
+    """`transcribe_batch` as a generator of (index into sources, result), each as soon as it is done.
+    `sources` is read lazily, one more source each time a row of the batch frees, so a long stream of
+    sources (the chunks of a file, `whisperkit.chunked`) keeps the batch full and is never held whole."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     options.setdefault("progress", False)
-    results: list[TranscriptionResult | None] = [None] * len(sources)
-    queue = list(enumerate(sources))
+    queue = enumerate(sources)
     active: dict[int, tuple] = {}  # index -> (generator, pending request)
-    while queue or active:
-        while queue and len(active) < batch_size:
-            i, src = queue.pop(0)
-            gen = _transcription(model, src, **options)
+    while True:
+        while len(active) < batch_size:
+            i, src = next(queue, (None, None))
+            if i is None:
+                break
+            gen = (_transcription(model, src.audio, **{**options, **src.options}) if isinstance(src, WithOptions)
+                   else _transcription(model, src, **options))
             try:
                 active[i] = (gen, next(gen))
             except StopIteration as stop:
-                results[i] = stop.value
+                yield i, stop.value
+        if not active:
+            return
         answers = _serve(model, {i: req for i, (_, req) in active.items()})
         for i, answer in answers.items():
             gen = active[i][0]
             try:
                 active[i] = (gen, gen.send(answer))
             except StopIteration as stop:
-                results[i] = stop.value
                 del active[i]
-    return results  # type: ignore[return-value]
+                yield i, stop.value
 
 
 def _drive(model: "SpeechModel", gen) -> TranscriptionResult:

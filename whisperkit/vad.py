@@ -194,15 +194,23 @@ class SpeechMap:
         lengths = [e - s for s, e in regions]
         self.joined_starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # in joined samples
 
-    def original_time(self, t: float, is_end: bool = False) -> float:
+    def original_time(self, t: float, is_end: bool = False, snap: float = 0.0) -> float:
         """Seconds in the joined audio -> seconds in the original.  A time on a joint belongs to the
-        region before it when it is an end, to the region after it when it is a start."""
+        region before it when it is an end, to the region after it when it is a start.  With `snap`
+        (seconds; the VAD's speech_pad_ms), a start in the last `snap` of a region moves to the next
+        region's start, and an end in the first `snap` of a region to the previous region's end: that much
+        of each region is the pause the VAD padded it with, so speech starts or ends across the joint."""
         if not self.regions:
             return t
         sample = t * SAMPLE_RATE
         side = "left" if is_end else "right"
         i = int(np.searchsorted(self.joined_starts[1:], sample, side=side))
         i = min(i, len(self.regions) - 1)
+        pad = snap * SAMPLE_RATE
+        if not is_end and i + 1 < len(self.regions) and sample > self.joined_starts[i + 1] - pad:
+            return self.regions[i + 1][0] / SAMPLE_RATE
+        if is_end and i > 0 and sample < self.joined_starts[i] + pad:
+            return self.regions[i - 1][1] / SAMPLE_RATE
         return (self.regions[i][0] + sample - self.joined_starts[i]) / SAMPLE_RATE
 
 

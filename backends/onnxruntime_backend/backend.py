@@ -50,6 +50,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from whisperkit.backend import AttentionPair, Backend, check_kv_step, check_step, f32c, weight_group
+from whisperkit.contract import INT8_OPS
 from whisperkit.errors import BackendError
 from whisperkit.threads import get_num_threads
 
@@ -155,6 +156,17 @@ class _Runner:
 _BOOL = (np.array(False), np.array(True))  # the step graph's flags, bound once (same pointer every call)
 
 
+def _matrices(weights):
+    """Every 2-d array among the weights of an op (the layers' of decoder_step too)."""
+    for v in weights.values():
+        if isinstance(v, (list, tuple)):
+            for item in v:
+                if isinstance(item, dict):
+                    yield from _matrices(item)
+        elif np.ndim(v) == 2:
+            yield np.asarray(v)
+
+
 def _causal_mask(n_q: int, n_kv: int, offset: int) -> np.ndarray:
     """(n_q, n_kv) additive mask: query i (absolute position offset + i) sees key j iff j <= offset + i."""
     return np.where(np.arange(n_kv)[None, :] > offset + np.arange(n_q)[:, None], _F32(-np.inf), _F32(0.0)).astype(_F32)
@@ -173,6 +185,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
     #: second for `auto`: 1.35-1.47x faster-whisper fp32 warm on tiny.en, behind numba's 1.67-1.94x
     #: (docs/bench-results.md, issue 14); and the most memory of the three
     auto_rank = 30
+    compute_types = ("float32", "int8")  # int8: MatMulNBits on the contract's weights (graphs.linear_int8)
 
     def __init__(self, exact_gelu: bool = False):
         #: exact_gelu: the fine gelu op bit-equal to the reference (float64 erfc graph, about the reference's
@@ -183,6 +196,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         self._sessions: dict[tuple, _Session] = {}  # graph key -> shared session (created at first run)
         self._weightless: dict[tuple, _Runner] = {}
         self._mods = None
+        self._int8 = False  # set by prepare() while an op of contract.INT8_OPS is prepared for int8
 
     # ---- availability, threads -------------------------------------------------------------------
     def unavailable_reason(self) -> str | None:
@@ -244,12 +258,24 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
             r = self._weightless[key] = self._runner(build())
         return r
 
+    def supports_compute(self, op, compute_type, **args):
+        # MatMulNBits blocks are 16 to 128 inputs: every weight matrix's width must be a multiple of 16
+        return compute_type in self.compute_types and all(w.shape[1] % 16 == 0 for w in _matrices(args))
+
+    def prepare(self, op, weights, ops):
+        # int8: the graphs of the ops in contract.INT8_OPS run their linears as MatMulNBits (graphs.linear_int8)
+        self._int8 = ops.compute_type == "int8" and op in INT8_OPS
+        try:
+            return super().prepare(op, weights, ops)
+        finally:
+            self._int8 = False
+
     # ---- fine ops ----------------------------------------------------------------------------------
     def prepare_linear(self, weight, bias=None):
         weight = np.asarray(weight, _F32)
         if weight.ndim != 2:
             raise ValueError(f"linear: weight must be (n_out, n_in), got shape {weight.shape}")
-        g = self._graphs().build_linear(weight, bias)  # transposes the weight once, here
+        g = self._graphs().build_linear(weight, bias, self._int8)  # transposes the weight once, here
         return SimpleNamespace(n_out=weight.shape[0], n_in=weight.shape[1], run=self._runner(g))
 
     def linear(self, x, w):
@@ -313,7 +339,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
     # ---- coarse ops: one graph each --------------------------------------------------------------
     # (whole graphs: the dispatcher's fine ops are not needed)
     def prepare_mlp_block(self, **w):
-        g = self._graphs().build_mlp_block(weight_group("mlp_block", w))
+        g = self._graphs().build_mlp_block(weight_group("mlp_block", w), self._int8)
         return SimpleNamespace(run=self._runner(g))
 
     def mlp_block(self, x, w):
@@ -323,7 +349,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         return y
 
     def prepare_encoder_layer(self, **w):
-        g = self._graphs().build_encoder_layer(weight_group("encoder_layer", w))  # constants: a session per layer
+        g = self._graphs().build_encoder_layer(weight_group("encoder_layer", w), self._int8)  # constants: a session per layer
         return SimpleNamespace(run=self._runner(g))
 
     def encoder_layer(self, x, w):
@@ -334,7 +360,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
 
     def prepare_decoder_layer(self, **w):
         group = weight_group("decoder_layer", w)
-        g = self._graphs().build_decoder_layer(group)
+        g = self._graphs().build_decoder_layer(group, self._int8)
         return SimpleNamespace(n_state=np.shape(group.attn_ln.weight)[0], run=self._runner(g))
 
     def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
@@ -363,7 +389,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
 
     def prepare_decoder_step(self, **w):
         group = weight_group("decoder_step", w)
-        g = self._graphs().build_decoder_step(group)
+        g = self._graphs().build_decoder_step(group, self._int8)
         n = len(group.layers)
         names = {kind: [(f"{a}.{i}", f"{b}.{i}") for i in range(n)]
                  for kind, a, b in (("k", "k_past", "k_new"), ("v", "v_past", "v_new"), ("cross", "cross_k", "cross_v"))}

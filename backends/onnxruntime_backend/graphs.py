@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 
 from whisperkit.backend import DecoderLayerWeights, DecoderStepWeights, EncoderLayerWeights, MlpWeights
 from whisperkit.backends.numpy_backend import ERFC_COEFFS  # the reference's own coefficients
-from whisperkit.contract import LAYER_NORM_EPS
+from whisperkit.contract import LAYER_NORM_EPS, int8_block, quantize_int8
 
 OPSET = 20  # LayerNormalization needs >= 17; Gelu(approximate="none") needs 20
 IR_VERSION = 10  # ONNX Runtime 1.17+ reads IR 10
@@ -48,6 +48,8 @@ class GraphBuilder:
         #: weight set), which lets MLAS pre-pack every MatMul's B once instead of at each call.
         self.constant_weights = False
         self.rows_2d = False  # activations are (rows, features): constant linears become Gemm with the bias fused
+        #: compute_type int8: every linear is MatMulNBits on the contract's int8 weights (`linear_int8`)
+        self.int8 = False
         self._bound: set[str] = set()
         self._n = 0
         self._prefix = ""
@@ -80,6 +82,11 @@ class GraphBuilder:
             self._bound.add(name)
         return name
 
+    def packed(self, name: str, array: np.ndarray) -> str:
+        """A constant weight kept in its own dtype (the uint8 blocks of MatMulNBits)."""
+        self.weights[name] = np.ascontiguousarray(array)
+        return name
+
     def bound_weights(self) -> dict[str, np.ndarray]:
         return {n: a for n, a in self.weights.items() if not self.constant_weights or n in self._bound}
 
@@ -97,6 +104,7 @@ class GraphBuilder:
         sub = GraphBuilder(self._fresh(hint))
         sub._prefix = sub.name + "."
         sub.weights, sub._bound, sub.constant_weights = self.weights, self._bound, self.constant_weights  # outer inputs
+        sub.int8 = self.int8
         out = build(sub)
         return helper.make_graph(sub.nodes, sub.name, [], [helper.make_tensor_value_info(out, F32, None)], initializer=sub.consts)
 
@@ -117,7 +125,8 @@ class GraphBuilder:
 def _external(name: str, array: np.ndarray) -> onnx.TensorProto:
     """An initializer whose data lives outside the proto; the session is given it with
     ``SessionOptions.add_external_initializers`` (the only way to hand ORT a constant without serialising it)."""
-    t = TensorProto(name=name, data_type=F32, dims=array.shape, data_location=TensorProto.EXTERNAL)
+    t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape,
+                    data_location=TensorProto.EXTERNAL)
     for k, v in (("location", "whisperkit-weight"), ("offset", "0"), ("length", str(array.nbytes))):
         e = t.external_data.add()
         e.key, e.value = k, v
@@ -146,6 +155,8 @@ def linear(g: GraphBuilder, x: str, weight: np.ndarray, bias, prefix: str, bound
     transpose), and the packed kernel is what makes a beam of 5 rows cost little more than one row.
     `bound` forces the first form in a graph of constants.  With `GraphBuilder.rows_2d` (2-d activations) a
     constant linear is one Gemm(transB=1) with the bias as C: added inside the GEMM, pre-packed alike."""
+    if g.int8:
+        return linear_int8(g, x, weight, bias, prefix)
     if g.constant_weights and not bound and g.rows_2d:
         inputs = [x, g.weight(prefix + ".w", weight)] + ([] if bias is None else [g.weight(prefix + ".b", bias)])
         return g.op("Gemm", *inputs, transB=1)
@@ -261,9 +272,34 @@ def _qkv(g: GraphBuilder, h: str, w: EncoderLayerWeights | DecoderLayerWeights, 
             for i, c in enumerate("qkv")]
 
 
+def linear_int8(g: GraphBuilder, x: str, weight: np.ndarray, bias, prefix: str) -> str:
+    """The contract's int8 linear as MatMulNBits: 8 bits, accuracy_level 4 (MLAS quantizes the activations
+    per row and block of `block` inputs and takes int8 dot products; level 1, float32 activations, was
+    12x slower than float32 here).  MatMulNBits scales blocks of `block` inputs of each output; the
+    contract's one scale per output is every block's scale.  Its 8-bit weights are unsigned with a zero
+    point of 128: W8 + 128."""
+    q, scale = quantize_int8(weight)
+    n_out, n_in = q.shape
+    block = int8_block(n_in)
+    blocks = (q.astype(np.int16) + 128).astype(np.uint8).reshape(n_out, n_in // block, block)
+    y = g.op("MatMulNBits", x, g.packed(prefix + ".w8", blocks), g.weight(prefix + ".s8", np.repeat(scale, n_in // block)),
+             domain="com.microsoft", K=n_in, N=n_out, bits=8, block_size=block, accuracy_level=4)
+    if bias is not None:
+        y = g.op("Add", y, g.weight(prefix + ".b", bias))
+    return y
+
+
+def _int8(g: GraphBuilder, int8: bool) -> GraphBuilder:
+    """Set a builder for the int8 compute type: its weights constants (MatMulNBits packs them once)."""
+    if int8:
+        g.int8 = g.constant_weights = True
+        g.name += "_int8"
+    return g
+
+
 # ---- one graph per op ---------------------------------------------------------------------------
-def build_linear(weight, bias) -> GraphBuilder:
-    g = GraphBuilder("linear" if bias is not None else "linear_nobias")
+def build_linear(weight, bias, int8: bool = False) -> GraphBuilder:
+    g = _int8(GraphBuilder("linear" if bias is not None else "linear_nobias"), int8)
     x = g.input("x", None)  # any leading dims
     g.output(linear(g, x, weight, bias, "lin"), "y", None)
     return g
@@ -307,20 +343,20 @@ def build_attention(n_head: int, d_state: int, causal: bool, weights_only: bool)
     return g
 
 
-def build_mlp_block(w: MlpWeights) -> GraphBuilder:
-    g = GraphBuilder("mlp_block")
+def build_mlp_block(w: MlpWeights, int8: bool = False) -> GraphBuilder:
+    g = _int8(GraphBuilder("mlp_block"), int8)
     n_state = np.shape(w.ln.weight)[0]
     g.output(mlp(g, g.input("x", ["b", "n", n_state]), w), "y", ["b", "n", n_state])
     return g
 
 
-def build_encoder_layer(w: EncoderLayerWeights) -> GraphBuilder:
+def build_encoder_layer(w: EncoderLayerWeights, int8: bool = False) -> GraphBuilder:
     """Constant (pre-packed) weights on (rows, features) activations, so that every linear is one Gemm with
     its bias added in the GEMM (no separate pass over the 1500 x n_out result); (b, n, d) only around
     MultiHeadAttention (Reshapes are views)."""
     n_state = np.shape(w.attn_ln.weight)[0]
     n_head = w.n_head
-    g = GraphBuilder(f"encoder_layer_h{n_head}")
+    g = _int8(GraphBuilder(f"encoder_layer_h{n_head}"), int8)
     g.constant_weights = g.rows_2d = True
     x3 = g.input("x", ["b", "n", n_state])
     shape3, rows = g.op("Shape", x3), g.const([-1, n_state], I64)
@@ -373,12 +409,12 @@ def decoder_layer(g: GraphBuilder, x: str, w: DecoderLayerWeights, k_past: str, 
     return mlp(g, x, w.mlp, prefix + "mlp"), k_new, v_new
 
 
-def build_decoder_layer(w: DecoderLayerWeights) -> GraphBuilder:
+def build_decoder_layer(w: DecoderLayerWeights, int8: bool = False) -> GraphBuilder:
     """Inputs: x (b, n_q, d), the cache prefix k_past/v_past (b, offset, d), cross_k/cross_v (b_c, n_audio, d),
     mask (n_q, offset + n_q).  Outputs: y and this step's k_new/v_new (b, n_q, d), which the backend binds
     straight into the caller's cache rows [offset, offset + n_q) when that memory is contiguous."""
     n_state = np.shape(w.attn_ln.weight)[0]
-    g = GraphBuilder(f"decoder_layer_h{w.n_head}")
+    g = _int8(GraphBuilder(f"decoder_layer_h{w.n_head}"), int8)
     x = g.input("x", ["b", "n_q", n_state])
     k_past = g.input("k_past", ["b", "n_past", n_state])
     v_past = g.input("v_past", ["b", "n_past", n_state])
@@ -393,7 +429,7 @@ def build_decoder_layer(w: DecoderLayerWeights) -> GraphBuilder:
     return g
 
 
-def build_decoder_step(w: DecoderStepWeights) -> GraphBuilder:
+def build_decoder_step(w: DecoderStepWeights, int8: bool = False) -> GraphBuilder:
     """A whole decoding step: every decoder layer, the final LayerNorm and the logits of the asked rows.
 
     Inputs: x (b, n_q, d); per layer i, ``k_past.i``/``v_past.i`` (b, offset, d), the filled cache prefix (for
@@ -404,7 +440,7 @@ def build_decoder_step(w: DecoderStepWeights) -> GraphBuilder:
     layer0 = w.layers[0]
     n_state = np.shape(layer0.attn_ln.weight)[0]
     n_vocab = np.shape(w.logits.weight)[0]
-    g = GraphBuilder(f"decoder_step_l{len(w.layers)}_h{layer0.n_head}")
+    g = _int8(GraphBuilder(f"decoder_step_l{len(w.layers)}_h{layer0.n_head}"), int8)
     g.constant_weights = True
     x = g.input("x", ["b", "n_q", n_state])
     offset = g.input("offset", [1], I64)
@@ -427,9 +463,11 @@ def build_decoder_step(w: DecoderStepWeights) -> GraphBuilder:
     # pre-packed panels; several rows (beams): the pre-packed constant.  Both are kept (twice the memory of
     # the largest weight) for the op that dominates a step.
     one_row = g.input("one_row", [], TensorProto.BOOL)
+    int8, g.int8 = g.int8, False  # the logits stay float32 in every compute type (the contract)
     logits = g.op("If", one_row,
                   then_branch=g.branch(lambda b: linear(b, h, w.logits.weight, None, "logits", bound=True), "gemv"),
                   else_branch=g.branch(lambda b: linear(b, h, w.logits.weight, None, "logits"), "packed"))
+    g.int8 = int8
     g.output(logits, "logits", ["b", "n_pos", n_vocab])
     for i, (k_new, v_new) in enumerate(news):
         g.output(k_new, f"k_new.{i}", ["b", "n_q", n_state])

@@ -114,7 +114,7 @@ def transcribe_dataset(inputs, output_dir, *, model: str = "tiny.en", backend: s
     """Transcribe every input file on Ray, each into ``output_dir`` (its JSON and any other `output_format`).
 
     inputs: a path, directory (searched recursively for audio and video files) or glob pattern, or a list of
-    them.  model/backend/download_root: as `whisperkit.Whisper`.  compute_type: "float32" (the only one yet).
+    them.  model/backend/download_root: as `whisperkit.Whisper`.  compute_type: "float32" or "int8" (as `whisperkit.Whisper`).
     threads_per_actor (default 1): each actor's kernel threads and the CPUs Ray reserves for it.  actors
     (default: as many as the nodes' CPUs hold): the size of the pool.  batch_size (default 1): files per actor
     call; above 1 they are transcribed together (`Whisper.transcribe_batch`: at temperature 0 the same tokens,

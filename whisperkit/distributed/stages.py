@@ -23,21 +23,20 @@ from ..errors import WhisperkitError
 #: how the error of every input of an actor whose model did not load begins
 MODEL_ERROR = "the model could not be loaded"
 
-#: the compute types this version runs; issue 18 (int8) adds its own here and in `load_model`
-COMPUTE_TYPES = ("float32",)
-
-
 def check_compute_type(compute_type: str) -> None:
-    if compute_type not in COMPUTE_TYPES:
-        raise WhisperkitError(f"compute_type {compute_type!r} is not available in this version of whisperkit; "
-                              f"expected one of: {', '.join(COMPUTE_TYPES)}")
+    """A compute type's name checked on the driver, before any Ray work (whisperkit.contract's names)."""
+    from ..contract import compute_type_name
+    try:
+        compute_type_name(compute_type)
+    except ValueError as exc:
+        raise WhisperkitError(str(exc)) from None
 
 
 def load_model(model: str, backend: str, compute_type: str, download_root: str | None):
-    """The one place a job's model is built (so a compute type other than float32 is wired in here, once)."""
+    """The one place a job's model is built."""
     check_compute_type(compute_type)
     from ..api import Whisper
-    return Whisper(model, backend=backend, download_root=download_root)
+    return Whisper(model, backend=backend, compute_type=compute_type, download_root=download_root)
 
 
 def limit_threads(n: int) -> None:
