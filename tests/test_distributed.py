@@ -432,6 +432,24 @@ def test_cli_on_the_cluster_writes_the_one_process_files_and_exits_with_the_fail
         "jfk.json", "jfk.srt", "pv_en.json", "pv_en.srt", "whisperkit-manifest.json"]
 
 
+def test_cli_on_the_cluster_runs_the_actors_in_int8(cluster, tmp_path):
+    from whisperkit import WhisperTiny
+    clips = _clips_dir(tmp_path / "clips", ["jfk_16k.wav", "pv_en.wav"], corrupt=False)
+    proc = subprocess.run([EXE, "transcribe", "--ray", cluster.address, str(clips), "-o", str(tmp_path / "out"),
+                           "-f", "json", "--compute_type", "int8", "--beam_size", "None", "--best_of", "None",
+                           "--temperature_increment_on_fallback", "None", "--no-progress"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "out" / "whisperkit-manifest.json").read_text())
+    assert manifest["options"]["compute_type"] == "int8" and manifest["counts"]["transcribed"] == 2
+    int8 = WhisperTiny(compute_type="int8")
+    for name in ["jfk_16k.wav", "pv_en.wav"]:
+        got = json.loads((tmp_path / "out" / f"{Path(name).stem}.json").read_text())
+        assert _tokens(got) == _tokens(int8.transcribe(str(clips / name), temperature=0.0).to_dict()), name
+    assert "ask not what your country can do for you" in json.loads(
+        (tmp_path / "out" / "jfk_16k.json").read_text())["text"].lower().replace(",", "")
+
+
 def test_a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing(cluster, tmp_path):
     from whisperkit.distributed import transcribe_dataset
     from whisperkit.distributed.plan import TMP_PREFIX

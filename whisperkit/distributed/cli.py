@@ -42,6 +42,7 @@ def transcribe_on_ray(args, options: dict, writer_options: dict) -> int:
     options = {k: v for k, v in options.items() if k not in ("verbose", "progress")}  # the job's own
     report = transcribe_dataset(
         args.audio, args.output_dir, model=args.model, backend=args.backend, download_root=args.model_dir,
+        compute_type=getattr(args, "compute_type", "float32"),
         actors=args.actors, threads_per_actor=args.threads or None, batch_size=args.batch_size,
         address=None if args.ray == "local" else args.ray, output_format=args.output_format,
         writer_options=writer_options, progress=False if args.no_progress else None, **options)
