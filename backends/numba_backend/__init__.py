@@ -50,6 +50,29 @@ def _kern():
     return _K
 
 
+def _int8_kernels():
+    """The int8 kernels (imported on first use, after `_kernels`)."""
+    _kern()
+    from . import _int8 as i8
+    return i8
+
+
+def _matrices(weights):
+    """Every 2-d array among the weights of an op (the layers' of decoder_step too)."""
+    for v in weights.values():
+        if isinstance(v, (list, tuple)):
+            for item in v:
+                if isinstance(item, dict):
+                    yield from _matrices(item)
+        elif np.ndim(v) == 2:
+            yield np.asarray(v)
+
+
+#: The ops of contract.INT8_OPS this backend runs in int8 itself (`_int8`); the others (mlp_block, encoder_layer,
+#: decoder_layer) go to the reference's int8 composition, whose linears are this backend's int8 linear.
+_INT8_NATIVE = ("linear", "decoder_step")
+
+
 def _step_kernels():
     """The decoder step's kernels (imported on first use, after `_kernels`)."""
     _kern()
@@ -58,6 +81,15 @@ def _step_kernels():
 
 
 _F32 = np.float32
+
+
+def _vnni() -> bool:
+    """Whether this CPU has AVX-512 VNNI (vpdpbusd), which the int8 kernels are written for."""
+    try:
+        import llvmlite.binding as llb
+        return bool(llb.get_host_cpu_features().get("avx512vnni"))
+    except Exception:  # noqa: BLE001  (no llvmlite: no Numba either)
+        return False
 
 
 def _hot_signatures():
@@ -146,6 +178,8 @@ class NumbaBackend(AttentionPair, Backend):
     description = "Numba parallel kernels (prange over rows/heads), GEMMs via NumPy's OpenBLAS called from Numba"
     #: first for `auto`: the fastest warm, 1.67-1.94x faster-whisper fp32 on tiny.en (docs/bench-results.md, issue 14)
     auto_rank = 40
+    #: int8: the contract's scheme on AVX-512 VNNI (`_int8`), for linear and decoder_step (`_INT8_NATIVE`)
+    compute_types = ("float32", "int8")
 
     def unavailable_reason(self):
         return _IMPORT_ERROR
@@ -156,6 +190,23 @@ class NumbaBackend(AttentionPair, Backend):
         _numba()
         for kernel, sig in _hot_signatures():
             kernel.compile(sig)  # from the on-disk cache (compiled once, on the first run after install)
+
+    def supports_compute(self, op, compute_type, **args):
+        if compute_type == "float32":
+            return True
+        if compute_type != "int8" or op not in _INT8_NATIVE or not _vnni():
+            return False
+        # the kernels take blocks of 16 inputs (every Whisper width); the step's layers also 16-channel groups
+        mats = list(_matrices(args))
+        if op == "decoder_step":
+            mats = [w for w in mats if w is not args.get("logits_weight")]
+            return all(w.shape[0] % 16 == 0 and w.shape[1] % 16 == 0 for w in mats)
+        return all(w.shape[1] % 16 == 0 for w in mats)
+
+    def prepare(self, op, weights, ops):
+        if ops.compute_type == "int8" and op in _INT8_NATIVE:
+            return getattr(self, f"prepare_{op}_int8")(**weights)
+        return super().prepare(op, weights, ops)
 
     def set_num_threads(self, n):
         if _IMPORT_ERROR is None:
@@ -168,8 +219,22 @@ class NumbaBackend(AttentionPair, Backend):
         b = np.zeros(weight.shape[0], _F32) if bias is None else f32c(bias)
         return SimpleNamespace(weight=weight, bias=b)
 
+    def prepare_linear_int8(self, weight, bias=None):
+        """The contract's int8 weights (`contract.quantize_int8`), held once, packed for vpdpbusd (`_int8.pack_int8`)."""
+        wp, wsum, scale, b, n_out, block = _int8_kernels().pack_int8(weight, bias)
+        return SimpleNamespace(int8=True, packed=wp, wsum=wsum, scale=scale, bias=b, n_out=n_out, n_in=wsum.shape[1] * block)
+
     def linear(self, x, w):
         x = np.asarray(x)
+        if getattr(w, "int8", False):
+            if x.shape[-1] != w.n_in:
+                raise ValueError(f"linear: input has {x.shape[-1]} features, weight expects {w.n_in}")
+            x2 = rows_f32(x)
+            out = np.empty((x2.shape[0], w.scale.shape[0]), _F32)
+            _int8_kernels().linear_int8_kernel(x2, w.packed, w.wsum, w.scale, w.bias, out, _nt())
+            if w.n_out != out.shape[1]:
+                out = np.ascontiguousarray(out[:, :w.n_out])
+            return out.reshape(x.shape[:-1] + (w.n_out,))
         if x.shape[-1] != w.weight.shape[1]:
             raise ValueError(f"linear: input has {x.shape[-1]} features, weight expects {w.weight.shape[1]}")
         x2 = rows_f32(x)
@@ -345,6 +410,31 @@ class NumbaBackend(AttentionPair, Backend):
         return SimpleNamespace(n_layer=len(ls), n_head=ls[0].n_head, arrays=arrays, n_vocab=logits_weight.shape[0],
                                threads={})  # batch rows -> _ThreadChoice of the one-token steps
 
+    def prepare_decoder_step_int8(self, layers, ln_weight, ln_bias, logits_weight):
+        """The layers' linears in the contract's int8 (`_int8.pack_int8`, stacked per kind over the layers); the
+        LayerNorms float32; the logits float32 as in the float32 step (float16 storage where exact)."""
+        g = weight_group("decoder_step", dict(layers=layers, ln_weight=ln_weight, ln_bias=ln_bias,
+                                              logits_weight=logits_weight))
+        ls = g.layers
+        pack = _int8_kernels().pack_int8
+
+        def vec(get):
+            return np.stack([f32c(get(layer)) for layer in ls])
+
+        def lin(get):
+            parts = [pack(*get(layer))[:4] for layer in ls]  # packed, wsum, scale, bias
+            return tuple(np.stack([p[k] for p in parts]) for k in range(4))
+
+        logits = exact_float16(logits_weight)
+        arrays = (vec(lambda l: l.attn_ln.weight), vec(lambda l: l.attn_ln.bias), *lin(lambda l: l.qkv), *lin(lambda l: l.out),
+                  vec(lambda l: l.cross_ln.weight), vec(lambda l: l.cross_ln.bias), *lin(lambda l: l.cross_q),
+                  *lin(lambda l: l.cross_out), vec(lambda l: l.mlp.ln.weight), vec(lambda l: l.mlp.ln.bias),
+                  *lin(lambda l: l.mlp.fc1), *lin(lambda l: l.mlp.fc2), f32c(g.ln.weight), f32c(g.ln.bias),
+                  f32c(logits_weight) if logits is None else logits.view(np.uint16),
+                  np.zeros(logits_weight.shape[0], _F32))
+        return SimpleNamespace(int8=True, n_layer=len(ls), n_head=ls[0].n_head, arrays=arrays, n_vocab=logits_weight.shape[0],
+                               threads={})
+
     def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
         x = np.asarray(x)
         b, n_q, n = x.shape
@@ -364,7 +454,8 @@ class NumbaBackend(AttentionPair, Backend):
         if tuner is not None:
             nt = tuner.pick(nt)
             t0 = time.perf_counter()
-        _step_kernels().decoder_step_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, *w.arrays, pos_rows, logits, nt)
+        kernel = _int8_kernels().decoder_step_int8_kernel if getattr(w, "int8", False) else _step_kernels().decoder_step_kernel
+        kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, *w.arrays, pos_rows, logits, nt)
         if tuner is not None:
             tuner.record(nt, time.perf_counter() - t0)
         if not direct:
