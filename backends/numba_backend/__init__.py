@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import (AttentionPair, Backend, check_kv_step, check_step, exact_float16, f32c, f32c_group, group_arrays,
+from whisperkit.backend import (AttentionPair, Backend, Linear, MlpWeights, Norm, check_kv_step, check_step, exact_float16, f32c, f32c_group, group_arrays,
                                 hookimpl, rows_f32, weight_group)
 
 def _installed(dist: str) -> str | None:
@@ -68,9 +68,9 @@ def _matrices(weights):
             yield np.asarray(v)
 
 
-#: The ops of contract.INT8_OPS this backend runs in int8 itself (`_int8`); the others (mlp_block, encoder_layer,
-#: decoder_layer) go to the reference's int8 composition, whose linears are this backend's int8 linear.
-_INT8_NATIVE = ("linear", "decoder_step")
+#: The ops of contract.INT8_OPS this backend runs in int8 itself (`_int8`); decoder_layer (not on the decode path:
+#: decoder_step runs every layer) goes to the reference's int8 composition, whose linears are this backend's.
+_INT8_NATIVE = ("linear", "mlp_block", "encoder_layer", "decoder_step")
 
 
 def _step_kernels():
@@ -139,6 +139,25 @@ def _unit_last(a):
     return a
 
 
+def _int8_group(group):
+    """A coarse op's weights for the int8 kernels: norms float32, each linear packed by `_int8.pack_int8` as
+    (packed, wsum, scale, bias), flattened in the contract's order."""
+    pack = _int8_kernels().pack_int8
+    arrays: list = []
+
+    def walk(g):
+        for v in g:
+            if isinstance(v, MlpWeights):
+                walk(v)
+            elif isinstance(v, Linear):
+                arrays.extend(pack(v.weight, v.bias)[:4])
+            elif isinstance(v, Norm):
+                arrays.extend((f32c(v.weight), f32c(v.bias)))
+
+    walk(group)
+    return SimpleNamespace(int8=True, n_head=getattr(group, "n_head", None), arrays=tuple(arrays))
+
+
 class _ThreadChoice:
     """Thread count of the one-token decode steps of one row count: every thread, or one, whichever has been
     faster lately.  A step streams ~75 MB (tiny.en), more than one core's bandwidth brings in the time, so
@@ -178,7 +197,7 @@ class NumbaBackend(AttentionPair, Backend):
     description = "Numba parallel kernels (prange over rows/heads), GEMMs via NumPy's OpenBLAS called from Numba"
     #: first for `auto`: the fastest warm, 1.67-1.94x faster-whisper fp32 on tiny.en (docs/bench-results.md, issue 14)
     auto_rank = 40
-    #: int8: the contract's scheme on AVX-512 VNNI (`_int8`), for linear and decoder_step (`_INT8_NATIVE`)
+    #: int8: the contract's scheme on AVX-512 VNNI (`_int8`), for the ops in `_INT8_NATIVE`
     compute_types = ("float32", "int8")
 
     def unavailable_reason(self):
@@ -198,10 +217,10 @@ class NumbaBackend(AttentionPair, Backend):
             return False
         # the kernels take blocks of 16 inputs (every Whisper width); the step's layers also 16-channel groups
         mats = list(_matrices(args))
-        if op == "decoder_step":
-            mats = [w for w in mats if w is not args.get("logits_weight")]
-            return all(w.shape[0] % 16 == 0 and w.shape[1] % 16 == 0 for w in mats)
-        return all(w.shape[1] % 16 == 0 for w in mats)
+        if op == "linear":  # any n_out (padded to 16 channels)
+            return all(w.shape[1] % 16 == 0 for w in mats)
+        mats = [w for w in mats if w is not args.get("logits_weight")]  # the step's logits are float32
+        return all(w.shape[0] % 16 == 0 and w.shape[1] % 16 == 0 for w in mats)
 
     def prepare(self, op, weights, ops):
         if ops.compute_type == "int8" and op in _INT8_NATIVE:
@@ -312,18 +331,31 @@ class NumbaBackend(AttentionPair, Backend):
     def prepare_mlp_block(self, **weights):
         return f32c_group(weight_group("mlp_block", weights))
 
+    def prepare_mlp_block_int8(self, **weights):
+        return _int8_group(weight_group("mlp_block", weights))
+
     def mlp_block(self, x, w):
         x = np.asarray(x)
         x2 = rows_f32(x)
         y = np.empty_like(x2)
-        _kern().mlp_kernel(x2, *group_arrays(w), y, _ROW_BLOCK, _nt())
+        if getattr(w, "int8", False):
+            _int8_kernels().mlp_int8_kernel(x2, *w.arrays, y, _ROW_BLOCK, _nt())
+        else:
+            _kern().mlp_kernel(x2, *group_arrays(w), y, _ROW_BLOCK, _nt())
         return y.reshape(x.shape)
+
+    def prepare_encoder_layer_int8(self, **weights):
+        return _int8_group(weight_group("encoder_layer", weights))
 
     def prepare_encoder_layer(self, **weights):
         return f32c_group(weight_group("encoder_layer", weights))
 
     def encoder_layer(self, x, w):
         x = np.asarray(x)
+        if getattr(w, "int8", False):
+            y = _int8_kernels().encoder_layer_int8_kernel(rows_f32(x), x.shape[0], w.n_head, *w.arrays, _ROW_BLOCK,
+                                                          _ATTN_BLOCK, _nt())
+            return y.reshape(x.shape)
         y = _kern().encoder_layer_kernel(rows_f32(x), x.shape[0], w.n_head, *group_arrays(w), _ROW_BLOCK,
                                          _ATTN_BLOCK, _nt())
         return y.reshape(x.shape)

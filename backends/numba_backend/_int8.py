@@ -26,7 +26,7 @@ from numba.extending import intrinsic
 
 from whisperkit.contract import int8_block, quantize_int8
 
-from ._kernels import _blocks, gelu_scalar, hmax_lanes, ln_rows
+from ._kernels import _blocks, attention_kernel, bias_gelu_rows, gelu_scalar, hmax_lanes, keep_alive, ln_rows
 from ._step import attn_groups, gemv
 
 #: output channels per vpdpbusd lane group
@@ -384,3 +384,71 @@ def decoder_step_int8_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v,
     for i in range(p):
         ln_rows(xa, pos_rows[i], pos_rows[i] + 1, lnfg, lnfb, hl, i)
     gemv(hl, wlog, blog, logits, logits, False, nt)
+
+
+# ---------------------------------------------------------------------------------------------- coarse ops
+@njit(cache=True)
+def mlp8_rows(x1, r0, r1, lng, lnb, f1_w, f1_c, f1_s, f1_b, f2_w, f2_c, f2_s, f2_b, y):
+    """y[r0:r1] = x1 + fc2(gelu(fc1(layer_norm(x1)))) for one row block, both linears int8, in this thread's
+    buffers.  fc1's bias and GELU are the float32 step of the float32 kernels (`bias_gelu_rows`)."""
+    n = x1.shape[1]
+    rows = r1 - r0
+    nf = f1_s.shape[0]
+    h = np.empty((rows, n), np.float32)
+    hu = np.empty((rows, n), np.uint8)
+    hs = np.empty((rows, f1_c.shape[1]), np.float32)
+    f = np.empty((rows, nf), np.float32)
+    fu = np.empty((rows, nf), np.uint8)
+    fs = np.empty((rows, f2_c.shape[1]), np.float32)
+    ln_rows(x1, r0, r1, lng, lnb, h, 0)
+    quant_rows(h, 0, rows, n // f1_c.shape[1], hu, hs)
+    i8_core(f1_w, 0, f1_w.shape[0], hu, 0, rows, hs, f1_c, f1_s, f)
+    bias_gelu_rows(f, 0, rows, f1_b)
+    lin8_part(f, fu, fs, f2_w, f2_c, f2_s, f2_b, x1[r0:r1], y[r0:r1], False, 0, f2_w.shape[0], 0, rows, True)
+
+
+@njit(parallel=True, cache=True)
+def mlp_int8_kernel(x, lng, lnb, f1_w, f1_c, f1_s, f1_b, f2_w, f2_c, f2_s, f2_b, y, blk, nt):
+    m = x.shape[0]
+    nb = max(nt, (m + blk - 1) // blk) if m >= 32 else 1
+    rb = _blocks(m, nb, 1)
+    for p in prange(nb):
+        mlp8_rows(x, rb[p], rb[p + 1], lng, lnb, f1_w, f1_c, f1_s, f1_b, f2_w, f2_c, f2_s, f2_b, y)
+
+
+@njit(parallel=True, cache=True)
+def encoder_layer_int8_kernel(x, batch, n_head, ln1g, ln1b, qkv_w, qkv_c, qkv_s, qkv_b, o_w, o_c, o_s, o_b,
+                              ln2g, ln2b, f1_w, f1_c, f1_s, f1_b, f2_w, f2_c, f2_s, f2_b, blk, attn_blk, nt):
+    """`_kernels.encoder_layer_kernel` with the four linears int8 (row blocks of `i8_core` over the threads, each
+    thread reading every weight, which stays in its L2) and the same attention."""
+    m, n = x.shape
+    n_ctx = m // batch
+    d_head = n // n_head
+    qkv = np.empty((m, 3 * n), np.float32)
+    a = np.empty((m, n), np.float32)
+    x1 = np.empty((m, n), np.float32)
+    y = np.empty((m, n), np.float32)
+    nb = max(nt, (m + blk - 1) // blk)
+    rb = _blocks(m, nb, 1)
+    nblk = qkv_c.shape[1]
+    for p in prange(nb):
+        r0 = rb[p]
+        r1 = rb[p + 1]
+        h = np.empty((r1 - r0, n), np.float32)
+        hu = np.empty((r1 - r0, n), np.uint8)
+        hs = np.empty((r1 - r0, nblk), np.float32)
+        ln_rows(x, r0, r1, ln1g, ln1b, h, 0)
+        lin8_part(h, hu, hs, qkv_w, qkv_c, qkv_s, qkv_b, qkv[r0:r1], qkv[r0:r1], False, 0, qkv_w.shape[0], 0, r1 - r0, True)
+    qp = qkv.ctypes.data
+    attention_kernel(qp, n_ctx * 3 * n, 3 * n, qp + 4 * n, n_ctx * 3 * n, 3 * n, qp + 8 * n, n_ctx * 3 * n, 3 * n,
+                     a.ctypes.data, n_ctx * n, n, batch, n_ctx, n_ctx, n_head, d_head, False, 0, attn_blk,
+                     np.empty((1, 1, 1, 1), np.float32), nt)
+    keep_alive(qkv)  # qkv was only read through its address: hold it until attention is done
+    for p in prange(nb):
+        r0 = rb[p]
+        r1 = rb[p + 1]
+        au = np.empty((r1 - r0, n), np.uint8)
+        as_ = np.empty((r1 - r0, nblk), np.float32)
+        lin8_part(a[r0:r1], au, as_, o_w, o_c, o_s, o_b, x[r0:r1], x1[r0:r1], False, 0, o_w.shape[0], 0, r1 - r0, True)
+        mlp8_rows(x1, r0, r1, ln2g, ln2b, f1_w, f1_c, f1_s, f1_b, f2_w, f2_c, f2_s, f2_b, y)
+    return y
