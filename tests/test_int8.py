@@ -135,20 +135,23 @@ def test_numba_holds_the_contracts_int8_weights_once():
 
 
 def test_numba_runs_its_int8_ops_itself_and_sends_the_rest_to_the_reference_int8_path():
-    """Widths off 16 inputs and decoder_layer (decoder_step runs the decode) fall back, to the int8 reference."""
+    """Every op of INT8_OPS at Whisper's widths runs on numba; a width off 16 inputs falls back, to the int8 reference."""
     ops = _numba_int8()
     from whisperkit.conformance.cases import CASES
-    for case_id in ("linear/tiny_fc1_1500", "mlp_block/tiny_7", "encoder_layer/tiny_1500", "decoder_step/tiny_1_off3"):
+    from whisperkit.contract import INT8_OPS
+    for case_id in ("linear/tiny_fc1_1500", "mlp_block/tiny_7", "encoder_layer/tiny_1500", "decoder_layer/tiny_1_off3",
+                    "decoder_step/tiny_1_off3"):
         op = case_id.split("/")[0]
         assert ops.bind(op, **CASES[case_id].make().weights).backend_name == "numba", case_id
+    assert set(INT8_OPS) == {"linear", "mlp_block", "encoder_layer", "decoder_layer", "decoder_step"}  # all of them
     assert not ops.fallbacks
-    assert ops.bind("decoder_layer", **CASES["decoder_layer/tiny_1_off3"].make().weights).backend_name == "numpy"
     _, w, b = _case(1, 40, 8, 0)
     assert ops.bind("linear", weight=w, bias=b).backend_name == "numpy"
-    assert ops.fallbacks == {"decoder_layer[int8]", "linear[int8]"}
+    assert ops.fallbacks == {"linear[int8]"}
 
 
 @pytest.mark.parametrize("case_id", ["mlp_block/tiny_7", "mlp_block/tiny_1500", "encoder_layer/tiny_1500",
+                                     "decoder_layer/tiny_1_off3", "decoder_layer/tiny_beam5_1_off20",
                                      "decoder_step/tiny_beam5_shared_cross_1_off20", "decoder_step/tiny_beam5_prompt_40_off0"])
 def test_numba_int8_coarse_ops_follow_the_reference_int8_not_float32(case_id):
     """The coarse ops against the reference's int8 composition: much nearer to it than to float32, in the median

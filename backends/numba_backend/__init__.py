@@ -68,9 +68,9 @@ def _matrices(weights):
             yield np.asarray(v)
 
 
-#: The ops of contract.INT8_OPS this backend runs in int8 itself (`_int8`); decoder_layer (not on the decode path:
-#: decoder_step runs every layer) goes to the reference's int8 composition, whose linears are this backend's.
-_INT8_NATIVE = ("linear", "mlp_block", "encoder_layer", "decoder_step")
+#: The ops of contract.INT8_OPS this backend runs in int8 itself (`_int8`): all of them, for widths of multiples
+#: of 16 (`NumbaBackend.supports_compute`); the others run on the reference's int8 path.
+_INT8_NATIVE = ("linear", "mlp_block", "encoder_layer", "decoder_layer", "decoder_step")
 
 
 def _step_kernels():
@@ -366,6 +366,11 @@ class NumbaBackend(AttentionPair, Backend):
         return SimpleNamespace(n_head=g.n_head, arrays=group_arrays(g), fc1_rows=g.mlp.fc1.weight.shape[0],
                                buffers={}, dummy=np.empty((1, 1, 1, 1), _F32))
 
+    def prepare_decoder_layer_int8(self, **weights):
+        g = _int8_group(weight_group("decoder_layer", weights))
+        return SimpleNamespace(int8=True, n_head=g.n_head, arrays=g.arrays, fc1_rows=g.arrays[-5].shape[0],  # fc1 bias
+                               buffers={}, dummy=np.empty((1, 1, 1, 1), _F32))
+
     def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
         x = np.asarray(x)
         b, n_q, n = x.shape
@@ -405,6 +410,10 @@ class NumbaBackend(AttentionPair, Backend):
 
     @staticmethod
     def _decoder_call(x2, n_q, w, kc, vc, cross_k, cross_v, offset, bufs, y, nt):
+        if getattr(w, "int8", False):
+            _int8_kernels().decoder_layer_int8_kernel(x2, n_q, w.n_head, kc, vc, f32c(cross_k), f32c(cross_v), offset,
+                                                      *w.arrays, *bufs, y, _ATTN_BLOCK, w.dummy, nt)
+            return
         _kern().decoder_layer_kernel(x2, n_q, w.n_head, kc, vc, f32c(cross_k), f32c(cross_v), offset,
                                      *w.arrays, *bufs, y, _ATTN_BLOCK, w.dummy, nt)
 

@@ -468,3 +468,50 @@ def encoder_layer_int8_kernel(x, batch, n_head, ln1g, ln1b, qkv_w, qkv_c, qkv_s,
         lin8_part(a[r0:r1], au, as_, o_w, o_c, o_s, o_b, x[r0:r1], x1[r0:r1], False, 0, o_w.shape[0], 0, r1 - r0, True)
         mlp8_rows(x1, r0, r1, ln2g, ln2b, f1_w, f1_c, f1_s, f1_b, f2_w, f2_c, f2_s, f2_b, y)
     return y
+
+
+@njit(cache=True)
+def decoder_layer_int8_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset, ln1g, ln1b,
+                              qkv_w, qkv_c, qkv_s, qkv_b, o_w, o_c, o_s, o_b, lncg, lncb,
+                              cq_w, cq_c, cq_s, cq_b, co_w, co_c, co_s, co_b, ln2g, ln2b,
+                              f1_w, f1_c, f1_s, f1_b, f2_w, f2_c, f2_s, f2_b,
+                              hbuf, qkv, abuf, x1, x2, fbuf, y, attn_blk, dummy, nt):
+    """`_kernels.decoder_layer_kernel` with its seven linears int8 (`lin8`) and the same attention; the work
+    buffers are the float32 kernel's (the caller's, per row count)."""
+    m, n = x.shape
+    batch = m // n_q
+    d_head = n // n_head
+    n_ff = f1_s.shape[0]
+    xu = np.empty((m, n), np.uint8)
+    xs = np.empty((m, qkv_c.shape[1]), np.float32)
+    fu = np.empty((m, n_ff), np.uint8)
+    fs = np.empty((m, f2_c.shape[1]), np.float32)
+    ln_rows(x, 0, m, ln1g, ln1b, hbuf, 0)
+    lin8(hbuf, xu, xs, qkv_w, qkv_c, qkv_s, qkv_b, qkv, qkv, False, nt)
+    for b in range(batch):
+        for i in range(n_q):
+            src = qkv[b * n_q + i]
+            kd = k_cache[b, offset + i]
+            vd = v_cache[b, offset + i]
+            for j in range(n):
+                kd[j] = src[n + j]
+                vd[j] = src[2 * n + j]
+    n_text = k_cache.shape[1]
+    n_kv = offset + n_q
+    attention_kernel(qkv.ctypes.data, n_q * 3 * n, 3 * n, k_cache.ctypes.data, n_text * n, n,
+                     v_cache.ctypes.data, n_text * n, n, abuf.ctypes.data, n_q * n, n,
+                     batch, n_q, n_kv, n_head, d_head, True, offset, attn_blk, dummy, nt)
+    lin8(abuf, xu, xs, o_w, o_c, o_s, o_b, x, x1, False, nt)
+    ln_rows(x1, 0, m, lncg, lncb, hbuf, 0)
+    lin8(hbuf, xu, xs, cq_w, cq_c, cq_s, cq_b, abuf, abuf, False, nt)
+    # the rows of one audio (its beams) share one cross K/V row: as queries they are one block of rows
+    n_audio = cross_k.shape[1]
+    batch_c = cross_k.shape[0]
+    n_qc = m // batch_c
+    attention_kernel(abuf.ctypes.data, n_qc * n, n, cross_k.ctypes.data, n_audio * n, n,
+                     cross_v.ctypes.data, n_audio * n, n, hbuf.ctypes.data, n_qc * n, n,
+                     batch_c, n_qc, n_audio, n_head, d_head, False, 0, attn_blk, dummy, nt)
+    lin8(hbuf, xu, xs, co_w, co_c, co_s, co_b, x1, x2, False, nt)
+    ln_rows(x2, 0, m, ln2g, ln2b, hbuf, 0)
+    lin8(hbuf, xu, xs, f1_w, f1_c, f1_s, f1_b, fbuf, fbuf, True, nt)
+    lin8(fbuf, fu, fs, f2_w, f2_c, f2_s, f2_b, x2, y, False, nt)
