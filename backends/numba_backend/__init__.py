@@ -4,12 +4,15 @@
 logits GEMV): matrices stacked per kind over the layers, stored as float16 when the checkpoint's are
 (exact_float16), else float32; the new keys and values written straight into the stacked caches; the
 cross K/V read once per step for all the beams of an audio.  See `_kernels` for the kernels and the
-reasons behind them (float16 and 512-bit vectors through LLVM intrinsics).  The module imports without
+reasons behind them (float16 and 512-bit vectors through LLVM intrinsics).  compute_type="int8" (on a CPU with
+AVX-512 VNNI): every op of contract.INT8_OPS runs on `_int8`'s vpdpbusd kernels, its int8 linears the
+reference's bits; the logits of decoder_step stay float32 (float16 storage where exact).  The module imports without
 Numba (the registry lists it at no cost): Numba and the kernels are imported by `load`, when the backend
 is chosen; without Numba installed the backend reports itself unavailable with the reason.
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import time
@@ -83,8 +86,17 @@ def _step_kernels():
 _F32 = np.float32
 
 
+@functools.lru_cache(maxsize=None)
 def _vnni() -> bool:
-    """Whether this CPU has AVX-512 VNNI (vpdpbusd), which the int8 kernels are written for."""
+    """Whether this CPU has AVX-512 VNNI (vpdpbusd), which the int8 kernels are written for: /proc/cpuinfo's flags
+    (cheap: the registry reads `compute_types` when it lists the backends), else LLVM's view of the host."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512_vnni" in line.split()
+    except OSError:
+        pass
     try:
         import llvmlite.binding as llb
         return bool(llb.get_host_cpu_features().get("avx512vnni"))
@@ -197,8 +209,12 @@ class NumbaBackend(AttentionPair, Backend):
     description = "Numba parallel kernels (prange over rows/heads), GEMMs via NumPy's OpenBLAS called from Numba"
     #: first for `auto`: the fastest warm, 1.67-1.94x faster-whisper fp32 on tiny.en (docs/bench-results.md, issue 14)
     auto_rank = 40
-    #: int8: the contract's scheme on AVX-512 VNNI (`_int8`), for the ops in `_INT8_NATIVE`
-    compute_types = ("float32", "int8")
+
+    @property
+    def compute_types(self):
+        """int8: the contract's scheme on AVX-512 VNNI (`_int8`), for the ops in `_INT8_NATIVE`; declared only on
+        a CPU with VNNI (elsewhere every int8 op would run on the reference)."""
+        return ("float32", "int8") if _vnni() else ("float32",)
 
     def unavailable_reason(self):
         return _IMPORT_ERROR
@@ -213,7 +229,7 @@ class NumbaBackend(AttentionPair, Backend):
     def supports_compute(self, op, compute_type, **args):
         if compute_type == "float32":
             return True
-        if compute_type != "int8" or op not in _INT8_NATIVE or not _vnni():
+        if compute_type not in self.compute_types or op not in _INT8_NATIVE:
             return False
         # the kernels take blocks of 16 inputs (every Whisper width); the step's layers also 16-channel groups
         mats = list(_matrices(args))
