@@ -48,6 +48,7 @@ class NumpyBackend(Backend):
     auto_rank = 0  # the slowest, and always there: what `auto` falls back to
     compute_types = ("float32", "int8")  # the reference defines every compute type
     thread_safe = True  # every op allocates its own outputs; nothing is shared between calls
+    padded_steps = True
     shared_cross_kv = True
 
     # ---- fine ops -------------------------------------------------------------------------
@@ -151,11 +152,11 @@ class NumpyBackend(Backend):
     def encoder_layer(self, x, w):
         return model.encoder_block(x, w.block, w.ops.attention)
 
-    def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
-        return model.decoder_block(x, w.block, w.ops.attention, k_cache, v_cache, cross_k, cross_v, offset)
+    def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, pad=None):
+        return model.decoder_block(x, w.block, w.ops.attention, k_cache, v_cache, cross_k, cross_v, offset, pad=pad)
 
-    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
-        return model.decoder_step(x, w, k_cache, v_cache, cross_k, cross_v, offset, positions)
+    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None):
+        return model.decoder_step(x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad)
 
 
 @hookimpl

@@ -484,7 +484,8 @@ def _fp16_exact(w: dict) -> dict:
 
 
 def _decoder_step(batch, n_q, offset, positions, n_state, n_head, n_layer, n_vocab=N_VOCAB, n_text_ctx=N_TEXT_CTX,
-                  n_audio_ctx=N_AUDIO_CTX, cross_rows=None, fp16=False):
+                  n_audio_ctx=N_AUDIO_CTX, cross_rows=None, fp16=False, pad=None):
+    # pad: left-padded rows (prompts of different lengths in one batch), for backends with padded_steps
     def build(rng):
         layers = tuple(_block_weights(rng, n_state, n_head, True) for _ in range(n_layer))
         ln_w, ln_b = _ln_weights(rng, n_state)
@@ -498,7 +499,8 @@ def _decoder_step(batch, n_q, offset, positions, n_state, n_head, n_layer, n_voc
         cross_k = _normal(rng, (n_layer, cross_rows or batch, n_audio_ctx, n_state))
         cross_v = _normal(rng, (n_layer, cross_rows or batch, n_audio_ctx, n_state))
         return Inputs((x, k_cache, v_cache, cross_k, cross_v, offset, positions), weights=w, inplace=(1, 2),
-                      written=(slice(None), slice(None), slice(offset, offset + n_q)))
+                      written=(slice(None), slice(None), slice(offset, offset + n_q)),
+                      kwargs={} if pad is None else {"pad": np.asarray(pad, np.int64)})
     return build
 
 
@@ -539,6 +541,12 @@ def _coarse_cases():
         ("tiny_beam5_prompt_40_off0", (5, 40, 0, (1, -1), t, 6, 4), dict(cross_rows=1, fp16=True)),
         ("base_1_off50", (1, 1, 50, (-1,), b, 8, 6), dict(n_vocab=51865, fp16=True)),
         ("odd_33_3heads_2_off5", (2, 2, 5, (0, 1), 33, 3, 2), dict(n_vocab=77, n_text_ctx=16, n_audio_ctx=13)),
+        # left-padded rows (the contract's `pad`): prompts of 12, 7 and 1 tokens, then one-token steps
+        ("tiny_padded_prompts_12_off0", (3, 12, 0, (0, 6, -1), t, 6, 4), dict(pad=(0, 5, 11), fp16=True)),
+        ("tiny_padded_1_off20", (4, 1, 20, (-1,), t, 6, 4), dict(pad=(0, 3, 7, 20), fp16=True)),
+        ("tiny_padded_2audios_beam3_shared_cross_1_off9", (6, 1, 9, (-1,), t, 6, 4), dict(pad=(2, 2, 2, 0, 0, 0), cross_rows=2)),
+        ("tiny_padded_3_off2_pad_within", (2, 3, 2, (0, -1), t, 6, 4), dict(pad=(3, 0))),
+        ("odd_33_3heads_padded_2_off5", (2, 2, 5, (0, 1), 33, 3, 2), dict(pad=(4, 0), n_vocab=77, n_text_ctx=16, n_audio_ctx=13)),
     ]:
         bt, nq, off, pos, ns, nh, nl = args
         _case("decoder_step", name, _decoder_step(*args, **kw), x=(bt, nq, ns), offset=off, positions=pos, n_head=nh,

@@ -17,6 +17,7 @@ from whisperkit.contract import OPS
 from .cases import RECORDS, Case, Inputs
 
 FALLBACK_REASON = "falls back to reference"
+PADDED_REASON = "not given left-padded rows (no Backend.padded_steps): prompts of different lengths go in separate batches"
 
 
 class ConformanceFailure(AssertionError):
@@ -96,6 +97,8 @@ def run_case(case: Case, backend: Backend, ops: Ops, ref_ops: Ops, reference_cac
     record = RECORDS[case.op]
     if case.op not in backend.implemented_ops():  # no need to build the inputs: the dispatcher cannot choose it
         raise Fallback(FALLBACK_REASON)
+    if case.params.get("pad") is not None and not backend.padded_steps:
+        raise Fallback(PADDED_REASON)
     inp = case.make()
     bound = bind(ops, backend, case, inp)
     if not bound.on_backend:

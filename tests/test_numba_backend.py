@@ -60,7 +60,7 @@ def test_decoder_step_bits_do_not_depend_on_threads():
         logits = np.empty((x.shape[0], w.n_vocab), np.float32)
         rows = np.arange(x.shape[0], dtype=np.int64) * x.shape[1] + x.shape[1] - 1
         kernels.decoder_step_kernel(np.ascontiguousarray(x.reshape(-1, x.shape[-1])), x.shape[1], w.n_head, kc, vc,
-                                    ck, cv, offset, *w.arrays, rows, logits, nt)
+                                    ck, cv, offset, np.zeros(x.shape[0], np.int64), *w.arrays, rows, logits, nt)
         results.append((logits, kc, vc))
     for a, b in zip(*results):
         assert np.array_equal(a, b)

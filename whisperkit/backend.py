@@ -34,6 +34,10 @@ class Backend:
     #: when False, the dispatcher repeats them to one row per decoder row before the call.
     shared_cross_kv: bool = False
 
+    #: True when decoder_step takes the `pad` keyword of the contract: rows of different prompt lengths,
+    #: left-padded, decoded in one batch.
+    padded_steps: bool = False
+
     #: Where ``backend="auto"`` puts this backend: the usable backend with the highest rank is picked;
     #: None: never picked by auto.  Built-ins declare theirs from the bench's measurements (README).
     auto_rank: float | None = None
@@ -105,6 +109,7 @@ class Ops:
         self.reference = reference
         self.compute_type = compute_type_name(compute_type)
         self.fallbacks: set[str] = set()
+        self.bound_to: dict[str, Backend] = {}  # op -> the backend its last binding runs on
         for op, spec in OPS.items():
             if not spec.weights:
                 impl = self._choose(op)
@@ -121,10 +126,20 @@ class Ops:
             log.info("backend %s: op %s falls back to the reference", self.backend.name, name)
         return self.reference
 
+    @property
+    def padded_steps(self) -> bool:
+        """Whether the bound decoder_step takes `pad` (the contract): the backend's, when it says so; the
+        reference's, when its layers (decoder_layer) run on the reference too."""
+        step = self.bound_to.get("decoder_step", self.backend)
+        if step is not self.reference:
+            return step.padded_steps
+        return self.bound_to.get("decoder_layer", self.reference) is self.reference
+
     def bind(self, op: str, **weights: Any) -> BoundOp:
         if op not in OPS:
             raise KeyError(f"unknown op {op!r}; the contract has {sorted(OPS)}")
         impl = self._choose(op, **weights)
+        self.bound_to[op] = impl
         fn = getattr(impl, op)
         if op == "decoder_layer" and not impl.shared_cross_kv:
             fn = _with_cross_per_row(fn)
@@ -133,11 +148,11 @@ class Ops:
 
 def _with_cross_per_row(decoder_layer: Callable) -> Callable:
     """decoder_layer for a backend that wants one cross K/V row per decoder row."""
-    def call(x, w, k_cache, v_cache, cross_k, cross_v, offset):
+    def call(x, w, k_cache, v_cache, cross_k, cross_v, offset, **pad):
         g = x.shape[0] // cross_k.shape[0]
         if g > 1:
             cross_k, cross_v = np.repeat(cross_k, g, axis=0), np.repeat(cross_v, g, axis=0)
-        return decoder_layer(x, w, k_cache, v_cache, cross_k, cross_v, offset)
+        return decoder_layer(x, w, k_cache, v_cache, cross_k, cross_v, offset, **pad)
     return call
 
 

@@ -212,6 +212,7 @@ _op(
     x = x + linear(attention(q, k_cache[:, :offset+n_q], v_cache[:, :offset+n_q], n_head, causal=True, offset=offset), out)
     x = x + linear(attention(linear(layer_norm(x, cross_ln), cross_q), cross_k, cross_v, n_head), cross_out)
     y = mlp_block(x, mlp_ln, fc1, fc2)
+    pad (keyword, given only by a backend that sets ``Backend.padded_steps``): see decoder_step.
     """,
     coarse=True,
 )
@@ -233,6 +234,12 @@ _op(
     count from the end) whose logits are wanted.
     for i, layer in enumerate(layers): x = decoder_layer(x, layer, k_cache[i], v_cache[i], cross_k[i], cross_v[i], offset)
     logits = linear(layer_norm(x[:, positions], ln), logits_weight)      # (batch, len(positions), n_vocab)
+    pad (keyword): rows of different prompt lengths in one batch, left-padded.  None (no padding), or int64
+    (batch,): row b's first pad[b] cache positions hold padding.  Its query at position c >= pad[b] sees the
+    keys pad[b] <= j <= c only, so the row computes what it would alone (the caller gives its tokens the
+    positional embeddings 0, 1, ... from pad[b] on); a padding query (c < pad[b]) sees the keys j <= c, and
+    its output is never read.  Only a backend that sets ``Backend.padded_steps = True`` is given `pad`;
+    for the others, rows of different prompt lengths are decoded in separate batches.
     """,
     coarse=True,
 )

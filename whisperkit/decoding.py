@@ -216,17 +216,23 @@ class DecodingTask:
         else:
             self.decoder = GreedyDecoder(options.temperature, tokenizer.eot, rng)
         self.ranker = MaximumLikelihoodRanker(options.length_penalty)
-        self.logit_filters: list[LogitFilter] = []
+        self.logit_filters = self._logit_filters()
+
+    def _logit_filters(self) -> list[LogitFilter]:
+        """The filters, for sampling from position self.sample_begin on."""
+        options, tokenizer = self.options, self.tokenizer
+        filters: list[LogitFilter] = []
         if options.suppress_blank:
-            self.logit_filters.append(SuppressBlank(tokenizer, self.sample_begin))
+            filters.append(SuppressBlank(tokenizer, self.sample_begin))
         if options.suppress_tokens:
-            self.logit_filters.append(SuppressTokens(self._suppress_tokens()))
+            filters.append(SuppressTokens(self._suppress_tokens()))
         if not options.without_timestamps:
-            precision = CHUNK_LENGTH / graph.dims.n_audio_ctx  # 0.02 s per timestamp step
+            precision = CHUNK_LENGTH / self.graph.dims.n_audio_ctx  # 0.02 s per timestamp step
             max_index = None
             if options.max_initial_timestamp:
                 max_index = round(options.max_initial_timestamp / precision)
-            self.logit_filters.append(ApplyTimestampRules(tokenizer, self.sample_begin, max_index))
+            filters.append(ApplyTimestampRules(tokenizer, self.sample_begin, max_index))
+        return filters
 
     @staticmethod
     def _verify_options(o: DecodingOptions) -> DecodingOptions:
@@ -271,26 +277,48 @@ class DecodingTask:
         return sorted(set(st))
 
     def initial_length(self, prompt=None) -> int:
-        """Length of the initial tokens for this prompt: audios batched in one run must agree on it."""
+        """Length of the initial tokens for this prompt: audios batched in one run must agree on it, unless the
+        backend takes left-padded rows (`Ops.padded_steps`)."""
         return len(self._initial_tokens(prompt))
+
+    def _padded_prompts(self, prompts: Sequence, n_audio: int) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+        """One prompt per audio -> (initial tokens (n_audio, P), left padding per row or None, the position
+        of each row's sot).  Rows shorter than the longest are left-padded: their padding is never attended to
+        (the contract's decoder_step `pad`), so each row decodes as it would alone."""
+        rows = [self._initial_tokens(p) for p in prompts]
+        if len(rows) != n_audio:
+            raise ValueError(f"batched decoding: {len(rows)} prompts for {n_audio} audios")
+        longest = max(len(r) for r in rows)
+        pad = np.asarray([longest - len(r) for r in rows], np.int64)
+        if pad.any() and not self.graph.ops.padded_steps:
+            raise ValueError(f"batched prompts of different lengths need a backend that takes left-padded rows; "
+                             f"{self.graph.ops.backend.name} does not (Backend.padded_steps)")
+        tokens = np.asarray([[self.tokenizer.eot] * int(p) + r for p, r in zip(pad, rows)], np.int64)  # eot: never read
+        sot = [int(p) + r.index(self.tokenizer.sot) for p, r in zip(pad, rows)]
+        return tokens, (pad if pad.any() else None), sot
 
     def run(self, audio_features: np.ndarray, prompts: Sequence | None = None) -> list[DecodingResult]:
         """audio_features: (n_audio, n_audio_ctx, n_audio_state) -> one result per audio.  `prompts`:
-        one prompt per audio (overriding options.prompt), all giving initial tokens of one length."""
+        one prompt per audio (overriding options.prompt); prompts of different lengths are left-padded to
+        the longest, and sampling then stops, for every row, where the longest row reaches the context's end."""
         n_audio = audio_features.shape[0]
         self.decoder.reset()
+        pad, sot_rows = None, [self.sot_index] * n_audio
         if prompts is None:
             tokens = np.tile(np.asarray(self.initial_tokens, np.int64), (n_audio, 1))
         else:
-            rows = [self._initial_tokens(p) for p in prompts]
-            if len(rows) != n_audio or len({len(r) for r in rows}) != 1 or rows[0].index(self.tokenizer.sot) != self.sot_index \
-                    or len(rows[0]) != self.sample_begin:
-                raise ValueError("batched prompts must give initial tokens of the task's length, one per audio")
-            tokens = np.asarray(rows, np.int64)
+            tokens, pad, sot_rows = self._padded_prompts(prompts, n_audio)
+        if tokens.shape[1] != self.sample_begin:  # sampling starts after the (padded) prompts
+            self.sample_begin = tokens.shape[1]
+            self.logit_filters = self._logit_filters()
         language = self.tokenizer.language or "en"
         if self.n_group > 1:
             tokens = np.repeat(tokens, self.n_group, axis=0)
         inference = Inference(self.graph, audio_features, self.n_group)
+        if pad is not None:
+            inference.cache.pad = np.repeat(pad, self.n_group)
+        sot_at = sorted(set(sot_rows))  # the logit positions of the first step: every row's sot, then the last
+        sot_column = np.repeat([sot_at.index(s) for s in sot_rows], self.n_group)  # per decoder row
         sum_logprobs = np.zeros(tokens.shape[0], np.float32)
         no_speech_probs = [np.nan] * n_audio
         # Greedy/sampled rows are independent: rows that have ended (eot) leave the batch and their rows
@@ -301,9 +329,10 @@ class DecodingTask:
         for i in range(self.sample_len):
             open_tokens = tokens if len(active) == tokens.shape[0] else tokens[active]
             if i == 0:
-                logits = inference.logits(open_tokens, [self.sot_index, tokens.shape[1] - 1])
+                logits = inference.logits(open_tokens, sot_at + [tokens.shape[1] - 1])
                 if self.tokenizer.no_speech is not None:
-                    probs_at_sot = np.exp(log_softmax(logits[:, 0]))
+                    at_sot = logits[np.arange(len(logits)), sot_column]  # (rows, n_vocab)
+                    probs_at_sot = np.exp(log_softmax(at_sot))
                     no_speech_probs = probs_at_sot[::self.n_group, self.tokenizer.no_speech].tolist()
                 logits = np.ascontiguousarray(logits[:, -1])
             else:

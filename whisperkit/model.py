@@ -27,15 +27,20 @@ def encoder_block(x, w: EncoderLayerWeights, attention):
     return w.mlp(x)
 
 
-def decoder_block(x, w: DecoderLayerWeights, attention, k_cache, v_cache, cross_k, cross_v, offset, cross_tap=None):
+def decoder_block(x, w: DecoderLayerWeights, attention, k_cache, v_cache, cross_k, cross_v, offset, cross_tap=None,
+                  pad=None):
     """Self-attention over the KV cache (this step's keys and values written into it at offset),
-    cross-attention over the audio (cross_k, cross_v: one row per audio, see the contract), MLP.  ``cross_tap(q, k)``, if given, sees the cross-attention's
-    queries and keys."""
+    cross-attention over the audio (cross_k, cross_v: one row per audio, see the contract), MLP.  ``cross_tap(q, k)``,
+    if given, sees the cross-attention's queries and keys.  `pad`: left-padded rows (the contract's decoder_step)."""
     end = offset + x.shape[1]
     q, k, v = np.split(w.qkv(w.attn_ln(x)), 3, axis=-1)  # each (batch, n_q, n_state)
     k_cache[:, offset:end] = k
     v_cache[:, offset:end] = v
-    x = x + w.out(attention(q, k_cache[:, :end], v_cache[:, :end], w.n_head, causal=True, offset=offset))
+    if pad is None:
+        a = attention(q, k_cache[:, :end], v_cache[:, :end], w.n_head, causal=True, offset=offset)
+    else:
+        a = padded_self_attention(attention, q, k_cache, v_cache, w.n_head, offset, pad)
+    x = x + w.out(a)
     # The g = batch // batch_c rows of one audio (its beams) share its cross K/V: one block of queries.
     q = w.cross_q(w.cross_ln(x)).reshape(cross_k.shape[0], -1, x.shape[-1])  # (batch_c, g * n_q, n_state)
     if cross_tap is not None:
@@ -44,11 +49,30 @@ def decoder_block(x, w: DecoderLayerWeights, attention, k_cache, v_cache, cross_
     return w.mlp(x)
 
 
-def decoder_step(x, w: DecoderStepWeights, k_cache, v_cache, cross_k, cross_v, offset, positions):
+def padded_self_attention(attention, q, k_cache, v_cache, n_head, offset, pad):
+    """The self-attention of left-padded rows, from the contract's attention op: the rows with pad p, their
+    real queries over the keys p .. (as if the row began there), their padding queries over the keys before."""
+    n_q, end = q.shape[1], offset + q.shape[1]
+    out = np.empty_like(q)  # (batch, n_q, n_state)
+    for p in np.unique(pad):
+        rows = np.flatnonzero(pad == p)
+        first = min(max(int(p) - offset, 0), n_q)  # the first real query
+        if first < n_q:
+            out[rows, first:] = attention(q[rows, first:], k_cache[rows, p:end], v_cache[rows, p:end], n_head,
+                                          causal=True, offset=offset + first - int(p))
+        if first > 0:
+            out[rows, :first] = attention(q[rows, :first], k_cache[rows, :offset + first], v_cache[rows, :offset + first],
+                                          n_head, causal=True, offset=offset)
+    return out
+
+
+def decoder_step(x, w: DecoderStepWeights, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None):
     """Every decoder layer (`w.layers`: decoder_layer ops), then the final LayerNorm and the logits of
-    the rows at `positions` (indices into the n_q new tokens).  Caches: (n_layer, batch, n_text_ctx, n_state)."""
+    the rows at `positions` (indices into the n_q new tokens).  Caches: (n_layer, batch, n_text_ctx, n_state).
+    `pad`: left-padded rows, as the contract says."""
+    more = {} if pad is None else {"pad": pad}
     for i, layer in enumerate(w.layers):
-        x = layer(x, k_cache[i], v_cache[i], cross_k[i], cross_v[i], offset)  # decoder_block
+        x = layer(x, k_cache[i], v_cache[i], cross_k[i], cross_v[i], offset, **more)  # decoder_block
     x = np.ascontiguousarray(x[:, list(positions)])  # (batch, n_positions, n_state)
     return w.logits(w.ln(x))  # (batch, n_positions, n_vocab)
 
@@ -88,6 +112,9 @@ class KVCache:
         self.v = np.zeros(shape, np.float32)
         self.cross_k = self.cross_v = None  # set by TextDecoder.set_audio
         self.group = group
+        #: None, or int64 (batch,): row b's first pad[b] positions are left padding (prompts of different
+        #: lengths in one batch; the contract's decoder_step `pad`).
+        self.pad: np.ndarray | None = None
 
     def reorder(self, index: np.ndarray, filled: int) -> None:
         """Select/reorder the batch rows (beam search): row i becomes old row index[i].  Beams only move
@@ -99,6 +126,8 @@ class KVCache:
             src = index[moved]
             for cache in (self.k, self.v):
                 cache[:, moved, :filled] = cache[:, src, :filled]  # the right side is a copy: rows may swap
+            if self.pad is not None:
+                self.pad = self.pad[index]
 
     def select(self, rows: np.ndarray, filled: int | None = None) -> None:
         """Keep only these batch rows, in self-attention and cross-attention alike (rows leaving a batch).
@@ -116,6 +145,8 @@ class KVCache:
             new[:, :, :filled] = old[:, rows, :filled]
             setattr(self, name, new)
         self.cross_k, self.cross_v = np.take(self.cross_k, rows, axis=1), np.take(self.cross_v, rows, axis=1)
+        if self.pad is not None:
+            self.pad = self.pad[rows]
 
 
 class TextDecoder:
@@ -180,10 +211,19 @@ class TextDecoder:
         n_q = tokens.shape[1]
         if offset + n_q > self.dims.n_text_ctx:
             raise ValueError(f"decoder context overflow: {offset + n_q} tokens > n_text_ctx {self.dims.n_text_ctx}")
-        x = self.token_embedding[tokens] + self.positional_embedding[offset:offset + n_q]  # (batch, n_q, n_text_state)
-        x = x.astype(np.float32, copy=False)
         positions = (-1,) if logit_positions is None else tuple(int(p) for p in logit_positions)
-        return self.step(x, cache.k, cache.v, cache.cross_k, cache.cross_v, offset, positions)  # decoder_step
+        pad = cache.pad
+        if pad is None or not pad.any():
+            x = self.token_embedding[tokens] + self.positional_embedding[offset:offset + n_q]  # (batch, n_q, n_text_state)
+            x = x.astype(np.float32, copy=False)
+            return self.step(x, cache.k, cache.v, cache.cross_k, cache.cross_v, offset, positions)  # decoder_step
+        if not self.ops.padded_steps:
+            raise ValueError(f"backend {self.ops.backend.name} does not take left-padded rows (Backend.padded_steps)")
+        at = np.arange(offset, offset + n_q)[None, :]
+        at = np.where(at >= pad[:, None], at - pad[:, None], at)  # a row's real tokens count from its pad: (batch, n_q)
+        x = (self.token_embedding[tokens] + self.positional_embedding[at]).astype(np.float32, copy=False)
+        return self.step(x, cache.k, cache.v, cache.cross_k, cache.cross_v, offset, positions,
+                         pad=np.ascontiguousarray(pad, np.int64))
 
 
 class WhisperGraph:

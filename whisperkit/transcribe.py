@@ -135,8 +135,9 @@ def transcribe(model: "SpeechModel", audio, **options: Any) -> TranscriptionResu
 
 def transcribe_batch(model: "SpeechModel", sources: Sequence, batch_size: int = 8, **options: Any) -> list[TranscriptionResult]:
     """Transcribe several files (or arrays) together: up to `batch_size` of them advance in lockstep,
-    their windows encoded as one batch and decoded as one batch wherever their decoding options and
-    prompt lengths agree.  Results come back in the order of `sources`.  With temperature > 0 the
+    their windows encoded as one batch and decoded as one batch wherever their decoding options agree
+    (prompts of different lengths are left-padded; on a backend without `padded_steps`, only windows whose
+    prompts have one length share a batch).  Results come back in the order of `sources`.  With temperature > 0 the
     random draws differ from one-at-a-time runs; at temperature 0 the tokens are the same."""
     results: list[TranscriptionResult | None] = [None] * len(sources)
     for i, result in iter_transcriptions(model, sources, batch_size, **options):
@@ -195,8 +196,8 @@ def _drive(model: "SpeechModel", gen) -> TranscriptionResult:
 
 def _serve(model: "SpeechModel", requests: dict[int, EmbedRequest | DecodeRequest]) -> dict:
     """Answer the requests, batching the ones that can share a backend call: every EmbedRequest in
-    one encoder call, and DecodeRequests in one decoding run per (tokenizer, options but the prompt,
-    initial length)."""
+    one encoder call, and DecodeRequests in one decoding run per (tokenizer, options but the prompt), and
+    per initial length too when the backend cannot decode left-padded rows (`Ops.padded_steps`)."""
     answers: dict[int, np.ndarray | DecodingResult] = {}
     embeds = [i for i, r in requests.items() if isinstance(r, EmbedRequest)]
     if embeds:
@@ -204,11 +205,12 @@ def _serve(model: "SpeechModel", requests: dict[int, EmbedRequest | DecodeReques
         for k, i in enumerate(embeds):
             answers[i] = features[k:k + 1]
     groups: dict[tuple, list[int]] = {}
+    padded = model.graph.ops.padded_steps
     for i, r in requests.items():
         if isinstance(r, DecodeRequest):
-            task = DecodingTask(model.graph, r.tokenizer, replace(r.options, prompt=None))
-            key = (id(r.tokenizer), replace(r.options, prompt=None, suppress_tokens=_hashable(r.options.suppress_tokens)),
-                   task.initial_length(r.options.prompt))
+            key = (id(r.tokenizer), replace(r.options, prompt=None, suppress_tokens=_hashable(r.options.suppress_tokens)))
+            if not padded:
+                key += (DecodingTask(model.graph, r.tokenizer, replace(r.options, prompt=None)).initial_length(r.options.prompt),)
             groups.setdefault(key, []).append(i)
     for members in groups.values():
         first: DecodeRequest = requests[members[0]]  # type: ignore[assignment]

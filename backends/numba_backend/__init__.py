@@ -122,7 +122,7 @@ def _hot_signatures():
          + (i, i, i)),
         (K.layer_norm_kernel, (f[2], f[1], f[1], f[2], i)),
         (K.linear_kernel, (f[2], f[2], f[1], f[2], t.none, i, t.Omitted(256))),
-        (S.decoder_step_kernel, (f[2], i, i, f[4], f[4], f[4], f[4], i) + layer
+        (S.decoder_step_kernel, (f[2], i, i, f[4], f[4], f[4], f[4], i, t.Array(t.int64, 1, "C")) + layer
          + (f[1], f[1], h[2], f[1], t.Array(t.int64, 1, "C"), f[2], i)),
     ]
 
@@ -205,6 +205,7 @@ class _ThreadChoice:
 class NumbaBackend(AttentionPair, Backend):
     name = "numba"
     shared_cross_kv = True  # decoder_layer takes one cross K/V row per audio (the contract)
+    padded_steps = True  # decoder_step takes left-padded rows (the contract's `pad`)
     version = _VERSION or "missing"
     description = "Numba parallel kernels (prange over rows/heads), GEMMs via NumPy's OpenBLAS called from Numba"
     #: first for `auto`: the fastest warm, 1.67-1.94x faster-whisper fp32 on tiny.en (docs/bench-results.md, issue 14)
@@ -492,10 +493,11 @@ class NumbaBackend(AttentionPair, Backend):
         return SimpleNamespace(int8=True, n_layer=len(ls), n_head=ls[0].n_head, arrays=arrays, n_vocab=logits_weight.shape[0],
                                threads={})
 
-    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
+    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None):
         x = np.asarray(x)
         b, n_q, n = x.shape
         offset, pos = check_step(k_cache, v_cache, w.n_layer, offset, n_q, positions)
+        pad = np.zeros(b, np.int64) if pad is None else np.ascontiguousarray(pad, np.int64)
         pos_rows = np.array([r * n_q + p for r in range(b) for p in pos], np.int64)
         x2 = f32c(x).reshape(b * n_q, n)
         kc, vc = k_cache, v_cache
@@ -512,7 +514,7 @@ class NumbaBackend(AttentionPair, Backend):
             nt = tuner.pick(nt)
             t0 = time.perf_counter()
         kernel = _int8_kernels().decoder_step_int8_kernel if getattr(w, "int8", False) else _step_kernels().decoder_step_kernel
-        kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, *w.arrays, pos_rows, logits, nt)
+        kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, pad, *w.arrays, pos_rows, logits, nt)
         if tuner is not None:
             tuner.record(nt, time.perf_counter() - t0)
         if not direct:

@@ -344,13 +344,13 @@ def linear_int8_kernel(x, wp, wsum, scale, bias, out, nt):
 
 # ---------------------------------------------------------------------------------------------- decoder step
 @njit(cache=True)
-def decoder_step_int8_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset, ln1g, ln1b,
+def decoder_step_int8_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset, pad, ln1g, ln1b,
                              qkv_w, qkv_c, qkv_s, qkv_b, o_w, o_c, o_s, o_b, lncg, lncb,
                              cq_w, cq_c, cq_s, cq_b, co_w, co_c, co_s, co_b, ln2g, ln2b,
                              f1_w, f1_c, f1_s, f1_b, f2_w, f2_c, f2_s, f2_b, lnfg, lnfb, wlog, blog, pos_rows, logits, nt):
     """`_step.decoder_step_kernel` with the layers' linears in int8 (`lin8`; per kind: packed weights, wsum,
-    scale, bias, stacked over the layers) and the same attention (`_step.attn_groups`); the final LayerNorm
-    and the logits GEMV (float16 or float32 weights) are the float32 step's."""
+    scale, bias, stacked over the layers) and the same attention (`_step.attn_groups`, left-padded rows as the
+    contract's `pad`); the final LayerNorm and the logits GEMV (float16 or float32 weights) are the float32 step's."""
     m, n = x.shape
     n_layer = qkv_w.shape[0]
     batch = m // n_q
@@ -370,10 +370,13 @@ def decoder_step_int8_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v,
     fu = np.empty((m, n_ff), np.uint8)
     fs = np.empty((m, f2_c.shape[2]), np.float32)
     self_lims = np.empty((batch, n_q), np.int64)
+    self_starts = np.empty((batch, n_q), np.int64)
     for b in range(batch):
         for i in range(n_q):
             self_lims[b, i] = offset + i + 1
+            self_starts[b, i] = pad[b] if offset + i >= pad[b] else 0  # padding queries see the padding before
     cross_lims = np.full((batch_c, g_rows), n_audio, np.int64)
+    cross_starts = np.zeros((batch_c, g_rows), np.int64)
     n_kv = offset + n_q
     for li in range(n_layer):
         ln_rows(xa, 0, m, ln1g[li], ln1b[li], h, 0)
@@ -386,11 +389,11 @@ def decoder_step_int8_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v,
                 for j in range(n):
                     kd[j] = src[n + j]
                     vd[j] = src[2 * n + j]
-        attn_groups(qkv, 0, k_cache[li], v_cache[li], n_kv, self_lims, n_head, a, nt)
+        attn_groups(qkv, 0, k_cache[li], v_cache[li], n_kv, self_lims, self_starts, n_head, a, nt)
         lin8(a, xu, xs, o_w[li], o_c[li], o_s[li], o_b[li], xa, x1, False, nt)
         ln_rows(x1, 0, m, lncg[li], lncb[li], h, 0)
         lin8(h, xu, xs, cq_w[li], cq_c[li], cq_s[li], cq_b[li], a, a, False, nt)
-        attn_groups(a, 0, cross_k[li], cross_v[li], n_audio, cross_lims, n_head, h, nt)
+        attn_groups(a, 0, cross_k[li], cross_v[li], n_audio, cross_lims, cross_starts, n_head, h, nt)
         lin8(h, xu, xs, co_w[li], co_c[li], co_s[li], co_b[li], x1, x2, False, nt)
         ln_rows(x2, 0, m, ln2g[li], ln2b[li], h, 0)
         lin8(h, xu, xs, f1_w[li], f1_c[li], f1_s[li], f1_b[li], f, f, True, nt)

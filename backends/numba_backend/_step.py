@@ -387,9 +387,9 @@ ATTN_KEYS = 128
 
 
 @njit(cache=True, fastmath=FAST)
-def attn_part(q, qc, q0, rows, kv_k, kv_v, lim, j0, j1, n_head, scale, s, o, pm, pl):
+def attn_part(q, qc, q0, rows, kv_k, kv_v, lim, start, j0, j1, n_head, scale, s, o, pm, pl):
     """Attention of the query rows q[q0:q0+rows, qc:qc+n] (every head) over the keys j0:j1 of kv_k/kv_v
-    ((n_keys, n)), query r seeing keys j < lim[r].  Unnormalised: o[r] = sum_j exp(s_rj - pm[r, h]) v_j
+    ((n_keys, n)), query r seeing keys start[r] <= j < lim[r].  Unnormalised: o[r] = sum_j exp(s_rj - pm[r, h]) v_j
     per head, pl[r, h] = sum_j exp(s_rj - pm[r, h]), so blocks of keys combine afterwards.  Per head, the
     scores are a GEMV over the key rows and the values a pass over the value rows, each row read once for
     every query row (the rows of one audio share its cross K/V).  s: scratch (rows, n_head, >= j1 - j0)."""
@@ -410,20 +410,23 @@ def attn_part(q, qc, q0, rows, kv_k, kv_v, lim, j0, j1, n_head, scale, s, o, pm,
                         sh[r, j] += qh[r, t] * kh[j, t]
     for r in range(rows):
         e = min(j1, lim[r]) - j0
+        lo = max(start[r] - j0, 0)  # keys before a row's start (its left padding) get probability 0
         orow = o[r]
         for u in range(n):
             orow[u] = np.float32(0.0)
         for h in range(n_head):
             sr = s[r, h]
-            if e <= 0:
+            if e <= lo:
                 pm[r, h] = -np.inf
                 pl[r, h] = np.float32(0.0)
                 for j in range(nk):
                     sr[j] = np.float32(0.0)
                 continue
-            mx = vmax(sr, e) * scale  # scale > 0: the max of the scaled scores
+            mx = vmax(sr[lo:], e - lo) * scale  # scale > 0: the max of the scaled scores
             tot = np.float32(0.0)
-            for j in range(e):
+            for j in range(lo):
+                sr[j] = np.float32(0.0)
+            for j in range(lo, e):
                 val = exp_f32(sr[j] * scale - mx)
                 sr[j] = val
                 tot += val
@@ -470,7 +473,7 @@ ATTN_PART_KEYS = 256
 
 
 @njit(cache=True)
-def attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, b0, b1):
+def attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, b0, b1):
     """Partial blocks b0:b1 (ATTN_PART_KEYS keys each) of every group, in one thread's scratch."""
     groups = kv_k.shape[0]
     rows = lims.shape[1]
@@ -478,23 +481,23 @@ def attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, b0, 
     for g in range(groups):
         for b in range(b0, b1):
             j0 = b * ATTN_PART_KEYS
-            attn_part(q, qc, g * rows, rows, kv_k[g], kv_v[g], lims[g], j0, min(n_keys, j0 + ATTN_PART_KEYS), n_head,
+            attn_part(q, qc, g * rows, rows, kv_k[g], kv_v[g], lims[g], starts[g], j0, min(n_keys, j0 + ATTN_PART_KEYS), n_head,
                       scale, s, po[b, g], pm[b, g], pl[b, g])
 
 
 @njit(parallel=True, cache=True)
-def attn_blocks_par(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, nt):
+def attn_blocks_par(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, nt):
     nb = po.shape[0]
     bb = _blocks(nb, nt, 1)  # contiguous runs of blocks: each thread streams its part of K and V once
     for t in prange(nt):
-        attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, bb[t], bb[t + 1])
+        attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, bb[t], bb[t + 1])
 
 
 @njit(cache=True)
-def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, n_head, out, nt):
+def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, out, nt):
     """Attention for few query rows: group g (a batch row over its own KV cache, or the beams of one audio
     over its cross K/V) holds the query rows g*R:(g+1)*R of q (columns qc:qc+n) and the keys kv_k[g, :n_keys];
-    row r of a group sees the keys j < lims[g, r].  The keys are cut into blocks, computed as unnormalised
+    row r of a group sees the keys starts[g, r] <= j < lims[g, r].  The keys are cut into blocks, computed as unnormalised
     partials spread over the threads, then merged."""
     groups = kv_k.shape[0]
     rows = lims.shape[1]
@@ -506,19 +509,20 @@ def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, n_head, out, nt):
     pl = np.empty((nb, groups, rows, n_head), np.float32)
     nt = min(nt, nb)
     if nt == 1:
-        attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, 0, nb)
+        attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, 0, nb)
     else:
-        attn_blocks_par(q, qc, kv_k, kv_v, n_keys, lims, n_head, scale, po, pm, pl, nt)
+        attn_blocks_par(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, nt)
     for g in range(groups):
         attn_merge(po, pm, pl, g, g * rows, rows, n_head, out)
 
 
 @njit(cache=True)
-def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset, ln1g, ln1b, wqkv, bqkv, wo, bo,
+def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset, pad, ln1g, ln1b, wqkv, bqkv, wo, bo,
                         lncg, lncb, wcq, bcq, wco, bco, ln2g, ln2b, w1, b1, w2, b2, lnfg, lnfb, wlog, blog, pos_rows,
                         logits, nt):
     """One decoding step (a few rows, or a prompt).  x: (batch * n_q, n) embedded tokens; caches
-    (n_layer, batch, n_ctx, n) written in place at offset; cross K/V (n_layer, batch_c, n_audio, n);
+    (n_layer, batch, n_ctx, n) written in place at offset; pad (batch,): the contract's left padding per row;
+    cross K/V (n_layer, batch_c, n_audio, n);
     per-layer weights stacked on a leading layer axis (matrices float16-as-uint16 or float32); logits
     (len(pos_rows), n_vocab) of the rows pos_rows of the last layer's output."""
     m, n = x.shape
@@ -535,10 +539,13 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
     x2 = np.empty((m, n), np.float32)
     f = np.empty((m, w1.shape[1]), np.float32)
     self_lims = np.empty((batch, n_q), np.int64)
+    self_starts = np.empty((batch, n_q), np.int64)
     for b in range(batch):
         for i in range(n_q):
             self_lims[b, i] = offset + i + 1
+            self_starts[b, i] = pad[b] if offset + i >= pad[b] else 0  # padding queries see the padding before
     cross_lims = np.full((batch_c, g_rows), n_audio, np.int64)
+    cross_starts = np.zeros((batch_c, g_rows), np.int64)
     n_kv = offset + n_q
     for li in range(n_layer):
         ln_rows(xa, 0, m, ln1g[li], ln1b[li], h, 0)
@@ -551,11 +558,11 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
                 for j in range(n):
                     kd[j] = src[n + j]
                     vd[j] = src[2 * n + j]
-        attn_groups(qkv, 0, k_cache[li], v_cache[li], n_kv, self_lims, n_head, a, nt)
+        attn_groups(qkv, 0, k_cache[li], v_cache[li], n_kv, self_lims, self_starts, n_head, a, nt)
         gemv(a, wo[li], bo[li], xa, x1, False, nt)
         ln_rows(x1, 0, m, lncg[li], lncb[li], h, 0)
         gemv(h, wcq[li], bcq[li], a, a, False, nt)
-        attn_groups(a, 0, cross_k[li], cross_v[li], n_audio, cross_lims, n_head, h, nt)
+        attn_groups(a, 0, cross_k[li], cross_v[li], n_audio, cross_lims, cross_starts, n_head, h, nt)
         gemv(h, wco[li], bco[li], x1, x2, False, nt)
         ln_rows(x2, 0, m, ln2g[li], ln2b[li], h, 0)
         gemv(h, w1[li], b1[li], f, f, True, nt)

@@ -172,9 +172,20 @@ def _causal_mask(n_q: int, n_kv: int, offset: int) -> np.ndarray:
     return np.where(np.arange(n_kv)[None, :] > offset + np.arange(n_q)[:, None], _F32(-np.inf), _F32(0.0)).astype(_F32)
 
 
+def _padded_mask(n_q: int, n_kv: int, offset: int, pad: np.ndarray) -> np.ndarray:
+    """(b, n_q, n_kv) additive mask of left-padded rows (the contract's decoder_step `pad`): query i of row r
+    (position c = offset + i) sees key j iff j <= c, and j >= pad[r] when c >= pad[r]."""
+    c = offset + np.arange(n_q)[None, :, None]  # (1, n_q, 1)
+    j = np.arange(n_kv)[None, None, :]
+    p = pad[:, None, None]
+    seen = (j <= c) & ((c < p) | (j >= p))
+    return np.where(seen, _F32(0.0), _F32(-np.inf)).astype(_F32)
+
+
 class OnnxRuntimeBackend(AttentionPair, Backend):
     name = "onnxruntime"
     shared_cross_kv = True  # decoder_layer takes one cross K/V row per audio (the contract)
+    padded_steps = True  # decoder_step takes left-padded rows (the contract's `pad`), through its per-row mask
     thread_safe = True  # outputs are allocated per call; each session runner has its own lock
     # the distribution's version without importing it (the registry reads it for every backend); replaced by
     # onnxruntime.__version__ at the first op.  The CPU kernels are the same in the GPU/OpenVINO builds.
@@ -396,16 +407,19 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         return SimpleNamespace(n_layer=n, n_state=np.shape(group.ln.weight)[0], n_vocab=np.shape(group.logits.weight)[0],
                                names=names, run=self._runner(g))
 
-    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
+    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None):
         x = f32c(x)
         b, n_q, d = x.shape
         offset, pos = check_step(k_cache, v_cache, w.n_layer, offset, n_q, positions)
         end = offset + n_q
         pos = np.array(pos, np.int64)
-        # one token sees every cached row: its mask is all zeros (and only the multi-token branch reads it)
-        mask = np.zeros((1, end), _F32) if n_q == 1 else _causal_mask(n_q, end, offset)
+        if pad is not None and np.any(pad):  # left-padded rows: a mask per row, read by the multi-token branch
+            one_token, mask = False, _padded_mask(n_q, end, offset, np.asarray(pad, np.int64))
+        else:  # one token sees every cached row: its mask is all zeros (and only the multi-token branch reads it)
+            one_token = n_q == 1
+            mask = np.zeros((1, 1, end), _F32) if n_q == 1 else _causal_mask(n_q, end, offset)[None]
         inputs = {"x": x, "offset": np.array([offset], np.int64), "mask": mask, "positions": pos,
-                  "one_token": _BOOL[n_q == 1], "one_query": _BOOL[n_q * b == cross_k.shape[1]], "one_row": _BOOL[b * pos.size == 1]}
+                  "one_token": _BOOL[one_token], "one_query": _BOOL[n_q * b == cross_k.shape[1]], "one_row": _BOOL[b * pos.size == 1]}
         logits = np.empty((b, pos.size, w.n_vocab), _F32)
         outputs = {"logits": logits}
         # Batch 1: each layer's filled prefix and this step's rows are contiguous blocks of a C-ordered float32

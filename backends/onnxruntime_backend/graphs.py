@@ -213,13 +213,16 @@ def attention_probs(g: GraphBuilder, q: str, k: str, n_head: int, d_head: int, m
     return g.op("Softmax", scores, axis=-1)
 
 
-def attention(g: GraphBuilder, q: str, k: str, v: str, n_head: int, d_head: int, mask: str | None) -> str:
+def attention(g: GraphBuilder, q: str, k: str, v: str, n_head: int, d_head: int, mask: str | None,
+              per_row: bool = False) -> str:
     """ORT's fused com.microsoft.MultiHeadAttention: takes q, k, v as (b, n, n_state) directly (no head
     transposes in the graph), scale 1/sqrt(d_head), the causal mask as an additive attention_bias.
-    Faster than MatMul/Softmax/MatMul for the encoder's 1500x1500, and no slower at n_q = 1."""
+    Faster than MatMul/Softmax/MatMul for the encoder's 1500x1500, and no slower at n_q = 1.
+    mask: (n_q, n_kv), or with `per_row` (b or 1, n_q, n_kv), a mask per batch row (left-padded rows)."""
     inputs = [q, k, v]
     if mask is not None:
-        bias = g.op("Unsqueeze", mask, g.const([0, 1], I64))  # (1, 1, n_q, n_kv), broadcast over batch and heads
+        axes = [1] if per_row else [0, 1]
+        bias = g.op("Unsqueeze", mask, g.const(axes, I64))  # (1 or b, 1, n_q, n_kv), broadcast over heads
         inputs += ["", "", bias]  # bias, key_padding_mask unused
     return g.op("MultiHeadAttention", *inputs, domain="com.microsoft", num_heads=n_head, scale=d_head ** -0.5)
 
@@ -380,7 +383,8 @@ def decoder_layer(g: GraphBuilder, x: str, w: DecoderLayerWeights, k_past: str, 
                   cross_v: str, mask: str, shapes, prefix: str, step: tuple | None = None):
     """One decoder block; returns (y, k_new, v_new).  k_past/v_past: (b, offset, d), the filled cache prefix.
     step: (one_token, one_query, offset), bool inputs true for one new token per row / one query row per
-    audio, which take `attention_few_queries` for self- / cross-attention (If nodes), and the int64 offset."""
+    audio, which take `attention_few_queries` for self- / cross-attention (If nodes), and the int64 offset;
+    with `step`, the mask is (b or 1, n_q, n_kv), one per row (left-padded rows; one_token is then false)."""
     n_state = np.shape(w.attn_ln.weight)[0]
     n_head, d_head = w.n_head, n_state // w.n_head
     h = layer_norm(g, x, *w.attn_ln, prefix + "attn_ln")
@@ -388,7 +392,7 @@ def decoder_layer(g: GraphBuilder, x: str, w: DecoderLayerWeights, k_past: str, 
 
     def self_attention(b):
         k_all, v_all = b.op("Concat", k_past, k_new, axis=1), b.op("Concat", v_past, v_new, axis=1)
-        return attention(b, q, k_all, v_all, n_head, d_head, mask)
+        return attention(b, q, k_all, v_all, n_head, d_head, mask, per_row=step is not None)
 
     if step is None:
         a = self_attention(g)
@@ -434,7 +438,8 @@ def build_decoder_step(w: DecoderStepWeights, int8: bool = False) -> GraphBuilde
 
     Inputs: x (b, n_q, d); per layer i, ``k_past.i``/``v_past.i`` (b, offset, d), the filled cache prefix (for
     batch 1 the caller's cache rows themselves, bound by pointer), and ``cross_k.i``/``cross_v.i``
-    (b_c, n_audio, d); offset (1,) int64, the prefix length; mask (n_q, offset + n_q);
+    (b_c, n_audio, d); offset (1,) int64, the prefix length; mask (1 or b, n_q, offset + n_q), additive, read when
+    one_token is false (several new tokens, or left-padded rows: the contract's `pad`);
     positions (n_pos,) int64, non-negative.  Outputs: logits (b, n_pos, n_vocab) and per layer this step's
     ``k_new.i``/``v_new.i`` (b, n_q, d), which the backend binds onto the cache rows [offset, offset + n_q)."""
     layer0 = w.layers[0]
@@ -444,7 +449,7 @@ def build_decoder_step(w: DecoderStepWeights, int8: bool = False) -> GraphBuilde
     g.constant_weights = True
     x = g.input("x", ["b", "n_q", n_state])
     offset = g.input("offset", [1], I64)
-    mask = g.input("mask", ["n_q", "n_kv"])
+    mask = g.input("mask", ["b_mask", "n_q", "n_kv"])
     positions = g.input("positions", ["n_pos"], I64)
     step = (g.input("one_token", [], TensorProto.BOOL), g.input("one_query", [], TensorProto.BOOL), offset)
     shapes = None

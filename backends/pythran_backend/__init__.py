@@ -29,6 +29,7 @@ import numpy as np
 from whisperkit.backend import (Backend, check_kv_step, check_step, exact_float16, f32c, hookimpl, map_group, rows_f32,
                                 weight_group)
 from whisperkit.contract import LAYER_NORM_EPS
+from whisperkit.model import padded_self_attention
 from whisperkit.threads import get_num_threads
 
 # libgomp reads this when it loads.  Its default (spin before sleeping) makes OpenMP's workers and
@@ -101,6 +102,7 @@ def _exponent0_patches(stacks):
 class PythranBackend(Backend):
     name = "pythran"
     shared_cross_kv = True  # decoder_layer takes one cross K/V row per audio (the contract)
+    padded_steps = True  # decoder_step takes left-padded rows (the contract's `pad`)
     description = "Pythran kernels compiled at install (OpenMP) + NumPy's BLAS for the GEMMs"
     #: third for `auto`: 0.89-1.06x faster-whisper fp32 warm on tiny.en (docs/bench-results.md, issue 14)
     auto_rank = 20
@@ -240,7 +242,7 @@ class PythranBackend(Backend):
         K.bias_residual_(y, w.out.bias, x2)
         return self._mlp2d(y, w.mlp).reshape(b, n, d)
 
-    def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
+    def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, pad=None):
         b, n, d = x.shape
         offset = check_kv_step(k_cache, v_cache, offset, n)
         x2 = rows_f32(x)
@@ -248,7 +250,10 @@ class PythranBackend(Backend):
         end = offset + n
         k_cache[:, offset:end] = qkv[..., d:2 * d]
         v_cache[:, offset:end] = qkv[..., 2 * d:]
-        a = self.attention(qkv[..., :d], k_cache[:, :end], v_cache[:, :end], w.n_head, causal=True, offset=offset)
+        if pad is None:
+            a = self.attention(qkv[..., :d], k_cache[:, :end], v_cache[:, :end], w.n_head, causal=True, offset=offset)
+        else:
+            a = padded_self_attention(self.attention, qkv[..., :d], k_cache, v_cache, w.n_head, offset, pad)
         y = rows_f32(a) @ w.out.wt
         K.bias_residual_(y, w.out.bias, x2)
         h = K.layer_norm(y, w.cross_ln.weight, w.cross_ln.bias, np.float32(LAYER_NORM_EPS))
@@ -297,19 +302,20 @@ class PythranBackend(Backend):
                                kernel=S.step16 if fp16 else S.step32, logits=S.logits16 if fp16 else S.logits32,
                                logits_args=logits_args)
 
-    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions):
+    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None):
         x = np.asarray(x)
         b, n_q, d = x.shape
         offset, pos = check_step(k_cache, v_cache, len(w.fine), offset, n_q, positions)
         pos = np.array(pos, np.int64)
         direct = all(c.dtype == np.float32 and c.flags.c_contiguous for c in (k_cache, v_cache))
         if b * n_q <= STEP_ROWS_MAX and direct:
-            logits = w.kernel(f32c(x).reshape(b * n_q, d), n_q, b // cross_k.shape[1], offset, w.n_head, pos,
+            rows_pad = np.zeros(b, np.int64) if pad is None else np.ascontiguousarray(pad, np.int64)
+            logits = w.kernel(f32c(x).reshape(b * n_q, d), n_q, b // cross_k.shape[1], offset, rows_pad, w.n_head, pos,
                               *w.arrays, k_cache, v_cache, f32c(cross_k), f32c(cross_v))
             return logits.reshape(b, len(pos), -1)
         h = x
         for i, lw in enumerate(w.fine):  # the layers write the caches through these views
-            h = self.decoder_layer(h, lw, k_cache[i], v_cache[i], cross_k[i], cross_v[i], offset)
+            h = self.decoder_layer(h, lw, k_cache[i], v_cache[i], cross_k[i], cross_v[i], offset, pad)
         h = np.ascontiguousarray(h[:, pos], dtype=np.float32).reshape(b * len(pos), d)
         return w.logits(h, *w.logits_args).reshape(b, len(pos), -1)
 

@@ -124,9 +124,10 @@ def _add(x, t):
             x[i, j] += t[i, j]
 
 
-def _self_attn(qkv, kc, vc, li, nq, offset, n_head, out):
+def _self_attn(qkv, kc, vc, li, nq, offset, pad, n_head, out):
     """Causal self-attention of rows r = b * nq + i (position offset + i) over the cache of row b,
-    after writing their keys and values into it.  qkv (R, 3d); kc, vc (n_layer, batch, n_ctx, d)."""
+    after writing their keys and values into it; row b's first pad[b] positions are left padding (the
+    contract's decoder_step `pad`).  qkv (R, 3d); kc, vc (n_layer, batch, n_ctx, d)."""
     nr, d = out.shape
     dh = d // n_head
     for r in range(nr):
@@ -139,20 +140,21 @@ def _self_attn(qkv, kc, vc, li, nq, offset, n_head, out):
         c0 = (idx % n_head) * dh
         bi = r // nq
         end = offset + r % nq + 1
+        start = pad[bi] if end > pad[bi] else 0  # a real token sees the keys from its row's start on
         qr = qkv[r, c0:c0 + dh] * scale
-        s = np.empty(end, np.float32)
-        for j in range(end):
-            s[j] = np.sum(qr * kc[li, bi, j, c0:c0 + dh])
+        s = np.empty(end - start, np.float32)
+        for j in range(start, end):
+            s[j - start] = np.sum(qr * kc[li, bi, j, c0:c0 + dh])
         m = np.max(s)
         tot = 0.
-        for j in range(end):
+        for j in range(end - start):
             e = np.exp(s[j] - m)
             s[j] = e
             tot += e
         inv = np.float32(1. / tot)
         o = np.zeros(dh, np.float32)
-        for j in range(end):
-            o += (s[j] * inv) * vc[li, bi, j, c0:c0 + dh]
+        for j in range(start, end):
+            o += (s[j - start] * inv) * vc[li, bi, j, c0:c0 + dh]
         out[r, c0:c0 + dh] = o
 
 
@@ -196,7 +198,7 @@ def _cross_attn(q, ck, cv, li, gq, n_head, out):
         out[r0:r0 + gq, c0:c0 + dh] = o
 
 
-def _step(mv, x, nq, group, offset, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+def _step(mv, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
           wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv):
     nr, d = x.shape
     h = x.copy()  # the residual stream
@@ -207,7 +209,7 @@ def _step(mv, x, nq, group, offset, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bou
     for li in range(wqkv.shape[0]):
         _ln(h, lnw, lnb, 3 * li, t)
         mv(wqkv, bqkv, li, t, qkv, rps[0], pc, pv)
-        _self_attn(qkv, kc, vc, li, nq, offset, n_head, a)
+        _self_attn(qkv, kc, vc, li, nq, offset, pad, n_head, a)
         mv(wout, bout, li, a, t, rps[1], pc, pv)
         _add(h, t)
         _ln(h, lnw, lnb, 3 * li + 1, t)
@@ -238,30 +240,31 @@ def _logits(mv, x, lnfw, lnfb, wlog, blog, rp, pc, pv):
     return logits
 
 
-#pythran export step32(float32[:,:] order(C), int, int, int, int, int[:], float32[:,:] order(C), float32[:,:] order(C),
+#pythran export step32(float32[:,:] order(C), int, int, int, int[:], int, int[:], float32[:,:] order(C), float32[:,:] order(C),
 #       float32[:,:,:], float32[:,:] order(C), float32[:,:,:], float32[:,:] order(C), float32[:,:,:], float32[:,:] order(C), float32[:,:,:], float32[:,:] order(C), float32[:,:,:], float32[:,:] order(C), float32[:,:,:], float32[:,:] order(C),
 #       float32[:,:] order(C), float32[:,:] order(C), float32[:,:,:], float32[:,:] order(C),
 #       int32[:,:] list, int32[:], uint32[:], float32[:,:,:,:], float32[:,:,:,:], float32[:,:,:,:], float32[:,:,:,:])
-def step32(x, nq, group, offset, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+def step32(x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
            wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv):
-    """decoder_step on float32 weights: x (rows, d), rows r = b * nq + i at positions offset + i; the
+    """decoder_step on float32 weights: x (rows, d), rows r = b * nq + i at positions offset + i, pad (batch,)
+    the left padding of each row (zeros: none); the
     matrices stacked (n_layer, n_out, n_in), their biases (n_layer, n_out), the LayerNorms' (3 * n_layer, d)
     (attention, cross-attention, MLP of each layer), the final LayerNorm's (1, d), the logits' weight
     (1, n_vocab, d) and zero bias (1, n_vocab); rps, pc, pv: unused here (see _mv16).  Returns logits
     (batch * len(pos), n_vocab)."""
-    return _step(_mv32, x, nq, group, offset, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+    return _step(_mv32, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
                  wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv)
 
 
-#pythran export step16(float32[:,:] order(C), int, int, int, int, int[:], float32[:,:] order(C), float32[:,:] order(C),
+#pythran export step16(float32[:,:] order(C), int, int, int, int[:], int, int[:], float32[:,:] order(C), float32[:,:] order(C),
 #       uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C),
 #       float32[:,:] order(C), float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C),
 #       int32[:,:] list, int32[:], uint32[:], float32[:,:,:,:], float32[:,:,:,:], float32[:,:,:,:], float32[:,:,:,:])
-def step16(x, nq, group, offset, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+def step16(x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
            wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv):
     """step32 on matrices stored as float16 bits (uint16), widened exactly in the kernels; rps: the patch
     row pointers of _mv16 for each matrix (qkv, out, cross_q, cross_out, fc1, fc2, logits), (n_layer, n_out + 1)."""
-    return _step(_mv16, x, nq, group, offset, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+    return _step(_mv16, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
                  wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv)
 
 
