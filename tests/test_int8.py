@@ -254,3 +254,26 @@ def test_auto_picks_the_fastest_backend_that_implements_int8():
     assert reg.auto("int8").name == want
     assert all(reason == "does not implement compute type int8" for _, reason in reg.auto_skipped
                if "int8" not in reg.infos[_].backend.compute_types)
+
+
+@pytest.mark.parametrize("case_id", ["decoder_step/tiny_padded_2audios_beam3_shared_cross_1_off9",
+                                     "decoder_step/tiny_padded_prompts_12_off0", "decoder_step/tiny_beam5_prompt_40_off0"])
+def test_numba_int8_step_rows_do_not_depend_on_the_other_rows(case_id):
+    """A row's activations are quantized on their own and its int8 products do not depend on the other rows: the
+    rows of one audio (with their pads, the contract's `pad`) give the same bits alone as in the batch.  (A row
+    left-padded in a batch is not the same row alone: its keys sit at other positions, its float32 attention sums
+    in another order, ~1e-6 on the logits, as in float32; int8's rounding can carry that to another beam.)"""
+    ops = _numba_int8()
+    from whisperkit.conformance.cases import CASES
+    inp = CASES[case_id].make()
+    step = ops.bind("decoder_step", **inp.weights)
+    x, k, v, ck, cv, offset, positions = inp.args
+    pad = inp.kwargs.get("pad", np.zeros(x.shape[0], np.int64))
+    full = step(x, k.copy(), v.copy(), ck, cv, offset, positions, pad=pad)
+    g = x.shape[0] // ck.shape[1]  # rows per audio
+    for a in range(ck.shape[1]):
+        rows = slice(a * g, (a + 1) * g)
+        alone = step(x[rows], k[:, rows].copy(), v[:, rows].copy(), ck[:, a:a + 1], cv[:, a:a + 1], offset, positions,
+                     pad=pad[rows])
+        np.testing.assert_array_equal(alone, full[rows])
+    assert not ops.fallbacks
