@@ -30,3 +30,16 @@ def tiny_weights():
 def tiny_numpy(tiny_weights):
     from whisperkit import WhisperTiny
     return WhisperTiny(backend="numpy", weights=tiny_weights)
+
+
+@pytest.fixture(scope="module")
+def tiny_on(tiny_numpy, tiny_weights):
+    """tiny.en on a backend by name, one model per backend for the module."""
+    from whisperkit import Whisper
+    cache = {"numpy": tiny_numpy}
+
+    def get(backend):
+        if backend not in cache:
+            cache[backend] = Whisper("tiny.en", backend=backend, weights=tiny_weights)
+        return cache[backend]
+    return get

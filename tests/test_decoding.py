@@ -9,18 +9,6 @@ CLIPS = ["jfk_16k.wav", "pv_en.wav", "osr_16k.wav"]
 BACKENDS = [n for n, i in get_registry().infos.items() if i.usable]  # every one is float32
 
 
-@pytest.fixture(scope="module")
-def tiny_on(tiny_numpy, tiny_weights):
-    from whisperkit import Whisper
-    cache = {"numpy": tiny_numpy}
-
-    def get(backend):
-        if backend not in cache:
-            cache[backend] = Whisper("tiny.en", backend=backend, weights=tiny_weights)
-        return cache[backend]
-    return get
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("clip", CLIPS)
 def test_beam5_transcription_matches_openai_whisper(tiny_on, golden_tiny, clip, backend):

@@ -22,22 +22,11 @@ def windows(tiny_numpy):
     return np.concatenate([tiny_numpy._features(a) for a in (osr[:30 * SR], jfk, osr[30 * SR:60 * SR])])
 
 
-@pytest.fixture(scope="module")
-def model_on(tiny_numpy, tiny_weights):
-    cache = {"numpy": tiny_numpy}
-
-    def get(backend):
-        if backend not in cache:
-            cache[backend] = Whisper("tiny.en", backend=backend, weights=tiny_weights)
-        return cache[backend]
-    return get
-
-
 # beam 5 on the reference takes 90 s here; the compiled backends run it, and the reference's padded path is run greedy
 @pytest.mark.parametrize("backend, options", [(b, o) for b in ("numpy",) + BUILTIN_BACKENDS for o in OPTIONS
                                               if (b, o) != ("numpy", "beam5")])
-def test_each_row_of_a_padded_batch_gets_its_tokens_alone(model_on, windows, backend, options):
-    model = model_on(backend)
+def test_each_row_of_a_padded_batch_gets_its_tokens_alone(tiny_on, windows, backend, options):
+    model = tiny_on(backend)
     assert model.graph.ops.padded_steps
     o, tokenizer = DecodingOptions(**OPTIONS[options]), model.tokenizer
     lengths = {DecodingTask(model.graph, tokenizer, o).initial_length(p) for p in PROMPTS}
