@@ -108,11 +108,14 @@ def test_kv_cache_select_keeps_the_caches_c_contiguous():
     c.cross_k = np.arange(2 * 4 * 6 * 8, dtype=np.float32).reshape(2, 4, 6, 8)
     c.cross_v = c.cross_k + 1
     want_k, want_cross = c.k[:, [0, 2]].copy(), c.cross_k[:, [0, 2]].copy()
+    before = (c.k, c.v, c.cross_k, c.cross_v)
     c.select(np.array([0, 2]))
-    for a in (c.k, c.v, c.cross_k, c.cross_v):
+    for a, old in zip((c.k, c.v, c.cross_k, c.cross_v), before):
         assert a.flags.c_contiguous and a.shape[1] == 2
+        assert np.shares_memory(a, old)  # moved within its own memory: dropping rows allocates nothing
     np.testing.assert_array_equal(c.k, want_k)
     np.testing.assert_array_equal(c.cross_k, want_cross)
-    c.select(np.array([1]), filled=3)  # only the filled positions are copied; the rest is zero, never stale
+    c.select(np.array([1]), filled=3)  # only the filled positions are moved (the decoder writes the rest first)
     np.testing.assert_array_equal(c.k[:, :, :3], want_k[:, [1], :3])
-    assert not c.k[:, :, 3:].any() and c.k.flags.c_contiguous
+    np.testing.assert_array_equal(c.cross_k, want_cross[:, [1]])
+    assert c.k.flags.c_contiguous and c.k.shape == (2, 1, 5, 8)
