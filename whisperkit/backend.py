@@ -285,6 +285,18 @@ def check_step(k_cache, v_cache, n_layer: int, offset: int, n_q: int, positions)
     return offset, [p % n_q for p in pos]
 
 
+def weight_matrices(weights: dict):
+    """Every 2-d array among the weights of an op (the layers' of decoder_step too): what a backend checks when
+    its kernels take only some widths (int8's blocks of 16)."""
+    for v in weights.values():
+        if isinstance(v, (list, tuple)):
+            for item in v:
+                if isinstance(item, dict):
+                    yield from weight_matrices(item)
+        elif np.ndim(v) == 2:
+            yield np.asarray(v)
+
+
 def exact_float16(a) -> np.ndarray | None:
     """``a`` as a C-contiguous float16 array when widening that back to float32 gives ``a`` bit for bit
     (the weights of the shipped fp16 checkpoints), else None.  Checked once, at prepare: a backend that

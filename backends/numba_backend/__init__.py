@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from whisperkit.backend import (AttentionPair, Backend, Linear, MlpWeights, Norm, check_kv_step, check_step, exact_float16, f32c, f32c_group, group_arrays,
-                                hookimpl, rows_f32, weight_group)
+                                hookimpl, rows_f32, weight_group, weight_matrices)
 
 def _installed(dist: str) -> str | None:
     try:
@@ -58,17 +58,6 @@ def _int8_kernels():
     _kern()
     from . import _int8 as i8
     return i8
-
-
-def _matrices(weights):
-    """Every 2-d array among the weights of an op (the layers' of decoder_step too)."""
-    for v in weights.values():
-        if isinstance(v, (list, tuple)):
-            for item in v:
-                if isinstance(item, dict):
-                    yield from _matrices(item)
-        elif np.ndim(v) == 2:
-            yield np.asarray(v)
 
 
 #: The ops of contract.INT8_OPS this backend runs in int8 itself (`_int8`): all of them, for widths of multiples
@@ -233,7 +222,7 @@ class NumbaBackend(AttentionPair, Backend):
         if compute_type not in self.compute_types or op not in _INT8_NATIVE:
             return False
         # the kernels take blocks of 16 inputs (every Whisper width); the step's layers also 16-channel groups
-        mats = list(_matrices(args))
+        mats = list(weight_matrices(args))
         if op == "linear":  # any n_out (padded to 16 channels)
             return all(w.shape[1] % 16 == 0 for w in mats)
         mats = [w for w in mats if w is not args.get("logits_weight")]  # the step's logits are float32

@@ -26,8 +26,8 @@ from numba.extending import intrinsic
 
 from whisperkit.contract import int8_block, quantize_int8
 
-from ._kernels import _blocks, attention_kernel, bias_gelu_rows, gelu_scalar, vgelu_bias16, hmax_lanes, keep_alive, ln_rows
-from ._step import attn_groups, gemv
+from ._kernels import _blocks, attention_kernel, bias_gelu_rows, gelu_scalar, vgelu_bias16, hmax_lanes, keep_alive, ln_rows, write_new_kv
+from ._step import attn_groups, gemv, step_limits
 
 #: output channels per vpdpbusd lane group
 LANES = 16
@@ -369,26 +369,12 @@ def decoder_step_int8_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v,
     xs = np.empty((m, qkv_c.shape[2]), np.float32)
     fu = np.empty((m, n_ff), np.uint8)
     fs = np.empty((m, f2_c.shape[2]), np.float32)
-    self_lims = np.empty((batch, n_q), np.int64)
-    self_starts = np.empty((batch, n_q), np.int64)
-    for b in range(batch):
-        for i in range(n_q):
-            self_lims[b, i] = offset + i + 1
-            self_starts[b, i] = pad[b] if offset + i >= pad[b] else 0  # padding queries see the padding before
-    cross_lims = np.full((batch_c, g_rows), n_audio, np.int64)
-    cross_starts = np.zeros((batch_c, g_rows), np.int64)
+    self_lims, self_starts, cross_lims, cross_starts = step_limits(batch, n_q, offset, pad, batch_c, g_rows, n_audio)
     n_kv = offset + n_q
     for li in range(n_layer):
         ln_rows(xa, 0, m, ln1g[li], ln1b[li], h, 0)
         lin8(h, xu, xs, qkv_w[li], qkv_c[li], qkv_s[li], qkv_b[li], qkv, qkv, False, nt)
-        for b in range(batch):
-            for i in range(n_q):
-                src = qkv[b * n_q + i]
-                kd = k_cache[li, b, offset + i]
-                vd = v_cache[li, b, offset + i]
-                for j in range(n):
-                    kd[j] = src[n + j]
-                    vd[j] = src[2 * n + j]
+        write_new_kv(qkv, k_cache[li], v_cache[li], batch, n_q, offset)
         attn_groups(qkv, 0, k_cache[li], v_cache[li], n_kv, self_lims, self_starts, n_head, a, nt)
         lin8(a, xu, xs, o_w[li], o_c[li], o_s[li], o_b[li], xa, x1, False, nt)
         ln_rows(x1, 0, m, lncg[li], lncb[li], h, 0)
@@ -491,14 +477,7 @@ def decoder_layer_int8_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v
     fs = np.empty((m, f2_c.shape[1]), np.float32)
     ln_rows(x, 0, m, ln1g, ln1b, hbuf, 0)
     lin8(hbuf, xu, xs, qkv_w, qkv_c, qkv_s, qkv_b, qkv, qkv, False, nt)
-    for b in range(batch):
-        for i in range(n_q):
-            src = qkv[b * n_q + i]
-            kd = k_cache[b, offset + i]
-            vd = v_cache[b, offset + i]
-            for j in range(n):
-                kd[j] = src[n + j]
-                vd[j] = src[2 * n + j]
+    write_new_kv(qkv, k_cache, v_cache, batch, n_q, offset)
     n_text = k_cache.shape[1]
     n_kv = offset + n_q
     attention_kernel(qkv.ctypes.data, n_q * 3 * n, 3 * n, k_cache.ctypes.data, n_text * n, n,

@@ -621,6 +621,21 @@ def gelu_rows_kernel(f, nt):
 
 
 @njit(cache=True)
+def write_new_kv(qkv, k_cache, v_cache, batch, n_q, offset):
+    """This step's keys and values (columns n:2n and 2n:3n of qkv, row b * n_q + i) into the caches
+    (batch, n_ctx, n) at positions offset + i."""
+    n = k_cache.shape[2]
+    for b in range(batch):
+        for i in range(n_q):
+            src = qkv[b * n_q + i]
+            kd = k_cache[b, offset + i]
+            vd = v_cache[b, offset + i]
+            for j in range(n):
+                kd[j] = src[n + j]
+                vd[j] = src[2 * n + j]
+
+
+@njit(cache=True)
 def decoder_layer_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset,
                          ln1g, ln1b, wqkv, bqkv, wo, bo, lncg, lncb, wcq, bcq, wco, bco,
                          ln2g, ln2b, w1, b1, w2, b2, hbuf, qkv, abuf, x1, x2, fbuf, y, attn_blk, dummy, nt):
@@ -631,14 +646,7 @@ def decoder_layer_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, off
     d_head = n // n_head
     ln_rows(x, 0, m, ln1g, ln1b, hbuf, 0)
     linear_kernel(hbuf, wqkv, bqkv, qkv, None, nt)
-    for b in range(batch):
-        for i in range(n_q):
-            src = qkv[b * n_q + i]
-            kd = k_cache[b, offset + i]
-            vd = v_cache[b, offset + i]
-            for j in range(n):
-                kd[j] = src[n + j]
-                vd[j] = src[2 * n + j]
+    write_new_kv(qkv, k_cache, v_cache, batch, n_q, offset)
     n_text = k_cache.shape[1]
     n_kv = offset + n_q
     attention_kernel(qkv.ctypes.data, n_q * 3 * n, 3 * n, k_cache.ctypes.data, n_text * n, n,

@@ -23,7 +23,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._kernels import _blocks, exp_f32, gelu_scalar, hmax_lanes, ln_rows
+from ._kernels import _blocks, exp_f32, gelu_scalar, hmax_lanes, ln_rows, write_new_kv
 
 # A decode step has few rows (one per beam or batched file), so every product is a GEMV-like pass that
 # reads each weight row once for all rows, from float16 where the checkpoint's weights are float16.
@@ -517,6 +517,19 @@ def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, out, nt):
 
 
 @njit(cache=True)
+def step_limits(batch, n_q, offset, pad, batch_c, g_rows, n_audio):
+    """The keys each query row of a step sees, as attn_groups takes them: self-attention (batch, n_q) limits and
+    starts (the causal mask, and the contract's left padding `pad`), cross-attention (batch_c, g_rows) ones."""
+    self_lims = np.empty((batch, n_q), np.int64)
+    self_starts = np.empty((batch, n_q), np.int64)
+    for b in range(batch):
+        for i in range(n_q):
+            self_lims[b, i] = offset + i + 1
+            self_starts[b, i] = pad[b] if offset + i >= pad[b] else 0  # padding queries see the padding before
+    return self_lims, self_starts, np.full((batch_c, g_rows), n_audio, np.int64), np.zeros((batch_c, g_rows), np.int64)
+
+
+@njit(cache=True)
 def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset, pad, ln1g, ln1b, wqkv, bqkv, wo, bo,
                         lncg, lncb, wcq, bcq, wco, bco, ln2g, ln2b, w1, b1, w2, b2, lnfg, lnfb, wlog, blog, pos_rows,
                         logits, nt):
@@ -538,26 +551,12 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
     x1 = np.empty((m, n), np.float32)
     x2 = np.empty((m, n), np.float32)
     f = np.empty((m, w1.shape[1]), np.float32)
-    self_lims = np.empty((batch, n_q), np.int64)
-    self_starts = np.empty((batch, n_q), np.int64)
-    for b in range(batch):
-        for i in range(n_q):
-            self_lims[b, i] = offset + i + 1
-            self_starts[b, i] = pad[b] if offset + i >= pad[b] else 0  # padding queries see the padding before
-    cross_lims = np.full((batch_c, g_rows), n_audio, np.int64)
-    cross_starts = np.zeros((batch_c, g_rows), np.int64)
+    self_lims, self_starts, cross_lims, cross_starts = step_limits(batch, n_q, offset, pad, batch_c, g_rows, n_audio)
     n_kv = offset + n_q
     for li in range(n_layer):
         ln_rows(xa, 0, m, ln1g[li], ln1b[li], h, 0)
         gemv(h, wqkv[li], bqkv[li], qkv, qkv, False, nt)
-        for b in range(batch):
-            for i in range(n_q):
-                src = qkv[b * n_q + i]
-                kd = k_cache[li, b, offset + i]
-                vd = v_cache[li, b, offset + i]
-                for j in range(n):
-                    kd[j] = src[n + j]
-                    vd[j] = src[2 * n + j]
+        write_new_kv(qkv, k_cache[li], v_cache[li], batch, n_q, offset)
         attn_groups(qkv, 0, k_cache[li], v_cache[li], n_kv, self_lims, self_starts, n_head, a, nt)
         gemv(a, wo[li], bo[li], xa, x1, False, nt)
         ln_rows(x1, 0, m, lncg[li], lncb[li], h, 0)

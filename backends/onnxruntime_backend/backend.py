@@ -49,7 +49,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import AttentionPair, Backend, check_kv_step, check_step, f32c, weight_group
+from whisperkit.backend import AttentionPair, Backend, check_kv_step, check_step, f32c, weight_group, weight_matrices
 from whisperkit.contract import INT8_OPS
 from whisperkit.errors import BackendError
 from whisperkit.threads import get_num_threads
@@ -156,17 +156,6 @@ class _Runner:
 _BOOL = (np.array(False), np.array(True))  # the step graph's flags, bound once (same pointer every call)
 
 
-def _matrices(weights):
-    """Every 2-d array among the weights of an op (the layers' of decoder_step too)."""
-    for v in weights.values():
-        if isinstance(v, (list, tuple)):
-            for item in v:
-                if isinstance(item, dict):
-                    yield from _matrices(item)
-        elif np.ndim(v) == 2:
-            yield np.asarray(v)
-
-
 def _causal_mask(n_q: int, n_kv: int, offset: int) -> np.ndarray:
     """(n_q, n_kv) additive mask: query i (absolute position offset + i) sees key j iff j <= offset + i."""
     return np.where(np.arange(n_kv)[None, :] > offset + np.arange(n_q)[:, None], _F32(-np.inf), _F32(0.0)).astype(_F32)
@@ -271,7 +260,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
 
     def supports_compute(self, op, compute_type, **args):
         # MatMulNBits blocks are 16 to 128 inputs: every weight matrix's width must be a multiple of 16
-        return compute_type in self.compute_types and all(w.shape[1] % 16 == 0 for w in _matrices(args))
+        return compute_type in self.compute_types and all(w.shape[1] % 16 == 0 for w in weight_matrices(args))
 
     def prepare(self, op, weights, ops):
         # int8: the graphs of the ops in contract.INT8_OPS run their linears as MatMulNBits (graphs.linear_int8)
