@@ -228,18 +228,14 @@ class TextDecoder:
         if offset + n_q > self.dims.n_text_ctx:
             raise ValueError(f"decoder context overflow: {offset + n_q} tokens > n_text_ctx {self.dims.n_text_ctx}")
         positions = (-1,) if logit_positions is None else tuple(int(p) for p in logit_positions)
-        pad = cache.pad
-        if pad is None or not pad.any():
-            x = self.token_embedding[tokens] + self.positional_embedding[offset:offset + n_q]  # (batch, n_q, n_text_state)
-            x = x.astype(np.float32, copy=False)
-            return self.step(x, cache.k, cache.v, cache.cross_k, cache.cross_v, offset, positions)  # decoder_step
-        if not self.ops.padded_steps:
-            raise ValueError(f"backend {self.ops.backend.name} does not take left-padded rows (Backend.padded_steps)")
-        at = np.arange(offset, offset + n_q)[None, :]
-        at = np.where(at >= pad[:, None], at - pad[:, None], at)  # a row's real tokens count from its pad: (batch, n_q)
-        x = (self.token_embedding[tokens] + self.positional_embedding[at]).astype(np.float32, copy=False)
-        return self.step(x, cache.k, cache.v, cache.cross_k, cache.cross_v, offset, positions,
-                         pad=np.ascontiguousarray(pad, np.int64))
+        at, more = slice(offset, offset + n_q), {}
+        if cache.pad is not None and cache.pad.any():  # left-padded rows (DecodingTask checked Ops.padded_steps)
+            pad = np.ascontiguousarray(cache.pad, np.int64)
+            at = np.arange(offset, offset + n_q)[None, :]
+            at = np.where(at >= pad[:, None], at - pad[:, None], at)  # a row's real tokens count from its pad: (batch, n_q)
+            more = {"pad": pad}
+        x = (self.token_embedding[tokens] + self.positional_embedding[at]).astype(np.float32, copy=False)  # (batch, n_q, n_text_state)
+        return self.step(x, cache.k, cache.v, cache.cross_k, cache.cross_v, offset, positions, **more)  # decoder_step
 
 
 class WhisperGraph:

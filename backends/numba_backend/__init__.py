@@ -159,6 +159,24 @@ def _int8_group(group):
     return SimpleNamespace(int8=True, n_head=getattr(group, "n_head", None), arrays=tuple(arrays))
 
 
+def _step_arrays(g, linear) -> tuple:
+    """decoder_step's arrays in the step kernels' order: per layer part stacked over the layers, each LayerNorm's
+    weight and bias float32, each linear as `linear(get)` gives it (`get(layer)` -> its Linear), then the final
+    LayerNorm and the logits weight (float16 bits where exact, else float32) with a zero bias (the logits have
+    none: one GEMV signature)."""
+    def norm(get):
+        return (np.stack([f32c(get(layer).weight) for layer in g.layers]),
+                np.stack([f32c(get(layer).bias) for layer in g.layers]))
+
+    logits = exact_float16(g.logits.weight)
+    return (*norm(lambda l: l.attn_ln), *linear(lambda l: l.qkv), *linear(lambda l: l.out),
+            *norm(lambda l: l.cross_ln), *linear(lambda l: l.cross_q), *linear(lambda l: l.cross_out),
+            *norm(lambda l: l.mlp.ln), *linear(lambda l: l.mlp.fc1), *linear(lambda l: l.mlp.fc2),
+            f32c(g.ln.weight), f32c(g.ln.bias),
+            f32c(g.logits.weight) if logits is None else logits.view(np.uint16),
+            np.zeros(np.shape(g.logits.weight)[0], _F32))
+
+
 class _ThreadChoice:
     """Thread count of the one-token decode steps of one row count: every thread, or one, whichever has been
     faster lately.  A step streams ~75 MB (tiny.en), more than one core's bandwidth brings in the time, so
@@ -374,7 +392,7 @@ class NumbaBackend(AttentionPair, Backend):
 
     def prepare_decoder_layer_int8(self, **weights):
         g = _int8_group(weight_group("decoder_layer", weights))
-        return SimpleNamespace(int8=True, n_head=g.n_head, arrays=g.arrays, fc1_rows=g.arrays[-5].shape[0],  # fc1 bias
+        return SimpleNamespace(int8=True, n_head=g.n_head, arrays=g.arrays, fc1_rows=np.shape(weights["fc1_weight"])[0],
                                buffers={}, dummy=np.empty((1, 1, 1, 1), _F32))
 
     def decoder_layer(self, x, w, k_cache, v_cache, cross_k, cross_v, offset):
@@ -427,60 +445,31 @@ class NumbaBackend(AttentionPair, Backend):
     def prepare_decoder_step(self, layers, ln_weight, ln_bias, logits_weight):
         g = weight_group("decoder_step", dict(layers=layers, ln_weight=ln_weight, ln_bias=ln_bias,
                                               logits_weight=logits_weight))
-        ls = g.layers
 
-        def vec(get):
-            return np.stack([f32c(get(layer)) for layer in ls])
-
-        def mat(get):
+        def linear(get):
             """Every layer's matrix stacked, as float16 bits (uint16) when all of them are float16 values,
-            else float32."""
-            ws = [get(layer) for layer in ls]
+            else float32; then the biases."""
+            ws = [get(layer).weight for layer in g.layers]
             hs = [exact_float16(w) for w in ws]
-            if all(h is not None for h in hs):
-                return np.stack([h.view(np.uint16) for h in hs])
-            return np.stack([f32c(w) for w in ws])
+            mat = np.stack([h.view(np.uint16) for h in hs]) if all(h is not None for h in hs) else np.stack([f32c(w) for w in ws])
+            return mat, np.stack([f32c(get(layer).bias) for layer in g.layers])
 
-        logits = exact_float16(logits_weight)
-        arrays = (vec(lambda l: l.attn_ln.weight), vec(lambda l: l.attn_ln.bias),
-                  mat(lambda l: l.qkv.weight), vec(lambda l: l.qkv.bias),
-                  mat(lambda l: l.out.weight), vec(lambda l: l.out.bias),
-                  vec(lambda l: l.cross_ln.weight), vec(lambda l: l.cross_ln.bias),
-                  mat(lambda l: l.cross_q.weight), vec(lambda l: l.cross_q.bias),
-                  mat(lambda l: l.cross_out.weight), vec(lambda l: l.cross_out.bias),
-                  vec(lambda l: l.mlp.ln.weight), vec(lambda l: l.mlp.ln.bias),
-                  mat(lambda l: l.mlp.fc1.weight), vec(lambda l: l.mlp.fc1.bias),
-                  mat(lambda l: l.mlp.fc2.weight), vec(lambda l: l.mlp.fc2.bias),
-                  f32c(g.ln.weight), f32c(g.ln.bias),
-                  f32c(logits_weight) if logits is None else logits.view(np.uint16),
-                  np.zeros(logits_weight.shape[0], _F32))  # the logits have no bias: zeros, one GEMV signature
-        return SimpleNamespace(n_layer=len(ls), n_head=ls[0].n_head, arrays=arrays, n_vocab=logits_weight.shape[0],
-                               threads={})  # batch rows -> _ThreadChoice of the one-token steps
+        return SimpleNamespace(n_layer=len(g.layers), n_head=g.layers[0].n_head, arrays=_step_arrays(g, linear),
+                               n_vocab=logits_weight.shape[0], threads={})  # batch rows -> _ThreadChoice of the one-token steps
 
     def prepare_decoder_step_int8(self, layers, ln_weight, ln_bias, logits_weight):
         """The layers' linears in the contract's int8 (`_int8.pack_int8`, stacked per kind over the layers); the
         LayerNorms float32; the logits float32 as in the float32 step (float16 storage where exact)."""
         g = weight_group("decoder_step", dict(layers=layers, ln_weight=ln_weight, ln_bias=ln_bias,
                                               logits_weight=logits_weight))
-        ls = g.layers
         pack = _int8_kernels().pack_int8
 
-        def vec(get):
-            return np.stack([f32c(get(layer)) for layer in ls])
-
-        def lin(get):
-            parts = [pack(*get(layer))[:4] for layer in ls]  # packed, wsum, scale, bias
+        def linear(get):
+            parts = [pack(*get(layer))[:4] for layer in g.layers]  # packed, wsum, scale, bias
             return tuple(np.stack([p[k] for p in parts]) for k in range(4))
 
-        logits = exact_float16(logits_weight)
-        arrays = (vec(lambda l: l.attn_ln.weight), vec(lambda l: l.attn_ln.bias), *lin(lambda l: l.qkv), *lin(lambda l: l.out),
-                  vec(lambda l: l.cross_ln.weight), vec(lambda l: l.cross_ln.bias), *lin(lambda l: l.cross_q),
-                  *lin(lambda l: l.cross_out), vec(lambda l: l.mlp.ln.weight), vec(lambda l: l.mlp.ln.bias),
-                  *lin(lambda l: l.mlp.fc1), *lin(lambda l: l.mlp.fc2), f32c(g.ln.weight), f32c(g.ln.bias),
-                  f32c(logits_weight) if logits is None else logits.view(np.uint16),
-                  np.zeros(logits_weight.shape[0], _F32))
-        return SimpleNamespace(int8=True, n_layer=len(ls), n_head=ls[0].n_head, arrays=arrays, n_vocab=logits_weight.shape[0],
-                               threads={})
+        return SimpleNamespace(int8=True, n_layer=len(g.layers), n_head=g.layers[0].n_head, arrays=_step_arrays(g, linear),
+                               n_vocab=logits_weight.shape[0], threads={})
 
     def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None):
         x = np.asarray(x)
