@@ -13,6 +13,7 @@ import numpy as np
 from whisperkit.backends.pythran_backend import PythranBackend, S
 
 PT = PythranBackend()
+PT.load()
 
 
 def test_built():
@@ -82,3 +83,20 @@ def test_step_prompt_rows_on_blas_match_the_step_kernel(monkeypatch):
         got[rows_max] = (PT.decoder_step(x, w, *caches, 5, (0, -1)), caches[0])
     np.testing.assert_allclose(got[1][0], got[64][0], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got[1][1], got[64][1], rtol=1e-5, atol=1e-5)
+
+
+def test_listing_the_backends_does_not_load_the_kernels():
+    """The registry imports every plugin to list it; the compiled modules (and libgomp with OMP_WAIT_POLICY=PASSIVE,
+    which would then slow Numba's OpenMP threads in the same process) wait until pythran is used."""
+    import os
+    import subprocess
+    import sys
+    code = ("import os, sys; from whisperkit.registry import get_registry; infos = get_registry().infos; "
+            "print(infos['pythran'].usable, 'whisperkit.backends.pythran_backend._kernels' in sys.modules, "
+            "os.environ.get('OMP_WAIT_POLICY')); "
+            "get_registry().get('pythran'); "
+            "print('whisperkit.backends.pythran_backend._kernels' in sys.modules, os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["True False None", "True PASSIVE"]

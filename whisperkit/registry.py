@@ -143,6 +143,7 @@ class Registry:
             info.loaded = True
             try:
                 info.backend.load()
+                info.version = str(getattr(info.backend, "version", info.version))  # some learn it at load
             except Exception as exc:
                 info.usable = False
                 info.reason = f"loading failed: {type(exc).__name__}: {exc}"

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import importlib
 import importlib.machinery
+import importlib.util
 import os
 from types import SimpleNamespace
 
@@ -32,23 +34,51 @@ from whisperkit.contract import LAYER_NORM_EPS
 from whisperkit.model import padded_self_attention
 from whisperkit.threads import get_num_threads
 
-# libgomp reads this when it loads.  Its default (spin before sleeping) makes OpenMP's workers and
-# NumPy's OpenBLAS workers fight over the 2 cores at every switch between a GEMM and a kernel, which
-# made encoder attention in 128-row blocks many times slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-_IMPORT_ERROR: str | None = None
-try:
-    from . import _kernels as K  # noqa: N812
-    from . import _step as S  # noqa: N812
-    for _mod in (K, S):
-        if not _mod.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
-            raise ImportError(f"{_mod.__file__} is not a compiled extension")
-except ImportError as exc:  # the build could not compile the kernels
-    K = S = None
-    _IMPORT_ERROR = (f"compiled kernels not found ({exc}): the build could not compile them "
-                     "(no C++ compiler or no pythran at build time?) -- reinstall with a compiler: "
-                     "pip install -e '.[pythran]' (see setup.py's warning in the build log)")
+class _Compiled:
+    """One of the modules Pythran compiled at install, imported at its first use (`PythranBackend.load`, or the
+    first attribute read), not with the plugin: the registry imports every plugin to list it, and loading the
+    extensions loads libgomp with the setting below, which would then hold for every OpenMP user of the process
+    (Numba's threading layer among them: with OMP_WAIT_POLICY=PASSIVE, each of the ~33 parallel regions of its
+    decode step waits for a sleeping thread, and its osr greedy run took 0.72 s against 0.57 s)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.module = None
+
+    def load(self):
+        if self.module is None:
+            if _IMPORT_ERROR is not None:
+                raise ImportError(_IMPORT_ERROR)
+            # libgomp reads this when it loads.  Its default (spin before sleeping) makes OpenMP's workers and
+            # NumPy's OpenBLAS workers fight over the 2 cores at every switch between a GEMM and a kernel, which
+            # made encoder attention in 128-row blocks many times slower.
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            self.module = importlib.import_module(f"{__name__}.{self.name}")
+            if hasattr(self.module, "set_threads"):  # OpenMP's team size: the process's thread setting
+                self.module.set_threads(int(get_num_threads()))
+        return self.module
+
+    def __getattr__(self, attr):
+        return getattr(self.load(), attr)
+
+
+def _missing() -> str | None:
+    """Why the compiled modules cannot be used, found without importing them (None: they are there)."""
+    for name in ("_kernels", "_step"):
+        try:
+            spec = importlib.util.find_spec(f"{__name__}.{name}")
+            if spec is None or not str(spec.origin).endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+                raise ImportError(f"{name} is not a compiled extension ({spec.origin if spec else 'not found'})")
+        except ImportError as exc:  # the build could not compile the kernels
+            return (f"compiled kernels not found ({exc}): the build could not compile them "
+                    "(no C++ compiler or no pythran at build time?) -- reinstall with a compiler: "
+                    "pip install -e '.[pythran]' (see setup.py's warning in the build log)")
+    return None
+
+
+_IMPORT_ERROR = _missing()
+K, S = _Compiled("_kernels"), _Compiled("_step")  # noqa: N816
 
 #: Query rows at or below which attention runs the fully fused per-row kernel; above, two GEMMs
 #: around the in-place softmax kernel (the encoder's 1500 x 1500).
@@ -108,21 +138,25 @@ class PythranBackend(Backend):
     auto_rank = 20
 
     def __init__(self):
-        # the pythran that compiled the kernels (the build's, not whatever is installed now)
-        self.version = str(getattr(K, "__pythran__", ("not built",))[0]) if K is not None else "not built"
         self._blas_threads = _numpy_blas_set_threads()
-        if K is not None:
-            self.set_num_threads(get_num_threads())
+
+    @property
+    def version(self) -> str:
+        """The pythran that compiled the kernels (the build's, not whatever is installed now), once loaded."""
+        if _IMPORT_ERROR is not None:
+            return "not built"
+        return str(K.__pythran__[0]) if K.module is not None else "built (not loaded)"
 
     def unavailable_reason(self):
         return _IMPORT_ERROR
 
     def load(self) -> None:
-        if _IMPORT_ERROR is not None:  # the compiled modules were imported with the plugin; nothing more to load
-            raise ImportError(_IMPORT_ERROR)
+        K.load()
+        S.load()
+        self.set_num_threads(get_num_threads())
 
     def set_num_threads(self, n):
-        if K is not None:
+        if K.module is not None:
             K.set_threads(int(n))
         if self._blas_threads is not None:
             self._blas_threads(int(n))
