@@ -116,6 +116,17 @@ def _hot_signatures():
     ]
 
 
+def _warm_up():
+    """One encoder-sized GEMM through the kernels' BLAS path (~5 ms; `load` runs on a thread while the weights are
+    read).  Without it the first window of a process paid ~60 ms more in conv1d, GELU and the first encoder layer
+    (measured with the model's own kernels and a fresh process; a small GEMM, or only warming the thread pool or
+    the allocator, did not remove it)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1500, 384), dtype=_F32)
+    w = rng.standard_normal((1152, 384), dtype=_F32)
+    _kern().linear_kernel(x, w, np.zeros(1152, _F32), np.empty((1500, 1152), _F32), None, _nt())
+
+
 def _nt():
     """Numba's current thread count, passed to the kernels (calling numba.get_num_threads() inside a
     kernel embeds a ctypes pointer, which makes the function uncacheable)."""
@@ -233,6 +244,7 @@ class NumbaBackend(AttentionPair, Backend):
         _numba()
         for kernel, sig in _hot_signatures():
             kernel.compile(sig)  # from the on-disk cache (compiled once, on the first run after install)
+        _warm_up()
 
     def supports_compute(self, op, compute_type, **args):
         if compute_type == "float32":
