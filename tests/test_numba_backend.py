@@ -145,3 +145,18 @@ print({{k: sorted(v - before[k]) for k, v in signatures().items() if v - before[
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "{}", out.stdout
+
+
+def test_load_releases_llvm_pages_and_numba_still_compiles():
+    """`load` drops LLVM's resident code pages (see release_code_pages); a compile afterwards faults back what it needs
+    and computes right, and the loaded kernels still run."""
+    import subprocess
+    import sys
+    code = ("import numpy as np; from whisperkit.backends.numba_backend import NumbaBackend, release_code_pages; "
+            "NumbaBackend().load(); "
+            "import numba; f = numba.njit(lambda a: (a * 2.0 + 1.0).sum()); print(f(np.arange(4.0))); "
+            "print(release_code_pages('libllvmlite') > 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["16.0", "True"]
+    run_op_case("linear/tiny_fc1_1500", NB)

@@ -116,6 +116,39 @@ def _hot_signatures():
     ]
 
 
+def release_code_pages(library: str) -> int:
+    """Drop this process's resident pages of `library`'s read-only file mappings (MADV_DONTNEED; Linux); returns the
+    bytes of the mappings released.  LLVM's initialisation touches ~68 MB of libllvmlite's code and constants, which
+    stay resident although no kernel needs LLVM once loaded (a cold `whisperkit transcribe` peaked at ~356 MiB, of
+    which these were 68).  The pages stay in the page cache: a later compile (a new signature) faults back what it
+    uses.  Only mappings no byte of which was written (smaps "Anonymous: 0", so no relocated page) are released,
+    since MADV_DONTNEED on a written private page would bring back the file's unrelocated bytes."""
+    import ctypes
+    import re
+    try:
+        spans, cur = [], None
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+                    p = line.split()
+                    cur = None
+                    if len(p) > 5 and library in p[5].rsplit("/", 1)[-1] and p[1] in ("r-xp", "r--p"):
+                        lo, hi = (int(v, 16) for v in p[0].split("-"))
+                        cur = [lo, hi, None]
+                        spans.append(cur)
+                elif cur is not None and line.startswith("Anonymous:"):
+                    cur[2] = int(line.split()[1])
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    except (OSError, AttributeError, ValueError):  # no /proc (not Linux), no madvise
+        return 0
+    released = 0
+    for lo, hi, anon in spans:
+        if anon == 0 and libc.madvise(lo, hi - lo, 4) == 0:  # 4: MADV_DONTNEED
+            released += hi - lo
+    return released
+
+
 def _warm_up():
     """One encoder-sized GEMM through the kernels' BLAS path (~5 ms; `load` runs on a thread while the weights are
     read).  Without it the first window of a process paid ~60 ms more in conv1d, GELU and the first encoder layer
@@ -245,6 +278,7 @@ class NumbaBackend(AttentionPair, Backend):
         for kernel, sig in _hot_signatures():
             kernel.compile(sig)  # from the on-disk cache (compiled once, on the first run after install)
         _warm_up()
+        release_code_pages("libllvmlite")
 
     def supports_compute(self, op, compute_type, **args):
         if compute_type == "float32":
