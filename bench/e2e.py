@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REFERENCE = "numpy"
+#: Seconds of quiet before each timed call.  An engine's worker threads keep spinning after its run (CTranslate2's
+#: OpenMP, ONNX Runtime's pool, libgomp's default spin), and the next engine's run shares the cores with them
+#: until they sleep: numba's jfk greedy took 0.287 s right after the others' runs against 0.226 s in a race
+#: with faster-whisper alone.  The pause is the same for every engine.
+PAUSE_S = 0.3
 
 #: The in-run profile figures of our engines (bench/worker.py `Profile`), as the JSON records name them.
 PROFILE_UNITS = {
@@ -121,6 +126,7 @@ def run_clip(workers: dict, kinds: dict, clip: Path, duration: float, beam: int,
         res = results[n]
         if res.error:
             return None
+        time.sleep(PAUSE_S)
         try:
             reply = workers[n].call("transcribe", audio=str(clip), beam=beam)
         except Exception as exc:
