@@ -160,3 +160,29 @@ def test_load_releases_llvm_pages_and_numba_still_compiles():
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["16.0", "True"]
     run_op_case("linear/tiny_fc1_1500", NB)
+
+
+@pytest.mark.parametrize("compute_type", ["float32", "int8"])
+def test_a_transcription_opens_no_kernel_the_model_did_not(compute_type):
+    """`load` (float32: `_hot_signatures`) and the int8 prepare (`_open_int8_overload`) open every kernel overload a
+    transcription calls, so none is opened from the cache (and LLVM's pages faulted back) in the first run."""
+    import subprocess
+    import sys
+    if compute_type == "int8" and "int8" not in NB.compute_types:
+        pytest.skip("int8 kernels need AVX-512 VNNI")  # the CPU's, not a failure
+    code = f"""if True:
+        from numba.core.registry import CPUDispatcher
+        from whisperkit import Whisper
+        import whisperkit.backends.numba_backend as nb
+        m = Whisper("tiny.en", backend="numba", compute_type="{compute_type}")
+        mods = [nb._kern(), nb._step_kernels(), nb._int8_kernels()]
+        def opened():
+            return {{(mod.__name__, k): len(v.overloads) for mod in mods for k, v in vars(mod).items()
+                     if isinstance(v, CPUDispatcher)}}
+        before = opened()
+        m.transcribe({str(shared("audio", "jfk.flac"))!r}, beam_size=5, best_of=5)
+        print(sorted(k for k, n in opened().items() if n != before.get(k, 0)))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

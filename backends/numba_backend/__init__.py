@@ -149,6 +149,28 @@ def release_code_pages(library: str) -> int:
     return released
 
 
+def _open_int8_overload(op, w) -> None:
+    """The int8 kernel a transcription calls for `op`, opened now (from the on-disk cache) with the types of its call,
+    rather than in the first transcription; LLVM's code pages are then released again (`load` did it for the float32
+    kernels of `_hot_signatures`, which does not know the compute type).  Ops a transcription does not call (the
+    int8 decoder_layer and mlp_block of word timing and tests) open at their first call."""
+    K = _int8_kernels()
+    f2, f4, i64 = np.empty((1, 1), _F32), np.empty((1, 1, 1, 1), _F32), np.empty(1, np.int64)
+    if op == "linear":
+        kernel, args = K.linear_int8_kernel, (f2, w.packed, w.wsum, w.scale, w.bias, f2, 1)
+    elif op == "encoder_layer":
+        kernel, args = K.encoder_layer_int8_kernel, (f2, 1, 1, *w.arrays, 1, 1, 1)
+    elif op == "decoder_step":
+        kernel, args = K.decoder_step_int8_kernel, (f2, 1, 1, f4, f4, f4, f4, 1, i64, *w.arrays, i64, f2, 1)
+    else:
+        return
+    nb = _numba()
+    before = len(kernel.overloads)
+    kernel.compile(tuple(nb.typeof(a) for a in args))
+    if len(kernel.overloads) > before:
+        release_code_pages("libllvmlite")
+
+
 def _warm_up():
     """One encoder-sized GEMM through the kernels' BLAS path (~5 ms; `load` runs on a thread while the weights are
     read).  Without it the first window of a process paid ~60 ms more in conv1d, GELU and the first encoder layer
@@ -294,7 +316,9 @@ class NumbaBackend(AttentionPair, Backend):
 
     def prepare(self, op, weights, ops):
         if ops.compute_type == "int8" and op in _INT8_NATIVE:
-            return getattr(self, f"prepare_{op}_int8")(**weights)
+            w = getattr(self, f"prepare_{op}_int8")(**weights)
+            _open_int8_overload(op, w)
+            return w
         return super().prepare(op, weights, ops)
 
     def set_num_threads(self, n):
