@@ -38,18 +38,22 @@ def test_gelu_exact_option_is_bit_equal_to_reference():
 
 
 # ---- sessions and threads ----------------------------------------------------------------------------------
-def test_layers_have_sessions_of_constant_weights_created_lazily():
-    """Encoder layers are graphs of constant (pre-packed) weights: one session per layer, created at its first run."""
+def test_layers_have_sessions_of_constant_weights_created_ahead():
+    """Encoder layers are graphs of constant (pre-packed) weights: one session per layer, created on a background
+    thread as the layers are prepared, ahead of their first run (`_prebuild`)."""
     be = OnnxRuntimeBackend()
     ops = Ops(be, REF)
     cases = ("encoder_layer/tiny_1500", "encoder_layer/tiny_7", "encoder_layer/strided_x")  # 384 wide, 6 heads
     weights = [CASES[c].make().weights for c in cases]
     layers = [ops.bind("encoder_layer", **w) for w in weights]
-    assert len(be._sessions) == 3 and all(s.sess is None for s in be._sessions.values())  # nothing created at load time
+    assert len(be._sessions) == 3
     assert all(not layer.w.run.weights for layer in layers)  # nothing bound: all constants
+    builder = be._builder
+    if builder is not None:
+        builder.join(timeout=300)
+    assert all(s.sess is not None for s in be._sessions.values()) and not be._pending
     x = f32(1, 20, 384)
     outs = [layer(x) for layer in layers]
-    assert all(s.sess is not None for s in be._sessions.values())
     for w, out in zip(weights, outs):
         assert_matches_reference("encoder_layer", out, Ops(REF, REF).bind("encoder_layer", **w)(x))
 
@@ -126,11 +130,11 @@ def test_decoder_step_paths_write_the_cache_in_place(audios, group, strided_cach
 
 def test_decoder_step_has_its_own_session_of_constant_weights():
     """The step's weights are constants of its own session (pre-packed by ORT), except the bound transpose of the
-    logits weight for single rows; two models never share it, and nothing is created before the first step."""
+    logits weight for single rows; two models never share it."""
     be = OnnxRuntimeBackend()
     ops = Ops(be, REF)
     steps = [ops.bind("decoder_step", **_step_weights()) for _ in range(2)]
     sessions = [s.w.run.session for s in steps]
-    assert sessions[0] is not sessions[1] and all(s.sess is None for s in sessions)
+    assert sessions[0] is not sessions[1]
     assert list(steps[0].w.run.weights) == ["logits.wT"]
     assert len(sessions[0].constants) > 4 * 8

@@ -135,9 +135,13 @@ def _external(name: str, array: np.ndarray) -> onnx.TensorProto:
 
 # ---- building blocks ------------------------------------------------------------------------------
 def transpose_weight(weight) -> np.ndarray:
-    """(n_out, n_in) -> C-contiguous (n_in, n_out), in blocks of 256 rows: faster than one strided copy for
-    the (51864, 384) token embedding, whose transpose is most of the load time."""
-    weight = np.asarray(weight, np.float32)
+    """(n_out, n_in) -> C-contiguous float32 (n_in, n_out), in blocks of 256 rows: faster than one strided copy for
+    the (51864, 384) token embedding, whose transpose is most of the load time.  A float16 weight is widened block
+    by block in the same copy (0.05 s for the embedding, against 0.2-0.36 s widening it whole first: one 80 MB
+    array less to write and fault in)."""
+    weight = np.asarray(weight)
+    if weight.dtype not in (np.float16, np.float32):
+        weight = weight.astype(np.float32)
     out = np.empty(weight.shape[::-1], np.float32)
     for i in range(0, weight.shape[0], 256):
         out[:, i:i + 256] = weight[i:i + 256].T
