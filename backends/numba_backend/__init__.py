@@ -281,7 +281,7 @@ class NumbaBackend(AttentionPair, Backend):
     padded_steps = True  # decoder_step takes left-padded rows (the contract's `pad`)
     version = _VERSION or "missing"
     description = "Numba parallel kernels (prange over rows/heads), GEMMs via NumPy's OpenBLAS called from Numba"
-    #: first for `auto`: the fastest warm, 1.67-1.94x faster-whisper fp32 on tiny.en (docs/bench-results.md, issue 14)
+    #: first for `auto`: the fastest warm and cold on tiny.en and base (docs/bench-results.md, issues 14 and 15)
     auto_rank = 40
 
     @property

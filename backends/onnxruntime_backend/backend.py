@@ -186,8 +186,8 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
     description = "ONNX Runtime CPU kernels (MLAS) on ONNX graphs built in code; fused layer graphs"
     graph_optimization = "ORT_ENABLE_EXTENDED"
     allow_spinning = False
-    #: second for `auto`: 1.35-1.47x faster-whisper fp32 warm on tiny.en, behind numba's 1.67-1.94x
-    #: (docs/bench-results.md, issue 14); and the most memory of the three
+    #: second for `auto`: behind numba warm and cold (docs/bench-results.md, issues 14 and 15); and the most memory
+    #: of the three
     auto_rank = 30
     compute_types = ("float32", "int8")  # int8: MatMulNBits on the contract's weights (graphs.linear_int8)
 

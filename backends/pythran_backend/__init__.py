@@ -134,7 +134,7 @@ class PythranBackend(Backend):
     shared_cross_kv = True  # decoder_layer takes one cross K/V row per audio (the contract)
     padded_steps = True  # decoder_step takes left-padded rows (the contract's `pad`)
     description = "Pythran kernels compiled at install (OpenMP) + NumPy's BLAS for the GEMMs"
-    #: third for `auto`: 0.89-1.06x faster-whisper fp32 warm on tiny.en (docs/bench-results.md, issue 14)
+    #: third for `auto`: the slowest compiled backend warm (docs/bench-results.md, issues 14 and 15)
     auto_rank = 20
 
     def __init__(self):
