@@ -123,20 +123,23 @@ def test_vector_gelu_tails_and_extremes():
     assert np.max(np.abs(f - ref) / (np.abs(ref) + 0.01 * np.abs(xs) + 1e-30)) < 1e-5
 
 
-def test_load_opens_every_kernel_overload_a_transcription_uses():
-    """`NumbaBackend.load` opens the hot kernels' overloads up front (on Whisper's loading thread): a
-    tiny.en transcription afterwards must not need any overload the list left out.  In a fresh process,
-    so that no other test has opened them already."""
+@pytest.mark.parametrize("compute_type", ["float32", "int8"])
+def test_load_opens_every_kernel_overload_a_transcription_uses(compute_type):
+    """`NumbaBackend.load` opens the hot float32 kernels' overloads up front (on Whisper's loading thread), and the
+    int8 prepare the int8 kernels a transcription calls (`_open_int8_overload`): a tiny.en transcription afterwards
+    must not need any overload they left out.  In a fresh process, so that no other test has opened them already."""
     import subprocess
     import sys
+    if compute_type == "int8" and "int8" not in NB.compute_types:
+        pytest.skip("numba's int8 kernels need AVX-512 VNNI")  # the CPU's, not a failure
     code = f"""
 import numba
 from whisperkit import Whisper
-from whisperkit.backends.numba_backend import _kern, _step_kernels
-model = Whisper("tiny.en", backend="numba")
+from whisperkit.backends.numba_backend import _int8_kernels, _kern, _step_kernels
+model = Whisper("tiny.en", backend="numba", compute_type="{compute_type}")
 def signatures():
-    return {{name: set(map(str, d.signatures)) for mod in (_kern(), _step_kernels()) for name, d in vars(mod).items()
-            if isinstance(d, numba.core.registry.CPUDispatcher)}}
+    return {{name: set(map(str, d.signatures)) for mod in (_kern(), _step_kernels(), _int8_kernels())
+            for name, d in vars(mod).items() if isinstance(d, numba.core.registry.CPUDispatcher)}}
 before = signatures()
 assert sum(map(len, before.values())) >= 6, before
 model.transcribe({str(shared("audio", "jfk.flac"))!r}, beam_size=5, best_of=5)
@@ -161,28 +164,3 @@ def test_load_releases_llvm_pages_and_numba_still_compiles():
     assert out.stdout.split() == ["16.0", "True"]
     run_op_case("linear/tiny_fc1_1500", NB)
 
-
-@pytest.mark.parametrize("compute_type", ["float32", "int8"])
-def test_a_transcription_opens_no_kernel_the_model_did_not(compute_type):
-    """`load` (float32: `_hot_signatures`) and the int8 prepare (`_open_int8_overload`) open every kernel overload a
-    transcription calls, so none is opened from the cache (and LLVM's pages faulted back) in the first run."""
-    import subprocess
-    import sys
-    if compute_type == "int8" and "int8" not in NB.compute_types:
-        pytest.skip("int8 kernels need AVX-512 VNNI")  # the CPU's, not a failure
-    code = f"""if True:
-        from numba.core.registry import CPUDispatcher
-        from whisperkit import Whisper
-        import whisperkit.backends.numba_backend as nb
-        m = Whisper("tiny.en", backend="numba", compute_type="{compute_type}")
-        mods = [nb._kern(), nb._step_kernels(), nb._int8_kernels()]
-        def opened():
-            return {{(mod.__name__, k): len(v.overloads) for mod in mods for k, v in vars(mod).items()
-                     if isinstance(v, CPUDispatcher)}}
-        before = opened()
-        m.transcribe({str(shared("audio", "jfk.flac"))!r}, beam_size=5, best_of=5)
-        print(sorted(k for k, n in opened().items() if n != before.get(k, 0)))
-    """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "[]"
