@@ -123,7 +123,18 @@ def _cycle_in(component: list[str], graph: dict[str, set[str]]) -> list[str]:
 
 
 def test_no_import_cycle():
-    cycles = find_cycles(import_graph(module_files(ROOT, PACKAGE_DIRS)))
+    """Run in a process of its own: CPython 3.11 keeps the AST constructor's recursion depth per interpreter
+    (python/cpython#106905), and `ast.parse` here, while a thread another test left running built ASTs too,
+    failed once with "SystemError: AST constructor recursion depth mismatch"."""
+    import json
+    import subprocess
+    import sys
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import test_structure as t; "
+            "print(json.dumps(t.find_cycles(t.import_graph(t.module_files(t.ROOT, t.PACKAGE_DIRS)))))")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    cycles = json.loads(out.stdout.strip().splitlines()[-1])
     assert not cycles, "import cycles (one per group of modules that import each other):\n" + "\n".join(
         " -> ".join(c) for c in cycles)
 

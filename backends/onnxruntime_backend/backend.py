@@ -199,6 +199,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         self._lock = threading.Lock()  # session (re)creation
         self._sessions: dict[tuple, _Session] = {}  # graph key -> shared session (created ahead, by _prebuild)
         self._pending: collections.deque = collections.deque()  # sessions _prebuild has still to create
+        self._pending_lock = threading.Lock()  # not _lock: preparing an op must not wait for a session being created
         self._builder: threading.Thread | None = None
         self._weightless: dict[tuple, _Runner] = {}
         self._mods = None
@@ -264,7 +265,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         were prepared.  Creating one (graph optimisation, pre-packing the constant weights) releases the GIL: the
         model's ten took 0.34 s, paid in the first transcription, and now overlap the rest of the model's
         preparation (a session asked for first is created by its caller, under the same lock)."""
-        with self._lock:
+        with self._pending_lock:
             self._pending.append(sess)
             if self._builder is not None and self._builder.is_alive():
                 return
@@ -273,7 +274,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
 
     def _build_pending(self) -> None:
         while True:
-            with self._lock:
+            with self._pending_lock:
                 if not self._pending:
                     self._builder = None
                     return
