@@ -148,7 +148,8 @@ def _self_attn(qkv, kc, vc, li, nq, offset, pad, n_head, out):
         m = np.max(s)
         tot = 0.
         for j in range(end - start):
-            e = np.exp(s[j] - m)
+            dj = s[j] - m
+            e = np.exp(dj) if dj >= -50. else np.float32(0.)  # no denormal probabilities (_kernels.softmax_rows_)
             s[j] = e
             tot += e
         inv = np.float32(1. / tot)
@@ -182,7 +183,8 @@ def _cross_attn(q, ck, cv, li, gq, n_head, out):
             m = np.max(s[a])
             tot = 0.
             for j in range(nkv):
-                e = np.exp(s[a, j] - m)
+                dj = s[a, j] - m
+                e = np.exp(dj) if dj >= -50. else np.float32(0.)  # no denormal probabilities (_kernels.softmax_rows_)
                 s[a, j] = e
                 tot += e
             inv = np.float32(1. / tot)
