@@ -100,3 +100,23 @@ def test_listing_the_backends_does_not_load_the_kernels():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["True False None", "True PASSIVE"]
+
+
+def test_load_makes_numpy_blas_workers_sleep_at_once():
+    """After pythran's load, NumPy's OpenBLAS restarts its workers with the shortest spin (so they do not hold a
+    core while the OpenMP kernels run between the encoder's GEMMs), libgomp spins briefly, and GEMMs on both
+    threads still give the right products."""
+    import os
+    import subprocess
+    import sys
+    code = ("import os, numpy as np; from whisperkit.registry import get_registry; "
+            "from whisperkit.threads import set_num_threads; set_num_threads(2); "
+            "be = get_registry().get('pythran'); "
+            "t = be._blas.lib.openblas_thread_timeout(); "
+            "a = np.random.default_rng(0).standard_normal((600, 700)).astype(np.float32); "
+            "ok = np.allclose(a @ a.T, (a.astype(np.float64) @ a.T.astype(np.float64)), rtol=1e-4, atol=1e-3); "
+            "print(t, os.environ.get('OPENBLAS_THREAD_TIMEOUT'), os.environ.get('GOMP_SPINCOUNT'), ok)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["4", "4", "3000", "True"]

@@ -50,10 +50,14 @@ class _Compiled:
         if self.module is None:
             if _IMPORT_ERROR is not None:
                 raise ImportError(_IMPORT_ERROR)
-            # libgomp reads this when it loads.  Its default (spin before sleeping) makes OpenMP's workers and
-            # NumPy's OpenBLAS workers fight over the 2 cores at every switch between a GEMM and a kernel, which
-            # made encoder attention in 128-row blocks many times slower.
+            # libgomp reads these when it loads.  Its default (spin about 3 ms before sleeping) makes OpenMP's
+            # workers and NumPy's OpenBLAS workers fight over the cores at every switch between a GEMM and a
+            # kernel, which made encoder attention in 128-row blocks many times slower.  Never spinning
+            # (PASSIVE alone) costs a sleep and a wake-up in each of the ~33 parallel regions of a decode step,
+            # which follow each other within microseconds: a spin of about 30 us (3000 spins, libgomp's
+            # estimate being 100 000 a millisecond) bridges those gaps and is over before a GEMM gets going.
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            os.environ.setdefault("GOMP_SPINCOUNT", "3000")
             self.module = importlib.import_module(f"{__name__}.{self.name}")
             if hasattr(self.module, "set_threads"):  # OpenMP's team size: the process's thread setting
                 self.module.set_threads(int(get_num_threads()))
@@ -90,21 +94,44 @@ BLOCK_ROWS = 512
 STEP_ROWS_MAX = 64
 
 
-def _numpy_blas_set_threads():
-    """The setter of NumPy's bundled OpenBLAS thread count, or None when not found."""
-    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-    for path in glob.glob(os.path.join(libs, "*openblas*")):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
+class _NumpyBlas:
+    """NumPy's bundled OpenBLAS, through the symbols it exports (every method does nothing when it is not found)."""
+
+    def __init__(self):
+        self.lib = None
+        libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+        for path in glob.glob(os.path.join(libs, "*openblas*")):
+            try:
+                self.lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            break
+        self._set_threads = None
         for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
                     "openblas_set_num_threads"):
-            fn = getattr(lib, sym, None)
+            fn = getattr(self.lib, sym, None) if self.lib is not None else None
             if fn is not None:
                 fn.argtypes = [ctypes.c_int]
-                return fn
-    return None
+                self._set_threads = fn
+                break
+
+    def set_threads(self, n: int) -> None:
+        if self._set_threads is not None:
+            self._set_threads(int(n))
+
+    def short_spin(self) -> None:
+        """Make OpenBLAS's idle workers sleep at once instead of spinning for about 0.1 s (2**28 cycles) after
+        each GEMM: the encoder's GEMMs alternate with the kernels, and a spinning BLAS worker held a core
+        while OpenMP's team ran them (a fifth of the encoder's samples in blas_thread_server; 245 -> 201-212 ms
+        a window).  OpenBLAS reads OPENBLAS_THREAD_TIMEOUT (log2 of the spin in cycles; 4 is its minimum)
+        when its thread server starts, so the server is restarted once; a value the user set is kept."""
+        read_env = getattr(self.lib, "openblas_read_env", None) if self.lib is not None else None
+        shutdown = getattr(self.lib, "blas_thread_shutdown_", None) if self.lib is not None else None
+        if read_env is None or shutdown is None or "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+            return
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"
+        read_env()
+        shutdown()  # the next threaded call starts the workers again, with the new timeout
 
 
 def _exponent0_patches(stacks):
@@ -138,7 +165,7 @@ class PythranBackend(Backend):
     auto_rank = 20
 
     def __init__(self):
-        self._blas_threads = _numpy_blas_set_threads()
+        self._blas = None  # NumPy's OpenBLAS, found at load
 
     @property
     def version(self) -> str:
@@ -153,13 +180,16 @@ class PythranBackend(Backend):
     def load(self) -> None:
         K.load()
         S.load()
+        if self._blas is None:
+            self._blas = _NumpyBlas()
+            self._blas.short_spin()
         self.set_num_threads(get_num_threads())
 
     def set_num_threads(self, n):
         if K.module is not None:
             K.set_threads(int(n))
-        if self._blas_threads is not None:
-            self._blas_threads(int(n))
+        if self._blas is not None:
+            self._blas.set_threads(n)
 
     # ---- fine ops -------------------------------------------------------------------------
     def prepare_linear(self, weight, bias=None):
