@@ -16,7 +16,7 @@ and every load through its float32 view, after them.
 This file is a build input, not a module of the package: it is never imported as plain Python.
 """
 import numpy as np
-from _kernels import _gelu1
+from _kernels import _exp_flushed, _gelu1
 
 #: Output rows per OpenMP work item of a projection.
 BLK = 32
@@ -148,8 +148,7 @@ def _self_attn(qkv, kc, vc, li, nq, offset, pad, n_head, out):
         m = np.max(s)
         tot = 0.
         for j in range(end - start):
-            dj = s[j] - m
-            e = np.exp(dj) if dj >= -50. else np.float32(0.)  # no denormal probabilities (_kernels.softmax_rows_)
+            e = _exp_flushed(s[j] - m)
             s[j] = e
             tot += e
         inv = np.float32(1. / tot)
@@ -183,8 +182,7 @@ def _cross_attn(q, ck, cv, li, gq, n_head, out):
             m = np.max(s[a])
             tot = 0.
             for j in range(nkv):
-                dj = s[a, j] - m
-                e = np.exp(dj) if dj >= -50. else np.float32(0.)  # no denormal probabilities (_kernels.softmax_rows_)
+                e = _exp_flushed(s[a, j] - m)
                 s[a, j] = e
                 tot += e
             inv = np.float32(1. / tot)
