@@ -103,9 +103,9 @@ def test_listing_the_backends_does_not_load_the_kernels():
 
 
 def test_load_makes_numpy_blas_workers_sleep_at_once():
-    """After pythran's load, NumPy's OpenBLAS restarts its workers with the shortest spin (so they do not hold a
-    core while the OpenMP kernels run between the encoder's GEMMs), libgomp spins briefly, and GEMMs on both
-    threads still give the right products."""
+    """After pythran's load, NumPy's OpenBLAS has read the shortest spin for its workers (so they do not hold a core
+    while the OpenMP kernels run between the encoder's GEMMs) and restarted them, libgomp spins briefly, and a GEMM
+    after the restart still gives the right products."""
     import os
     import subprocess
     import sys
