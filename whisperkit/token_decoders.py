@@ -32,20 +32,20 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 def top_k(x: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
     """Indices of the k largest values of each row of x (rows, n), largest first (ties: lower index first).
 
-    Exact, and cheaper than a partition of every row: the k-th largest of the maxima of whole chunks is a
-    lower bound of the row's k-th largest value (k distinct elements reach it), so only the elements at or
-    above it (few, for logits) and the ragged tail are sorted."""
+    Exact, and cheaper than a partition of every row: seen as (n // chunk, chunk), each of a row's chunk
+    columns has a maximum, a distinct element of the row, so the k-th largest of those maxima is a lower bound
+    of the row's k-th largest value; only the elements at or above it (few, for logits) are sorted.  The
+    maxima and bounds of all rows come from one call each (a max over the column axis is NumPy's vectorised
+    reduction; over the chunk axis it took 2.5 times longer)."""
     rows, n = x.shape
     out = np.empty((rows, k), np.int64)
     whole = n - n % chunk
+    if whole // chunk >= 1 and chunk >= k:
+        maxima = x[:, :whole].reshape(rows, -1, chunk).max(axis=1)  # (rows, chunk)
+        bounds = np.partition(maxima, -k, axis=1)[:, -k]
     for r in range(rows):
         row = x[r]
-        if whole // chunk >= k:
-            bound = np.partition(row[:whole].reshape(-1, chunk).max(axis=1), -k)[-k]
-            cand = np.flatnonzero(row[:whole] >= bound)
-            cand = np.concatenate([cand, np.arange(whole, n)])
-        else:
-            cand = np.arange(n)
+        cand = np.flatnonzero(row >= bounds[r]) if whole // chunk >= 1 and chunk >= k else np.arange(n)
         order = np.lexsort((cand, -row[cand]))[:k]
         out[r] = cand[order]
     return out
@@ -124,6 +124,9 @@ class BeamSearchDecoder(TokenDecoder):
         k = self.beam_size + 1
         top = top_k(shifted, k)  # the k best tokens of each row, best first
         top_logprobs = np.take_along_axis(shifted, top, axis=-1) - lse
+        # each candidate's score, a float32 sum as openai-whisper's, taken out to Python floats in one call
+        cand_scores = (np.asarray(sum_logprobs, np.float32)[:, None] + top_logprobs).tolist()
+        prefixes, top_tokens = tokens.tolist(), top.tolist()
 
         next_tokens, sources, newly_finished = [], [], []
         for i in range(n_audio):
@@ -131,10 +134,10 @@ class BeamSearchDecoder(TokenDecoder):
             source: dict[tuple, int] = {}
             for j in range(self.beam_size):
                 row = i * self.beam_size + j
-                prefix = tuple(int(t) for t in tokens[row])
-                for token, logprob in zip(top[row], top_logprobs[row]):
-                    seq = prefix + (int(token),)
-                    scores[seq] = float(np.float32(sum_logprobs[row]) + logprob)
+                prefix = tuple(prefixes[row])
+                for token, score in zip(top_tokens[row], cand_scores[row]):
+                    seq = prefix + (token,)
+                    scores[seq] = score
                     source[seq] = row
             finished: dict[tuple, float] = {}
             saved = 0
