@@ -40,12 +40,13 @@ def top_k(x: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
     rows, n = x.shape
     out = np.empty((rows, k), np.int64)
     whole = n - n % chunk
-    if whole // chunk >= 1 and chunk >= k:
+    bounded = whole >= chunk >= k  # a whole chunk, and at least k column maxima
+    if bounded:
         maxima = x[:, :whole].reshape(rows, -1, chunk).max(axis=1)  # (rows, chunk)
         bounds = np.partition(maxima, -k, axis=1)[:, -k]
     for r in range(rows):
         row = x[r]
-        cand = np.flatnonzero(row >= bounds[r]) if whole // chunk >= 1 and chunk >= k else np.arange(n)
+        cand = np.flatnonzero(row >= bounds[r]) if bounded else np.arange(n)
         order = np.lexsort((cand, -row[cand]))[:k]
         out[r] = cand[order]
     return out
