@@ -6,6 +6,7 @@ read `get_num_threads()` when they create their pools and are told of changes th
 """
 from __future__ import annotations
 
+import glob
 import os
 
 _num_threads: int | None = None
@@ -41,3 +42,14 @@ def set_num_threads(n: int) -> None:
     for info in get_registry().loaded().values():
         if info.usable and info.backend is not None:
             info.backend.set_num_threads(n)
+
+
+def numpy_openblas_paths() -> list[str]:
+    """The shared libraries of the OpenBLAS that NumPy's wheel bundles, most likely first (the backends that
+    call it directly, or set its threads, look it up here)."""
+    import numpy as np
+    root = os.path.dirname(np.__file__)
+    pats = [os.path.join(root, "..", "numpy.libs", "libscipy_openblas*.so*"),
+            os.path.join(root, ".libs", "libopenblas*.so*"),
+            os.path.join(root, "..", "numpy.libs", "libopenblas*.so*")]
+    return [path for pat in pats for path in sorted(glob.glob(pat))]

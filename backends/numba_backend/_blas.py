@@ -11,10 +11,8 @@ parallelise over their own blocks (rows, heads) with Numba's thread pool and BLA
 from __future__ import annotations
 
 import ctypes
-import glob
-import os
 
-import numpy as np
+from whisperkit.threads import numpy_openblas_paths
 
 _SGEMM_NAMES = ("scipy_cblas_sgemm64_", "cblas_sgemm64_", "cblas_sgemm")
 _LOCAL_THREADS = "openblas_set_num_threads_local"
@@ -24,20 +22,11 @@ ILP64 = True
 ERROR: str | None = None
 
 
-def _candidates():
-    root = os.path.dirname(np.__file__)
-    pats = [os.path.join(root, "..", "numpy.libs", "libscipy_openblas*.so*"),
-            os.path.join(root, ".libs", "libopenblas*.so*"),
-            os.path.join(root, "..", "numpy.libs", "libopenblas*.so*")]
-    for pat in pats:
-        yield from sorted(glob.glob(pat))
-
-
 def bind():
     """Find the library and register the symbols with LLVM; sets SGEMM or ERROR."""
     global SGEMM, ILP64, ERROR
     import llvmlite.binding as llb
-    for path in _candidates():
+    for path in numpy_openblas_paths():
         try:
             dll = ctypes.CDLL(path)
         except OSError:

@@ -19,7 +19,6 @@ step costs about what the float32 kernel costs.
 from __future__ import annotations
 
 import ctypes
-import glob
 import importlib
 import importlib.machinery
 import importlib.util
@@ -32,7 +31,7 @@ from whisperkit.backend import (Backend, check_kv_step, check_step, exact_float1
                                 weight_group)
 from whisperkit.contract import LAYER_NORM_EPS
 from whisperkit.model import padded_self_attention
-from whisperkit.threads import get_num_threads
+from whisperkit.threads import get_num_threads, numpy_openblas_paths
 
 
 class _Compiled:
@@ -99,8 +98,7 @@ class _NumpyBlas:
 
     def __init__(self):
         self.lib = None
-        libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-        for path in glob.glob(os.path.join(libs, "*openblas*")):
+        for path in numpy_openblas_paths():
             try:
                 self.lib = ctypes.CDLL(path)
             except OSError:
