@@ -119,3 +119,31 @@ def test_kv_cache_select_keeps_the_caches_c_contiguous():
     np.testing.assert_array_equal(c.k[:, :, :3], want_k[:, [1], :3])
     np.testing.assert_array_equal(c.cross_k, want_cross[:, [1]])
     assert c.k.flags.c_contiguous and c.k.shape == (2, 1, 5, 8)
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+
+def test_kv_cache_pages_appear_only_where_written():
+    """The self-attention caches of 5 beams on tiny (2 x 13 MiB) take memory only for the positions written,
+    also after a large free has raised glibc's mmap threshold (then np.zeros clears, and so touches, it all)."""
+    import os
+    from whisperkit.model import KVCache, ModelDimensions
+    if not os.path.exists("/proc/self/status"):
+        import pytest
+        pytest.skip("needs Linux's /proc to read the resident set")
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
+                           n_vocab=51864, n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4)
+    big = np.ones(40 << 18, np.float32)  # 40 MiB, freed: glibc's mmap threshold rises to its size
+    del big
+    before = _rss_kib()
+    cache = KVCache(dims, batch=5, group=5)
+    cache.k[:, :, :20] = 1.0  # 20 decoded positions of every row and layer
+    cache.v[:, :, :20] = 1.0
+    grown = _rss_kib() - before
+    full = (cache.k.nbytes + cache.v.nbytes) // 1024
+    assert full > 26_000 and grown < full // 4, f"cache of {full} KiB made the process grow by {grown} KiB"
+    assert cache.k.flags.c_contiguous and cache.k.flags.writeable and cache.k.dtype == np.float32
+    assert not cache.k[:, :, 20:].any()
