@@ -121,12 +121,30 @@ def release_code_pages(library: str) -> int:
     bytes of the mappings released.  LLVM's initialisation touches ~68 MB of libllvmlite's code and constants, which
     stay resident although no kernel needs LLVM once loaded (a cold `whisperkit transcribe` peaked at ~356 MiB, of
     which these were 68).  The pages stay in the page cache: a later compile (a new signature) faults back what it
-    uses.  Only mappings no byte of which was written (smaps "Anonymous: 0", so no relocated page) are released,
-    since MADV_DONTNEED on a written private page would bring back the file's unrelocated bytes."""
+    uses."""
     import ctypes
+    spans = _code_spans(library)
+    if not spans:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    released = 0
+    for lo, hi in spans:
+        if libc.madvise(lo, hi - lo, 4) == 0:  # 4: MADV_DONTNEED
+            released += hi - lo
+    return released
+
+
+def _code_spans(library: str) -> tuple[tuple[int, int], ...]:
+    """(start, end) of `library`'s read-only file mappings no byte of which was written (smaps "Anonymous: 0", so no
+    relocated page: MADV_DONTNEED on a written private page would bring back the file's unrelocated bytes).  Read
+    once (~5 ms of parsing smaps) after the library is loaded: its mappings do not change.  Empty without /proc
+    (not Linux) or before the library is loaded."""
     import re
+    if library in _SPANS:
+        return _SPANS[library]
+    spans, cur = [], None
     try:
-        spans, cur = [], None
         with open("/proc/self/smaps") as f:
             for line in f:
                 if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
@@ -138,15 +156,15 @@ def release_code_pages(library: str) -> int:
                         spans.append(cur)
                 elif cur is not None and line.startswith("Anonymous:"):
                     cur[2] = int(line.split()[1])
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    except (OSError, AttributeError, ValueError):  # no /proc (not Linux), no madvise
-        return 0
-    released = 0
-    for lo, hi, anon in spans:
-        if anon == 0 and libc.madvise(lo, hi - lo, 4) == 0:  # 4: MADV_DONTNEED
-            released += hi - lo
-    return released
+    except OSError:
+        return ()
+    found = tuple((lo, hi) for lo, hi, anon in spans if anon == 0)
+    if found:
+        _SPANS[library] = found
+    return found
+
+
+_SPANS: dict[str, tuple[tuple[int, int], ...]] = {}
 
 
 def _open_int8_overload(op, w) -> None:
@@ -297,10 +315,13 @@ class NumbaBackend(AttentionPair, Backend):
         if _IMPORT_ERROR is not None:
             raise ImportError(_IMPORT_ERROR)
         _numba()
+        # LLVM's pages are dropped after each stage, not once at the end: the stages touch different ones, and
+        # together they were the peak of a cold command (release_code_pages)
+        release_code_pages("libllvmlite")
         for kernel, sig in _hot_signatures():
             kernel.compile(sig)  # from the on-disk cache (compiled once, on the first run after install)
+            release_code_pages("libllvmlite")
         _warm_up()
-        release_code_pages("libllvmlite")
 
     def supports_compute(self, op, compute_type, **args):
         if compute_type == "float32":
