@@ -63,6 +63,26 @@ def test_log_mel_matches_golden_jfk():
     assert np.abs(mel - golden).max() <= 1e-4
 
 
+def test_log_mel_blocks_match_one_transform_and_bound_memory(monkeypatch):
+    """The STFT runs by blocks of frames: the same bits as one transform of all frames, and a 30 s window's
+    temporaries stay small (the whole float64 transform peaked at ~33 MiB)."""
+    import tracemalloc
+    import whisperkit.audio as A
+    audio = load_audio(AUDIO / "jfk_16k.wav")
+    blocked = log_mel_spectrogram(audio, padding=N_SAMPLES)
+    monkeypatch.setattr(A, "_STFT_BLOCK", 1 << 30)  # one block: the transform of every frame at once
+    whole = log_mel_spectrogram(audio, padding=N_SAMPLES)
+    monkeypatch.undo()
+    assert blocked.shape == whole.shape and np.array_equal(blocked.view(np.uint32), whole.view(np.uint32))
+    tracemalloc.start()
+    try:
+        log_mel_spectrogram(audio, padding=N_SAMPLES)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 << 20, f"log_mel_spectrogram of {audio.size / 16000 + 30:.0f} s peaked at {peak >> 20} MiB"
+
+
 def test_log_mel_accepts_path_and_frame_count():
     path = AUDIO / "jfk_16k.wav"
     from_path = log_mel_spectrogram(path)
