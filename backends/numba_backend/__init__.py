@@ -94,10 +94,12 @@ def _vnni() -> bool:
 
 
 def _hot_signatures():
-    """(kernel, signature) of every kernel a transcription on a float16 checkpoint calls, with the types
-    it calls them with.  `load` opens these overloads at once: the first one pays Numba's one-time set-up
-    (about 0.2 s), and `Whisper` runs `load` on a thread while it reads the weights.  A signature missing
-    here is only opened later, at its first call (tests/test_numba_backend.py checks the list)."""
+    """(kernel, signature) of every float32 kernel a transcription on a float16 checkpoint calls, with the types
+    it calls them with.  `load` opens those every compute type calls at once: the first one pays Numba's one-time
+    set-up (about 0.2 s), and `Whisper` runs `load` on a thread while it reads the weights.  The float32 layers'
+    kernels (`_OPENED_AT_PREPARE`) open when a float32 model prepares them: an int8 model never calls them, and
+    each holds ~2-8 MiB once open.  A signature missing here is only opened later, at its first call
+    (tests/test_numba_backend.py checks the list)."""
     from numba import types as t
     K, S = _kern(), _step_kernels()
     f = [None] + [t.Array(t.float32, nd, "C") for nd in (1, 2, 3, 4)]
@@ -114,6 +116,21 @@ def _hot_signatures():
         (S.decoder_step_kernel, (f[2], i, i, f[4], f[4], f[4], f[4], i, t.Array(t.int64, 1, "C")) + layer
          + (f[1], f[1], h[2], f[1], t.Array(t.int64, 1, "C"), f[2], i)),
     ]
+
+
+#: op -> the float32 kernel of `_hot_signatures` that op's float32 prepare opens (`_open_float32_overload`)
+_OPENED_AT_PREPARE = {"encoder_layer": "encoder_layer_kernel", "decoder_step": "decoder_step_kernel"}
+
+
+def _open_float32_overload(op: str) -> None:
+    """The hot float32 kernel of `op` (`_OPENED_AT_PREPARE`), opened from the on-disk cache; LLVM's pages are
+    released again when it was not open yet."""
+    for kernel, sig in _hot_signatures():
+        if kernel.py_func.__name__ == _OPENED_AT_PREPARE[op]:
+            before = len(kernel.overloads)
+            kernel.compile(sig)
+            if len(kernel.overloads) > before:
+                release_code_pages("libllvmlite")
 
 
 def release_code_pages(library: str) -> int:
@@ -169,8 +186,8 @@ _SPANS: dict[str, tuple[tuple[int, int], ...]] = {}
 
 def _open_int8_overload(op, w) -> None:
     """The int8 kernel a transcription calls for `op`, opened now (from the on-disk cache) with the types of its call,
-    rather than in the first transcription; LLVM's code pages are then released again (`load` did it for the float32
-    kernels of `_hot_signatures`, which does not know the compute type).  Ops a transcription does not call (the
+    rather than in the first transcription; LLVM's code pages are then released again (as `_open_float32_overload`
+    does for the float32 layers).  Ops a transcription does not call (the
     int8 decoder_layer and mlp_block of word timing and tests) open at their first call."""
     K = _int8_kernels()
     f2, f4, i64 = np.empty((1, 1), _F32), np.empty((1, 1, 1, 1), _F32), np.empty(1, np.int64)
@@ -319,8 +336,9 @@ class NumbaBackend(AttentionPair, Backend):
         # together they were the peak of a cold command (release_code_pages)
         release_code_pages("libllvmlite")
         for kernel, sig in _hot_signatures():
-            kernel.compile(sig)  # from the on-disk cache (compiled once, on the first run after install)
-            release_code_pages("libllvmlite")
+            if kernel.py_func.__name__ not in _OPENED_AT_PREPARE.values():
+                kernel.compile(sig)  # from the on-disk cache (compiled once, on the first run after install)
+                release_code_pages("libllvmlite")
         _warm_up()
 
     def supports_compute(self, op, compute_type, **args):
@@ -463,6 +481,7 @@ class NumbaBackend(AttentionPair, Backend):
         return _int8_group(weight_group("encoder_layer", weights))
 
     def prepare_encoder_layer(self, **weights):
+        _open_float32_overload("encoder_layer")
         return f32c_group(weight_group("encoder_layer", weights))
 
     def encoder_layer(self, x, w):
@@ -534,6 +553,7 @@ class NumbaBackend(AttentionPair, Backend):
 
 
     def prepare_decoder_step(self, layers, ln_weight, ln_bias, logits_weight):
+        _open_float32_overload("decoder_step")
         g = weight_group("decoder_step", dict(layers=layers, ln_weight=ln_weight, ln_bias=ln_bias,
                                               logits_weight=logits_weight))
 
