@@ -444,7 +444,8 @@ def _periodic_hann(n: int) -> np.ndarray:
 def _power_spectrum(audio: np.ndarray, n_fft: int = N_FFT, hop: int = HOP_LENGTH) -> np.ndarray:
     """|STFT|^2 with a periodic Hann window, centred with reflect padding, last frame dropped.
     Returns (1 + n_fft // 2, n_frames) float64."""
-    x = np.asarray(audio, dtype=np.float64)
+    x = np.asarray(audio)
+    x = x if x.dtype == np.float32 else x.astype(np.float64)  # float32 samples are widened block by block, below
     half = n_fft // 2
     if x.size <= half:
         # reflect padding needs more than n_fft//2 samples; zero-extend like a silent tail
@@ -460,7 +461,7 @@ def _power_spectrum(audio: np.ndarray, n_fft: int = N_FFT, hop: int = HOP_LENGTH
     power = np.empty((n_frames - 1, n_fft // 2 + 1))  # openai drops the last frame
     for a in range(0, n_frames - 1, _STFT_BLOCK):
         b = min(a + _STFT_BLOCK, n_frames - 1)
-        spec = np.fft.rfft(frames[a:b] * window, axis=-1)
+        spec = np.fft.rfft(frames[a:b].astype(np.float64) * window, axis=-1)
         np.add(spec.real**2, spec.imag**2, out=power[a:b])
     return power.T
 
@@ -480,10 +481,11 @@ def log_mel_spectrogram(
         samples = np.pad(samples, (0, int(padding)))
     power = _power_spectrum(samples)
     filters = mel_filters(n_mels).astype(np.float64)
-    mel = filters @ power
-    log_spec = np.log10(np.maximum(mel, 1e-10))
-    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    log_spec = (log_spec + 4.0) / 4.0
+    log_spec = filters @ power  # mel power, float64; the steps below in place
+    np.log10(np.maximum(log_spec, 1e-10, out=log_spec), out=log_spec)
+    np.maximum(log_spec, log_spec.max() - 8.0, out=log_spec)
+    log_spec += 4.0
+    log_spec /= 4.0
     return log_spec.astype(np.float32)
 
 
