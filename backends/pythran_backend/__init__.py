@@ -29,7 +29,7 @@ import numpy as np
 
 from whisperkit.backend import (Backend, check_kv_step, check_step, exact_float16, f32c, hookimpl, map_group, rows_f32,
                                 weight_group)
-from whisperkit.contract import LAYER_NORM_EPS
+from whisperkit.contract import INT8_OPS, LAYER_NORM_EPS, int8_block, quantize_int8
 from whisperkit.model import padded_self_attention
 from whisperkit.threads import get_num_threads, numpy_openblas_paths
 
@@ -91,6 +91,11 @@ BLOCK_ROWS = 512
 #: decoder_step runs the whole-step kernel (GEMV-style projections) up to this many rows (batch * n_q);
 #: above (long prompts), layer by layer with the GEMMs on NumPy's BLAS, whose sgemm is slow for few rows.
 STEP_ROWS_MAX = 64
+#: An int8 linear of up to this many rows runs the int8 kernel (`_step.linear8`: exact int32 block sums); above
+#: (the encoder, prompts, cross K/V), one float32 GEMM on NumPy's BLAS of the activations quantized and
+#: dequantized (`_kernels.int8_rows_dequant`) and the weight dequantized for that call: the same values up to
+#: float32 rounding in the sums, which conformance's int8 tolerances allow, at BLAS speed.
+INT8_ROWS_KERNEL_MAX = 64
 
 
 class _NumpyBlas:
@@ -154,8 +159,22 @@ def _exponent0_patches(stacks):
     return rps, np.concatenate(cols), np.concatenate(vals)
 
 
+def _mm(x2, lin):
+    """x2 (rows, n_in) @ the linear's matrix transposed, without the bias: float32 (`wt`, as prepared), or in int8
+    (the contract's scheme; `INT8_ROWS_KERNEL_MAX`)."""
+    if lin.wt is not None:
+        return x2 @ lin.wt
+    if x2.shape[0] <= INT8_ROWS_KERNEL_MAX:
+        return S.linear8(f32c(x2), lin.q[None], lin.scale[None], lin.zero[None])
+    wd = lin.q.astype(np.float32)  # (n_out, n_in), dequantized for this call only: the int8 stays the one copy
+    wd *= lin.scale[:, None]
+    return K.int8_rows_dequant(x2, lin.block) @ wd.T
+
+
 class PythranBackend(Backend):
     name = "pythran"
+    #: int8: every op of contract.INT8_OPS, at any width (module doc of _step)
+    compute_types = ("float32", "int8")
     shared_cross_kv = True  # decoder_layer takes one cross K/V row per audio (the contract)
     padded_steps = True  # decoder_step takes left-padded rows (the contract's `pad`)
     description = "Pythran kernels compiled at install (OpenMP) + NumPy's BLAS for the GEMMs"
@@ -197,8 +216,25 @@ class PythranBackend(Backend):
         return SimpleNamespace(wt=np.ascontiguousarray(weight.T), n_out=weight.shape[0], n_in=weight.shape[1],
                                bias=None if bias is None else f32c(bias))
 
+    def prepare_linear_int8(self, weight, bias=None):
+        """The contract's int8 weight (`quantize_int8`), held once, as int8."""
+        weight = np.asarray(weight, np.float32)
+        if weight.ndim != 2:
+            raise ValueError(f"linear weight must be (n_out, n_in), got shape {weight.shape}")
+        q, scale = quantize_int8(weight)
+        return SimpleNamespace(wt=None, q=np.ascontiguousarray(q), scale=scale, zero=np.zeros(q.shape[0], np.float32), block=int8_block(q.shape[1]),
+                               n_out=q.shape[0], n_in=q.shape[1], bias=None if bias is None else f32c(bias))
+
+    def supports_compute(self, op, compute_type, **args):
+        return compute_type == "float32" or (compute_type == "int8" and op in INT8_OPS)
+
+    def prepare(self, op, weights, ops):
+        if ops.compute_type == "int8" and op in INT8_OPS:
+            return getattr(self, f"prepare_{op}_int8")(**weights)
+        return super().prepare(op, weights, ops)
+
     def _linear2d(self, x2, w):
-        y = x2 @ w.wt
+        y = _mm(x2, w)
         if w.bias is not None:
             K.bias_(y, w.bias)
         return y
@@ -273,12 +309,24 @@ class PythranBackend(Backend):
     def _prepare_group(self, group):
         return map_group(group, self.prepare_layer_norm, self.prepare_linear)
 
+    def _prepare_group8(self, group):
+        return map_group(group, self.prepare_layer_norm, self.prepare_linear_int8)
+
+    def prepare_mlp_block_int8(self, **weights):
+        return self._prepare_group8(weight_group("mlp_block", weights))
+
+    def prepare_encoder_layer_int8(self, **weights):
+        return self._prepare_group8(weight_group("encoder_layer", weights))
+
+    def prepare_decoder_layer_int8(self, **weights):
+        return self._prepare_group8(weight_group("decoder_layer", weights))
+
     def _mlp2d(self, x2, w):
         """x2 + fc2(gelu(fc1(ln(x2)))) for C-contiguous (rows, n_state) x2; a new array."""
         h = K.layer_norm(x2, w.ln.weight, w.ln.bias, np.float32(LAYER_NORM_EPS))
-        a = h @ w.fc1.wt
+        a = _mm(h, w.fc1)
         K.bias_gelu_(a, w.fc1.bias)
-        y = a @ w.fc2.wt
+        y = _mm(a, w.fc2)
         K.bias_residual_(y, w.fc2.bias, x2)
         return y
 
@@ -300,7 +348,7 @@ class PythranBackend(Backend):
         x2 = rows_f32(x)
         qkv = self._self_qkv(x2, w).reshape(b, n, 3 * d)
         a = self.attention(qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:], w.n_head)
-        y = rows_f32(a) @ w.out.wt
+        y = _mm(rows_f32(a), w.out)
         K.bias_residual_(y, w.out.bias, x2)
         return self._mlp2d(y, w.mlp).reshape(b, n, d)
 
@@ -316,12 +364,12 @@ class PythranBackend(Backend):
             a = self.attention(qkv[..., :d], k_cache[:, :end], v_cache[:, :end], w.n_head, causal=True, offset=offset)
         else:
             a = padded_self_attention(self.attention, qkv[..., :d], k_cache, v_cache, w.n_head, offset, pad)
-        y = rows_f32(a) @ w.out.wt
+        y = _mm(rows_f32(a), w.out)
         K.bias_residual_(y, w.out.bias, x2)
         h = K.layer_norm(y, w.cross_ln.weight, w.cross_ln.bias, np.float32(LAYER_NORM_EPS))
         cq = self._linear2d(h, w.cross_q).reshape(cross_k.shape[0], -1, d)  # an audio's rows share its cross K/V
         a = self.attention(cq, cross_k, cross_v, w.n_head)
-        y2 = rows_f32(a) @ w.cross_out.wt
+        y2 = _mm(rows_f32(a), w.cross_out)
         K.bias_residual_(y2, w.cross_out.bias, y)
         return self._mlp2d(y2, w.mlp).reshape(b, n, d)
 
@@ -363,6 +411,39 @@ class PythranBackend(Backend):
         return SimpleNamespace(n_head=g.layers[0].n_head, fine=fine, arrays=arrays, fp16=fp16,
                                kernel=S.step16 if fp16 else S.step32, logits=S.logits16 if fp16 else S.logits32,
                                logits_args=logits_args)
+
+    def prepare_decoder_step_int8(self, layers, ln_weight, ln_bias, logits_weight):
+        """The layers in the contract's int8: the step kernel's int8 stacks (n_layer, n_out, n_in) per kind, and the
+        layers of prompts (`fine`) as views of them, so each int8 matrix is held once.  The logits float32 (the
+        contract), as float16 bits when float16 holds them exactly."""
+        g = weight_group("decoder_step", dict(layers=layers, ln_weight=ln_weight, ln_bias=ln_bias,
+                                              logits_weight=logits_weight))
+        fine = [self._prepare_group8(layer) for layer in g.layers]
+        kinds = [lambda l: l.qkv, lambda l: l.out, lambda l: l.cross_q, lambda l: l.cross_out,
+                 lambda l: l.mlp.fc1, lambda l: l.mlp.fc2]
+        stacks, scales, biases = [], [], []
+        for get in kinds:
+            lins = [get(layer) for layer in fine]
+            stack = np.stack([lin.q for lin in lins])
+            for i, lin in enumerate(lins):
+                lin.q = stack[i]  # a view: the one copy
+            stacks.append(stack)
+            scales.append(np.stack([lin.scale for lin in lins]))
+            biases.append(np.stack([f32c(get(layer).bias) for layer in g.layers]))
+        half = exact_float16(logits_weight)
+        logits = half.view(np.uint16) if half is not None else f32c(logits_weight)
+        if half is not None:
+            rps, pc, pv = _exponent0_patches([logits[None]])
+        else:
+            rps, pc, pv = [np.zeros((1, 1), np.int32)], np.zeros(0, np.int32), np.zeros(0, np.uint32)
+        rps = [np.zeros((1, 1), np.int32)] * len(kinds) + rps  # _mv8 reads no patches; the logits' last
+        lnw = np.stack([f32c(n.weight) for l in g.layers for n in (l.attn_ln, l.cross_ln, l.mlp.ln)])
+        lnb = np.stack([f32c(n.bias) for l in g.layers for n in (l.attn_ln, l.cross_ln, l.mlp.ln)])
+        final = (f32c(g.ln.weight)[None], f32c(g.ln.bias)[None], logits[None], np.zeros((1, logits.shape[0]), np.float32))
+        arrays = (lnw, lnb, *[a for pair in zip(stacks, biases) for a in pair], *final, rps, pc, pv, scales)
+        return SimpleNamespace(n_head=g.layers[0].n_head, fine=fine, arrays=arrays, fp16=half is not None,
+                               kernel=S.step8 if half is not None else S.step8f,
+                               logits=S.logits16 if half is not None else S.logits32, logits_args=(*final, rps[-1], pc, pv))
 
     def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None):
         x = np.asarray(x)

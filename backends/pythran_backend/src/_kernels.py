@@ -177,3 +177,25 @@ def im2col(x, k, stride, padding, t_out):
             src = o * stride + tap - padding
             cols[bi, c * k + tap, o] = x[bi, c, src] if 0 <= src < t else np.float32(0.)
     return cols
+
+
+#pythran export int8_rows_dequant(float32[:,:], int)
+def int8_rows_dequant(x, bs):
+    """The contract's int8 activations (quantize_rows_int8, blocks of bs inputs) of the rows of x, returned
+    dequantized, x8 * scale in float32: the int8 linear of many rows is then one float32 GEMM on NumPy's BLAS."""
+    nr, n = x.shape
+    y = np.empty((nr, n), np.float32)
+    #omp parallel for schedule(static)
+    for i in range(nr):
+        for q in range(n // bs):
+            m = np.float32(0.)
+            for k in range(q * bs, q * bs + bs):
+                m = max(m, abs(x[i, k]))
+            # the divisions in double, rounded to float32: the float32 quotients the contract takes (-ffast-math
+            # would multiply by a float32 reciprocal, whose last bit moves values across rounding ties)
+            sc = np.float32(float(m) / 127.) if m > np.float32(0.) else np.float32(1.)
+            inv = 1. / float(sc)
+            for k in range(q * bs, q * bs + bs):
+                v = np.rint(np.float32(float(x[i, k]) * inv))
+                y[i, k] = min(max(v, np.float32(-127.)), np.float32(127.)) * sc
+    return y

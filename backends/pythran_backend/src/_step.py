@@ -13,6 +13,10 @@ reinterpreted as float32 (ndarray.view), exact for normal values; the few zeros 
 patched in from a side list made at prepare.  Every store into the buffer is through its uint32 view
 and every load through its float32 view, after them.
 
+int8 (the contract's compute type): the layers' matrices are int8 with one float32 scale per output channel,
+and `_mv8` quantizes the rows of x per block of inputs as `contract.quantize_rows_int8` does; each block's dot
+product is an exact int32 sum.  The logits stay float32 (float16 bits), as the contract says.
+
 This file is a build input, not a module of the package: it is never imported as plain Python.
 """
 import numpy as np
@@ -25,9 +29,9 @@ BLK = 32
 # In the loops below, arrays are indexed in place: a view (w[li, o], x[i]) or an array passed to a
 # function costs two atomic reference-count updates, which per weight row would cost more than the row.
 
-def _mv32(w, b, li, x, y, rp, pc, pv):
+def _mv32(w, b, s, li, x, y, rp, pc, pv):
     """y = x @ w[li].T + b[li] for few rows x (R, n); w (n_layer, n_out, n) float32: each weight row is
-    read once, for all R rows of x (four at a time).  rp, pc, pv: unused (see _mv16)."""
+    read once, for all R rows of x (four at a time).  s, rp, pc, pv: unused (see _mv8, _mv16)."""
     nr, n = x.shape
     n_out = w.shape[1]
     n4 = nr - nr % 4
@@ -57,7 +61,7 @@ def _mv32(w, b, li, x, y, rp, pc, pv):
                 y[i, o] = s + bo
 
 
-def _mv16(w, b, li, x, y, rp, pc, pv):
+def _mv16(w, b, s, li, x, y, rp, pc, pv):
     """_mv32 on float16 bits w (uint16), each row widened exactly into a per-thread float32 buffer.
 
     The widening is the bit shuffle that is exact for normal float16 values (exponent rebias 15 -> 127,
@@ -98,6 +102,61 @@ def _mv16(w, b, li, x, y, rp, pc, pv):
                 for k in range(n):
                     s += x[i, k] * buf[k]
                 y[i, o] = s + bo
+
+
+def _quant_rows(x, bs):
+    """The contract's int8 activations (quantize_rows_int8) of the rows x (R, n): int8 (R, n) and the
+    scales (R, n // bs) of its blocks of bs inputs."""
+    nr, n = x.shape
+    nb = n // bs
+    x8 = np.empty((nr, n), np.int8)
+    xs = np.empty((nr, nb), np.float32)
+    for i in range(nr):
+        for q in range(nb):
+            m = np.float32(0.)
+            for k in range(q * bs, q * bs + bs):
+                m = max(m, abs(x[i, k]))
+            # the divisions in double, rounded to float32: the float32 quotients the contract takes (-ffast-math
+            # would multiply by a float32 reciprocal, whose last bit moves values across rounding ties)
+            sc = np.float32(float(m) / 127.) if m > np.float32(0.) else np.float32(1.)
+            inv = 1. / float(sc)
+            xs[i, q] = sc
+            for k in range(q * bs, q * bs + bs):
+                v = np.rint(np.float32(float(x[i, k]) * inv))
+                x8[i, k] = np.int8(min(max(v, np.float32(-127.)), np.float32(127.)))
+    return x8, xs
+
+
+def _int8_block(n):
+    """contract.int8_block: the largest of 128, 64, 32, 16 dividing n, else n."""
+    for bs in (128, 64, 32, 16):
+        if n % bs == 0:
+            return bs
+    return n
+
+
+def _mv8(w, b, s, li, x, y, rp, pc, pv):
+    """y = linear(x) in the contract's int8 for few rows x (R, n): w (n_layer, n_out, n) int8, s (n_layer, n_out)
+    its scales.  Per row and output: the blocks' exact int32 dot products, each times the row's block scale,
+    summed in float32, then times s[li, o], plus b[li, o].  rp, pc, pv: unused."""
+    nr, n = x.shape
+    n_out = w.shape[1]
+    bs = _int8_block(n)
+    nb = n // bs
+    x8, xs = _quant_rows(x, bs)
+    #omp parallel for schedule(static)
+    for blk in range((n_out + BLK - 1) // BLK):
+        for o in range(blk * BLK, min(n_out, blk * BLK + BLK)):
+            so = s[li, o]
+            bo = b[li, o]
+            for i in range(nr):
+                acc = np.float32(0.)
+                for q in range(nb):
+                    t = np.int32(0)
+                    for k in range(q * bs, q * bs + bs):
+                        t += np.int32(x8[i, k]) * np.int32(w[li, o, k])
+                    acc += np.float32(t) * xs[i, q]
+                y[i, o] = acc * so + bo
 
 
 def _ln(x, w, b, li, y):
@@ -198,8 +257,10 @@ def _cross_attn(q, ck, cv, li, gq, n_head, out):
         out[r0:r0 + gq, c0:c0 + dh] = o
 
 
-def _step(mv, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
-          wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv):
+def _step(mv, mvl, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+          wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, scs, kc, vc, ck, cv):
+    """The layers' projections through mv, the logits through mvl; scs: the int8 scales of the six kinds of
+    matrices (_mv8), unused by the float kernels."""
     nr, d = x.shape
     h = x.copy()  # the residual stream
     t = np.empty((nr, d), np.float32)
@@ -208,35 +269,35 @@ def _step(mv, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout
     f1 = np.empty((nr, wfc1.shape[1]), np.float32)
     for li in range(wqkv.shape[0]):
         _ln(h, lnw, lnb, 3 * li, t)
-        mv(wqkv, bqkv, li, t, qkv, rps[0], pc, pv)
+        mv(wqkv, bqkv, scs[0], li, t, qkv, rps[0], pc, pv)
         _self_attn(qkv, kc, vc, li, nq, offset, pad, n_head, a)
-        mv(wout, bout, li, a, t, rps[1], pc, pv)
+        mv(wout, bout, scs[1], li, a, t, rps[1], pc, pv)
         _add(h, t)
         _ln(h, lnw, lnb, 3 * li + 1, t)
-        mv(wcq, bcq, li, t, a, rps[2], pc, pv)
+        mv(wcq, bcq, scs[2], li, t, a, rps[2], pc, pv)
         _cross_attn(a, ck, cv, li, group * nq, n_head, t)
-        mv(wco, bco, li, t, a, rps[3], pc, pv)
+        mv(wco, bco, scs[3], li, t, a, rps[3], pc, pv)
         _add(h, a)
         _ln(h, lnw, lnb, 3 * li + 2, t)
-        mv(wfc1, bfc1, li, t, f1, rps[4], pc, pv)
+        mv(wfc1, bfc1, scs[4], li, t, f1, rps[4], pc, pv)
         for i in range(nr):
             for j in range(f1.shape[1]):
                 f1[i, j] = _gelu1(f1[i, j])
-        mv(wfc2, bfc2, li, f1, t, rps[5], pc, pv)
+        mv(wfc2, bfc2, scs[5], li, f1, t, rps[5], pc, pv)
         _add(h, t)
     n_pos = pos.shape[0]
     sel = np.empty((nr // nq * n_pos, d), np.float32)
     for r in range(nr // nq * n_pos):
         for j in range(d):
             sel[r, j] = h[r // n_pos * nq + pos[r % n_pos], j]
-    return _logits(mv, sel, lnfw, lnfb, wlog, blog, rps[6], pc, pv)
+    return _logits(mvl, sel, lnfw, lnfb, wlog, blog, rps[6], pc, pv)
 
 
 def _logits(mv, x, lnfw, lnfb, wlog, blog, rp, pc, pv):
     hs = np.empty_like(x)
     _ln(x, lnfw, lnfb, 0, hs)
     logits = np.empty((x.shape[0], wlog.shape[1]), np.float32)
-    mv(wlog, blog, 0, hs, logits, rp, pc, pv)
+    mv(wlog, blog, blog, 0, hs, logits, rp, pc, pv)
     return logits
 
 
@@ -252,8 +313,8 @@ def step32(x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, b
     (attention, cross-attention, MLP of each layer), the final LayerNorm's (1, d), the logits' weight
     (1, n_vocab, d) and zero bias (1, n_vocab); rps, pc, pv: unused here (see _mv16).  Returns logits
     (batch * len(pos), n_vocab)."""
-    return _step(_mv32, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
-                 wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv)
+    return _step(_mv32, _mv32, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq,
+                 wco, bco, wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, [bqkv] * 6, kc, vc, ck, cv)
 
 
 #pythran export step16(float32[:,:] order(C), int, int, int, int[:], int, int[:], float32[:,:] order(C), float32[:,:] order(C),
@@ -264,8 +325,8 @@ def step16(x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, b
            wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv):
     """step32 on matrices stored as float16 bits (uint16), widened exactly in the kernels; rps: the patch
     row pointers of _mv16 for each matrix (qkv, out, cross_q, cross_out, fc1, fc2, logits), (n_layer, n_out + 1)."""
-    return _step(_mv16, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
-                 wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv)
+    return _step(_mv16, _mv16, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq,
+                 wco, bco, wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, [bqkv] * 6, kc, vc, ck, cv)
 
 
 #pythran export logits32(float32[:,:] order(C), float32[:,:] order(C), float32[:,:] order(C), float32[:,:,:],
@@ -280,3 +341,34 @@ def logits32(x, lnfw, lnfb, wlog, blog, rp, pc, pv):
 def logits16(x, lnfw, lnfb, wlog, blog, rp, pc, pv):
     """The end of step16 alone."""
     return _logits(_mv16, x, lnfw, lnfb, wlog, blog, rp, pc, pv)
+
+
+#pythran export step8(float32[:,:] order(C), int, int, int, int[:], int, int[:], float32[:,:] order(C), float32[:,:] order(C),
+#       int8[:,:,:], float32[:,:] order(C), int8[:,:,:], float32[:,:] order(C), int8[:,:,:], float32[:,:] order(C), int8[:,:,:], float32[:,:] order(C), int8[:,:,:], float32[:,:] order(C), int8[:,:,:], float32[:,:] order(C),
+#       float32[:,:] order(C), float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C),
+#       int32[:,:] list, int32[:], uint32[:], float32[:,:] list, float32[:,:,:,:], float32[:,:,:,:], float32[:,:,:,:], float32[:,:,:,:])
+def step8(x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+          wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, scs, kc, vc, ck, cv):
+    """step16 with the layers' matrices in the contract's int8 (int8 stacks, scs their scales (n_layer, n_out)
+    per kind); the logits' weight as float16 bits, widened exactly (rps[6], pc, pv as in step16)."""
+    return _step(_mv8, _mv16, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco,
+                 bco, wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, scs, kc, vc, ck, cv)
+
+
+#pythran export step8f(float32[:,:] order(C), int, int, int, int[:], int, int[:], float32[:,:] order(C), float32[:,:] order(C),
+#       int8[:,:,:], float32[:,:] order(C), int8[:,:,:], float32[:,:] order(C), int8[:,:,:], float32[:,:] order(C), int8[:,:,:], float32[:,:] order(C), int8[:,:,:], float32[:,:] order(C), int8[:,:,:], float32[:,:] order(C),
+#       float32[:,:] order(C), float32[:,:] order(C), float32[:,:,:], float32[:,:] order(C),
+#       int32[:,:] list, int32[:], uint32[:], float32[:,:] list, float32[:,:,:,:], float32[:,:,:,:], float32[:,:,:,:], float32[:,:,:,:])
+def step8f(x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+           wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, scs, kc, vc, ck, cv):
+    """step8 with a float32 logits weight (a checkpoint float16 cannot hold)."""
+    return _step(_mv8, _mv32, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco,
+                 bco, wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, scs, kc, vc, ck, cv)
+
+
+#pythran export linear8(float32[:,:] order(C), int8[:,:,:], float32[:,:] order(C), float32[:,:] order(C))
+def linear8(x, w, s, b):
+    """The contract's int8 linear of few rows x (R, n): w (1, n_out, n) int8, s (1, n_out) its scales, b (1, n_out)."""
+    y = np.empty((x.shape[0], w.shape[1]), np.float32)
+    _mv8(w, b, s, 0, x, y, np.zeros((1, 1), np.int32), np.zeros(0, np.int32), np.zeros(0, np.uint32))
+    return y
