@@ -137,6 +137,9 @@ class _NumpyBlas:
         shutdown()  # the next threaded call starts the workers again, with the new timeout
 
 
+_PATCH_SEGMENT = 1 << 20  # elements per segment of _exponent0_patches' search
+
+
 def _exponent0_patches(stacks):
     """The side list of the step kernel's float16 widening: for each (n_layer, n_out, n_in) stack of
     float16 bits, the row pointers (n_layer, n_out + 1) into one list of (column, float32 bits) of the
@@ -145,8 +148,10 @@ def _exponent0_patches(stacks):
     for h in stacks:
         flat = h.reshape(-1)
         # the few exponent-0 elements, found in one pass over the bits (a flat index, then row and column:
-        # an N-d nonzero and a per-row count over the whole mask took most of a cold start's prepare)
-        where = np.flatnonzero((flat & np.uint16(0x7C00)) == 0)
+        # an N-d nonzero and a per-row count over the whole mask took most of a cold start's prepare), by
+        # segments: the masks of the whole logits weight at once were 60 MB, the peak of a cold int8 command
+        where = np.concatenate([a + np.flatnonzero((flat[a:a + _PATCH_SEGMENT] & np.uint16(0x7C00)) == 0)
+                                for a in range(0, flat.size, _PATCH_SEGMENT)] or [np.zeros(0, np.int64)])
         row, col = np.divmod(where, h.shape[-1])
         counts = np.bincount(row, minlength=h.shape[0] * h.shape[1]).reshape(h.shape[:2])  # (n_layer, n_out)
         ends = base + np.cumsum(counts.ravel()).reshape(counts.shape)
