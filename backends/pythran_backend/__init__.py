@@ -15,6 +15,15 @@ widens them exactly with integer vector code (a bit shuffle, plus a side list fo
 bit-identical to the float32 kernel.  That widening costs about 1 vector instruction per weight where
 vcvtph2ps costs 1/16, so it only pays where memory, not the core, is the limit (beam steps); a greedy
 step costs about what the float32 kernel costs.
+
+int8 (`compute_type="int8"`, every op of contract.INT8_OPS): the matrices are quantized at prepare as the contract
+says and held only in int8.  A decoding step runs ``_step.step8``: the layers' GEMVs multiply int8 by int8 into exact
+int32 block sums (GCC vectorises the loops; Pythran gives no access to VNNI's vpdpbusd), and the logits stay float32
+as float16 bits.  Linears of many rows (the encoder, cross K/V, prompts) quantize and dequantize their activations
+(``_kernels.int8_rows_dequant``) and run one float32 GEMM on NumPy's BLAS against the weight dequantized for that
+call: int8's values, at BLAS speed, without a float32 copy of the weights.  Its float32 sums round differently from
+the reference's exact integer blocks, which conformance's int8 tolerances allow.  The point of pythran's int8 is
+memory: no JIT runtime, one int8 copy of the weights (docs/bench-results.md).
 """
 from __future__ import annotations
 
