@@ -182,7 +182,7 @@ def _mm(x2, lin):
         return S.linear8(f32c(x2), lin.q[None], lin.scale[None], lin.zero[None])
     wd = lin.q.astype(np.float32)  # (n_out, n_in), dequantized for this call only: the int8 stays the one copy
     wd *= lin.scale[:, None]
-    return K.int8_rows_dequant(x2, lin.block) @ wd.T
+    return K.int8_rows_dequant(f32c(x2), lin.block) @ wd.T
 
 
 class PythranBackend(Backend):
@@ -450,7 +450,7 @@ class PythranBackend(Backend):
             rps, pc, pv = _exponent0_patches([logits[None]])
         else:
             rps, pc, pv = [np.zeros((1, 1), np.int32)], np.zeros(0, np.int32), np.zeros(0, np.uint32)
-        rps = [np.zeros((1, 1), np.int32)] * len(kinds) + rps  # _mv8 reads no patches; the logits' last
+        rps = [np.zeros((1, 1), np.int32)] * len(kinds) + rps  # the int8 kinds have no patches; the logits' are rps[6]
         lnw = np.stack([f32c(n.weight) for l in g.layers for n in (l.attn_ln, l.cross_ln, l.mlp.ln)])
         lnb = np.stack([f32c(n.bias) for l in g.layers for n in (l.attn_ln, l.cross_ln, l.mlp.ln)])
         final = (f32c(g.ln.weight)[None], f32c(g.ln.bias)[None], logits[None], np.zeros((1, logits.shape[0]), np.float32))
