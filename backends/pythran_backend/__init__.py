@@ -173,6 +173,22 @@ def _exponent0_patches(stacks):
     return rps, np.concatenate(cols), np.concatenate(vals)
 
 
+#: The six linears of a decoder layer, in the order of the step kernels' arguments (qkv, out, cross_q, cross_out, fc1, fc2)
+_STEP_LINEARS = (lambda l: l.qkv, lambda l: l.out, lambda l: l.cross_q, lambda l: l.cross_out,
+                 lambda l: l.mlp.fc1, lambda l: l.mlp.fc2)
+
+
+def _step_vectors(g, logits):
+    """What every step kernel takes besides the matrices, for the decoder_step weight group g: the LayerNorms
+    stacked (layer i's attention, cross-attention and MLP norms at rows 3i, 3i + 1, 3i + 2), the six linears'
+    biases stacked per kind, and the final LayerNorm with the logits' weight and zero bias."""
+    lnw = np.stack([f32c(n.weight) for l in g.layers for n in (l.attn_ln, l.cross_ln, l.mlp.ln)])
+    lnb = np.stack([f32c(n.bias) for l in g.layers for n in (l.attn_ln, l.cross_ln, l.mlp.ln)])
+    biases = [np.stack([f32c(get(l).bias) for l in g.layers]) for get in _STEP_LINEARS]
+    final = (f32c(g.ln.weight)[None], f32c(g.ln.bias)[None], logits[None], np.zeros((1, logits.shape[0]), np.float32))
+    return lnw, lnb, biases, final
+
+
 def _mm(x2, lin):
     """x2 (rows, n_in) @ the linear's matrix transposed, without the bias: float32 (`wt`, as prepared), or in int8
     (the contract's scheme; `INT8_ROWS_KERNEL_MAX`)."""
@@ -394,8 +410,7 @@ class PythranBackend(Backend):
         # matrices (as prepare_decoder_layer makes them): OpenBLAS on the transposed views as given is many
         # times slower for few rows.  Their logits (few rows) run on the step kernel's projection.
         fine = [self._prepare_group(layer) for layer in g.layers]
-        mats = [[layer.qkv.weight, layer.out.weight, layer.cross_q.weight, layer.cross_out.weight,
-                 layer.mlp.fc1.weight, layer.mlp.fc2.weight] for layer in g.layers]
+        mats = [[get(layer).weight for get in _STEP_LINEARS] for layer in g.layers]
         # Every matrix as float16 bits when float16 holds them all exactly (the shipped checkpoints):
         # half the bytes to read per step, the same float32 products.  Else float32 throughout.
         halves = [exact_float16(m) for ms in mats for m in ms] + [exact_float16(logits_weight)]
@@ -410,16 +425,7 @@ class PythranBackend(Backend):
             stacks = [np.stack([f32c(ms[j]) for ms in mats]) for j in range(len(mats[0]))]
             logits = f32c(logits_weight)
             patches = ([np.zeros((1, 1), np.int32)] * (len(stacks) + 1), np.zeros(0, np.int32), np.zeros(0, np.uint32))
-
-        def vec(get):
-            return np.stack([f32c(get(layer)) for layer in g.layers])
-
-        # the LayerNorms of layer i at rows 3i (attention), 3i + 1 (cross-attention), 3i + 2 (MLP)
-        lnw = np.stack([f32c(n.weight) for l in g.layers for n in (l.attn_ln, l.cross_ln, l.mlp.ln)])
-        lnb = np.stack([f32c(n.bias) for l in g.layers for n in (l.attn_ln, l.cross_ln, l.mlp.ln)])
-        biases = [vec(lambda l: l.qkv.bias), vec(lambda l: l.out.bias), vec(lambda l: l.cross_q.bias),
-                  vec(lambda l: l.cross_out.bias), vec(lambda l: l.mlp.fc1.bias), vec(lambda l: l.mlp.fc2.bias)]
-        final = (f32c(g.ln.weight)[None], f32c(g.ln.bias)[None], logits[None], np.zeros((1, logits.shape[0]), np.float32))
+        lnw, lnb, biases, final = _step_vectors(g, logits)
         arrays = (lnw, lnb, *[a for pair in zip(stacks, biases) for a in pair], *final, *patches)
         logits_args = (*final, patches[0][-1], *patches[1:])
         return SimpleNamespace(n_head=g.layers[0].n_head, fine=fine, arrays=arrays, fp16=fp16,
@@ -433,27 +439,22 @@ class PythranBackend(Backend):
         g = weight_group("decoder_step", dict(layers=layers, ln_weight=ln_weight, ln_bias=ln_bias,
                                               logits_weight=logits_weight))
         fine = [self._prepare_group8(layer) for layer in g.layers]
-        kinds = [lambda l: l.qkv, lambda l: l.out, lambda l: l.cross_q, lambda l: l.cross_out,
-                 lambda l: l.mlp.fc1, lambda l: l.mlp.fc2]
-        stacks, scales, biases = [], [], []
-        for get in kinds:
+        stacks, scales = [], []
+        for get in _STEP_LINEARS:
             lins = [get(layer) for layer in fine]
             stack = np.stack([lin.q for lin in lins])
             for i, lin in enumerate(lins):
                 lin.q = stack[i]  # a view: the one copy
             stacks.append(stack)
             scales.append(np.stack([lin.scale for lin in lins]))
-            biases.append(np.stack([f32c(get(layer).bias) for layer in g.layers]))
         half = exact_float16(logits_weight)
         logits = half.view(np.uint16) if half is not None else f32c(logits_weight)
         if half is not None:
             rps, pc, pv = _exponent0_patches([logits[None]])
         else:
             rps, pc, pv = [np.zeros((1, 1), np.int32)], np.zeros(0, np.int32), np.zeros(0, np.uint32)
-        rps = [np.zeros((1, 1), np.int32)] * len(kinds) + rps  # the int8 kinds have no patches; the logits' are rps[6]
-        lnw = np.stack([f32c(n.weight) for l in g.layers for n in (l.attn_ln, l.cross_ln, l.mlp.ln)])
-        lnb = np.stack([f32c(n.bias) for l in g.layers for n in (l.attn_ln, l.cross_ln, l.mlp.ln)])
-        final = (f32c(g.ln.weight)[None], f32c(g.ln.bias)[None], logits[None], np.zeros((1, logits.shape[0]), np.float32))
+        rps = [np.zeros((1, 1), np.int32)] * len(stacks) + rps  # the int8 kinds have no patches; the logits' are rps[6]
+        lnw, lnb, biases, final = _step_vectors(g, logits)
         arrays = (lnw, lnb, *[a for pair in zip(stacks, biases) for a in pair], *final, rps, pc, pv, scales)
         return SimpleNamespace(n_head=g.layers[0].n_head, fine=fine, arrays=arrays, fp16=half is not None,
                                kernel=S.step8 if half is not None else S.step8f,

@@ -179,6 +179,23 @@ def im2col(x, k, stride, padding, t_out):
     return cols
 
 
+def _int8_scale(x, i, k0, k1):
+    """The contract's int8 scale of x[i, k0:k1] (quantize_rows_int8: max |x| / 127, 1 for zeros) and its inverse in
+    double.  The divisions are in double, rounded to float32: the float32 quotients the contract takes (-ffast-math
+    would multiply by a float32 reciprocal, whose last bit moves values across rounding ties).  _step.py uses it too."""
+    m = np.float32(0.)
+    for k in range(k0, k1):
+        m = max(m, abs(x[i, k]))
+    sc = np.float32(float(m) / 127.) if m > np.float32(0.) else np.float32(1.)
+    return sc, 1. / float(sc)
+
+
+def _int8_level(v, inv):
+    """v quantized with the inverse scale inv (_int8_scale): rint, clipped to [-127, 127], as a float32."""
+    q = np.rint(np.float32(float(v) * inv))
+    return min(max(q, np.float32(-127.)), np.float32(127.))
+
+
 #pythran export int8_rows_dequant(float32[:,:], int)
 def int8_rows_dequant(x, bs):
     """The contract's int8 activations (quantize_rows_int8, blocks of bs inputs) of the rows of x, returned
@@ -188,14 +205,7 @@ def int8_rows_dequant(x, bs):
     #omp parallel for schedule(static)
     for i in range(nr):
         for q in range(n // bs):
-            m = np.float32(0.)
+            sc, inv = _int8_scale(x, i, q * bs, q * bs + bs)
             for k in range(q * bs, q * bs + bs):
-                m = max(m, abs(x[i, k]))
-            # the divisions in double, rounded to float32: the float32 quotients the contract takes (-ffast-math
-            # would multiply by a float32 reciprocal, whose last bit moves values across rounding ties)
-            sc = np.float32(float(m) / 127.) if m > np.float32(0.) else np.float32(1.)
-            inv = 1. / float(sc)
-            for k in range(q * bs, q * bs + bs):
-                v = np.rint(np.float32(float(x[i, k]) * inv))
-                y[i, k] = min(max(v, np.float32(-127.)), np.float32(127.)) * sc
+                y[i, k] = _int8_level(x[i, k], inv) * sc
     return y

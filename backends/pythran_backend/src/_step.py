@@ -20,7 +20,7 @@ product is an exact int32 sum.  The logits stay float32 (float16 bits), as the c
 This file is a build input, not a module of the package: it is never imported as plain Python.
 """
 import numpy as np
-from _kernels import _exp_flushed, _gelu1
+from _kernels import _exp_flushed, _gelu1, _int8_level, _int8_scale
 
 #: Output rows per OpenMP work item of a projection.
 BLK = 32
@@ -113,17 +113,10 @@ def _quant_rows(x, bs):
     xs = np.empty((nr, nb), np.float32)
     for i in range(nr):
         for q in range(nb):
-            m = np.float32(0.)
-            for k in range(q * bs, q * bs + bs):
-                m = max(m, abs(x[i, k]))
-            # the divisions in double, rounded to float32: the float32 quotients the contract takes (-ffast-math
-            # would multiply by a float32 reciprocal, whose last bit moves values across rounding ties)
-            sc = np.float32(float(m) / 127.) if m > np.float32(0.) else np.float32(1.)
-            inv = 1. / float(sc)
+            sc, inv = _int8_scale(x, i, q * bs, q * bs + bs)
             xs[i, q] = sc
             for k in range(q * bs, q * bs + bs):
-                v = np.rint(np.float32(float(x[i, k]) * inv))
-                x8[i, k] = np.int8(min(max(v, np.float32(-127.)), np.float32(127.)))
+                x8[i, k] = np.int8(_int8_level(x[i, k], inv))
     return x8, xs
 
 
