@@ -112,3 +112,25 @@ def test_transcribe_reads_standard_input(golden_tiny, tmp_path):
     assert (tmp_path / "talk.srt").is_file()
     empty = subprocess.run([EXE, "transcribe", "-"], input=b"", capture_output=True, text=False, timeout=600, cwd=tmp_path)
     assert empty.returncode == 2 and b"standard input held no audio (0 bytes)" in empty.stderr
+
+
+_GLIBC = hasattr(__import__("os"), "confstr") and (__import__("os").confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+
+
+@pytest.mark.skipif(not _GLIBC, reason="M_ARENA_MAX is glibc's")
+def test_the_command_keeps_one_malloc_arena():
+    """`whisperkit transcribe` allocates from one malloc arena (cli.one_malloc_arena): a thread's first
+    allocation then maps no arena of its own (more lines in /proc/self/maps without it)."""
+    import sys
+    code = ("import ctypes, sys, threading; from whisperkit.cli import one_malloc_arena\n"
+            "one = one_malloc_arena() if sys.argv[1] == 'one' else None\n"
+            "libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p\n"
+            "n = lambda: len(open('/proc/self/maps').read().splitlines())\n"
+            "before = n(); t = threading.Thread(target=lambda: libc.malloc(64)); t.start(); t.join()\n"
+            "print(one, n() - before)")  # the process's first thread: its stack, and an arena or not
+    out = {mode: subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=60)
+           for mode in ("one", "default")}
+    assert all(r.returncode == 0 for r in out.values()), [r.stderr for r in out.values()]
+    one, default = out["one"].stdout.split(), out["default"].stdout.split()
+    assert one[0] == "True" and default[0] == "None"
+    assert int(default[1]) > int(one[1])

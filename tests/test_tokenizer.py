@@ -2,6 +2,8 @@
 
 import base64
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -280,22 +282,55 @@ def test_tokenizer_json_directory(tmp_path):
         get_tokenizer(tmp_path, False)
 
 
-def test_ranks_cache_round_trips_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
-    """The vocabulary is cached after the first read of a tokenizer.json (the cold start's slowest step);
-    the cache gives the very same ranks, and a cache file that does not add up is read past and rewritten."""
+def test_vocabulary_cache_round_trips_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    """The vocabulary and the non-speech ids are cached after the first read of a tokenizer.json (the cold
+    start's slowest step); the cache gives the very same ranks and ids, and a cache file that does not add
+    up is read past and rewritten."""
     from whisperkit import tokenizer as T
     monkeypatch.setenv("WHISPERKIT_CACHE_DIR", str(tmp_path / "cache"))
     src = tmp_path / "tokenizer.json"
     src.write_bytes(TINY_EN_JSON.read_bytes())
     want = T._load_ranks(src)
+    plain = tiktoken.Encoding(name="plain", pat_str=PAT_STR, mergeable_ranks=want, special_tokens={})
+    want_ns = T._non_speech_tokens(plain.encode)
+    assert want_ns and len(plain.encode(" ")) == 1
     assert T._cached_ranks(src) == want
     cache = T._ranks_cache_file(src)
     assert cache.is_file()
+    assert T._read_vocab_cache(cache)[2] == (want_ns, tuple(plain.encode(" ")))
     calls = []
     monkeypatch.setattr(T, "_load_ranks", lambda p: calls.append(p) or want)
     assert T._cached_ranks(src) == want and calls == []  # from the cache
-    cache.write_bytes(cache.read_bytes()[:-7])  # truncated
-    assert T._cached_ranks(src) == want and calls == [src]  # read past, the JSON read again...
-    assert T._read_ranks_cache(cache) == want  # ... and the cache rewritten whole
+    for damage in (lambda b: b[:-7], lambda b: b[:-4] + (2 ** 31).to_bytes(4, "little")):  # truncated; an id past the vocabulary
+        cache.write_bytes(damage(cache.read_bytes()))
+        assert T._read_vocab_cache(cache) is None
+        calls.clear()
+        assert T._cached_ranks(src) == want and calls == [src]  # read past, the JSON read again...
+        assert T._read_vocab_cache(cache)[2] == (want_ns, tuple(plain.encode(" ")))  # ... and the cache rewritten whole
     src.write_bytes(TINY_EN_JSON.read_bytes() + b" ")  # another file (size): another cache entry
     assert T._ranks_cache_file(src) != cache
+
+
+@pytest.mark.parametrize("tokenizer_json, fixture, multilingual, golden", CASES)
+def test_vocabulary_decodes_every_id_as_tiktoken(tokenizer_json, fixture, multilingual, golden):
+    """Decoding needs no BPE: the vocabulary gives tiktoken's bytes for every id, special tokens included."""
+    tok = get_tokenizer(tokenizer_json, multilingual)
+    enc = tok.encoding
+    assert tok.vocab.n_vocab == enc.n_vocab
+    assert all(tok.vocab.decode_bytes([i]) == enc.decode_single_token_bytes(i) for i in range(enc.n_vocab))
+    ids = tok.encode(" naïve café ♪♪") + [tok.timestamp_begin + 3, tok.eot]
+    assert tok.decode_with_timestamps(ids) == enc.decode(ids)
+    assert tok.decode(ids[:2]) == enc.decode(ids[:2])  # a cut through a character: replaced as tiktoken does
+    with pytest.raises(ValueError, match=f"token id {enc.n_vocab} is outside the vocabulary"):
+        tok.decode_with_timestamps([1, enc.n_vocab])
+
+
+@needs_tiny
+def test_transcribing_builds_no_bpe():
+    """A transcription only decodes: tiktoken (its Rust BPE and ranks, ~23 MiB) is never imported."""
+    code = ("import sys; from whisperkit import Whisper; "
+            f"r = Whisper('tiny.en', backend='numpy').transcribe({str(SHARED / 'audio' / 'jfk.flac')!r}); "
+            "print(len(r.text) > 50, 'tiktoken' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "False"]

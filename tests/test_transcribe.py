@@ -57,3 +57,12 @@ def test_to_dict_has_openai_whisper_shape(tiny_numpy):
     assert set(d) == {"text", "segments", "language"}
     assert set(d["segments"][0]) == {"id", "seek", "start", "end", "text", "tokens", "temperature",
                                      "avg_logprob", "compression_ratio", "no_speech_prob"}
+
+
+def test_progress_bar_only_when_asked(tiny_numpy, capsys):
+    path = str(shared("audio", "jfk_16k.wav"))
+    quiet = tiny_numpy.transcribe(path, temperature=0.0, progress=False)
+    assert capsys.readouterr().err == ""
+    shown = tiny_numpy.transcribe(path, temperature=0.0, progress=True)
+    assert "11.0/11.0 s" in capsys.readouterr().err  # the bar over audio seconds, at its end
+    assert shown.text == quiet.text

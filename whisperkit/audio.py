@@ -178,8 +178,12 @@ def iter_file_blocks(source: Union[str, os.PathLike], sr: int = SAMPLE_RATE, *, 
                 mono = np.ascontiguousarray(block[:, 0])
             out = _finish_block(path, mono, done, in_rate, resampler, last)
             done += block.shape[0]
-            if out.size:
-                yield out
+            # nothing of the block is held while this generator waits at its yield (a window's decoding): on
+            # jfk's 44.1 kHz stereo that was 6.3 MiB at the command's peak
+            held = [out] if out.size else []
+            del block, mono, out
+            if held:
+                yield held.pop()
             if last:
                 return
 

@@ -346,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed.cli import ray_argv
         argv = ray_argv(argv)
     args = build_parser().parse_args(argv)
+    if process and args.func is cmd_transcribe and args.ray is None:
+        one_malloc_arena()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         code = args.func(args)
@@ -357,6 +359,22 @@ def main(argv: list[str] | None = None) -> int:
     if process and args.func is cmd_transcribe and args.ray is None:
         _exit_now(code)
     return code
+
+
+def one_malloc_arena() -> bool:
+    """Make every thread of this process allocate from glibc's main arena (``M_ARENA_MAX`` 1), unless the user set
+    MALLOC_ARENA_MAX.  `Whisper` loads the backend on a thread while it reads the weights; with an arena of its
+    own, what that thread freed was held apart from the main heap: a cold ``transcribe --compute_type int8`` peaked
+    11 MiB higher (docs/bench-results.md).  Only the command does this: a library leaves its host's allocator
+    alone.  Returns whether the setting was made (glibc only)."""
+    import ctypes
+    import os
+    try:
+        if "MALLOC_ARENA_MAX" in os.environ or not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return False
+        return ctypes.CDLL(None).mallopt(-8, 1) == 1  # -8: M_ARENA_MAX (malloc.h)
+    except (ValueError, OSError, AttributeError):  # no such confstr name, no libc symbol
+        return False
 
 
 def _exit_now(code: int) -> None:

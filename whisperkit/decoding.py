@@ -97,7 +97,7 @@ class SuppressBlank(LogitFilter):
     """At the first sampled position, forbid a blank (a lone space) and end-of-text."""
 
     def __init__(self, tokenizer: "Tokenizer", sample_begin: int):
-        self.ids = list(tokenizer.encode(" ")) + [tokenizer.eot]
+        self.ids = list(tokenizer.vocab.blank) + [tokenizer.eot]  # encode(" "), cached: transcribing builds no BPE
         self.sample_begin = sample_begin
 
     def apply(self, logits, tokens):

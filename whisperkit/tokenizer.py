@@ -1,9 +1,14 @@
-"""Whisper's tokenizer: a tiktoken ``Encoding`` built from a model directory's HF ``tokenizer.json``.
+"""Whisper's tokenizer, from a model directory's HF ``tokenizer.json``.
 
 The byte-level BPE ranks come from ``model.vocab`` of tokenizer.json (GPT-2's printable-unicode
 spelling of bytes, mapped back to raw bytes). The special tokens are not read from the file: they
 are laid out after the regular vocabulary exactly as openai-whisper lays them out, so that token ids
 agree with the model's embedding table.
+
+Transcribing turns ids into text and never text into ids (unless a prompt, prefix or hotwords are
+given), so a `Tokenizer` holds a `Vocabulary` (the bytes of each id) and builds tiktoken's ``Encoding``
+(the BPE) on its first ``encode``: the Encoding's Rust tables and the ranks dict it keeps are about
+23 MiB on Whisper's vocabulary, a tenth of a cold command's memory.
 """
 
 from __future__ import annotations
@@ -14,134 +19,14 @@ import itertools
 import json
 import os
 import string
+from array import array
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
-
-import tiktoken
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import TokenizerError
-
-LANGUAGES = {
-    "en": "english",
-    "zh": "chinese",
-    "de": "german",
-    "es": "spanish",
-    "ru": "russian",
-    "ko": "korean",
-    "fr": "french",
-    "ja": "japanese",
-    "pt": "portuguese",
-    "tr": "turkish",
-    "pl": "polish",
-    "ca": "catalan",
-    "nl": "dutch",
-    "ar": "arabic",
-    "sv": "swedish",
-    "it": "italian",
-    "id": "indonesian",
-    "hi": "hindi",
-    "fi": "finnish",
-    "vi": "vietnamese",
-    "he": "hebrew",
-    "uk": "ukrainian",
-    "el": "greek",
-    "ms": "malay",
-    "cs": "czech",
-    "ro": "romanian",
-    "da": "danish",
-    "hu": "hungarian",
-    "ta": "tamil",
-    "no": "norwegian",
-    "th": "thai",
-    "ur": "urdu",
-    "hr": "croatian",
-    "bg": "bulgarian",
-    "lt": "lithuanian",
-    "la": "latin",
-    "mi": "maori",
-    "ml": "malayalam",
-    "cy": "welsh",
-    "sk": "slovak",
-    "te": "telugu",
-    "fa": "persian",
-    "lv": "latvian",
-    "bn": "bengali",
-    "sr": "serbian",
-    "az": "azerbaijani",
-    "sl": "slovenian",
-    "kn": "kannada",
-    "et": "estonian",
-    "mk": "macedonian",
-    "br": "breton",
-    "eu": "basque",
-    "is": "icelandic",
-    "hy": "armenian",
-    "ne": "nepali",
-    "mn": "mongolian",
-    "bs": "bosnian",
-    "kk": "kazakh",
-    "sq": "albanian",
-    "sw": "swahili",
-    "gl": "galician",
-    "mr": "marathi",
-    "pa": "punjabi",
-    "si": "sinhala",
-    "km": "khmer",
-    "sn": "shona",
-    "yo": "yoruba",
-    "so": "somali",
-    "af": "afrikaans",
-    "oc": "occitan",
-    "ka": "georgian",
-    "be": "belarusian",
-    "tg": "tajik",
-    "sd": "sindhi",
-    "gu": "gujarati",
-    "am": "amharic",
-    "yi": "yiddish",
-    "lo": "lao",
-    "uz": "uzbek",
-    "fo": "faroese",
-    "ht": "haitian creole",
-    "ps": "pashto",
-    "tk": "turkmen",
-    "nn": "nynorsk",
-    "mt": "maltese",
-    "sa": "sanskrit",
-    "lb": "luxembourgish",
-    "my": "myanmar",
-    "bo": "tibetan",
-    "tl": "tagalog",
-    "mg": "malagasy",
-    "as": "assamese",
-    "tt": "tatar",
-    "haw": "hawaiian",
-    "ln": "lingala",
-    "ha": "hausa",
-    "ba": "bashkir",
-    "jw": "javanese",
-    "su": "sundanese",
-    "yue": "cantonese",
-}
-
-# language name (and common aliases) -> code
-TO_LANGUAGE_CODE = {
-    **{language: code for code, language in LANGUAGES.items()},
-    "burmese": "my",
-    "valencian": "ca",
-    "flemish": "nl",
-    "haitian": "ht",
-    "letzeburgesch": "lb",
-    "pushto": "ps",
-    "panjabi": "pa",
-    "moldavian": "ro",
-    "moldovan": "ro",
-    "sinhalese": "si",
-    "castilian": "es",
-    "mandarin": "zh",
-}
+from .languages import LANGUAGES, TO_LANGUAGE_CODE, normalize_language
 
 # GPT-2's pre-tokenisation regex
 PAT_STR = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -252,8 +137,10 @@ def _load_ranks(path: Path) -> Dict[bytes, int]:
     return ranks
 
 
-def build_encoding(ranks: Dict[bytes, int], num_languages: int, name: str = "whisper") -> tiktoken.Encoding:
+def build_encoding(ranks: Dict[bytes, int], num_languages: int, name: str = "whisper") -> "tiktoken.Encoding":
     """A tiktoken Encoding over ``ranks`` with Whisper's special tokens appended."""
+    import tiktoken  # here: transcribing never encodes text (module doc)
+
     n_vocab = len(ranks)
     special_tokens: Dict[str, int] = {}
     for token in special_token_names(num_languages):
@@ -268,11 +155,11 @@ def build_encoding(ranks: Dict[bytes, int], num_languages: int, name: str = "whi
     )
 
 
-_RANKS_MAGIC = b"whisperkit-ranks-1\n"
+_RANKS_MAGIC = b"whisperkit-ranks-2\n"
 
 
 def _ranks_cache_file(path: Path) -> Path | None:
-    """Where the ranks of this tokenizer.json (this path, size and modification time) are cached."""
+    """Where the vocabulary of this tokenizer.json (this path, size and modification time) is cached."""
     root = os.environ.get("WHISPERKIT_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "whisperkit")
     try:
@@ -283,9 +170,17 @@ def _ranks_cache_file(path: Path) -> Path | None:
     return Path(root) / "tokenizers" / f"{key}.ranks"
 
 
-def _read_ranks_cache(cache: Path) -> Dict[bytes, int] | None:
-    """The cached ranks: the magic line, the count, one byte of length per token, then the tokens' bytes,
-    in rank order.  Anything that does not add up is ignored (the tokenizer.json is read instead)."""
+def _encoded_facts(encode: Callable[[str], List[int]]) -> Tuple[Tuple[int, ...], ...]:
+    """What decoding needs of the BPE, found once per tokenizer.json and cached with its vocabulary: the
+    non-speech tokens (`_non_speech_tokens`) and the tokens of a blank (" ", `SuppressBlank`)."""
+    return _non_speech_tokens(encode), tuple(encode(" "))
+
+
+def _read_vocab_cache(cache: Path) -> Tuple[bytes, bytes, Tuple[Tuple[int, ...], ...]] | None:
+    """The cached vocabulary: the magic line, the count n, one byte of length per token, the tokens' bytes in
+    rank order, then each of `_encoded_facts` as its count and its ids (4 bytes each).  Returns (lengths, the
+    tokens' bytes, the facts); anything that does not add up gives None (the tokenizer.json is read instead,
+    and the cache rewritten)."""
     try:
         data = cache.read_bytes()
     except OSError:
@@ -295,60 +190,153 @@ def _read_ranks_cache(cache: Path) -> Dict[bytes, int] | None:
         return None
     n = int.from_bytes(data[len(_RANKS_MAGIC):head], "little")
     lengths = data[head:head + n]
-    ends = list(itertools.accumulate(lengths, initial=head + n))
-    if len(lengths) != n or ends[-1] != len(data) or 0 in lengths:
+    at = head + n + sum(lengths)
+    if len(lengths) != n or 0 in lengths:
         return None
-    ranks = {data[a:b]: i for i, (a, b) in enumerate(zip(ends, ends[1:]))}
-    return ranks if len(ranks) == n else None
+    facts = []
+    for _ in range(2):
+        m = int.from_bytes(data[at:at + 4], "little")
+        ids = data[at + 4:at + 4 + 4 * m]
+        if len(ids) != 4 * m:
+            return None
+        facts.append(tuple(array("I", ids)))
+        at += 4 + 4 * m
+    if at != len(data) or any(i >= n for ids in facts for i in ids):
+        return None
+    return lengths, data[head + n:head + n + sum(lengths)], tuple(facts)
 
 
-def _write_ranks_cache(cache: Path, ranks: Dict[bytes, int]) -> None:
+def _write_vocab_cache(cache: Path, ranks: Dict[bytes, int], facts: Sequence[Sequence[int]]) -> None:
     tokens = sorted(ranks, key=ranks.__getitem__)
     if any(not 0 < len(t) < 256 for t in tokens):
         return
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(_RANKS_MAGIC + len(tokens).to_bytes(4, "little") + bytes(map(len, tokens)) + b"".join(tokens))
+        tmp.write_bytes(_RANKS_MAGIC + len(tokens).to_bytes(4, "little") + bytes(map(len, tokens)) + b"".join(tokens)
+                        + b"".join(len(ids).to_bytes(4, "little") + array("I", ids).tobytes() for ids in facts))
         os.replace(tmp, cache)  # whole or not at all
     except OSError:  # a read-only home: no cache, the JSON is read each time
         pass
 
 
-def _cached_ranks(path: Path) -> Dict[bytes, int]:
-    """`_load_ranks`, through a cache file: parsing the whole tokenizer.json (its merges too) is the
-    slowest step of building a tokenizer, ~60 ms of a cold start; the cache holds only the vocabulary."""
+def _read_or_cache(path: Path) -> Tuple[bytes, bytes, Tuple[Tuple[int, ...], ...]]:
+    """(lengths, tokens' bytes, `_encoded_facts`) of a tokenizer.json, through its cache file: parsing the whole
+    tokenizer.json (its merges too) is the slowest step of building a tokenizer, ~60 ms of a cold start, and
+    the facts need the BPE; the cache holds only the vocabulary and the facts."""
     cache = _ranks_cache_file(path)
-    ranks = _read_ranks_cache(cache) if cache is not None else None
-    if ranks is None:
-        ranks = _load_ranks(path)
-        if cache is not None:
-            _write_ranks_cache(cache, ranks)
+    got = _read_vocab_cache(cache) if cache is not None else None
+    if got is not None:
+        return got
+    ranks = _load_ranks(path)
+    facts = _encoded_facts(build_encoding(ranks, 0).encode)
+    if cache is not None:
+        _write_vocab_cache(cache, ranks, facts)
+    tokens = sorted(ranks, key=ranks.__getitem__)
+    return bytes(map(len, tokens)), b"".join(tokens), facts
+
+
+def _cached_ranks(path: Path) -> Dict[bytes, int]:
+    """{token bytes: rank} of a tokenizer.json, through the cache (`_read_or_cache`)."""
+    lengths, blob, _ = _read_or_cache(path)
+    ends = list(itertools.accumulate(lengths, initial=0))
+    ranks = {blob[a:b]: i for i, (a, b) in enumerate(zip(ends, ends[1:]))}
+    if len(ranks) != len(lengths):
+        raise TokenizerError(f"tokenizer file {path}: two vocab tokens decode to the same bytes")
     return ranks
 
 
+def _non_speech_tokens(encode: Callable[[str], List[int]]) -> Tuple[int, ...]:
+    """Tokens of speaker tags and non-speech annotations ("♪♪♪", "(", "[", ...) to suppress,
+    while keeping bare single punctuation like ",". Same definition as openai-whisper."""
+    symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
+    symbols += "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
+
+    # symbols that may be a single token or multiple tokens depending on the tokenizer;
+    # in case they're multiple tokens, suppress the first token, which is safe because these
+    # are between U+2640 and U+267F (miscellaneous symbols) and not valid single characters
+    miscellaneous = set("♩♪♫♬♭♮♯")
+    assert all(0x2640 <= ord(c) <= 0x267F for c in miscellaneous)
+
+    # allow hyphens "-" and single quotes "'" between words, but not at the beginning of a word
+    result = {encode(" -")[0], encode(" '")[0]}
+    for symbol in symbols + sorted(miscellaneous):
+        for tokens in (encode(symbol), encode(" " + symbol)):
+            if len(tokens) == 1 or symbol in miscellaneous:
+                result.add(tokens[0])
+    return tuple(sorted(result))
+
+
+@dataclass(frozen=True, eq=False)
+class Vocabulary:
+    """What decoding needs of a tokenizer, with no BPE: the bytes of every id (the regular tokens in rank
+    order, then Whisper's special tokens) and the non-speech tokens."""
+
+    path: str
+    num_languages: int
+    n_regular: int
+    blob: bytes  # every token's bytes, in id order
+    ends: array  # token i is blob[ends[i]:ends[i + 1]]
+    special: Dict[str, int]
+    non_speech: Tuple[int, ...]  # `_non_speech_tokens`
+    blank: Tuple[int, ...]  # the tokens of " "
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.ends) - 1
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        ids = [int(t) for t in ids]
+        if ids and not 0 <= min(ids) <= max(ids) < self.n_vocab:
+            bad = next(t for t in ids if not 0 <= t < self.n_vocab)
+            raise ValueError(f"token id {bad} is outside the vocabulary of {self.path} (0..{self.n_vocab - 1})")
+        blob, ends = self.blob, self.ends
+        return b"".join([blob[ends[t]:ends[t + 1]] for t in ids])
+
+
 @functools.lru_cache(maxsize=None)
-def _encoding_cached(path: str, num_languages: int) -> tiktoken.Encoding:
-    ranks = _cached_ranks(Path(path))
-    return build_encoding(ranks, num_languages, name=f"whisper-{Path(path).parent.name}-{num_languages}")
+def _vocabulary_cached(path: str, num_languages: int) -> Vocabulary:
+    lengths, blob, (non_speech, blank) = _read_or_cache(Path(path))
+    names = special_token_names(num_languages)
+    specials = [name.encode() for name in names]
+    ends = array("Q", itertools.accumulate(itertools.chain(lengths, map(len, specials)), initial=0))
+    n = len(lengths)
+    return Vocabulary(path=path, num_languages=num_languages, n_regular=n, blob=blob + b"".join(specials), ends=ends,
+                      special={name: n + i for i, name in enumerate(names)}, non_speech=non_speech,
+                      blank=blank)
 
 
-def get_encoding(tokenizer_json: Union[str, os.PathLike], num_languages: int = 99) -> tiktoken.Encoding:
-    """The (cached) tiktoken Encoding for a model's tokenizer.json."""
+def _resolved(tokenizer_json: Union[str, os.PathLike]) -> str:
     path = Path(tokenizer_json)
     try:
         path = path.resolve()
     except OSError:
         pass
-    return _encoding_cached(str(path), int(num_languages))
+    return str(path)
+
+
+def get_vocabulary(tokenizer_json: Union[str, os.PathLike], num_languages: int = 99) -> Vocabulary:
+    """The (cached) `Vocabulary` of a model's tokenizer.json."""
+    return _vocabulary_cached(_resolved(tokenizer_json), int(num_languages))
+
+
+@functools.lru_cache(maxsize=None)
+def _encoding_cached(path: str, num_languages: int) -> "tiktoken.Encoding":
+    ranks = _cached_ranks(Path(path))
+    return build_encoding(ranks, num_languages, name=f"whisper-{Path(path).parent.name}-{num_languages}")
+
+
+def get_encoding(tokenizer_json: Union[str, os.PathLike], num_languages: int = 99) -> "tiktoken.Encoding":
+    """The (cached) tiktoken Encoding for a model's tokenizer.json."""
+    return _encoding_cached(_resolved(tokenizer_json), int(num_languages))
 
 
 @dataclass
 class Tokenizer:
-    """A thin wrapper around a tiktoken Encoding giving access to Whisper's special tokens
-    (mirrors openai-whisper's ``Tokenizer``)."""
+    """Whisper's special tokens, decoding and encoding (mirrors openai-whisper's ``Tokenizer``); the tiktoken
+    Encoding is built on the first ``encode`` (module doc)."""
 
-    encoding: tiktoken.Encoding
+    vocab: Vocabulary
     num_languages: int
     language: Optional[str] = None
     task: Optional[str] = None
@@ -357,8 +345,7 @@ class Tokenizer:
     special_tokens: Dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
-        for special in self.encoding.special_tokens_set:
-            self.special_tokens[special] = self.encoding.encode_single_token(special)
+        self.special_tokens.update(self.vocab.special)
 
         sot: int = self.special_tokens["<|startoftranscript|>"]
         translate: int = self.special_tokens["<|translate|>"]
@@ -373,6 +360,11 @@ class Tokenizer:
                 sot_sequence.append(transcribe if self.task == "transcribe" else translate)
         self.sot_sequence = tuple(sot_sequence)
 
+    @cached_property
+    def encoding(self) -> "tiktoken.Encoding":
+        """tiktoken's Encoding of this vocabulary (the BPE), built when first needed."""
+        return get_encoding(self.vocab.path, self.num_languages)
+
     # ---- text <-> ids -------------------------------------------------------------------------
     def encode(self, text: str, **kwargs) -> List[int]:
         if not kwargs and "<|" not in text:
@@ -381,18 +373,18 @@ class Tokenizer:
             return self.encoding.encode(text, disallowed_special=())
         return self.encoding.encode(text, **kwargs)
 
-    def decode(self, token_ids: Sequence[int], **kwargs) -> str:
-        token_ids = [int(t) for t in token_ids if t < self.timestamp_begin]
-        return self.encoding.decode(token_ids, **kwargs)
+    def decode(self, token_ids: Sequence[int], errors: str = "replace") -> str:
+        """The text of the ids below the timestamp tokens (as tiktoken's decode: invalid UTF-8 replaced)."""
+        return self.vocab.decode_bytes([t for t in token_ids if t < self.timestamp_begin]).decode("utf-8", errors)
 
-    def decode_with_timestamps(self, token_ids: Sequence[int], **kwargs) -> str:
+    def decode_with_timestamps(self, token_ids: Sequence[int], errors: str = "replace") -> str:
         """Decode including timestamp tokens, rendered like ``<|1.08|>``."""
-        return self.encoding.decode([int(t) for t in token_ids], **kwargs)
+        return self.vocab.decode_bytes(token_ids).decode("utf-8", errors)
 
     # ---- special tokens ------------------------------------------------------------------------
     @cached_property
     def eot(self) -> int:
-        return self.encoding.eot_token
+        return self.special_tokens["<|endoftext|>"]
 
     @cached_property
     def transcribe(self) -> int:
@@ -455,26 +447,12 @@ class Tokenizer:
     def sot_sequence_including_notimestamps(self) -> Tuple[int, ...]:
         return tuple(list(self.sot_sequence) + [self.no_timestamps])
 
-    @cached_property
+    @property
     def non_speech_tokens(self) -> Tuple[int, ...]:
         """Tokens of speaker tags and non-speech annotations ("♪♪♪", "(", "[", ...) to suppress,
-        while keeping bare single punctuation like ",". Same definition as openai-whisper."""
-        symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
-        symbols += "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
-
-        # symbols that may be a single token or multiple tokens depending on the tokenizer;
-        # in case they're multiple tokens, suppress the first token, which is safe because these
-        # are between U+2640 and U+267F (miscellaneous symbols) and not valid single characters
-        miscellaneous = set("♩♪♫♬♭♮♯")
-        assert all(0x2640 <= ord(c) <= 0x267F for c in miscellaneous)
-
-        # allow hyphens "-" and single quotes "'" between words, but not at the beginning of a word
-        result = {self.encode(" -")[0], self.encode(" '")[0]}
-        for symbol in symbols + sorted(miscellaneous):
-            for tokens in (self.encode(symbol), self.encode(" " + symbol)):
-                if len(tokens) == 1 or symbol in miscellaneous:
-                    result.add(tokens[0])
-        return tuple(sorted(result))
+        while keeping bare single punctuation like ",". Same definition as openai-whisper
+        (`_non_speech_tokens`), found once per tokenizer.json and cached with its vocabulary."""
+        return self.vocab.non_speech
 
     # ---- words ---------------------------------------------------------------------------------
     def split_to_word_tokens(self, tokens: List[int]) -> Tuple[List[str], List[List[int]]]:
@@ -526,20 +504,6 @@ class Tokenizer:
         return words, word_tokens
 
 
-def normalize_language(language: Optional[str]) -> Optional[str]:
-    """A language code from a code, a name or an alias ("English", "castilian", "yue" ...)."""
-    if language is None:
-        return None
-    lang = str(language).strip().lower()
-    if lang in LANGUAGES:
-        return lang
-    if lang in TO_LANGUAGE_CODE:
-        return TO_LANGUAGE_CODE[lang]
-    raise ValueError(
-        f"Unsupported language: {language!r}; use a code or name from whisperkit.tokenizer.LANGUAGES"
-    )
-
-
 def get_tokenizer(
     tokenizer_json: Union[str, os.PathLike],
     multilingual: bool,
@@ -566,9 +530,8 @@ def get_tokenizer(
     else:
         language = "en"
         task = "transcribe"
-    encoding = get_encoding(tokenizer_json, num_languages)
     return Tokenizer(
-        encoding=encoding,
+        vocab=get_vocabulary(tokenizer_json, num_languages),
         num_languages=num_languages,
         language=language,
         task=task,
@@ -583,6 +546,8 @@ __all__ = [
     "Tokenizer",
     "build_encoding",
     "get_encoding",
+    "get_vocabulary",
+    "Vocabulary",
     "get_tokenizer",
     "normalize_language",
     "special_token_names",

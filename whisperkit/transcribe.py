@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, pad_or_trim
 from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
@@ -215,7 +214,7 @@ def _serve(model: "SpeechModel", requests: dict[int, EmbedRequest | DecodeReques
     for members in groups.values():
         first: DecodeRequest = requests[members[0]]  # type: ignore[assignment]
         task = DecodingTask(model.graph, first.tokenizer, first.options)
-        features = np.concatenate([requests[i].features for i in members])
+        features = np.concatenate([requests[i].features for i in members]) if len(members) > 1 else first.features
         results = task.run(features, prompts=[requests[i].options.prompt for i in members]) if len(members) > 1 \
             else task.run(features)
         answers.update(zip(members, results))
@@ -313,8 +312,12 @@ def _transcribe_source(model: "SpeechModel", audio, *, verbose: bool | None = No
     content_frames = mel.content_frames
     if progress is None:
         progress = sys.stderr.isatty() and content_frames > N_FRAMES and not verbose
-    bar = tqdm(total=round(content_frames / FRAMES_PER_SECOND, 2), unit="s", unit_scale=False, disable=not progress,
-               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
+    if progress:
+        from tqdm import tqdm  # here: without a bar, tqdm is not imported (1.3 MiB of a cold command)
+        bar = tqdm(total=round(content_frames / FRAMES_PER_SECOND, 2), unit="s", unit_scale=False,
+                   bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
+    else:
+        bar = _NoBar()
     try:
         result = yield from _transcribe_windows(model, mel, tokenizer, language, options, bar)
     finally:
@@ -360,6 +363,16 @@ class _Window:
     @property
     def end_time(self) -> float:  # where a full window would end
         return float((self.seek + N_FRAMES) * HOP_LENGTH / SAMPLE_RATE)
+
+
+class _NoBar:
+    """The progress bar when none is shown."""
+
+    def update(self, n: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _advance(bar, content_frames: int, previous_seek: int, seek: int) -> None:
