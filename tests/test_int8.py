@@ -91,6 +91,19 @@ def test_a_backend_without_int8_runs_those_ops_on_the_reference_int8_path():
     np.testing.assert_array_equal(got, get_registry().ops("numpy", "int8").bind("linear", weight=w, bias=b)(x))
 
 
+def test_int8_keeps_the_cross_attention_kv_projection_float32():
+    """It runs once per window, not per token: an int8 model binds it in float32 (the contract), so its cross K/V are
+    the float32 model's bit for bit, while its decoder layers are int8."""
+    from whisperkit import WhisperTiny
+    feats = np.random.default_rng(7).standard_normal((1, 1500, 384)).astype(np.float32)
+    m8, m32 = WhisperTiny(backend="numpy", compute_type="int8"), WhisperTiny(backend="numpy")
+    c8, c32 = m8.graph.new_cache(feats), m32.graph.new_cache(feats)
+    np.testing.assert_array_equal(c8.cross_k, c32.cross_k)
+    np.testing.assert_array_equal(c8.cross_v, c32.cross_v)
+    tokens = np.array([[50257, 50362]])  # <|startoftranscript|> <|notimestamps|>
+    assert not np.array_equal(m8.graph.decoder(tokens, c8, 0), m32.graph.decoder(tokens, c32, 0))
+
+
 # ---- numba's int8 kernels (backends/numba_backend/_int8.py) ---------------------------------------------------------
 def _numba_int8():
     pytest.importorskip("numba")

@@ -127,6 +127,16 @@ class Ops:
         return self.reference
 
     @property
+    def float32(self) -> "Ops":
+        """This dispatcher in float32 (itself when it is): it binds what the contract keeps float32 under every
+        compute type (the decoder's cross-attention K/V projection)."""
+        if self.compute_type == "float32":
+            return self
+        if getattr(self, "_float32", None) is None:
+            self._float32 = Ops(self.backend, self.reference, "float32")
+        return self._float32
+
+    @property
     def padded_steps(self) -> bool:
         """Whether the bound decoder_step takes `pad` (the contract): the backend's, when it says so; the
         reference's, when its layers (decoder_layer) run on the reference too."""

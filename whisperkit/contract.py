@@ -37,7 +37,10 @@ Compute types (`COMPUTE_TYPES`, faster-whisper's names)
   each block's dot product is an exact integer, the scaling and the sum over blocks are float32.
   Biases, LayerNorms, the convolutions, attention and the embeddings stay float32 (as stored), and so does
   the logits projection of ``decoder_step`` (the token embedding, tied): quantizing it too cost 1.1 points of
-  word error rate on the labelled English set (docs/bench-results.md), against 0.2 for all the rest.  A backend
+  word error rate on the labelled English set (docs/bench-results.md), against 0.2 for all the rest.  The model
+  also binds the decoder's cross-attention K/V projection in float32 (`Ops.float32`): it runs once per 30-s
+  window, not per token, so int8 would save no decoding time, while its rounding reached the cross-attention
+  of every step (the measured cost is in docs/bench-results.md).  A backend
   declares the compute types it implements (``Backend.compute_types``); an op it does not run in int8
   runs on the reference's int8 path, never in float32.
 

@@ -184,7 +184,8 @@ class TextDecoder:
         self.dims = dims
         self.token_embedding = layout.param(t, DECODER, "token_embedding.weight")  # (n_vocab, n_text_state)
         self.positional_embedding = layout.param(t, DECODER, "positional_embedding")  # (n_text_ctx, n_text_state)
-        self.cross_kv = [ops.bind("linear", **layout.module_weights(t, DECODER, "cross_attn.kv", i))
+        # float32 under every compute type (the contract): it runs once per window, not per token
+        self.cross_kv = [ops.float32.bind("linear", **layout.module_weights(t, DECODER, "cross_attn.kv", i))
                          for i in range(dims.n_text_layer)]
         layer_kwargs = self._layer_kwargs(t)
         ln = layout.module_weights(t, DECODER, "ln")
