@@ -87,3 +87,22 @@ def test_top_k_equals_a_full_sort(seed):
         x[3, n - 1] = 0.0  # the best token in the tail
         want = np.stack([np.lexsort((np.arange(n), -row))[:k] for row in x])
         np.testing.assert_array_equal(top_k(x, k), want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_beams_prompt_runs_once_per_audio(tiny_on, backend):
+    """Before the first sampled token the 5 beams of an audio hold the same tokens: the prompt runs once per
+    audio (Inference.logits_per_audio), and every row's caches and logits equal those of running it per row."""
+    from whisperkit.decoding import Inference
+    model = tiny_on(backend)
+    feats = np.random.default_rng(5).standard_normal((2, 1500, 384)).astype(np.float32)
+    tokens = np.repeat(np.array([[50361, 1002, 318, 50257], [50361, 40, 716, 50257]]), 5, axis=0)  # sot_prev, 2 words, sot
+    once, each = Inference(model.graph, feats, 5), Inference(model.graph, feats, 5)
+    got, want = once.logits_per_audio(tokens, [3]), each.logits(tokens, [3])
+    assert got.shape == want.shape == (10, 1, 51864)
+    assert once.offset == each.offset == 4
+    # the compiled backends' rows do not depend on the other rows: the same bits.  The reference's GEMMs are
+    # OpenBLAS's, whose rounding depends on the number of rows (measured: 2e-7 of the logits' scale).
+    rtol = 0 if backend != "numpy" else 1e-5
+    for a, b in ((got, want), (once.cache.k[:, :, :4], each.cache.k[:, :, :4]), (once.cache.v[:, :, :4], each.cache.v[:, :, :4])):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)

@@ -77,6 +77,20 @@ class Inference:
         self.offset = tokens.shape[1]
         return out
 
+    def logits_per_audio(self, tokens: np.ndarray, positions: Sequence[int] | None = None) -> np.ndarray:
+        """`logits` when the rows of each group (the beams or best_of samples of one audio) hold the same tokens, as
+        they do before the first sampled one: the decoder runs once per audio, not once per row (5 times the
+        prompt's rows at beam 5), and its caches and logits are copied to the rows of the group."""
+        g = self.cache.group
+        if g == 1:
+            return self.logits(tokens, positions)
+        one = self.cache.ungrouped()
+        rel = None if positions is None else [p - self.offset if p >= 0 else p for p in positions]
+        out = self.graph.decoder(tokens[::g, self.offset:], one, self.offset, rel)  # (n_audio, n_pos, n_vocab)
+        self.offset = tokens.shape[1]
+        self.cache.spread_from(one, self.offset)
+        return np.repeat(out, g, axis=0)
+
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         if list(source_indices) != list(range(len(source_indices))):
             self.cache.reorder(np.asarray(source_indices), self.offset)
@@ -329,7 +343,7 @@ class DecodingTask:
         for i in range(self.sample_len):
             open_tokens = tokens if len(active) == tokens.shape[0] else tokens[active]
             if i == 0:
-                logits = inference.logits(open_tokens, sot_at + [tokens.shape[1] - 1])
+                logits = inference.logits_per_audio(open_tokens, sot_at + [tokens.shape[1] - 1])  # rows of a group alike
                 if self.tokenizer.no_speech is not None:
                     at_sot = logits[np.arange(len(logits)), sot_column]  # (rows, n_vocab)
                     probs_at_sot = np.exp(log_softmax(at_sot))

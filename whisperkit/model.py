@@ -109,6 +109,7 @@ class KVCache:
 
     def __init__(self, dims: ModelDimensions, batch: int, group: int = 1):
         shape = (dims.n_text_layer, batch, dims.n_text_ctx, dims.n_text_state)
+        self.dims = dims
         self.k = untouched_zeros(shape)  # each row fills only the positions it decodes
         self.v = untouched_zeros(shape)
         self.cross_k = self.cross_v = None  # set by TextDecoder.set_audio
@@ -129,6 +130,20 @@ class KVCache:
                 cache[:, moved, :filled] = cache[:, src, :filled]  # the right side is a copy: rows may swap
             if self.pad is not None:
                 self.pad = self.pad[index]
+
+    def ungrouped(self) -> "KVCache":
+        """A cache of one row per audio over the same cross K/V: what every row of a group computes alike (the
+        prompt of beams that have not parted yet) runs there once, and `spread_from` copies it to the rows."""
+        one = KVCache(self.dims, self.cross_k.shape[1])
+        one.cross_k, one.cross_v = self.cross_k, self.cross_v
+        one.pad = None if self.pad is None else self.pad[::self.group]
+        return one
+
+    def spread_from(self, one: "KVCache", filled: int) -> None:
+        """The first `filled` positions of each row of `one` (from `ungrouped`) into every row of its group."""
+        for j in range(self.group):
+            self.k[:, j::self.group, :filled] = one.k[:, :, :filled]
+            self.v[:, j::self.group, :filled] = one.v[:, :, :filled]
 
     def select(self, rows: np.ndarray, filled: int | None = None) -> None:
         """Keep only these batch rows, in self-attention and cross-attention alike (rows leaving a batch).
