@@ -67,41 +67,65 @@ def _mv16(w, b, s, li, x, y, rp, pc, pv):
     The widening is the bit shuffle that is exact for normal float16 values (exponent rebias 15 -> 127,
     sign moved to bit 31).  The few elements with exponent 0 (zeros, subnormals), for which it is not,
     are then overwritten with their float32 bits: those of row o of layer li are pc[p] (column) and
-    pv[p] (bits) for p in rp[li, o] .. rp[li, o + 1] - 1."""
+    pv[p] (bits) for p in rp[li, o] .. rp[li, o + 1] - 1.  Weight rows are widened four at a time, so that
+    the rows of x left over from the blocks of four (all of them, in a greedy step) run four independent
+    sums, not one chain of dependent FMAs."""
     nr, n = x.shape
     n_out = w.shape[1]
     n4 = nr - nr % 4
     #omp parallel for schedule(static)
     for blk in range((n_out + BLK - 1) // BLK):
-        buf = np.empty(n, np.float32)
+        buf = np.empty(4 * n, np.float32)
         bits = buf.view(np.uint32)
-        for o in range(blk * BLK, min(n_out, blk * BLK + BLK)):
-            for k in range(n):
-                u = np.uint32(w[li, o, k])
-                bits[k] = (((u & np.uint32(0x7fff)) << np.uint32(13)) + np.uint32(0x38000000)) | ((u & np.uint32(0x8000)) << np.uint32(16))
-            for p in range(rp[li, o], rp[li, o + 1]):
-                bits[pc[p]] = pv[p]
-            bo = b[li, o]
-            for i in range(0, n4, 4):
-                s0 = np.float32(0.)
-                s1 = np.float32(0.)
-                s2 = np.float32(0.)
-                s3 = np.float32(0.)
+        o1 = min(n_out, blk * BLK + BLK)
+        for o0 in range(blk * BLK, o1, 4):
+            nb = min(4, o1 - o0)
+            for c in range(nb):
                 for k in range(n):
-                    wk = buf[k]
-                    s0 += x[i, k] * wk
-                    s1 += x[i + 1, k] * wk
-                    s2 += x[i + 2, k] * wk
-                    s3 += x[i + 3, k] * wk
-                y[i, o] = s0 + bo
-                y[i + 1, o] = s1 + bo
-                y[i + 2, o] = s2 + bo
-                y[i + 3, o] = s3 + bo
+                    u = np.uint32(w[li, o0 + c, k])
+                    bits[c * n + k] = (((u & np.uint32(0x7fff)) << np.uint32(13)) + np.uint32(0x38000000)) | ((u & np.uint32(0x8000)) << np.uint32(16))
+                for p in range(rp[li, o0 + c], rp[li, o0 + c + 1]):
+                    bits[c * n + pc[p]] = pv[p]
+            for c in range(nb):
+                o = o0 + c
+                bo = b[li, o]
+                for i in range(0, n4, 4):
+                    s0 = np.float32(0.)
+                    s1 = np.float32(0.)
+                    s2 = np.float32(0.)
+                    s3 = np.float32(0.)
+                    for k in range(n):
+                        wk = buf[c * n + k]
+                        s0 += x[i, k] * wk
+                        s1 += x[i + 1, k] * wk
+                        s2 += x[i + 2, k] * wk
+                        s3 += x[i + 3, k] * wk
+                    y[i, o] = s0 + bo
+                    y[i + 1, o] = s1 + bo
+                    y[i + 2, o] = s2 + bo
+                    y[i + 3, o] = s3 + bo
             for i in range(n4, nr):
-                s = np.float32(0.)
-                for k in range(n):
-                    s += x[i, k] * buf[k]
-                y[i, o] = s + bo
+                if nb == 4:
+                    t0 = np.float32(0.)
+                    t1 = np.float32(0.)
+                    t2 = np.float32(0.)
+                    t3 = np.float32(0.)
+                    for k in range(n):
+                        xk = x[i, k]
+                        t0 += xk * buf[k]
+                        t1 += xk * buf[n + k]
+                        t2 += xk * buf[2 * n + k]
+                        t3 += xk * buf[3 * n + k]
+                    y[i, o0] = t0 + b[li, o0]
+                    y[i, o0 + 1] = t1 + b[li, o0 + 1]
+                    y[i, o0 + 2] = t2 + b[li, o0 + 2]
+                    y[i, o0 + 3] = t3 + b[li, o0 + 3]
+                else:
+                    for c in range(nb):
+                        t = np.float32(0.)
+                        for k in range(n):
+                            t += x[i, k] * buf[c * n + k]
+                        y[i, o0 + c] = t + b[li, o0 + c]
 
 
 def _quant_rows(x, bs):
