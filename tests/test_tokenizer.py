@@ -327,7 +327,7 @@ def test_vocabulary_decodes_every_id_as_tiktoken(tokenizer_json, fixture, multil
 
 @needs_tiny
 def test_transcribing_builds_no_bpe():
-    """A transcription only decodes: tiktoken (its Rust BPE and ranks, ~23 MiB) is never imported."""
+    """A transcription only decodes: tiktoken (its Rust BPE and the ranks it keeps) is never imported."""
     code = ("import sys; from whisperkit import Whisper; "
             f"r = Whisper('tiny.en', backend='numpy').transcribe({str(SHARED / 'audio' / 'jfk.flac')!r}); "
             "print(len(r.text) > 50, 'tiktoken' in sys.modules)")

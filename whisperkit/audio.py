@@ -178,8 +178,8 @@ def iter_file_blocks(source: Union[str, os.PathLike], sr: int = SAMPLE_RATE, *, 
                 mono = np.ascontiguousarray(block[:, 0])
             out = _finish_block(path, mono, done, in_rate, resampler, last)
             done += block.shape[0]
-            # nothing of the block is held while this generator waits at its yield (a window's decoding): on
-            # jfk's 44.1 kHz stereo that was 6.3 MiB at the command's peak
+            # nothing of the block is held while this generator waits at its yield (a window's decoding): the
+            # block, its mono mix and the block given were part of the command's peak (docs/bench-results.md)
             held = [out] if out.size else []
             del block, mono, out
             if held:

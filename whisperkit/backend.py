@@ -134,6 +134,7 @@ class Ops:
             return self
         if getattr(self, "_float32", None) is None:
             self._float32 = Ops(self.backend, self.reference, "float32")
+            self._float32.fallbacks = self.fallbacks  # one report of what runs on the reference
         return self._float32
 
     @property

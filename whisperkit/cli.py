@@ -364,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
 def one_malloc_arena() -> bool:
     """Make every thread of this process allocate from glibc's main arena (``M_ARENA_MAX`` 1), unless the user set
     MALLOC_ARENA_MAX.  `Whisper` loads the backend on a thread while it reads the weights; with an arena of its
-    own, what that thread freed was held apart from the main heap: a cold ``transcribe --compute_type int8`` peaked
-    11 MiB higher (docs/bench-results.md).  Only the command does this: a library leaves its host's allocator
+    own, what that thread freed was held apart from the main heap, and a cold ``transcribe`` peaked higher
+    (docs/bench-results.md).  Only the command does this: a library leaves its host's allocator
     alone.  Returns whether the setting was made (glibc only)."""
     import ctypes
     import os

@@ -7,8 +7,8 @@ agree with the model's embedding table.
 
 Transcribing turns ids into text and never text into ids (unless a prompt, prefix or hotwords are
 given), so a `Tokenizer` holds a `Vocabulary` (the bytes of each id) and builds tiktoken's ``Encoding``
-(the BPE) on its first ``encode``: the Encoding's Rust tables and the ranks dict it keeps are about
-23 MiB on Whisper's vocabulary, a tenth of a cold command's memory.
+(the BPE) on its first ``encode``: the Encoding's Rust tables and the ranks dict it keeps were a tenth
+of a cold command's memory (docs/bench-results.md).
 """
 
 from __future__ import annotations

@@ -313,7 +313,7 @@ def _transcribe_source(model: "SpeechModel", audio, *, verbose: bool | None = No
     if progress is None:
         progress = sys.stderr.isatty() and content_frames > N_FRAMES and not verbose
     if progress:
-        from tqdm import tqdm  # here: without a bar, tqdm is not imported (1.3 MiB of a cold command)
+        from tqdm import tqdm  # here: without a bar, tqdm is not imported (its memory counts in a cold command)
         bar = tqdm(total=round(content_frames / FRAMES_PER_SECOND, 2), unit="s", unit_scale=False,
                    bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
     else:
