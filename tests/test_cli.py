@@ -1,6 +1,8 @@
 """The installed `whisperkit` command, run as a user would, and its errors on bad input."""
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,14 +116,13 @@ def test_transcribe_reads_standard_input(golden_tiny, tmp_path):
     assert empty.returncode == 2 and b"standard input held no audio (0 bytes)" in empty.stderr
 
 
-_GLIBC = hasattr(__import__("os"), "confstr") and (__import__("os").confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+_GLIBC = hasattr(os, "confstr") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
 
 
 @pytest.mark.skipif(not _GLIBC, reason="M_ARENA_MAX is glibc's")
 def test_the_command_keeps_one_malloc_arena():
     """`whisperkit transcribe` allocates from one malloc arena (cli.one_malloc_arena): a thread's first
     allocation then maps no arena of its own (more lines in /proc/self/maps without it)."""
-    import sys
     code = ("import ctypes, sys, threading; from whisperkit.cli import one_malloc_arena\n"
             "one = one_malloc_arena() if sys.argv[1] == 'one' else None\n"
             "libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p\n"

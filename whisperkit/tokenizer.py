@@ -170,13 +170,17 @@ def _ranks_cache_file(path: Path) -> Path | None:
     return Path(root) / "tokenizers" / f"{key}.ranks"
 
 
+#: How many id lists `_encoded_facts` gives, each cached after the vocabulary.
+_N_FACTS = 2
+
+
 def _encoded_facts(encode: Callable[[str], List[int]]) -> Tuple[Tuple[int, ...], ...]:
     """What decoding needs of the BPE, found once per tokenizer.json and cached with its vocabulary: the
     non-speech tokens (`_non_speech_tokens`) and the tokens of a blank (" ", `SuppressBlank`)."""
     return _non_speech_tokens(encode), tuple(encode(" "))
 
 
-def _read_vocab_cache(cache: Path) -> Tuple[bytes, bytes, Tuple[Tuple[int, ...], ...]] | None:
+def _read_vocab_cache(cache: Path) -> Tuple[Sequence[int], bytes, Tuple[Tuple[int, ...], ...]] | None:
     """The cached vocabulary: the magic line, the count n, one byte of length per token, the tokens' bytes in
     rank order, then each of `_encoded_facts` as its count and its ids (4 bytes each).  Returns (lengths, the
     tokens' bytes, the facts); anything that does not add up gives None (the tokenizer.json is read instead,
@@ -190,11 +194,11 @@ def _read_vocab_cache(cache: Path) -> Tuple[bytes, bytes, Tuple[Tuple[int, ...],
         return None
     n = int.from_bytes(data[len(_RANKS_MAGIC):head], "little")
     lengths = data[head:head + n]
-    at = head + n + sum(lengths)
+    stop = head + n + sum(lengths)
     if len(lengths) != n or 0 in lengths:
         return None
-    facts = []
-    for _ in range(2):
+    facts, at = [], stop
+    for _ in range(_N_FACTS):
         m = int.from_bytes(data[at:at + 4], "little")
         ids = data[at + 4:at + 4 + 4 * m]
         if len(ids) != 4 * m:
@@ -203,24 +207,24 @@ def _read_vocab_cache(cache: Path) -> Tuple[bytes, bytes, Tuple[Tuple[int, ...],
         at += 4 + 4 * m
     if at != len(data) or any(i >= n for ids in facts for i in ids):
         return None
-    return lengths, data[head + n:head + n + sum(lengths)], tuple(facts)
+    return lengths, data[head + n:stop], tuple(facts)
 
 
-def _write_vocab_cache(cache: Path, ranks: Dict[bytes, int], facts: Sequence[Sequence[int]]) -> None:
-    tokens = sorted(ranks, key=ranks.__getitem__)
-    if any(not 0 < len(t) < 256 for t in tokens):
+def _write_vocab_cache(cache: Path, lengths: Sequence[int], blob: bytes, facts: Sequence[Sequence[int]]) -> None:
+    """What `_read_vocab_cache` reads back; a token of 256 bytes or more (one length byte each) is not cached."""
+    if any(not 0 < n < 256 for n in lengths):
         return
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(_RANKS_MAGIC + len(tokens).to_bytes(4, "little") + bytes(map(len, tokens)) + b"".join(tokens)
+        tmp.write_bytes(_RANKS_MAGIC + len(lengths).to_bytes(4, "little") + bytes(lengths) + blob
                         + b"".join(len(ids).to_bytes(4, "little") + array("I", ids).tobytes() for ids in facts))
         os.replace(tmp, cache)  # whole or not at all
     except OSError:  # a read-only home: no cache, the JSON is read each time
         pass
 
 
-def _read_or_cache(path: Path) -> Tuple[bytes, bytes, Tuple[Tuple[int, ...], ...]]:
+def _read_or_cache(path: Path) -> Tuple[Sequence[int], bytes, Tuple[Tuple[int, ...], ...]]:
     """(lengths, tokens' bytes, `_encoded_facts`) of a tokenizer.json, through its cache file: parsing the whole
     tokenizer.json (its merges too) is the slowest step of building a tokenizer, ~60 ms of a cold start, and
     the facts need the BPE; the cache holds only the vocabulary and the facts."""
@@ -230,10 +234,11 @@ def _read_or_cache(path: Path) -> Tuple[bytes, bytes, Tuple[Tuple[int, ...], ...
         return got
     ranks = _load_ranks(path)
     facts = _encoded_facts(build_encoding(ranks, 0).encode)
-    if cache is not None:
-        _write_vocab_cache(cache, ranks, facts)
     tokens = sorted(ranks, key=ranks.__getitem__)
-    return bytes(map(len, tokens)), b"".join(tokens), facts
+    lengths, blob = [len(t) for t in tokens], b"".join(tokens)
+    if cache is not None:
+        _write_vocab_cache(cache, lengths, blob, facts)
+    return lengths, blob, facts
 
 
 def _cached_ranks(path: Path) -> Dict[bytes, int]:
@@ -273,8 +278,6 @@ class Vocabulary:
     order, then Whisper's special tokens) and the non-speech tokens."""
 
     path: str
-    num_languages: int
-    n_regular: int
     blob: bytes  # every token's bytes, in id order
     ends: array  # token i is blob[ends[i]:ends[i + 1]]
     special: Dict[str, int]
@@ -301,9 +304,8 @@ def _vocabulary_cached(path: str, num_languages: int) -> Vocabulary:
     specials = [name.encode() for name in names]
     ends = array("Q", itertools.accumulate(itertools.chain(lengths, map(len, specials)), initial=0))
     n = len(lengths)
-    return Vocabulary(path=path, num_languages=num_languages, n_regular=n, blob=blob + b"".join(specials), ends=ends,
-                      special={name: n + i for i, name in enumerate(names)}, non_speech=non_speech,
-                      blank=blank)
+    return Vocabulary(path=path, blob=blob + b"".join(specials), ends=ends, special={name: n + i for i, name in enumerate(names)},
+                      non_speech=non_speech, blank=blank)
 
 
 def _resolved(tokenizer_json: Union[str, os.PathLike]) -> str:

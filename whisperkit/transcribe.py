@@ -214,9 +214,11 @@ def _serve(model: "SpeechModel", requests: dict[int, EmbedRequest | DecodeReques
     for members in groups.values():
         first: DecodeRequest = requests[members[0]]  # type: ignore[assignment]
         task = DecodingTask(model.graph, first.tokenizer, first.options)
-        features = np.concatenate([requests[i].features for i in members]) if len(members) > 1 else first.features
-        results = task.run(features, prompts=[requests[i].options.prompt for i in members]) if len(members) > 1 \
-            else task.run(features)
+        if len(members) > 1:
+            features = np.concatenate([requests[i].features for i in members])
+            results = task.run(features, prompts=[requests[i].options.prompt for i in members])
+        else:  # one audio: its features as they are, not a copy
+            results = task.run(first.features)
         answers.update(zip(members, results))
     return answers
 
