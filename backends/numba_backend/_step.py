@@ -23,7 +23,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._kernels import _blocks, exp_f32, gelu_scalar, hmax_lanes, ln_rows, write_new_kv
+from ._kernels import _blocks, exp_f32, gelu_scalar, hmax_lanes, ln_rows, vgelu_bias16, write_new_kv
 
 # A decode step has few rows (one per beam or batched file), so every product is a GEMV-like pass that
 # reads each weight row once for all rows, from float16 where the checkpoint's weights are float16.
@@ -212,24 +212,33 @@ def gemv_block(x, w, c0, c1, bias, res, out, act):
     k16 = k - k % 16
     gemv_core(x, w, c0, c1, out)
     add_res = res.ctypes.data != out.ctypes.data
-    if k16 == k and not add_res:  # only the bias to add (the logits): a loop LLVM vectorises, unlike the one below
+    if k16 < k:  # the inputs off the 16 lanes, then bias (and res) as below
         for i in range(m):
+            xr = x[i]
             orow = out[i]
             for j in range(c0, c1):
-                orow[j] = orow[j] + bias[j]
-    for i in range(m if k16 < k or add_res else 0):
-        xr = x[i]
+                acc = orow[j]
+                wr = w[j]
+                for t in range(k16, k):
+                    acc += xr[t] * widen(wr[t])
+                orow[j] = acc
+    if act and not add_res:  # bias and GELU in one 16-lane pass (a scalar float64 GELU cost ~11 ns a value)
+        n16 = (c1 - c0) // 16
+        for i in range(m):
+            orow = out[i]
+            vgelu_bias16(orow[c0:c1], bias[c0:c1], n16)
+            for j in range(c0 + 16 * n16, c1):
+                orow[j] = gelu_scalar(orow[j] + bias[j])
+        return
+    for i in range(m):  # loops LLVM vectorises
         orow = out[i]
-        rrow = res[i]
-        for j in range(c0, c1):
-            acc = orow[j]
-            wr = w[j]
-            for t in range(k16, k):
-                acc += xr[t] * widen(wr[t])
-            acc += bias[j]
-            if add_res:
-                acc += rrow[j]
-            orow[j] = acc
+        if add_res:
+            rrow = res[i]
+            for j in range(c0, c1):
+                orow[j] = orow[j] + bias[j] + rrow[j]
+        else:
+            for j in range(c0, c1):
+                orow[j] = orow[j] + bias[j]
     if act:
         for i in range(m):
             orow = out[i]
@@ -365,18 +374,25 @@ def vmax(typingctx, a, n):
 def pv_head(p, v, out, rows, n_keys):
     """out[:rows] += p[:rows, :n_keys] @ v[:n_keys] for one head (v, out: views of the head's columns)."""
     dh = v.shape[1]
-    if dh == 64:  # every Whisper size: 4 zmm per value row, up to 4 query rows per pass (16 accumulators)
+    if dh == 64:  # every Whisper size: 4 zmm per value row
+        # Up to 6 query rows per pass (24 accumulators), so a beam step's 5 rows read each value row once: a
+        # pass for the 5th row alone would read the block again from L2 for 4 FMAs a row, at L2's pace.
         i = 0
         while i < rows:
-            r = min(4, rows - i)
+            left = rows - i
+            r = left if left <= 6 else (4 if left <= 8 else 6)
             if r == 1:
                 pv_tile(p, i, v, out, n_keys, 1, 4)
             elif r == 2:
                 pv_tile(p, i, v, out, n_keys, 2, 4)
             elif r == 3:
                 pv_tile(p, i, v, out, n_keys, 3, 4)
-            else:
+            elif r == 4:
                 pv_tile(p, i, v, out, n_keys, 4, 4)
+            elif r == 5:
+                pv_tile(p, i, v, out, n_keys, 5, 4)
+            else:
+                pv_tile(p, i, v, out, n_keys, 6, 4)
             i += r
         return
     for r in range(rows):
@@ -480,24 +496,24 @@ ATTN_PART_KEYS = 256
 
 
 @njit(cache=True)
-def attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, b0, b1):
-    """Partial blocks b0:b1 (ATTN_PART_KEYS keys each) of every group, in one thread's scratch."""
-    groups = kv_k.shape[0]
+def attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, u0, u1):
+    """Partial blocks u0:u1 of the list of every group's blocks (group-major, ATTN_PART_KEYS keys each),
+    in one thread's scratch."""
+    nb = po.shape[0]
     rows = lims.shape[1]
     s = np.empty((rows, n_head, ATTN_PART_KEYS), np.float32)
-    for g in range(groups):
-        for b in range(b0, b1):
-            j0 = b * ATTN_PART_KEYS
-            attn_part(q, qc, g * rows, rows, kv_k[g], kv_v[g], lims[g], starts[g], j0, min(n_keys, j0 + ATTN_PART_KEYS), n_head,
-                      scale, s, po[b, g], pm[b, g], pl[b, g])
+    for u in range(u0, u1):
+        g, b = u // nb, u % nb
+        j0 = b * ATTN_PART_KEYS
+        attn_part(q, qc, g * rows, rows, kv_k[g], kv_v[g], lims[g], starts[g], j0, min(n_keys, j0 + ATTN_PART_KEYS), n_head,
+                  scale, s, po[b, g], pm[b, g], pl[b, g])
 
 
 @njit(parallel=True, cache=True)
-def attn_blocks_par(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, nt):
-    nb = po.shape[0]
-    bb = _blocks(nb, nt, 1)  # contiguous runs of blocks: each thread streams its part of K and V once
+def attn_units_par(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, nt):
+    ub = _blocks(po.shape[0] * kv_k.shape[0], nt, 1)  # contiguous runs: each thread streams its part of K and V once
     for t in prange(nt):
-        attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, bb[t], bb[t + 1])
+        attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, ub[t], ub[t + 1])
 
 
 @njit(cache=True)
@@ -505,7 +521,8 @@ def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, out, nt):
     """Attention for few query rows: group g (a batch row over its own KV cache, or the beams of one audio
     over its cross K/V) holds the query rows g*R:(g+1)*R of q (columns qc:qc+n) and the keys kv_k[g, :n_keys];
     row r of a group sees the keys starts[g, r] <= j < lims[g, r].  The keys are cut into blocks, computed as unnormalised
-    partials spread over the threads, then merged."""
+    partials spread over the threads (the blocks of all groups: a beam step's short self-attention caches
+    split by beam), then merged."""
     groups = kv_k.shape[0]
     rows = lims.shape[1]
     n = out.shape[1]
@@ -514,11 +531,11 @@ def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, out, nt):
     po = np.empty((nb, groups, rows, n), np.float32)
     pm = np.empty((nb, groups, rows, n_head), np.float32)
     pl = np.empty((nb, groups, rows, n_head), np.float32)
-    nt = min(nt, nb)
+    nt = min(nt, nb * groups)
     if nt == 1:
-        attn_blocks(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, 0, nb)
+        attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, 0, nb * groups)
     else:
-        attn_blocks_par(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, nt)
+        attn_units_par(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, nt)
     for g in range(groups):
         attn_merge(po, pm, pl, g, g * rows, rows, n_head, out)
 
