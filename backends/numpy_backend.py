@@ -12,6 +12,7 @@ import numpy as np
 from whisperkit import model
 from whisperkit.backend import Backend, DecoderStepWeights, Ops, bind_group, hookimpl, weight_group
 from whisperkit.contract import LAYER_NORM_EPS, int8_block, quantize_int8, quantize_rows_int8
+from whisperkit.token_decoders import log_softmax
 
 # Coefficients of the erfc approximation of Numerical Recipes (2nd ed., sec. 6.2, "erfcc"),
 # fractional error below 1.2e-7 for every argument >= 0 -- i.e. within about one float32 ulp.
@@ -104,6 +105,9 @@ class NumpyBackend(Backend):
         xc = x - mean
         var = np.mean(xc * xc, axis=-1, keepdims=True)
         return (xc / np.sqrt(var + np.float32(LAYER_NORM_EPS))) * w.weight + w.bias
+
+    def log_softmax(self, x):
+        return log_softmax(x)
 
     def gelu(self, x):
         # 0.5 * x * (1 + erf(x / sqrt 2)) = x * (1 - erfc(x / sqrt 2) / 2) for x >= 0, x * erfc(|x| / sqrt 2) / 2 below:

@@ -559,6 +559,53 @@ def _rowwise_scale(inp, ref):
     return np.broadcast_to(r.max(-1, keepdims=True) if r.size else r, r.shape)
 
 
+# === log_softmax ========================================================================================
+def _log_softmax(shape=None, values=None, std=3.0, layout="C", suppress=0, suppress_from=None, only_one=False,
+                 offset=0.0):
+    """Logits-like rows: normal values, `suppress` random entries per row and the columns from `suppress_from`
+    on set to -inf (the logit filters' suppressed tokens), or every entry but one per row (`only_one`)."""
+    def build(rng):
+        x = _f32(values) if values is not None else _normal(rng, shape, std=std) + _f32(offset)
+        if suppress:
+            for row in x.reshape(-1, x.shape[-1]):
+                row[rng.choice(x.shape[-1], suppress, replace=False)] = -np.inf
+        if suppress_from is not None:
+            x[..., suppress_from:] = -np.inf
+        if only_one:
+            keep = x[..., :1].copy()
+            x[...] = -np.inf
+            x[..., x.shape[-1] // 2:x.shape[-1] // 2 + 1] = keep
+        return Inputs((_layout(x, layout, rng),))
+    return build
+
+
+def _log_softmax_cases():
+    v = N_VOCAB
+    for name, kw in [
+        ("tiny_greedy_1", dict(shape=(1, v), suppress=90)),
+        ("tiny_beam5", dict(shape=(5, v), suppress=90, suppress_from=v - 1501)),
+        ("tiny_3d_2x1", dict(shape=(2, 1, v), std=5.0)),
+        ("base_beam5", dict(shape=(5, v + 1), suppress=90)),
+        ("odd_3x17", dict(shape=(3, 17), suppress=2)),
+        ("odd_1x1", dict(shape=(1, 1))),
+        ("odd_7", dict(shape=(7,))),
+        ("one_finite_per_row", dict(shape=(3, 40), only_one=True)),
+        ("offset_1e4", dict(shape=(2, 1000), offset=1e4)),
+        ("wide_std_50", dict(shape=(2, 4099), std=50.0)),
+        ("empty", dict(values=np.zeros((0, 384), np.float32))),
+        ("fortran", dict(shape=(4, 384), layout="F")),
+        ("strided", dict(shape=(3, 385), layout="strided")),
+    ]:
+        x = kw.get("shape") or np.shape(kw.get("values"))
+        _case("log_softmax", name, _log_softmax(**kw), x=tuple(x), **{k: v for k, v in kw.items() if k == "layout"})
+
+
+def _log_softmax_scale(inp, ref):
+    # 1 + |y|: the sum of exps in another order (and another 1-ulp exp) moves the row's lse, so every value of the
+    # row, by about its relative error (~1e-6 for a vocabulary); each value's own rounding adds eps |y|
+    return 1.0 + np.abs(np.where(np.isfinite(ref), ref, 0.0).astype(np.float64))
+
+
 # === the table ========================================================================================
 _F32_MATMUL = Tol(5e-6, 1e-37, "float32 sums in another order (BLAS blocking, SIMD lanes, FMA): error ~ sqrt(n_in)*eps*(|x| @ |w|.T); "
                                "measured: numba, pythran, onnxruntime and a float64 evaluation use at most 1e-7 of that scale "
@@ -568,6 +615,7 @@ _linear_cases()
 _conv_cases()
 _ln_cases()
 _gelu_cases()
+_log_softmax_cases()
 _attention_cases("attention")
 _attention_cases("attention_weights")
 _coarse_cases()
@@ -604,6 +652,10 @@ for _op, _tol, _scale, _doc in [
     ("gelu", Tol(1e-5, 1e-37, "erf/erfc to float32 precision (~1.2e-7) on top of rounding x/sqrt(2): 1e-5 accepts any "
                               "float32-accurate erf and rejects the tanh approximation (errors up to 2e-4 near |x| ~ 1-3)"),
      _gelu_scale, "|gelu(x)| + 0.01 |x|"),
+    ("log_softmax", Tol(1e-5, 1e-37, "the log of a float32 sum of up to 51865 exps: another summation order and a 1-ulp exp "
+                                     "move the sum by ~1e-6 relative, so every value of the row by ~1e-6; every backend "
+                                     "measured at under a quarter of this tolerance"),
+     _log_softmax_scale, "1 + |y|"),
     ("attention", Tol(5e-6, 1e-37, "scores q.k/sqrt(d) in float32 carry ~sqrt(d)*eps*|s| error which exp() turns into a relative "
                                    "error of the probabilities, then P @ V sums n_kv terms: relative to (P @ |V|) * (1 + max|s|); "
                                    "measured backends and float64 use under 4e-8 of that scale"),

@@ -100,7 +100,7 @@ class BoundOp:
 class Ops:
     """Dispatches each op to the backend under use, or to the reference where it does not support it.
 
-    Weighted ops are bound once (`bind`); weightless ops (`gelu`, `attention`, `attention_weights`)
+    Weighted ops are bound once (`bind`); weightless ops (`gelu`, `log_softmax`, `attention`, `attention_weights`)
     are plain methods chosen at construction.  Every fallback is logged once and kept in `fallbacks`.
     """
 

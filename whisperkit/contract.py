@@ -153,6 +153,17 @@ _op(
     """,
 )
 _op(
+    "log_softmax",
+    "log_softmax(x) -> y",
+    (),
+    """
+    x: (..., n), -inf allowed (the logit filters' suppressed tokens), at least one finite value per row.  Over
+    the last axis: y = (x - max) - log(sum(exp(x - max))), each step in float32; -inf stays -inf.  The decode
+    loop's logit filters and token decoders take every log-probability from it, once per step: for
+    tiny.en, rows of 51864 (one per beam or file).
+    """,
+)
+_op(
     "attention",
     "attention(q, k, v, n_head, causal=False, offset=0) -> out",
     (),

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from .audio import CHUNK_LENGTH
-from .token_decoders import BeamSearchDecoder, GreedyDecoder, TokenDecoder, log_softmax, shifted_and_lse
+from .token_decoders import BeamSearchDecoder, GreedyDecoder, TokenDecoder, log_softmax
 
 if TYPE_CHECKING:
     from .model import KVCache, WhisperGraph
@@ -98,9 +98,9 @@ class Inference:
 
 # ---- logit filters ------------------------------------------------------------------------
 class LogitFilter:
-    #: After apply(): `shifted_and_lse(logits)` when the filter computed it and left the logits as they were
-    #: from that point on, so the token decoder need not compute it again; else None.
-    parts: tuple[np.ndarray, np.ndarray] | None = None
+    #: After apply(): the log_softmax of the logits when the filter computed it and left the logits as they
+    #: were from that point on, so the token decoder need not compute it again; else None.
+    logprobs: np.ndarray | None = None
 
     def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
         """Edit logits (batch, n_vocab) in place given the tokens so far (batch, n)."""
@@ -132,10 +132,12 @@ class ApplyTimestampRules(LogitFilter):
     is a timestamp no later than max_initial_timestamp, and when the timestamps together are more
     probable than any text token, a timestamp is forced."""
 
-    def __init__(self, tokenizer: "Tokenizer", sample_begin: int, max_initial_timestamp_index: int | None):
+    def __init__(self, tokenizer: "Tokenizer", sample_begin: int, max_initial_timestamp_index: int | None,
+                 log_softmax: Callable[[np.ndarray], np.ndarray] = log_softmax):
         self.tokenizer = tokenizer
         self.sample_begin = sample_begin
         self.max_initial_timestamp_index = max_initial_timestamp_index
+        self.log_softmax = log_softmax
 
     def apply(self, logits, tokens):
         tb, eot = self.tokenizer.timestamp_begin, self.tokenizer.eot
@@ -159,17 +161,15 @@ class ApplyTimestampRules(LogitFilter):
             logits[:, :tb] = -np.inf  # the first sampled token is a timestamp
             if self.max_initial_timestamp_index is not None:
                 logits[:, tb + self.max_initial_timestamp_index + 1:] = -np.inf
-        # log-probabilities as shifted - lse, subtracted only where read: the same bits as a whole log_softmax
-        # (float32 subtraction of one value keeps the order, so the max of the text tokens' too)
-        shifted, lse = shifted_and_lse(logits)
-        self.parts = (shifted, lse)
+        logprobs = self.log_softmax(logits)
+        self.logprobs = logprobs
         for k in range(tokens.shape[0]):
-            ts = shifted[k, tb:] - lse[k]
+            ts = logprobs[k, tb:]
             m = ts.max()
             timestamp_logprob = m + np.log(np.sum(np.exp(ts - m))) if np.isfinite(m) else -np.inf
-            if timestamp_logprob > shifted[k, :tb].max() - lse[k, 0]:
+            if timestamp_logprob > logprobs[k, :tb].max():
                 logits[k, :tb] = -np.inf
-                self.parts = None  # the logits changed after they were computed
+                self.logprobs = None  # the logits changed after they were computed
 
 
 # ---- ranking ------------------------------------------------------------------------------
@@ -226,9 +226,10 @@ class DecodingTask:
         self.sot_index = self.initial_tokens.index(tokenizer.sot)
         rng = np.random.default_rng(options.seed)
         if options.beam_size is not None:
-            self.decoder: TokenDecoder = BeamSearchDecoder(options.beam_size, tokenizer.eot, options.patience)
+            self.decoder: TokenDecoder = BeamSearchDecoder(options.beam_size, tokenizer.eot, options.patience,
+                                                           graph.ops.log_softmax)
         else:
-            self.decoder = GreedyDecoder(options.temperature, tokenizer.eot, rng)
+            self.decoder = GreedyDecoder(options.temperature, tokenizer.eot, rng, graph.ops.log_softmax)
         self.ranker = MaximumLikelihoodRanker(options.length_penalty)
         self.logit_filters = self._logit_filters()
 
@@ -245,7 +246,7 @@ class DecodingTask:
             max_index = None
             if options.max_initial_timestamp:
                 max_index = round(options.max_initial_timestamp / precision)
-            filters.append(ApplyTimestampRules(tokenizer, self.sample_begin, max_index))
+            filters.append(ApplyTimestampRules(tokenizer, self.sample_begin, max_index, self.graph.ops.log_softmax))
         return filters
 
     @staticmethod
@@ -353,12 +354,12 @@ class DecodingTask:
                 logits = inference.logits(open_tokens)[:, -1]
             for f in self.logit_filters:
                 f.apply(logits, open_tokens)
-            parts = self.logit_filters[-1].parts if self.logit_filters else None  # only the last filter's stay valid
+            logprobs = self.logit_filters[-1].logprobs if self.logit_filters else None  # only the last filter's stay valid
             if open_tokens is tokens:
-                tokens, completed = self.decoder.update(tokens, logits, sum_logprobs, parts)
+                tokens, completed = self.decoder.update(tokens, logits, sum_logprobs, logprobs)
             else:
                 open_logprobs = sum_logprobs[active]
-                updated, _ = self.decoder.update(open_tokens, logits, open_logprobs, parts)
+                updated, _ = self.decoder.update(open_tokens, logits, open_logprobs, logprobs)
                 sum_logprobs[active] = open_logprobs
                 column = np.full(tokens.shape[0], self.tokenizer.eot, np.int64)
                 column[active] = updated[:, -1]

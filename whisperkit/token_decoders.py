@@ -6,26 +6,21 @@
   cache are reordered to follow), and finished ones are collected until there are
   round(beam_size * patience) of them per audio.
 
-`log_softmax` lives here too: the decoders, the logit filters and the language detection all use it.
+`log_softmax` lives here too: the reference's (the contract's op, `whisperkit.backends.numpy_backend`), and
+the default of the decoders; the decode loop hands them its backend's (`Ops.log_softmax`).
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
 
-def shifted_and_lse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(x - max, log(sum(exp(x - max)))) over the last axis in float32: log_softmax(x) is their difference.
-    Callers that need only a few log-probabilities, or a max over them, subtract the lse from those alone:
-    the same float32 operation on the same values, so the same bits as the whole log_softmax."""
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """log_softmax over the last axis, each step in float32: (x - max) - log(sum(exp(x - max))); -inf stays -inf."""
     x = np.asarray(x, np.float32)
     shifted = x - np.max(x, axis=-1, keepdims=True)
-    return shifted, np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    """log_softmax over the last axis in float32; -inf entries stay -inf."""
-    shifted, lse = shifted_and_lse(x)
-    shifted -= lse
+    shifted -= np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
     return shifted
 
 
@@ -62,9 +57,9 @@ class TokenDecoder:
         """Called before each window."""
 
     def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray,
-               parts: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, bool]:
-        """Append the next token to every sequence; return (tokens, completed).  `parts`, when given, is
-        `shifted_and_lse(logits)` already computed (by a logit filter) for these very logits."""
+               logprobs: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+        """Append the next token to every sequence; return (tokens, completed).  `logprobs`, when given, is
+        the log_softmax of these very logits, already computed (by a logit filter)."""
         raise NotImplementedError
 
     def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray):
@@ -75,18 +70,18 @@ class TokenDecoder:
 class GreedyDecoder(TokenDecoder):
     """Argmax at temperature 0, else one sample from softmax(logits / temperature)."""
 
-    def __init__(self, temperature: float, eot: int, rng: np.random.Generator):
-        self.temperature, self.eot, self.rng = temperature, eot, rng
+    def __init__(self, temperature: float, eot: int, rng: np.random.Generator,
+                 log_softmax: Callable[[np.ndarray], np.ndarray] = log_softmax):
+        self.temperature, self.eot, self.rng, self.log_softmax = temperature, eot, rng, log_softmax
 
-    def update(self, tokens, logits, sum_logprobs, parts=None):
+    def update(self, tokens, logits, sum_logprobs, logprobs=None):
         if self.temperature == 0:
             next_tokens = logits.argmax(axis=-1)
         else:  # Gumbel-max: argmax(logits / T + Gumbel noise) samples softmax(logits / T)
             noise = self.rng.gumbel(size=logits.shape).astype(np.float32)
             next_tokens = (logits / np.float32(self.temperature) + noise).argmax(axis=-1)
-        shifted, lse = parts if parts is not None else shifted_and_lse(logits)
-        rows = np.arange(logits.shape[0])
-        current = shifted[rows, next_tokens] - lse[:, 0]  # the chosen tokens' log-probabilities
+        logprobs = self.log_softmax(logits) if logprobs is None else logprobs
+        current = logprobs[np.arange(logits.shape[0]), next_tokens]  # the chosen tokens' log-probabilities
         sum_logprobs += current * (tokens[:, -1] != self.eot)
         next_tokens[tokens[:, -1] == self.eot] = self.eot
         tokens = np.concatenate([tokens, next_tokens[:, None]], axis=-1)
@@ -99,7 +94,8 @@ class GreedyDecoder(TokenDecoder):
 
 # ---- beam search ----------------------------------------------------------------------------
 class BeamSearchDecoder(TokenDecoder):
-    def __init__(self, beam_size: int, eot: int, patience: float | None = None):
+    def __init__(self, beam_size: int, eot: int, patience: float | None = None,
+                 log_softmax: Callable[[np.ndarray], np.ndarray] = log_softmax):
         if beam_size < 1:
             raise ValueError(f"beam_size must be at least 1, got {beam_size}")
         self.beam_size = beam_size
@@ -110,21 +106,21 @@ class BeamSearchDecoder(TokenDecoder):
             raise ValueError(f"patience {patience} leaves no candidates for beam_size {beam_size}")
         self.finished: list[dict[tuple, float]] | None = None
         self.source_indices = None
+        self.log_softmax = log_softmax
 
     def reset(self) -> None:
         self.finished = None
         self.source_indices = None
 
-    def update(self, tokens, logits, sum_logprobs, parts=None):
+    def update(self, tokens, logits, sum_logprobs, logprobs=None):
         if tokens.shape[0] % self.beam_size != 0:
             raise ValueError(f"{tokens.shape[0]} rows is not a multiple of beam_size {self.beam_size}")
         n_audio = tokens.shape[0] // self.beam_size
         if self.finished is None:
             self.finished = [{} for _ in range(n_audio)]
-        shifted, lse = parts if parts is not None else shifted_and_lse(logits)  # log-probabilities: shifted - lse
-        k = self.beam_size + 1
-        top = top_k(shifted, k)  # the k best tokens of each row, best first
-        top_logprobs = np.take_along_axis(shifted, top, axis=-1) - lse
+        logprobs = self.log_softmax(logits) if logprobs is None else logprobs
+        top = top_k(logprobs, self.beam_size + 1)  # the k best tokens of each row, best first
+        top_logprobs = np.take_along_axis(logprobs, top, axis=-1)
         # each candidate's score, a float32 sum as openai-whisper's, taken out to Python floats in one call
         cand_scores = (np.asarray(sum_logprobs, np.float32)[:, None] + top_logprobs).tolist()
         prefixes, top_tokens = tokens.tolist(), top.tolist()

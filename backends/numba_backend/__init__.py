@@ -109,6 +109,7 @@ def _hot_signatures():
     return [
         (K.conv1d_kernel, (f[3], f[3], f[1], f[2], i, i, i)),
         (K.gelu_kernel, (f[1], f[1], i)),
+        (K.log_softmax_kernel, (f[2], f[2], i)),
         (K.encoder_layer_kernel, (f[2], i, i) + (f[1], f[1], f[2], f[1], f[2], f[1]) + (f[1], f[1], f[2], f[1], f[2], f[1])
          + (i, i, i)),
         (K.layer_norm_kernel, (f[2], f[1], f[1], f[2], i)),
@@ -289,6 +290,9 @@ class _ThreadChoice:
 
     PROBE = 32
     WARM = 4  # steps of each choice timed before choosing
+    #: a choice this many times slower than the best is re-timed 8 times less often: each re-timing costs a
+    #: slow step, and on an idle machine one thread stays well behind (docs/bench-results.md, issue 14)
+    FAR = 1.5
 
     def __init__(self, nt):
         self.time = {nt: None, 1: None}  # exponential average of the step time
@@ -301,7 +305,7 @@ class _ThreadChoice:
         if self.steps <= 2 * self.WARM or None in self.time.values():  # alternate at first: a lone first
             return nt if self.steps % 2 else 1                         # time may carry one-off costs
         best, other = sorted(self.time, key=self.time.get)
-        every = self.PROBE * (8 if self.time[other] > 2 * self.time[best] else 1)
+        every = self.PROBE * (8 if self.time[other] > self.FAR * self.time[best] else 1)
         return other if self.steps % every == 0 else best
 
     def record(self, nt, dt):
@@ -430,6 +434,15 @@ class NumbaBackend(AttentionPair, Backend):
         out = np.empty_like(x2)
         _kern().layer_norm_kernel(x2, w.weight, w.bias, out, _nt())
         return out.reshape(x.shape)
+
+    def log_softmax(self, x):
+        x = np.asarray(x)
+        if x.size == 0:
+            return np.empty(x.shape, _F32)
+        rows = f32c(x).reshape(-1, x.shape[-1])
+        y = np.empty_like(rows)
+        _kern().log_softmax_kernel(rows, y, _nt())
+        return y.reshape(x.shape)
 
     def gelu(self, x):
         x = np.asarray(x)

@@ -241,11 +241,7 @@ def vmax16(typingctx, a, n16):
     return types.float32(a, n16), codegen
 
 
-@intrinsic
-def vexp_sum16(typingctx, a, n16, m):
-    """a[j] = exp(a[j] - m) for j < 16 * n16, in place; returns their sum."""
-    aty = a
-
+def _exp_sum_codegen(aty, store):
     def codegen(context, builder, sig, args):
         base = _base(context, builder, aty, args[0])
         undef = ir.Constant(_VF, ir.Undefined)
@@ -255,11 +251,23 @@ def vexp_sum16(typingctx, a, n16, m):
         with cgutils.for_range(builder, args[1]) as loop:
             p = _vptr(builder, base, loop.index)
             e = _emit_exp(builder, builder.fsub(builder.load(p, align=4), mv), SOFTMAX_FLUSH)
-            builder.store(e, p, align=4)
+            if store:
+                builder.store(e, p, align=4)
             builder.store(builder.fadd(builder.load(acc), e), acc)
         return _hsum16(builder, builder.load(acc))
+    return codegen
 
-    return types.float32(a, n16, m), codegen
+
+@intrinsic
+def vexp_sum16(typingctx, a, n16, m):
+    """a[j] = exp(a[j] - m) for j < 16 * n16, in place; returns their sum."""
+    return types.float32(a, n16, m), _exp_sum_codegen(a, True)
+
+
+@intrinsic
+def vexp_total16(typingctx, a, n16, m):
+    """The sum of exp(a[j] - m) for j < 16 * n16 (a is only read)."""
+    return types.float32(a, n16, m), _exp_sum_codegen(a, False)
 
 
 @intrinsic
@@ -311,6 +319,39 @@ def ln_rows(x, r0, r1, g, b, out, o0):
         orow = out[o0 + i]
         for j in range(n):
             orow[j] = (xr[j] - mean) * inv * g[j] + b[j]
+
+
+@njit(cache=True)
+def log_softmax_rows(x, y, r0, r1):
+    """y[r] = log_softmax(x[r]) for r0 <= r < r1 (the contract's op): a 16-lane max, the sum of exp(x - max) in
+    16 lanes (`vexp_total16`), then y = (x - max) - log(sum).  -inf stays -inf (its exp is flushed to 0);
+    the log is taken in float64 and rounded once."""
+    n = x.shape[1]
+    n16 = n // 16
+    for r in range(r0, r1):
+        xr = x[r]
+        yr = y[r]
+        m = vmax16(xr, n16) if n16 > 0 else xr[0]
+        for j in range(16 * n16, n):
+            if xr[j] > m:
+                m = xr[j]
+        s = vexp_total16(xr, n16, m) if n16 > 0 else np.float32(0.0)
+        for j in range(16 * n16, n):
+            d = xr[j] - m
+            if d > np.float32(-87.3):
+                s += exp_f32(d)
+        lse = np.float32(np.log(np.float64(s)))
+        for j in range(n):
+            yr[j] = (xr[j] - m) - lse
+
+
+@njit(parallel=True, cache=True)
+def log_softmax_kernel(x, y, nt):
+    """log_softmax_rows over every row, the rows split over `nt` threads (a beam step's 5 rows of 51864)."""
+    nt = max(1, min(nt, x.shape[0]))
+    rb = _blocks(x.shape[0], nt, 1)
+    for t in prange(nt):
+        log_softmax_rows(x, y, rb[t], rb[t + 1])
 
 
 @njit(cache=True, error_model="numpy")

@@ -349,6 +349,13 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         self._weightless_runner(("gelu", self.exact_gelu), lambda: self._graphs().build_gelu(self.exact_gelu))({"x": x}, {"y": y})
         return y
 
+    def log_softmax(self, x):
+        x = f32c(x)
+        y = np.empty_like(x)
+        if x.size:
+            self._weightless_runner(("log_softmax",), lambda: self._graphs().build_log_softmax())({"x": x}, {"y": y})
+        return y
+
     def _attention(self, q, k, v, n_head, causal, offset, weights_only):
         q, k = f32c(q), f32c(k)
         b, n_q, d = q.shape

@@ -336,6 +336,14 @@ def build_gelu(exact: bool) -> GraphBuilder:
     return g
 
 
+def build_log_softmax() -> GraphBuilder:
+    """ONNX LogSoftmax over the last axis (MLAS's vectorised kernel): x - max - log(sum(exp(x - max)))."""
+    g = GraphBuilder("log_softmax")
+    x = g.input("x", None)
+    g.output(g.op("LogSoftmax", x, axis=-1), "y", None)
+    return g
+
+
 def build_attention(n_head: int, d_state: int, causal: bool, weights_only: bool) -> GraphBuilder:
     g = GraphBuilder(f"{'attention_weights' if weights_only else 'attention'}_h{n_head}_d{d_state}{'_causal' if causal else ''}")
     d_head = d_state // n_head

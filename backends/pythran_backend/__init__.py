@@ -300,6 +300,12 @@ class PythranBackend(Backend):
         x = np.asarray(x)
         return K.gelu(f32c(x).reshape(-1)).reshape(x.shape)
 
+    def log_softmax(self, x):
+        x = np.asarray(x)
+        if x.size == 0:
+            return np.empty(x.shape, np.float32)
+        return K.log_softmax(f32c(x).reshape(-1, x.shape[-1])).reshape(x.shape)
+
     def attention(self, q, k, v, n_head, causal=False, offset=0):
         b, n_q, d = q.shape
         if n_q <= ROWS_FUSED_MAX:

@@ -70,6 +70,22 @@ def gelu(x):
     return y
 
 
+#pythran export log_softmax(float32[:,:])
+def log_softmax(x):
+    """y = (x - max) - log(sum(exp(x - max))) per row (the contract's op), the rows over the threads; the log of
+    the float32 sum in double, rounded once; -inf stays -inf."""
+    n, d = x.shape
+    y = np.empty((n, d), np.float32)
+    #omp parallel for schedule(static)
+    for i in range(n):
+        m = np.max(x[i])
+        s = np.sum(np.exp(x[i] - m))
+        lse = np.float32(np.log(np.float64(s)))
+        y[i] = x[i] - m  # two statements: -ffast-math would take (x - m) - lse as x - (m + lse), losing the bits
+        y[i] -= lse      # of m + lse when |m| is large
+    return y
+
+
 #pythran export bias_gelu_(float32[:,:], float32[:])
 def bias_gelu_(x, b):
     """x <- gelu(x + b), in place: the epilogue of fc1 in the MLP."""
