@@ -106,3 +106,27 @@ def test_the_beams_prompt_runs_once_per_audio(tiny_on, backend):
     rtol = 0 if backend != "numpy" else 1e-5
     for a, b in ((got, want), (once.cache.k[:, :, :4], each.cache.k[:, :, :4]), (once.cache.v[:, :, :4], each.cache.v[:, :, :4])):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("beam_size", [None, 5])
+def test_decoding_takes_log_probabilities_from_the_backend(tiny_on, beam_size):
+    """Every log-probability of the decode loop (the timestamp rule, the greedy and the beam decoder) comes from the
+    backend's log_softmax op, once per step, over the whole vocabulary of every open row."""
+    model = tiny_on("numba")
+    ops = model.graph.ops
+    assert ops.log_softmax.__self__ is ops.backend and "log_softmax" not in ops.fallbacks  # numba's own
+    seen = []
+    backend_op = ops.log_softmax
+
+    def spy(x):
+        seen.append(x.shape)
+        return backend_op(x)
+
+    ops.log_softmax = spy
+    try:
+        result = model.transcribe(shared("audio", "jfk_16k.wav"), beam_size=beam_size, temperature=0.0)
+    finally:
+        ops.log_softmax = backend_op
+    rows = beam_size or 1
+    assert len(seen) >= sum(len(seg.tokens) for seg in result.segments)  # at least one call per sampled token
+    assert all(s == (rows, 51864) for s in seen), set(seen)
