@@ -78,6 +78,9 @@ def test_one_token_steps_keep_the_faster_thread_count():
         picks.append(nt)
         c.record(nt, 0.001 if nt == 2 else 0.004)
     assert picks.count(2) > picks.count(1) > 0  # the faster one, with the other re-timed now and then
+    c.record(2, 0.02)  # one step the machine stole does not switch
+    assert c.pick(2) == 2 or c.steps % c.PROBE == 0
+    assert c.time[2] < c.time[1]
     for _ in range(16 * c.PROBE):  # the machine gets busy: every thread is now the slow choice
         nt = c.pick(2)
         c.record(nt, 0.05 if nt == 2 else 0.004)
