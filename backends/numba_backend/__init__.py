@@ -115,7 +115,7 @@ def _hot_signatures():
         (K.layer_norm_kernel, (f[2], f[1], f[1], f[2], i)),
         (K.linear_kernel, (f[2], f[2], f[1], f[2], t.none, i, t.Omitted(256))),
         (S.decoder_step_kernel, (f[2], i, i, f[4], f[4], f[4], f[4], i, t.Array(t.int64, 1, "C")) + layer
-         + (f[1], f[1], h[2], f[1], t.Array(t.int64, 1, "C"), f[2], i)),
+         + (f[1], f[1], h[3], t.Array(t.int64, 1, "C"), f[2], i)),
     ]
 
 
@@ -264,8 +264,7 @@ def _int8_group(group):
 def _step_arrays(g, linear) -> tuple:
     """decoder_step's arrays in the step kernels' order: per layer part stacked over the layers, each LayerNorm's
     weight and bias float32, each linear as `linear(get)` gives it (`get(layer)` -> its Linear), then the final
-    LayerNorm and the logits weight (float16 bits where exact, else float32) with a zero bias (the logits have
-    none: one GEMV signature)."""
+    LayerNorm and the logits weight (float16 bits where exact, else float32), packed for `_step.logits_gemv`."""
     def norm(get):
         return (np.stack([f32c(get(layer).weight) for layer in g.layers]),
                 np.stack([f32c(get(layer).bias) for layer in g.layers]))
@@ -275,8 +274,7 @@ def _step_arrays(g, linear) -> tuple:
             *norm(lambda l: l.cross_ln), *linear(lambda l: l.cross_q), *linear(lambda l: l.cross_out),
             *norm(lambda l: l.mlp.ln), *linear(lambda l: l.mlp.fc1), *linear(lambda l: l.mlp.fc2),
             f32c(g.ln.weight), f32c(g.ln.bias),
-            f32c(g.logits.weight) if logits is None else logits.view(np.uint16),
-            np.zeros(np.shape(g.logits.weight)[0], _F32))
+            _step_kernels().pack_logits(f32c(g.logits.weight) if logits is None else logits.view(np.uint16)))
 
 
 class _ThreadChoice:

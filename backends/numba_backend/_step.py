@@ -12,6 +12,9 @@ here, and what is done instead:
   vcvtph2ps and FMAs, register blocks of weight rows by rows of x, lane sums reduced together.
 * The hardware prefetchers leave latency exposed when several rows share each weight byte, and do not
   follow the strided head columns of attention's keys and values: the tiles prefetch rows ahead.
+* The logits weight is packed in blocks of 64 outputs by n_state (`pack_logits`), so its vectors run along the
+  outputs and each x value is broadcast (`gemvt_tile`): the row-major GEMV's lane sums cost a beam step's 5
+  rows about a fifth of the logits' time (0.90-0.97 ms -> 0.72-0.77 ms, one process; docs/bench-results.md).
 Prompts (n_q up to ~224 rows) run the same kernel: blocks of 8 rows of x per weight row keep it near
 sgemm's speed there, so no float32 copy of the float16 weights is kept.
 """
@@ -260,6 +263,164 @@ def gemv(x, w, bias, res, out, act, nt):
         gemv_block(x, w, 0, w.shape[0], bias, res, out, act)
     else:
         gemv_par(x, w, bias, res, out, act, nt)
+
+
+#: Outputs per block of the packed logits weight (`pack_logits`): 4 zmm vectors of float32.
+LOGIT_BLOCK = 64
+#: Bytes ahead of the packed logits weight's current row that `gemvt_tile` prefetches (its rows are 128
+#: contiguous bytes, a block 48 KiB for n_state 384): 8 KiB measured as good as any from 2 to 16.
+LOGIT_PREFETCH = 8192
+#: Weight rows per partial sum in `gemvt_tile`: each output's 384-term sum is 6 sums of 64 added in turn, which
+#: kept its error near the GEMV's (lane sums then a tree; 7e-8 against 4e-8 of |x| @ |w|.T, where one running sum
+#: over all 384 had 2.3e-7).
+LOGIT_SEGMENT = 64
+
+
+def pack_logits(w: np.ndarray) -> np.ndarray:
+    """The logits weight (n_vocab, n_state) as `gemvt_tile` reads it: (blocks, n_state, LOGIT_BLOCK), block b
+    holding outputs b * LOGIT_BLOCK .. + LOGIT_BLOCK - 1 transposed, the last block zero-padded; same dtype."""
+    n, k = w.shape
+    p = LOGIT_BLOCK
+    full, nb = n // p, -(-n // p)
+    out = np.empty((nb, k, p), w.dtype)
+    out[:full] = w[:full * p].reshape(full, p, k).transpose(0, 2, 1)
+    if full < nb:
+        out[full] = 0
+        out[full, :, :n - full * p] = w[full * p:].T
+    return out
+
+
+@intrinsic
+def gemvt_tile(typingctx, wp, blk, x, i, out, oc, R):
+    """out[i + r, oc + c] = sum over t of x[i + r, t] * widen(wp[blk, t, c]) for r < R (a literal), c < LOGIT_BLOCK:
+    the packed logits weight (`pack_logits`), so the vectors run along the outputs, each x value is broadcast
+    into R * 4 FMAs, and no lane sums are needed (in the row-major GEMV, a beam step's 5 rows spent about a fifth
+    of the logits' time folding lanes).  Each widened weight vector still feeds one FMA per row."""
+    if not isinstance(R, types.IntegerLiteral):
+        return None
+    nr, nc = R.literal_value, LOGIT_BLOCK // 16
+    half = isinstance(wp.dtype, types.Integer)
+    wty, xty, oty = wp, x, out
+
+    def codegen(context, builder, sig, args):
+        w_a, b_v, x_a, i_v, o_a, oc_v = args[:6]
+        i64 = ir.IntType(64)
+        f32 = ir.FloatType()
+        vf = ir.VectorType(f32, 16)
+        vw = ir.VectorType(ir.HalfType() if half else f32, 16)
+        esz = 2 if half else 4
+        c64 = lambda v: ir.Constant(i64, v)  # noqa: E731
+        i32c = lambda v: ir.Constant(ir.IntType(32), v)  # noqa: E731
+        warr = context.make_array(wty)(context, builder, w_a)
+        ws = cgutils.unpack_tuple(builder, warr.strides, 3)
+        kt = cgutils.unpack_tuple(builder, warr.shape, 3)[1]
+        wbase = builder.add(builder.ptrtoint(warr.data, i64), builder.mul(b_v, ws[0]))
+
+        def rows(aty, a_v):
+            arr = context.make_array(aty)(context, builder, a_v)
+            stride = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
+            return [builder.add(builder.ptrtoint(arr.data, i64), builder.mul(builder.add(i_v, c64(r)), stride))
+                    for r in range(nr)]
+
+        xrow, orow = rows(xty, x_a), rows(oty, o_a)
+        ocol = builder.mul(oc_v, c64(4))
+        optr = lambda r, c: builder.inttoptr(builder.add(builder.add(orow[r], ocol), c64(64 * c)), vf.as_pointer())  # noqa: E731
+        zero = ir.Constant(vf, None)
+        undef = ir.Constant(vf, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16)
+        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nc)] for _ in range(nr)]
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fma.v16f32")
+        pf = _prefetch_fn(builder)
+        i8p = ir.IntType(8).as_pointer()
+        nseg = builder.udiv(builder.add(kt, c64(LOGIT_SEGMENT - 1)), c64(LOGIT_SEGMENT))
+        with cgutils.for_range(builder, nseg) as seg:
+            for r in range(nr):
+                for c in range(nc):
+                    builder.store(zero, acc[r][c])
+            t0 = builder.mul(seg.index, c64(LOGIT_SEGMENT))
+            end = builder.add(t0, c64(LOGIT_SEGMENT))
+            t1 = builder.select(builder.icmp_unsigned("<", end, kt), end, kt)
+            with cgutils.for_range(builder, builder.sub(t1, t0)) as loop:
+                t = builder.add(t0, loop.index)
+                row = builder.add(wbase, builder.mul(t, ws[1]))
+                for q in range(0, nc * 16 * esz, 64):  # the lines LOGIT_PREFETCH bytes further on
+                    builder.call(pf, [builder.inttoptr(builder.add(row, c64(LOGIT_PREFETCH + q)), i8p),
+                                      i32c(0), i32c(3), i32c(1)])
+                wv = []
+                for c in range(nc):
+                    v = builder.load(builder.inttoptr(builder.add(row, c64(16 * esz * c)), vw.as_pointer()), align=esz)
+                    wv.append(builder.fpext(v, vf) if half else v)
+                for r in range(nr):
+                    xv = builder.load(builder.inttoptr(builder.add(xrow[r], builder.mul(t, c64(4))), f32.as_pointer()))
+                    xb = builder.shuffle_vector(builder.insert_element(undef, xv, i32c(0)), undef, splat)
+                    for c in range(nc):
+                        builder.store(builder.call(fma, [xb, wv[c], builder.load(acc[r][c])]), acc[r][c])
+            first = builder.icmp_unsigned("==", seg.index, c64(0))
+            for r in range(nr):
+                for c in range(nc):
+                    prev = builder.select(first, zero, builder.load(optr(r, c), align=4))
+                    builder.store(builder.fadd(prev, builder.load(acc[r][c])), optr(r, c), align=4)
+        return context.get_dummy_value()
+
+    return types.none(wp, blk, x, i, out, oc, R), codegen
+
+
+@njit(cache=True)
+def _logits_block(x, wp, b, out, oc):
+    """Every row of x against block b of the packed logits weight, into out[:, oc:oc + LOGIT_BLOCK]: up to 6 rows a
+    pass (24 accumulators), in equal passes (the row count alone sets them, so the bits do not depend on threads)."""
+    m = x.shape[0]
+    i = 0
+    while i < m:
+        left = m - i
+        r = (left + (left + 5) // 6 - 1) // ((left + 5) // 6)
+        if r == 1:
+            gemvt_tile(wp, b, x, i, out, oc, 1)
+        elif r == 2:
+            gemvt_tile(wp, b, x, i, out, oc, 2)
+        elif r == 3:
+            gemvt_tile(wp, b, x, i, out, oc, 3)
+        elif r == 4:
+            gemvt_tile(wp, b, x, i, out, oc, 4)
+        elif r == 5:
+            gemvt_tile(wp, b, x, i, out, oc, 5)
+        else:
+            gemvt_tile(wp, b, x, i, out, oc, 6)
+        i += r
+
+
+@njit(cache=True)
+def logits_range(x, wp, b0, b1, out):
+    """out[:, blocks b0:b1] = x @ widen(weight).T from the packed weight; a last block past out's columns goes
+    through a scratch."""
+    n_out = out.shape[1]
+    p = wp.shape[2]
+    for b in range(b0, b1):
+        if (b + 1) * p <= n_out:
+            _logits_block(x, wp, b, out, b * p)
+        else:
+            tail = np.empty((x.shape[0], p), np.float32)
+            _logits_block(x, wp, b, tail, 0)
+            for i in range(x.shape[0]):
+                for j in range(n_out - b * p):
+                    out[i, b * p + j] = tail[i, j]
+
+
+@njit(parallel=True, cache=True)
+def logits_par(x, wp, out, nt):
+    cb = _blocks(wp.shape[0], nt, 1)
+    for p in prange(nt):
+        logits_range(x, wp, cb[p], cb[p + 1], out)
+
+
+@njit(cache=True)
+def logits_gemv(x, wp, out, nt):
+    """The logits: out (rows, n_vocab) = x @ widen(weight).T, the weight packed by `pack_logits`; the blocks over
+    `nt` threads."""
+    if nt == 1:
+        logits_range(x, wp, 0, wp.shape[0], out)
+    else:
+        logits_par(x, wp, out, nt)
 
 
 @intrinsic
@@ -555,13 +716,13 @@ def step_limits(batch, n_q, offset, pad, batch_c, g_rows, n_audio):
 
 @njit(cache=True)
 def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset, pad, ln1g, ln1b, wqkv, bqkv, wo, bo,
-                        lncg, lncb, wcq, bcq, wco, bco, ln2g, ln2b, w1, b1, w2, b2, lnfg, lnfb, wlog, blog, pos_rows,
+                        lncg, lncb, wcq, bcq, wco, bco, ln2g, ln2b, w1, b1, w2, b2, lnfg, lnfb, wlog, pos_rows,
                         logits, nt):
     """One decoding step (a few rows, or a prompt).  x: (batch * n_q, n) embedded tokens; caches
     (n_layer, batch, n_ctx, n) written in place at offset; pad (batch,): the contract's left padding per row;
     cross K/V (n_layer, batch_c, n_audio, n);
-    per-layer weights stacked on a leading layer axis (matrices float16-as-uint16 or float32); logits
-    (len(pos_rows), n_vocab) of the rows pos_rows of the last layer's output."""
+    per-layer weights stacked on a leading layer axis (matrices float16-as-uint16 or float32); wlog: the logits
+    weight packed by `pack_logits`; logits (len(pos_rows), n_vocab) of the rows pos_rows of the last layer's output."""
     m, n = x.shape
     n_layer = wqkv.shape[0]
     batch = m // n_q
@@ -594,4 +755,4 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
     hl = np.empty((p, n), np.float32)
     for i in range(p):
         ln_rows(xa, pos_rows[i], pos_rows[i] + 1, lnfg, lnfb, hl, i)
-    gemv(hl, wlog, blog, logits, logits, False, nt)
+    logits_gemv(hl, wlog, logits, nt)
