@@ -207,8 +207,20 @@ class TextDecoder:
         # all layers, the final LayerNorm and the logits (tied to the token embedding) as one op
         self.step = ops.bind("decoder_step", layers=tuple(layer_kwargs), ln_weight=ln["weight"],
                              ln_bias=ln["bias"], logits_weight=self.token_embedding)
+        # a backend that keeps the embedding in a layout of its own gives its rows back (the contract's
+        # decoder_step, `embedding_rows`): then the model holds no second copy (40 MB on tiny)
+        self._embedding_rows = getattr(self.step.w, "embedding_rows", None)
+        if self._embedding_rows is not None:
+            self.token_embedding = None
         self._reread = reread if reread is not None else (lambda: t)
         self.ops, self._fine, self._ln_weights, self._ln, self._logits = ops, None, ln, None, None
+
+    def embed(self, tokens: np.ndarray, at) -> np.ndarray:
+        """Token plus positional embeddings (batch, n, n_text_state), float32: each stored value widened and one
+        float32 sum, as openai-whisper's float32 model adds them (adding the float16 tables as they are rounded
+        the sum to float16).  `at`: the positions, anything that indexes positional_embedding."""
+        rows = self._embedding_rows(tokens) if self._embedding_rows is not None else self.token_embedding[tokens]
+        return rows.astype(np.float32, copy=False) + self.positional_embedding[at]
 
     def _layer_kwargs(self, t: dict) -> list[dict]:
         return [layout.layer_kwargs(t, DECODER, i, self.dims.n_text_head) for i in range(self.dims.n_text_layer)]
@@ -227,7 +239,7 @@ class TextDecoder:
         `attention_weights` op: `decoder_block` with a tap.  Returns (logits (batch, n_tokens, n_vocab),
         {layer: weights})."""
         ops, n = self.ops, tokens.shape[1]
-        x = (self.token_embedding[tokens] + self.positional_embedding[:n]).astype(np.float32)  # (batch, n, n_text_state)
+        x = self.embed(tokens, slice(0, n))  # (batch, n, n_text_state)
         weights = {}
         for i, w in enumerate(self._fine_blocks()):
             tap = None
@@ -237,7 +249,9 @@ class TextDecoder:
             x = decoder_block(x, w, ops.attention, cache.k[i], cache.v[i], cache.cross_k[i], cache.cross_v[i], 0, cross_tap=tap)
         if self._ln is None:
             self._ln = ops.bind("layer_norm", **self._ln_weights)
-            self._logits = ops.bind("linear", weight=self.token_embedding, bias=None)
+            emb = self.token_embedding if self.token_embedding is not None else \
+                layout.param(self._reread(), DECODER, "token_embedding.weight")
+            self._logits = ops.bind("linear", weight=emb, bias=None)
         return self._logits(self._ln(x)), weights
 
     def set_audio(self, cache: KVCache, audio_features: np.ndarray) -> None:
@@ -262,7 +276,7 @@ class TextDecoder:
             at = np.arange(offset, offset + n_q)[None, :]
             at = np.where(at >= pad[:, None], at - pad[:, None], at)  # a row's real tokens count from its pad: (batch, n_q)
             more = {"pad": pad}
-        x = (self.token_embedding[tokens] + self.positional_embedding[at]).astype(np.float32, copy=False)  # (batch, n_q, n_text_state)
+        x = self.embed(tokens, at)  # (batch, n_q, n_text_state)
         return self.step(x, cache.k, cache.v, cache.cross_k, cache.cross_v, offset, positions, **more)  # decoder_step
 
 

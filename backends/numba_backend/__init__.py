@@ -277,6 +277,21 @@ def _step_arrays(g, linear) -> tuple:
             _step_kernels().pack_logits(f32c(g.logits.weight) if logits is None else logits.view(np.uint16)))
 
 
+def _embedding_rows(packed: np.ndarray, n_vocab: int):
+    """The contract's decoder_step `embedding_rows` over the packed logits weight (`_step.pack_logits`): the step
+    keeps the token embedding only in that layout, and the model reads its rows from there."""
+    block = packed.shape[2]
+
+    def rows(tokens) -> np.ndarray:
+        t = np.asarray(tokens)
+        if t.size and (t.min() < 0 or t.max() >= n_vocab):
+            bad = t[(t < 0) | (t >= n_vocab)].flat[0]
+            raise IndexError(f"token {bad} is outside the vocabulary (0..{n_vocab - 1})")
+        r = packed[t // block, :, t % block]  # t's shape + (n_state,)
+        return r.view(np.float16).astype(np.float32) if r.dtype == np.uint16 else r
+    return rows
+
+
 class _ThreadChoice:
     """Thread count of the one-token decode steps of one row count: every thread, or one, whichever has been
     faster lately.  A step streams ~75 MB (tiny.en), more than one core's bandwidth brings in the time, so
@@ -577,8 +592,10 @@ class NumbaBackend(AttentionPair, Backend):
             mat = np.stack([h.view(np.uint16) for h in hs]) if all(h is not None for h in hs) else np.stack([f32c(w) for w in ws])
             return mat, np.stack([f32c(get(layer).bias) for layer in g.layers])
 
-        return SimpleNamespace(n_layer=len(g.layers), n_head=g.layers[0].n_head, arrays=_step_arrays(g, linear),
-                               n_vocab=logits_weight.shape[0], threads={})  # batch rows -> _ThreadChoice of the one-token steps
+        arrays = _step_arrays(g, linear)
+        return SimpleNamespace(n_layer=len(g.layers), n_head=g.layers[0].n_head, arrays=arrays,
+                               n_vocab=logits_weight.shape[0], embedding_rows=_embedding_rows(arrays[-1], logits_weight.shape[0]),
+                               threads={})  # batch rows -> _ThreadChoice of the one-token steps
 
     def prepare_decoder_step_int8(self, layers, ln_weight, ln_bias, logits_weight):
         """The layers' linears in the contract's int8 (`_int8.pack_int8`, stacked per kind over the layers); the
@@ -591,8 +608,10 @@ class NumbaBackend(AttentionPair, Backend):
             parts = [pack(*get(layer))[:4] for layer in g.layers]  # packed, wsum, scale, bias
             return tuple(np.stack([p[k] for p in parts]) for k in range(4))
 
-        return SimpleNamespace(int8=True, n_layer=len(g.layers), n_head=g.layers[0].n_head, arrays=_step_arrays(g, linear),
-                               n_vocab=logits_weight.shape[0], threads={})
+        arrays = _step_arrays(g, linear)
+        return SimpleNamespace(int8=True, n_layer=len(g.layers), n_head=g.layers[0].n_head, arrays=arrays,
+                               n_vocab=logits_weight.shape[0], embedding_rows=_embedding_rows(arrays[-1], logits_weight.shape[0]),
+                               threads={})
 
     def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None):
         x = np.asarray(x)
