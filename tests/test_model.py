@@ -147,3 +147,16 @@ def test_kv_cache_pages_appear_only_where_written():
     assert full > 26_000 and grown < full // 4, f"cache of {full} KiB made the process grow by {grown} KiB"
     assert cache.k.flags.c_contiguous and cache.k.flags.writeable and cache.k.dtype == np.float32
     assert not cache.k[:, :, 20:].any()
+
+
+def test_token_embeddings_are_summed_in_float32(tiny_numpy, tiny_weights):
+    """openai-whisper's float32 model adds the widened tables in float32; adding the stored float16 tables as
+    they are would round every sum to float16."""
+    emb = tiny_weights.tensors["decoder.token_embedding.weight"]
+    pos = tiny_weights.tensors["decoder.positional_embedding"]
+    assert emb.dtype == pos.dtype == np.float16  # the shipped checkpoint
+    tokens = np.array([[50257, 50362, 843, 523, 616, 5891]])
+    got = tiny_numpy.graph.decoder.embed(tokens, slice(0, 6))
+    want = emb[tokens].astype(np.float32) + pos[:6].astype(np.float32)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert not np.array_equal(got, (emb[tokens] + pos[:6]).astype(np.float32))

@@ -182,3 +182,19 @@ def test_load_releases_llvm_pages_and_numba_still_compiles():
     assert out.stdout.split() == ["True", "16.0", "True", "True"]
     run_op_case("linear/tiny_fc1_1500", NB)
 
+
+
+@pytest.mark.parametrize("case_id", ["decoder_step/tiny_1_off3_fp16_weights", "decoder_step/tiny_1_off3"])
+def test_decoder_step_gives_the_embedding_rows_back(case_id):
+    """The step keeps the token embedding only packed for its logits (the contract's `embedding_rows`): the
+    model reads its rows there, widened exactly, and a token outside the vocabulary is an IndexError."""
+    inp = CASES[case_id].make()
+    w = NB.prepare_decoder_step(**inp.weights)
+    emb = np.asarray(inp.weights["logits_weight"])
+    n = emb.shape[0]
+    tokens = np.array([[0, n - 1, n // 2], [1, 2, n - 2]])
+    rows = w.embedding_rows(tokens)
+    assert rows.shape == tokens.shape + (emb.shape[1],) and rows.dtype == np.float32
+    assert np.array_equal(rows, emb.astype(np.float32)[tokens])
+    with pytest.raises(IndexError, match="outside the vocabulary"):
+        w.embedding_rows(np.array([n]))

@@ -58,7 +58,7 @@ class Whisper:
         # caller's tensors) rather than holding a second copy of what the backend prepared.
         reread = ((lambda: given.tensors) if given is not None else
                   (lambda: resolve_model(name_or_path, download_root=download_root).tensors))
-        self.graph = WhisperGraph(self.ops, self.dims, self.weights.tensors, reread)
+        self.graph = WhisperGraph(self.ops, self.dims, self.weights.tensors, reread, consume=given is None)
         # The backend holds the prepared weights now; the model keeps the facts, not a second copy of the tensors.
         self.weights = dataclasses.replace(self.weights, tensors={})
         self.alignment_heads = self.weights.alignment_heads

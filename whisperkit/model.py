@@ -79,7 +79,8 @@ def decoder_step(x, w: DecoderStepWeights, k_cache, v_cache, cross_k, cross_v, o
 
 
 class AudioEncoder:
-    def __init__(self, ops: Ops, dims: ModelDimensions, t: dict):
+    def __init__(self, ops: Ops, dims: ModelDimensions, t: dict, consume: bool = False):
+        """`consume` (`WhisperGraph`): the encoder's tensors leave `t` once prepared."""
         self.ops = ops
         self.conv1 = ops.bind("conv1d", **layout.module_weights(t, ENCODER, "conv1"), stride=1, padding=1)
         self.conv2 = ops.bind("conv1d", **layout.module_weights(t, ENCODER, "conv2"), stride=2, padding=1)
@@ -87,6 +88,9 @@ class AudioEncoder:
         self.blocks = [ops.bind("encoder_layer", **layout.layer_kwargs(t, ENCODER, i, dims.n_audio_head))
                        for i in range(dims.n_audio_layer)]
         self.ln_post = ops.bind("layer_norm", **layout.module_weights(t, ENCODER, "ln_post"))
+        if consume:  # what the backend copied (float32, int8) is then held once
+            for name in [k for k in t if k.startswith(f"{ENCODER}.")]:
+                del t[name]
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
         x = self.ops.gelu(self.conv1(mel))  # (batch, n_audio_state, n_frames)
@@ -193,9 +197,11 @@ def compact_rows(a: np.ndarray, rows: np.ndarray, filled: int | None = None) -> 
 
 
 class TextDecoder:
-    def __init__(self, ops: Ops, dims: ModelDimensions, t: dict, reread: Callable[[], dict] | None = None):
+    def __init__(self, ops: Ops, dims: ModelDimensions, t: dict, reread: Callable[[], dict] | None = None,
+                 consume: bool = False):
         """`reread()`, if given, gives the tensors again when the fine ops are first needed, so that the
-        decoder layers' weights are not held twice (here and as the backend prepared them)."""
+        decoder layers' weights are not held twice (here and as the backend prepared them).  `consume`
+        (`WhisperGraph`): the token embedding may leave `t` once the backend holds it its own way."""
         self.dims = dims
         self.token_embedding = layout.param(t, DECODER, "token_embedding.weight")  # (n_vocab, n_text_state)
         self.positional_embedding = layout.param(t, DECODER, "positional_embedding")  # (n_text_ctx, n_text_state)
@@ -212,6 +218,8 @@ class TextDecoder:
         self._embedding_rows = getattr(self.step.w, "embedding_rows", None)
         if self._embedding_rows is not None:
             self.token_embedding = None
+            if consume:
+                t.pop(layout.module(DECODER, "token_embedding.weight")[0].canonical)
         self._reread = reread if reread is not None else (lambda: t)
         self.ops, self._fine, self._ln_weights, self._ln, self._logits = ops, None, ln, None, None
 
@@ -284,11 +292,18 @@ class WhisperGraph:
     """Encoder + decoder bound to one dispatcher.  Weights are prepared once, here; `reread` as in
     `TextDecoder`."""
 
-    def __init__(self, ops: Ops, dims: ModelDimensions, tensors: dict, reread: Callable[[], dict] | None = None):
+    def __init__(self, ops: Ops, dims: ModelDimensions, tensors: dict, reread: Callable[[], dict] | None = None,
+                 consume: bool = False):
+        """`consume`: the caller owns `tensors` and drops it afterwards, so a tensor the backend holds in a
+        layout of its own may leave the dict as soon as it is prepared (with `reread` to read it again)."""
         self.ops = ops
         self.dims = dims
-        self.encoder = AudioEncoder(ops, dims, tensors)
-        self.decoder = TextDecoder(ops, dims, tensors, reread)
+        # The decoder first: with `consume`, a backend that repacks the token embedding (40 MB on tiny) lets the
+        # original go before the encoder's weights are prepared (float32 copies of float16 ones on numba), so
+        # the peak of loading holds one copy of each (docs/bench-results.md, issue 14).
+        consume = consume and reread is not None
+        self.decoder = TextDecoder(ops, dims, tensors, reread, consume)
+        self.encoder = AudioEncoder(ops, dims, tensors, consume)
 
     def embed_audio(self, mel: np.ndarray) -> np.ndarray:
         """mel: (batch, n_mels, 3000) -> audio features (batch, n_audio_ctx, n_audio_state)."""
