@@ -103,9 +103,9 @@ def _hot_signatures():
     from numba import types as t
     K, S = _kern(), _step_kernels()
     f = [None] + [t.Array(t.float32, nd, "C") for nd in (1, 2, 3, 4)]
-    h = [None, None] + [t.Array(t.uint16, nd, "C") for nd in (2, 3)]
+    h = [None, None] + [t.Array(t.uint16, nd, "C") for nd in (2, 3, 4)]
     i = t.int64
-    layer = (f[2], f[2], h[3], f[2], h[3], f[2]) * 3  # per kind of layer part: LN weight, bias; matrix, bias
+    layer = (f[2], f[2], h[4], f[2], h[4], f[2]) * 3  # per kind of layer part: LN weight, bias; matrix (packed), bias
     return [
         (K.conv1d_kernel, (f[3], f[3], f[1], f[2], i, i, i)),
         (K.gelu_kernel, (f[1], f[1], i)),
@@ -585,11 +585,13 @@ class NumbaBackend(AttentionPair, Backend):
                                               logits_weight=logits_weight))
 
         def linear(get):
-            """Every layer's matrix stacked, as float16 bits (uint16) when all of them are float16 values,
-            else float32; then the biases."""
+            """Every layer's matrix packed by blocks of outputs (`_step.pack_logits`) and stacked, as float16 bits
+            (uint16) when all of them are float16 values, else float32; then the biases."""
             ws = [get(layer).weight for layer in g.layers]
             hs = [exact_float16(w) for w in ws]
-            mat = np.stack([h.view(np.uint16) for h in hs]) if all(h is not None for h in hs) else np.stack([f32c(w) for w in ws])
+            pack = _step_kernels().pack_logits
+            mat = np.stack([pack(h.view(np.uint16)) for h in hs]) if all(h is not None for h in hs) else \
+                np.stack([pack(f32c(w)) for w in ws])
             return mat, np.stack([f32c(get(layer).bias) for layer in g.layers])
 
         arrays = _step_arrays(g, linear)

@@ -12,11 +12,14 @@ here, and what is done instead:
   vcvtph2ps and FMAs, register blocks of weight rows by rows of x, lane sums reduced together.
 * The hardware prefetchers leave latency exposed when several rows share each weight byte, and do not
   follow the strided head columns of attention's keys and values: the tiles prefetch rows ahead.
-* The logits weight is packed in blocks of 64 outputs by n_state (`pack_logits`), so its vectors run along the
-  outputs and each x value is broadcast (`gemvt_tile`): the row-major GEMV's lane sums cost a beam step's 5
+* Every weight of the step (the layers' and the logits') is packed in blocks of 64 outputs by n_in
+  (`pack_logits`), so the vectors run along the outputs and each x value is broadcast (`gemvt_tile`, `gemvt`):
+  the row-major GEMV (`gemv_tile`, still the layer op's) folds 16 lanes per output, which cost a beam step's 5
   rows about a fifth of the logits' time (0.90-0.97 ms -> 0.72-0.77 ms, one process; docs/bench-results.md).
-Prompts (n_q up to ~224 rows) run the same kernel: blocks of 8 rows of x per weight row keep it near
-sgemm's speed there, so no float32 copy of the float16 weights is kept.
+  The packed logits weight is the only copy of the token embedding: the model reads its rows through
+  `embedding_rows` (the contract's decoder_step).
+Prompts (n_q up to ~224 rows) run the same kernel, 6 rows of x a pass over a block still in L1/L2, so no
+float32 copy of the float16 weights is kept.
 """
 from __future__ import annotations
 
@@ -207,24 +210,11 @@ def gemv_core(x, w, c0, c1, out):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def gemv_block(x, w, c0, c1, bias, res, out, act):
-    """out[:, c0:c1] = x @ widen(w[c0:c1]).T + bias (+ res unless res is out), then GELU if `act`.  x: (m, k)
-    float32, few rows, unit stride along k; w: (n, k) uint16 (float16 bits) or float32.  One signature per
-    weight type (a parallel wrapper costs seconds to compile per signature)."""
-    m, k = x.shape
-    k16 = k - k % 16
-    gemv_core(x, w, c0, c1, out)
+def bias_res_act(out, c0, c1, bias, res, act):
+    """out[:, c0:c1] += bias (+ res unless res is out), then GELU if `act`: the GEMVs' epilogue, on columns
+    still in cache."""
+    m = out.shape[0]
     add_res = res.ctypes.data != out.ctypes.data
-    if k16 < k:  # the inputs off the 16 lanes, then bias (and res) as below
-        for i in range(m):
-            xr = x[i]
-            orow = out[i]
-            for j in range(c0, c1):
-                acc = orow[j]
-                wr = w[j]
-                for t in range(k16, k):
-                    acc += xr[t] * widen(wr[t])
-                orow[j] = acc
     if act and not add_res:  # bias and GELU in one 16-lane pass, as the encoder does (a scalar float64 GELU cost more than the GEMV)
         n16 = (c1 - c0) // 16
         for i in range(m):
@@ -247,6 +237,27 @@ def gemv_block(x, w, c0, c1, bias, res, out, act):
             orow = out[i]
             for j in range(c0, c1):
                 orow[j] = gelu_scalar(orow[j])
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def gemv_block(x, w, c0, c1, bias, res, out, act):
+    """out[:, c0:c1] = x @ widen(w[c0:c1]).T + bias (+ res unless res is out), then GELU if `act`.  x: (m, k)
+    float32, few rows, unit stride along k; w: (n, k) uint16 (float16 bits) or float32.  One signature per
+    weight type (a parallel wrapper costs seconds to compile per signature)."""
+    m, k = x.shape
+    k16 = k - k % 16
+    gemv_core(x, w, c0, c1, out)
+    if k16 < k:  # the inputs off the 16 lanes
+        for i in range(m):
+            xr = x[i]
+            orow = out[i]
+            for j in range(c0, c1):
+                acc = orow[j]
+                wr = w[j]
+                for t in range(k16, k):
+                    acc += xr[t] * widen(wr[t])
+                orow[j] = acc
+    bias_res_act(out, c0, c1, bias, res, act)
 
 
 @njit(parallel=True, cache=True)
@@ -366,8 +377,8 @@ def gemvt_tile(typingctx, wp, blk, x, i, out, oc, R):
 
 
 @njit(cache=True)
-def _logits_block(x, wp, b, out, oc):
-    """Every row of x against block b of the packed logits weight, into out[:, oc:oc + LOGIT_BLOCK]: up to 6 rows a
+def _gemvt_rows(x, wp, b, out, oc):
+    """Every row of x against block b of a packed weight, into out[:, oc:oc + LOGIT_BLOCK]: up to 6 rows a
     pass (24 accumulators), in equal passes (the row count alone sets them, so the bits do not depend on threads)."""
     m = x.shape[0]
     i = 0
@@ -390,17 +401,17 @@ def _logits_block(x, wp, b, out, oc):
 
 
 @njit(cache=True)
-def logits_range(x, wp, b0, b1, out):
-    """out[:, blocks b0:b1] = x @ widen(weight).T from the packed weight; a last block past out's columns goes
-    through a scratch."""
+def gemvt_range(x, wp, b0, b1, out):
+    """out[:, blocks b0:b1] = x @ widen(weight).T from a packed weight (`pack_logits`); a last block past out's
+    columns goes through a scratch."""
     n_out = out.shape[1]
     p = wp.shape[2]
     for b in range(b0, b1):
         if (b + 1) * p <= n_out:
-            _logits_block(x, wp, b, out, b * p)
+            _gemvt_rows(x, wp, b, out, b * p)
         else:
             tail = np.empty((x.shape[0], p), np.float32)
-            _logits_block(x, wp, b, tail, 0)
+            _gemvt_rows(x, wp, b, tail, 0)
             for i in range(x.shape[0]):
                 for j in range(n_out - b * p):
                     out[i, b * p + j] = tail[i, j]
@@ -410,7 +421,7 @@ def logits_range(x, wp, b0, b1, out):
 def logits_par(x, wp, out, nt):
     cb = _blocks(wp.shape[0], nt, 1)
     for p in prange(nt):
-        logits_range(x, wp, cb[p], cb[p + 1], out)
+        gemvt_range(x, wp, cb[p], cb[p + 1], out)
 
 
 @njit(cache=True)
@@ -418,9 +429,33 @@ def logits_gemv(x, wp, out, nt):
     """The logits: out (rows, n_vocab) = x @ widen(weight).T, the weight packed by `pack_logits`; the blocks over
     `nt` threads."""
     if nt == 1:
-        logits_range(x, wp, 0, wp.shape[0], out)
+        gemvt_range(x, wp, 0, wp.shape[0], out)
     else:
         logits_par(x, wp, out, nt)
+
+
+@njit(cache=True)
+def gemvt_block(x, wp, b0, b1, bias, res, out, act):
+    """Blocks b0:b1 of `gemvt`."""
+    gemvt_range(x, wp, b0, b1, out)
+    bias_res_act(out, b0 * wp.shape[2], min(b1 * wp.shape[2], out.shape[1]), bias, res, act)
+
+
+@njit(parallel=True, cache=True)
+def gemvt_par(x, wp, bias, res, out, act, nt):
+    cb = _blocks(wp.shape[0], nt, 1)
+    for p in prange(nt):
+        gemvt_block(x, wp, cb[p], cb[p + 1], bias, res, out, act)
+
+
+@njit(cache=True)
+def gemvt(x, wp, bias, res, out, act, nt):
+    """`gemv` from a weight packed by `pack_logits`: out = x @ widen(w).T + bias (+ res unless res is out), GELU'd
+    if act; the blocks of 64 outputs over `nt` threads."""
+    if nt == 1:
+        gemvt_block(x, wp, 0, wp.shape[0], bias, res, out, act)
+    else:
+        gemvt_par(x, wp, bias, res, out, act, nt)
 
 
 @intrinsic
@@ -735,22 +770,22 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
     xa = x.copy()
     x1 = np.empty((m, n), np.float32)
     x2 = np.empty((m, n), np.float32)
-    f = np.empty((m, w1.shape[1]), np.float32)
+    f = np.empty((m, w2.shape[2]), np.float32)  # n_ff: the inputs of fc2 (packed: layer, block, input, output)
     self_lims, self_starts, cross_lims, cross_starts = step_limits(batch, n_q, offset, pad, batch_c, g_rows, n_audio)
     n_kv = offset + n_q
     for li in range(n_layer):
         ln_rows(xa, 0, m, ln1g[li], ln1b[li], h, 0)
-        gemv(h, wqkv[li], bqkv[li], qkv, qkv, False, nt)
+        gemvt(h, wqkv[li], bqkv[li], qkv, qkv, False, nt)
         write_new_kv(qkv, k_cache[li], v_cache[li], batch, n_q, offset)
         attn_groups(qkv, 0, k_cache[li], v_cache[li], n_kv, self_lims, self_starts, n_head, a, nt)
-        gemv(a, wo[li], bo[li], xa, x1, False, nt)
+        gemvt(a, wo[li], bo[li], xa, x1, False, nt)
         ln_rows(x1, 0, m, lncg[li], lncb[li], h, 0)
-        gemv(h, wcq[li], bcq[li], a, a, False, nt)
+        gemvt(h, wcq[li], bcq[li], a, a, False, nt)
         attn_groups(a, 0, cross_k[li], cross_v[li], n_audio, cross_lims, cross_starts, n_head, h, nt)
-        gemv(h, wco[li], bco[li], x1, x2, False, nt)
+        gemvt(h, wco[li], bco[li], x1, x2, False, nt)
         ln_rows(x2, 0, m, ln2g[li], ln2b[li], h, 0)
-        gemv(h, w1[li], b1[li], f, f, True, nt)
-        gemv(f, w2[li], b2[li], x2, xa, False, nt)
+        gemvt(h, w1[li], b1[li], f, f, True, nt)
+        gemvt(f, w2[li], b2[li], x2, xa, False, nt)
     p = pos_rows.shape[0]
     hl = np.empty((p, n), np.float32)
     for i in range(p):
