@@ -15,7 +15,7 @@ here, and what is done instead:
 * Every weight of the step (the layers' and the logits') is packed in blocks of 64 outputs by n_in
   (`pack_logits`), so the vectors run along the outputs and each x value is broadcast (`gemvt_tile`, `gemvt`):
   the row-major GEMV (`gemv_tile`, still the layer op's) folds 16 lanes per output, which cost a beam step's 5
-  rows about a fifth of the logits' time (0.90-0.97 ms -> 0.72-0.77 ms, one process; docs/bench-results.md).
+  rows about a fifth of the logits' time (docs/bench-results.md, issue 14, stop 33).
   The packed logits weight is the only copy of the token embedding: the model reads its rows through
   `embedding_rows` (the contract's decoder_step).
 Prompts (n_q up to ~224 rows) run the same kernel, 6 rows of x a pass over a block still in L1/L2, so no
@@ -276,14 +276,14 @@ def gemv(x, w, bias, res, out, act, nt):
         gemv_par(x, w, bias, res, out, act, nt)
 
 
-#: Outputs per block of the packed logits weight (`pack_logits`): 4 zmm vectors of float32.
+#: Outputs per block of a packed weight (`pack_logits`): 4 zmm vectors of float32.
 LOGIT_BLOCK = 64
-#: Bytes ahead of the packed logits weight's current row that `gemvt_tile` prefetches (its rows are 128
-#: contiguous bytes, a block 48 KiB for n_state 384): 8 KiB measured as good as any from 2 to 16.
+#: Bytes ahead of a packed weight's current row that `gemvt_tile` prefetches (its rows are 128 contiguous bytes):
+#: the best of the distances measured (docs/bench-results.md, issue 14, stop 33).
 LOGIT_PREFETCH = 8192
-#: Weight rows per partial sum in `gemvt_tile`: each output's 384-term sum is 6 sums of 64 added in turn, which
-#: kept its error near the GEMV's (lane sums then a tree; 7e-8 against 4e-8 of |x| @ |w|.T, where one running sum
-#: over all 384 had 2.3e-7).
+#: Weight rows per partial sum in `gemvt_tile`: each output's sum over n_in is made of sums of 64 added in turn,
+#: which keeps its rounding error near the row-major GEMV's (lane sums, then a tree); one running sum over all of
+#: n_in had several times the error (docs/bench-results.md).
 LOGIT_SEGMENT = 64
 
 
