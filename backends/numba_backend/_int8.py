@@ -27,7 +27,7 @@ from numba.extending import intrinsic
 from whisperkit.contract import int8_block, quantize_int8
 
 from ._kernels import _blocks, attention_kernel, bias_gelu_rows, gelu_scalar, vgelu_bias16, hmax_lanes, keep_alive, ln_rows, write_new_kv
-from ._step import attn_groups, gemv, logits_gemv, step_limits
+from ._step import attn_groups, logits_gemv, step_limits
 
 #: output channels per vpdpbusd lane group
 LANES = 16

@@ -1,11 +1,11 @@
 """The decoder step of the Numba backend: every layer, the final LayerNorm and the logits in one call.
 
 `decoder_step_kernel` reads ~75 MB per token for tiny.en, weights it cannot reuse, so every product is a
-GEMV-like pass (`gemv_core`) that reads each weight row once for all rows of the step, from float16 where
-the checkpoint's weights are float16 (half the bytes, the same products).  What Numba and LLVM cannot do
-here, and what is done instead:
-* Numba has no float16 arithmetic on the CPU.  The weights are kept as uint16 bits; `widen` bitcasts to
-  LLVM's ``half`` and extends, which the CPU does with F16C's vcvtph2ps.
+GEMV-like pass (`gemvt`; `gemv_core` for attention's scores) that reads each weight once for all rows of the
+step, from float16 where the checkpoint's weights are float16 (half the bytes, the same products).  What Numba
+and LLVM cannot do here, and what is done instead:
+* Numba has no float16 arithmetic on the CPU.  The weights are kept as uint16 bits, which the tiles bitcast to
+  LLVM's ``half`` and extend (F16C's vcvtph2ps); ``widen(w)`` below is that float32 value.
 * LLVM's loop vectoriser stops at 256-bit vectors on this CPU family (its "prefer 256-bit" tuning), which
   halves the FMA and conversion rate, and it does not vectorise a float max reduction.  The inner loops
   are therefore intrinsics emitting explicit 16-lane vectors (`gemv_tile`, `pv_tile`, `vmax`): zmm loads,
@@ -34,22 +34,6 @@ from ._kernels import _blocks, exp_f32, gelu_scalar, hmax_lanes, ln_rows, vgelu_
 # A decode step has few rows (one per beam or batched file), so every product is a GEMV-like pass that
 # reads each weight row once for all rows, from float16 where the checkpoint's weights are float16.
 FAST = {"reassoc", "contract", "nsz", "arcp"}
-
-
-@intrinsic
-def widen(typingctx, x):
-    """A weight element as float32: a float16 stored as uint16 is bitcast to LLVM's half and extended
-    (vectorised, that is F16C's vcvtph2ps); a float32 is returned as is.  Numba has no float16
-    arithmetic on the CPU, LLVM has the type."""
-    if isinstance(x, types.Integer) and x.bitwidth == 16:
-        def codegen(context, builder, sig, args):
-            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
-        return types.float32(x), codegen
-    if x == types.float32:
-        def codegen(context, builder, sig, args):
-            return args[0]
-        return types.float32(x), codegen
-    return None
 
 
 def _prefetch_fn(builder):
@@ -88,6 +72,24 @@ def _hsums(builder, vecs):
     return out
 
 
+def _lanes(half):
+    """The LLVM types of the 16-lane tiles: i64, float, <16 x float>, the weight vector (<16 x half> or
+    <16 x float>), a weight element's bytes, and an i64 constant maker."""
+    i64 = ir.IntType(64)
+    f32 = ir.FloatType()
+    return (i64, f32, ir.VectorType(f32, 16), ir.VectorType(ir.HalfType() if half else f32, 16), 2 if half else 4,
+            lambda v: ir.Constant(i64, v))
+
+
+def _row_addresses(context, builder, aty, a_v, first, count):
+    """Byte addresses (i64) of rows first .. first + count - 1 of a 2-D array argument."""
+    i64 = ir.IntType(64)
+    arr = context.make_array(aty)(context, builder, a_v)
+    stride = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
+    base = builder.ptrtoint(arr.data, i64)
+    return [builder.add(base, builder.mul(builder.add(first, ir.Constant(i64, q)), stride)) for q in range(count)]
+
+
 @intrinsic
 def gemv_tile(typingctx, w, j, x, i, out, k16, C, R):
     """out[i + r, j + c] = sum over t < k16 of x[i + r, t] * widen(w[j + c, t]), for r < R, c < C (literals):
@@ -103,19 +105,8 @@ def gemv_tile(typingctx, w, j, x, i, out, k16, C, R):
 
     def codegen(context, builder, sig, args):
         w_a, j_v, x_a, i_v, o_a, k_v = args[:6]
-        i64 = ir.IntType(64)
-        f32 = ir.FloatType()
-        vf = ir.VectorType(f32, 16)
-        vw = ir.VectorType(ir.HalfType() if half else f32, 16)
-        esz = 2 if half else 4
-        c64 = lambda v: ir.Constant(i64, v)  # noqa: E731
-
-        def rows(aty, a_v, first, count):
-            arr = context.make_array(aty)(context, builder, a_v)
-            stride = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
-            base = builder.ptrtoint(arr.data, i64)
-            return [builder.add(base, builder.mul(builder.add(first, c64(q)), stride)) for q in range(count)]
-
+        i64, f32, vf, vw, esz, c64 = _lanes(half)
+        rows = lambda aty, a_v, first, count: _row_addresses(context, builder, aty, a_v, first, count)  # noqa: E731
         wrow = rows(wty, w_a, j_v, nc)
         w_stride = cgutils.unpack_tuple(builder, context.make_array(wty)(context, builder, w_a).strides, 2)[0]
         pf_ahead = builder.mul(w_stride, c64(PREFETCH_ROWS))
@@ -239,43 +230,6 @@ def bias_res_act(out, c0, c1, bias, res, act):
                 orow[j] = gelu_scalar(orow[j])
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
-def gemv_block(x, w, c0, c1, bias, res, out, act):
-    """out[:, c0:c1] = x @ widen(w[c0:c1]).T + bias (+ res unless res is out), then GELU if `act`.  x: (m, k)
-    float32, few rows, unit stride along k; w: (n, k) uint16 (float16 bits) or float32.  One signature per
-    weight type (a parallel wrapper costs seconds to compile per signature)."""
-    m, k = x.shape
-    k16 = k - k % 16
-    gemv_core(x, w, c0, c1, out)
-    if k16 < k:  # the inputs off the 16 lanes
-        for i in range(m):
-            xr = x[i]
-            orow = out[i]
-            for j in range(c0, c1):
-                acc = orow[j]
-                wr = w[j]
-                for t in range(k16, k):
-                    acc += xr[t] * widen(wr[t])
-                orow[j] = acc
-    bias_res_act(out, c0, c1, bias, res, act)
-
-
-@njit(parallel=True, cache=True)
-def gemv_par(x, w, bias, res, out, act, nt):
-    cb = _blocks(w.shape[0], nt, 16)
-    for p in prange(nt):
-        gemv_block(x, w, cb[p], cb[p + 1], bias, res, out, act)
-
-
-@njit(cache=True)
-def gemv(x, w, bias, res, out, act, nt):
-    """out = x @ widen(w).T + bias (+ res unless res is out) (GELU'd if act), over `nt` threads by column blocks."""
-    if nt == 1:
-        gemv_block(x, w, 0, w.shape[0], bias, res, out, act)
-    else:
-        gemv_par(x, w, bias, res, out, act, nt)
-
-
 #: Outputs per block of a packed weight (`pack_logits`): 4 zmm vectors of float32.
 LOGIT_BLOCK = 64
 #: Bytes ahead of a packed weight's current row that `gemvt_tile` prefetches (its rows are 128 contiguous bytes):
@@ -315,25 +269,14 @@ def gemvt_tile(typingctx, wp, blk, x, i, out, oc, R):
 
     def codegen(context, builder, sig, args):
         w_a, b_v, x_a, i_v, o_a, oc_v = args[:6]
-        i64 = ir.IntType(64)
-        f32 = ir.FloatType()
-        vf = ir.VectorType(f32, 16)
-        vw = ir.VectorType(ir.HalfType() if half else f32, 16)
-        esz = 2 if half else 4
-        c64 = lambda v: ir.Constant(i64, v)  # noqa: E731
+        i64, f32, vf, vw, esz, c64 = _lanes(half)
         i32c = lambda v: ir.Constant(ir.IntType(32), v)  # noqa: E731
         warr = context.make_array(wty)(context, builder, w_a)
         ws = cgutils.unpack_tuple(builder, warr.strides, 3)
         kt = cgutils.unpack_tuple(builder, warr.shape, 3)[1]
         wbase = builder.add(builder.ptrtoint(warr.data, i64), builder.mul(b_v, ws[0]))
-
-        def rows(aty, a_v):
-            arr = context.make_array(aty)(context, builder, a_v)
-            stride = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
-            return [builder.add(builder.ptrtoint(arr.data, i64), builder.mul(builder.add(i_v, c64(r)), stride))
-                    for r in range(nr)]
-
-        xrow, orow = rows(xty, x_a), rows(oty, o_a)
+        xrow = _row_addresses(context, builder, xty, x_a, i_v, nr)
+        orow = _row_addresses(context, builder, oty, o_a, i_v, nr)
         ocol = builder.mul(oc_v, c64(4))
         optr = lambda r, c: builder.inttoptr(builder.add(builder.add(orow[r], ocol), c64(64 * c)), vf.as_pointer())  # noqa: E731
         zero = ir.Constant(vf, None)
@@ -450,8 +393,8 @@ def gemvt_par(x, wp, bias, res, out, act, nt):
 
 @njit(cache=True)
 def gemvt(x, wp, bias, res, out, act, nt):
-    """`gemv` from a weight packed by `pack_logits`: out = x @ widen(w).T + bias (+ res unless res is out), GELU'd
-    if act; the blocks of 64 outputs over `nt` threads."""
+    """A layer's GEMV in the step, from a weight packed by `pack_logits`: out = x @ widen(w).T + bias (+ res unless
+    res is out), GELU'd if act; the blocks of 64 outputs over `nt` threads."""
     if nt == 1:
         gemvt_block(x, wp, 0, wp.shape[0], bias, res, out, act)
     else:
