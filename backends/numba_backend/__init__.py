@@ -264,7 +264,7 @@ def _int8_group(group):
 def _step_arrays(g, linear) -> tuple:
     """decoder_step's arrays in the step kernels' order: per layer part stacked over the layers, each LayerNorm's
     weight and bias float32, each linear as `linear(get)` gives it (`get(layer)` -> its Linear), then the final
-    LayerNorm and the logits weight (float16 bits where exact, else float32), packed for `_step.logits_gemv`."""
+    LayerNorm and the logits weight (float16 bits where exact, else float32), packed by `_step.pack_blocks`."""
     def norm(get):
         return (np.stack([f32c(get(layer).weight) for layer in g.layers]),
                 np.stack([f32c(get(layer).bias) for layer in g.layers]))
@@ -274,11 +274,11 @@ def _step_arrays(g, linear) -> tuple:
             *norm(lambda l: l.cross_ln), *linear(lambda l: l.cross_q), *linear(lambda l: l.cross_out),
             *norm(lambda l: l.mlp.ln), *linear(lambda l: l.mlp.fc1), *linear(lambda l: l.mlp.fc2),
             f32c(g.ln.weight), f32c(g.ln.bias),
-            _step_kernels().pack_logits(f32c(g.logits.weight) if logits is None else logits.view(np.uint16)))
+            _step_kernels().pack_blocks(f32c(g.logits.weight) if logits is None else logits.view(np.uint16)))
 
 
 def _embedding_rows(packed: np.ndarray, n_vocab: int):
-    """The contract's decoder_step `embedding_rows` over the packed logits weight (`_step.pack_logits`): the step
+    """The contract's decoder_step `embedding_rows` over the packed logits weight (`_step.pack_blocks`): the step
     keeps the token embedding only in that layout, and the model reads its rows from there."""
     block = packed.shape[2]
 
@@ -585,11 +585,11 @@ class NumbaBackend(AttentionPair, Backend):
                                               logits_weight=logits_weight))
 
         def linear(get):
-            """Every layer's matrix packed by blocks of outputs (`_step.pack_logits`) and stacked, as float16 bits
+            """Every layer's matrix packed by blocks of outputs (`_step.pack_blocks`) and stacked, as float16 bits
             (uint16) when all of them are float16 values, else float32; then the biases."""
             ws = [get(layer).weight for layer in g.layers]
             hs = [exact_float16(w) for w in ws]
-            pack = _step_kernels().pack_logits
+            pack = _step_kernels().pack_blocks
             mat = np.stack([pack(h.view(np.uint16)) for h in hs]) if all(h is not None for h in hs) else \
                 np.stack([pack(f32c(w)) for w in ws])
             return mat, np.stack([f32c(get(layer).bias) for layer in g.layers])

@@ -27,7 +27,7 @@ from numba.extending import intrinsic
 from whisperkit.contract import int8_block, quantize_int8
 
 from ._kernels import _blocks, attention_kernel, bias_gelu_rows, gelu_scalar, vgelu_bias16, hmax_lanes, keep_alive, ln_rows, write_new_kv
-from ._step import attn_groups, logits_gemv, step_limits
+from ._step import attn_groups, gemvt, step_limits
 
 #: output channels per vpdpbusd lane group
 LANES = 16
@@ -350,7 +350,7 @@ def decoder_step_int8_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v,
                              f1_w, f1_c, f1_s, f1_b, f2_w, f2_c, f2_s, f2_b, lnfg, lnfb, wlog, pos_rows, logits, nt):
     """`_step.decoder_step_kernel` with the layers' linears in int8 (`lin8`; per kind: packed weights, wsum,
     scale, bias, stacked over the layers) and the same attention (`_step.attn_groups`, left-padded rows as the
-    contract's `pad`); the final LayerNorm and the logits (`_step.logits_gemv`, float16 or float32 weights) are the float32 step's."""
+    contract's `pad`); the final LayerNorm and the logits (`_step.gemvt`, float16 or float32 weights) are the float32 step's."""
     m, n = x.shape
     n_layer = qkv_w.shape[0]
     batch = m // n_q
@@ -388,7 +388,7 @@ def decoder_step_int8_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v,
     hl = np.empty((p, n), np.float32)
     for i in range(p):
         ln_rows(xa, pos_rows[i], pos_rows[i] + 1, lnfg, lnfb, hl, i)
-    logits_gemv(hl, wlog, logits, nt)
+    gemvt(hl, wlog, None, logits, logits, False, nt)
 
 
 # ---------------------------------------------------------------------------------------------- coarse ops

@@ -13,7 +13,7 @@ and LLVM cannot do here, and what is done instead:
 * The hardware prefetchers leave latency exposed when several rows share each weight byte, and do not
   follow the strided head columns of attention's keys and values: the tiles prefetch rows ahead.
 * Every weight of the step (the layers' and the logits') is packed in blocks of 64 outputs by n_in
-  (`pack_logits`), so the vectors run along the outputs and each x value is broadcast (`gemvt_tile`, `gemvt`):
+  (`pack_blocks`), so the vectors run along the outputs and each x value is broadcast (`gemvt_tile`, `gemvt`):
   the row-major GEMV (`gemv_tile`, still the layer op's) folds 16 lanes per output, which cost a beam step's 5
   rows about a fifth of the logits' time (docs/bench-results.md, issue 14, stop 33).
   The packed logits weight is the only copy of the token embedding: the model reads its rows through
@@ -230,22 +230,22 @@ def bias_res_act(out, c0, c1, bias, res, act):
                 orow[j] = gelu_scalar(orow[j])
 
 
-#: Outputs per block of a packed weight (`pack_logits`): 4 zmm vectors of float32.
-LOGIT_BLOCK = 64
+#: Outputs per block of a packed weight (`pack_blocks`): 4 zmm vectors of float32.
+PACK_BLOCK = 64
 #: Bytes ahead of a packed weight's current row that `gemvt_tile` prefetches (its rows are 128 contiguous bytes):
 #: the best of the distances measured (docs/bench-results.md, issue 14, stop 33).
-LOGIT_PREFETCH = 8192
+PACK_PREFETCH = 8192
 #: Weight rows per partial sum in `gemvt_tile`: each output's sum over n_in is made of sums of 64 added in turn,
 #: which keeps its rounding error near the row-major GEMV's (lane sums, then a tree); one running sum over all of
 #: n_in had several times the error (docs/bench-results.md).
-LOGIT_SEGMENT = 64
+PACK_SEGMENT = 64
 
 
-def pack_logits(w: np.ndarray) -> np.ndarray:
-    """The logits weight (n_vocab, n_state) as `gemvt_tile` reads it: (blocks, n_state, LOGIT_BLOCK), block b
-    holding outputs b * LOGIT_BLOCK .. + LOGIT_BLOCK - 1 transposed, the last block zero-padded; same dtype."""
+def pack_blocks(w: np.ndarray) -> np.ndarray:
+    """A weight (n_out, n_in) as `gemvt_tile` reads it: (blocks, n_in, PACK_BLOCK), block b holding outputs
+    b * PACK_BLOCK .. + PACK_BLOCK - 1 transposed, the last block zero-padded; same dtype."""
     n, k = w.shape
-    p = LOGIT_BLOCK
+    p = PACK_BLOCK
     full, nb = n // p, -(-n // p)
     out = np.empty((nb, k, p), w.dtype)
     out[:full] = w[:full * p].reshape(full, p, k).transpose(0, 2, 1)
@@ -257,13 +257,13 @@ def pack_logits(w: np.ndarray) -> np.ndarray:
 
 @intrinsic
 def gemvt_tile(typingctx, wp, blk, x, i, out, oc, R):
-    """out[i + r, oc + c] = sum over t of x[i + r, t] * widen(wp[blk, t, c]) for r < R (a literal), c < LOGIT_BLOCK:
-    the packed logits weight (`pack_logits`), so the vectors run along the outputs, each x value is broadcast
+    """out[i + r, oc + c] = sum over t of x[i + r, t] * widen(wp[blk, t, c]) for r < R (a literal), c < PACK_BLOCK:
+    a packed weight (`pack_blocks`), so the vectors run along the outputs, each x value is broadcast
     into R * 4 FMAs, and no lane sums are needed (in the row-major GEMV, a beam step's 5 rows spent about a fifth
     of the logits' time folding lanes).  Each widened weight vector still feeds one FMA per row."""
     if not isinstance(R, types.IntegerLiteral):
         return None
-    nr, nc = R.literal_value, LOGIT_BLOCK // 16
+    nr, nc = R.literal_value, PACK_BLOCK // 16
     half = isinstance(wp.dtype, types.Integer)
     wty, xty, oty = wp, x, out
 
@@ -286,19 +286,19 @@ def gemvt_tile(typingctx, wp, blk, x, i, out, oc, R):
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fma.v16f32")
         pf = _prefetch_fn(builder)
         i8p = ir.IntType(8).as_pointer()
-        nseg = builder.udiv(builder.add(kt, c64(LOGIT_SEGMENT - 1)), c64(LOGIT_SEGMENT))
+        nseg = builder.udiv(builder.add(kt, c64(PACK_SEGMENT - 1)), c64(PACK_SEGMENT))
         with cgutils.for_range(builder, nseg) as seg:
             for r in range(nr):
                 for c in range(nc):
                     builder.store(zero, acc[r][c])
-            t0 = builder.mul(seg.index, c64(LOGIT_SEGMENT))
-            end = builder.add(t0, c64(LOGIT_SEGMENT))
+            t0 = builder.mul(seg.index, c64(PACK_SEGMENT))
+            end = builder.add(t0, c64(PACK_SEGMENT))
             t1 = builder.select(builder.icmp_unsigned("<", end, kt), end, kt)
             with cgutils.for_range(builder, builder.sub(t1, t0)) as loop:
                 t = builder.add(t0, loop.index)
                 row = builder.add(wbase, builder.mul(t, ws[1]))
-                for q in range(0, nc * 16 * esz, 64):  # the lines LOGIT_PREFETCH bytes further on
-                    builder.call(pf, [builder.inttoptr(builder.add(row, c64(LOGIT_PREFETCH + q)), i8p),
+                for q in range(0, nc * 16 * esz, 64):  # the lines PACK_PREFETCH bytes further on
+                    builder.call(pf, [builder.inttoptr(builder.add(row, c64(PACK_PREFETCH + q)), i8p),
                                       i32c(0), i32c(3), i32c(1)])
                 wv = []
                 for c in range(nc):
@@ -321,7 +321,7 @@ def gemvt_tile(typingctx, wp, blk, x, i, out, oc, R):
 
 @njit(cache=True)
 def _gemvt_rows(x, wp, b, out, oc):
-    """Every row of x against block b of a packed weight, into out[:, oc:oc + LOGIT_BLOCK]: up to 6 rows a
+    """Every row of x against block b of a packed weight, into out[:, oc:oc + PACK_BLOCK]: up to 6 rows a
     pass (24 accumulators), in equal passes (the row count alone sets them, so the bits do not depend on threads)."""
     m = x.shape[0]
     i = 0
@@ -345,7 +345,7 @@ def _gemvt_rows(x, wp, b, out, oc):
 
 @njit(cache=True)
 def gemvt_range(x, wp, b0, b1, out):
-    """out[:, blocks b0:b1] = x @ widen(weight).T from a packed weight (`pack_logits`); a last block past out's
+    """out[:, blocks b0:b1] = x @ widen(weight).T from a packed weight (`pack_blocks`); a last block past out's
     columns goes through a scratch."""
     n_out = out.shape[1]
     p = wp.shape[2]
@@ -360,28 +360,12 @@ def gemvt_range(x, wp, b0, b1, out):
                     out[i, b * p + j] = tail[i, j]
 
 
-@njit(parallel=True, cache=True)
-def logits_par(x, wp, out, nt):
-    cb = _blocks(wp.shape[0], nt, 1)
-    for p in prange(nt):
-        gemvt_range(x, wp, cb[p], cb[p + 1], out)
-
-
-@njit(cache=True)
-def logits_gemv(x, wp, out, nt):
-    """The logits: out (rows, n_vocab) = x @ widen(weight).T, the weight packed by `pack_logits`; the blocks over
-    `nt` threads."""
-    if nt == 1:
-        gemvt_range(x, wp, 0, wp.shape[0], out)
-    else:
-        logits_par(x, wp, out, nt)
-
-
 @njit(cache=True)
 def gemvt_block(x, wp, b0, b1, bias, res, out, act):
     """Blocks b0:b1 of `gemvt`."""
     gemvt_range(x, wp, b0, b1, out)
-    bias_res_act(out, b0 * wp.shape[2], min(b1 * wp.shape[2], out.shape[1]), bias, res, act)
+    if bias is not None:  # None (the logits): no epilogue
+        bias_res_act(out, b0 * wp.shape[2], min(b1 * wp.shape[2], out.shape[1]), bias, res, act)
 
 
 @njit(parallel=True, cache=True)
@@ -393,8 +377,8 @@ def gemvt_par(x, wp, bias, res, out, act, nt):
 
 @njit(cache=True)
 def gemvt(x, wp, bias, res, out, act, nt):
-    """A layer's GEMV in the step, from a weight packed by `pack_logits`: out = x @ widen(w).T + bias (+ res unless
-    res is out), GELU'd if act; the blocks of 64 outputs over `nt` threads."""
+    """The step's GEMVs, from a weight packed by `pack_blocks`: out = x @ widen(w).T + bias (+ res unless res is out),
+    GELU'd if act; bias None (the logits): the product alone.  The blocks of 64 outputs over `nt` threads."""
     if nt == 1:
         gemvt_block(x, wp, 0, wp.shape[0], bias, res, out, act)
     else:
@@ -700,7 +684,7 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
     (n_layer, batch, n_ctx, n) written in place at offset; pad (batch,): the contract's left padding per row;
     cross K/V (n_layer, batch_c, n_audio, n);
     per-layer weights stacked on a leading layer axis (matrices float16-as-uint16 or float32); wlog: the logits
-    weight packed by `pack_logits`; logits (len(pos_rows), n_vocab) of the rows pos_rows of the last layer's output."""
+    weight packed by `pack_blocks`; logits (len(pos_rows), n_vocab) of the rows pos_rows of the last layer's output."""
     m, n = x.shape
     n_layer = wqkv.shape[0]
     batch = m // n_q
@@ -733,4 +717,4 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
     hl = np.empty((p, n), np.float32)
     for i in range(p):
         ln_rows(xa, pos_rows[i], pos_rows[i] + 1, lnfg, lnfb, hl, i)
-    logits_gemv(hl, wlog, logits, nt)
+    gemvt(hl, wlog, None, logits, logits, False, nt)
