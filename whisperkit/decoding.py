@@ -143,8 +143,7 @@ class ApplyTimestampRules(LogitFilter):
         tb, eot = self.tokenizer.timestamp_begin, self.tokenizer.eot
         if self.tokenizer.no_timestamps is not None:
             logits[:, self.tokenizer.no_timestamps] = -np.inf
-        for k in range(tokens.shape[0]):
-            seq = tokens[k, self.sample_begin:]
+        for k, seq in enumerate(tokens[:, self.sample_begin:].tolist()):  # Python ints: a beam step has 5 short rows
             last_was_timestamp = len(seq) >= 1 and seq[-1] >= tb
             penultimate_was_timestamp = len(seq) < 2 or seq[-2] >= tb
             if last_was_timestamp:
@@ -152,10 +151,10 @@ class ApplyTimestampRules(LogitFilter):
                     logits[k, tb:] = -np.inf
                 else:  # an opening timestamp: it cannot be followed by text
                     logits[k, :eot] = -np.inf
-            timestamps = seq[seq >= tb]
-            if timestamps.size > 0:
+            latest = next((t for t in reversed(seq) if t >= tb), None)
+            if latest is not None:
                 # no going backwards; after a closed pair, no zero-length segment either
-                last = timestamps[-1] if (last_was_timestamp and not penultimate_was_timestamp) else timestamps[-1] + 1
+                last = latest if (last_was_timestamp and not penultimate_was_timestamp) else latest + 1
                 logits[k, tb:last] = -np.inf
         if tokens.shape[1] == self.sample_begin:
             logits[:, :tb] = -np.inf  # the first sampled token is a timestamp
@@ -163,13 +162,21 @@ class ApplyTimestampRules(LogitFilter):
                 logits[:, tb + self.max_initial_timestamp_index + 1:] = -np.inf
         logprobs = self.log_softmax(logits)
         self.logprobs = logprobs
-        for k in range(tokens.shape[0]):
-            ts = logprobs[k, tb:]
-            m = ts.max()
-            timestamp_logprob = m + np.log(np.sum(np.exp(ts - m))) if np.isfinite(m) else -np.inf
-            if timestamp_logprob > logprobs[k, :tb].max():
-                logits[k, :tb] = -np.inf
-                self.logprobs = None  # the logits changed after they were computed
+        forced = timestamps_outweigh_text(logprobs, tb)
+        if forced.any():
+            logits[forced, :tb] = -np.inf
+            self.logprobs = None  # the logits changed after they were computed
+
+
+def timestamps_outweigh_text(logprobs: np.ndarray, tb: int) -> np.ndarray:
+    """Per row (bool): the timestamps together (their logsumexp) are more probable than the best text token.
+    All rows in a few calls; each row's float32 sum is the same pairwise sum as over that row alone."""
+    ts = logprobs[:, tb:]
+    m = ts.max(axis=1)
+    finite = np.isfinite(m)
+    with np.errstate(invalid="ignore"):  # a row with every timestamp suppressed (-inf - -inf): not taken
+        lse = m + np.log(np.sum(np.exp(ts - m[:, None]), axis=1))
+    return finite & (np.where(finite, lse, -np.inf) > logprobs[:, :tb].max(axis=1))
 
 
 # ---- ranking ------------------------------------------------------------------------------

@@ -123,41 +123,46 @@ class BeamSearchDecoder(TokenDecoder):
         top_logprobs = np.take_along_axis(logprobs, top, axis=-1)
         # each candidate's score, a float32 sum as openai-whisper's, taken out to Python floats in one call
         cand_scores = (np.asarray(sum_logprobs, np.float32)[:, None] + top_logprobs).tolist()
-        prefixes, top_tokens = tokens.tolist(), top.tolist()
+        tokens_top = top.tolist()
+        # A candidate is its row's prefix plus a token.  Rows with the same tokens (the beams before they part)
+        # propose the same sequences, which count once: a candidate is keyed by (the first row holding its prefix,
+        # token), and a full sequence is built only for the finished ones.
+        first_row: dict[bytes, int] = {}
+        prefix_of = [first_row.setdefault(row.tobytes(), r) for r, row in enumerate(tokens)]
 
-        next_tokens, sources, newly_finished = [], [], []
+        next_rows, next_last, newly_finished = [], [], []
         for i in range(n_audio):
-            scores: dict[tuple, float] = {}
-            source: dict[tuple, int] = {}
+            scores: dict[tuple[int, int], float] = {}
+            source: dict[tuple[int, int], int] = {}
             for j in range(self.beam_size):
                 row = i * self.beam_size + j
-                prefix = tuple(prefixes[row])
-                for token, score in zip(top_tokens[row], cand_scores[row]):
-                    seq = prefix + (token,)
-                    scores[seq] = score
-                    source[seq] = row
+                for token, score in zip(tokens_top[row], cand_scores[row]):
+                    key = (prefix_of[row], token)
+                    scores[key] = score
+                    source[key] = row
             finished: dict[tuple, float] = {}
             saved = 0
-            for seq in sorted(scores, key=scores.get, reverse=True):
-                if seq[-1] == self.eot:
-                    finished[seq] = scores[seq]
+            for key in sorted(scores, key=scores.get, reverse=True):
+                if key[1] == self.eot:
+                    finished[tuple(tokens[key[0]].tolist()) + (self.eot,)] = scores[key]
                 else:
-                    sum_logprobs[len(next_tokens)] = scores[seq]
-                    next_tokens.append(seq)
-                    sources.append(source[seq])
+                    sum_logprobs[len(next_rows)] = scores[key]
+                    next_rows.append(source[key])
+                    next_last.append(key[1])
                     saved += 1
                     if saved == self.beam_size:
                         break
             newly_finished.append(finished)
 
-        self.source_indices = sources
+        self.source_indices = next_rows
         for previous, new in zip(self.finished, newly_finished):
             for seq in sorted(new, key=new.get, reverse=True):
                 if len(previous) >= self.max_candidates:
                     break
                 previous[seq] = new[seq]
         completed = all(len(s) >= self.max_candidates for s in self.finished)
-        return np.asarray(next_tokens, np.int64), completed
+        tokens = np.concatenate([tokens[next_rows], np.asarray(next_last, tokens.dtype)[:, None]], axis=-1)
+        return tokens, completed
 
     def finalize(self, tokens, sum_logprobs):
         n_audio = tokens.shape[0] // self.beam_size
