@@ -89,6 +89,34 @@ def test_top_k_equals_a_full_sort(seed):
         np.testing.assert_array_equal(top_k(x, k), want)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_timestamp_rule_sums_every_row_as_alone(seed):
+    """The timestamp rule's test for all rows at once (`timestamps_outweigh_text`) against the same float32 formula
+    row by row: the same decision on every row, with rows whose timestamps are all suppressed (-inf), rows with
+    every text token suppressed, and rows near the boundary (the timestamps' mass equal to the best text token)."""
+    from whisperkit.decoding import timestamps_outweigh_text
+    rng = np.random.default_rng(seed)
+    tb, n = 50363, 51864
+    x = (rng.standard_normal((7, n)) * 3).astype(np.float32)
+    x[:, tb:] += np.float32(rng.uniform(-4, 6))
+    x[1, tb:] = -np.inf
+    x[2, :tb] = -np.inf
+    for r in (3, 4):  # the timestamps' logsumexp placed on the best text token, give or take one ulp
+        ts = x[r, tb:]
+        lse = ts.max() + np.log(np.sum(np.exp(ts - ts.max())))
+        x[r, :tb] -= x[r, :tb].max() - lse + np.float32(r - 3) * np.spacing(lse)
+    want = []
+    for row in x:
+        ts = row[tb:]
+        m = ts.max()
+        lse = m + np.log(np.sum(np.exp(ts - m))) if np.isfinite(m) else -np.inf
+        want.append(lse > row[:tb].max())
+    got = timestamps_outweigh_text(x, tb)
+    assert got.dtype == bool and got.shape == (7,)
+    assert got.tolist() == want
+    assert not got[1] and got[2] and not got[3] and got[4]  # the rows at the boundary fall on either side
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_beams_prompt_runs_once_per_audio(tiny_on, backend):
     """Before the first sampled token the 5 beams of an audio hold the same tokens: the prompt runs once per

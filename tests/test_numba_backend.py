@@ -126,6 +126,22 @@ def test_vector_gelu_tails_and_extremes():
     assert np.max(np.abs(f - ref) / (np.abs(ref) + 0.01 * np.abs(xs) + 1e-30)) < 1e-5
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 4095, 4096, 4097, 70001])
+def test_gelu_op_chunks_and_tails(n):
+    """The gelu op (the convolutions'): 16-lane chunks of GELU_CHUNK values and a scalar tail, any length, the
+    extremes of the contract (|x| up to 3e38) finite, within gelu's conformance tolerance of the exact erf form."""
+    import math
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 6).astype(np.float32)
+    x[:min(n, 6)] = np.array([3e38, -3e38, -40.0, 40.0, 0.0, -1e-30], np.float32)[:min(n, 6)]
+    y = NB.gelu(x.reshape(1, -1)).reshape(-1)
+    xs = x.astype(np.float64)
+    ref = 0.5 * xs * (1.0 + np.vectorize(math.erf)(xs / math.sqrt(2.0)))
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert np.all(np.isfinite(y)) and _no_denormals(y)
+    assert np.max(np.abs(y - ref) / (np.abs(ref) + 0.01 * np.abs(xs) + 1e-30)) < 1e-5
+
+
 @pytest.mark.parametrize("compute_type", ["float32", "int8"])
 def test_load_opens_every_kernel_overload_a_transcription_uses(compute_type):
     """`NumbaBackend.load` opens the hot kernels every compute type calls up front (on Whisper's loading thread), the
