@@ -287,9 +287,12 @@ def _transcribe_source(model: "SpeechModel", audio, *, verbose: bool | None = No
 
     if not model.dims.is_multilingual:
         language, task = "en", "transcribe"
-    elif language is None:
-        features = yield EmbedRequest(mel.window(0, N_FRAMES))  # openai: pad_or_trim of the padded whole-file mel
+    detected = None
+    if model.dims.is_multilingual and language is None:
+        first = mel.window(0, N_FRAMES)  # openai: pad_or_trim of the padded whole-file mel
+        features = yield EmbedRequest(first)
         language = detect_language(model.graph, model.tokenizer_for(language=None, task=task), features)[0][0]
+        detected = (first, features)
     tokenizer = model.tokenizer_for(language=language, task=task)
 
     if isinstance(clip_timestamps, str):
@@ -321,7 +324,7 @@ def _transcribe_source(model: "SpeechModel", audio, *, verbose: bool | None = No
     else:
         bar = _NoBar()
     try:
-        result = yield from _transcribe_windows(model, mel, tokenizer, language, options, bar)
+        result = yield from _transcribe_windows(model, mel, tokenizer, language, options, bar, detected)
     finally:
         bar.close()
     if speech_map is not None:
@@ -391,7 +394,10 @@ def _seek_clips(clip_timestamps: Sequence[float], content_frames: int) -> list[t
 
 
 def _transcribe_windows(model: "SpeechModel", mel: StreamingMel, tokenizer: "Tokenizer", language: str,
-                        options: TranscriptionOptions, bar):
+                        options: TranscriptionOptions, bar, detected: tuple[np.ndarray, np.ndarray] | None = None):
+    """`detected`: (log-mel, audio features) of the language detection, whose encoder output a window with the very
+    same log-mel takes instead of encoding it again (the first window of audio of 30 s or more; a shorter one is
+    zero-padded here and padded with the log-mel of silence there, as openai-whisper does)."""
     content_frames = mel.content_frames
     content_duration = float(content_frames * HOP_LENGTH / SAMPLE_RATE)
     # digital silence, or the clamp floor
@@ -438,7 +444,11 @@ def _transcribe_windows(model: "SpeechModel", mel: StreamingMel, tokenizer: "Tok
         else:
             prompt = all_tokens[prompt_reset_since:]
 
-        features = yield EmbedRequest(mel_segment)
+        if detected is not None and np.array_equal(detected[0], mel_segment):
+            features = detected[1]  # what the language detection encoded: the same window
+        else:
+            features = yield EmbedRequest(mel_segment)
+        detected = None  # only the first window can be the detection's
         result = yield from _decode_with_fallback(features, tokenizer, options, replace(options.decode, prompt=prompt))
         tokens = np.asarray(result.tokens, np.int64)
 
