@@ -160,3 +160,27 @@ def test_token_embeddings_are_summed_in_float32(tiny_numpy, tiny_weights):
     want = emb[tokens].astype(np.float32) + pos[:6].astype(np.float32)
     assert got.dtype == np.float32 and np.array_equal(got, want)
     assert not np.array_equal(got, (emb[tokens] + pos[:6]).astype(np.float32))
+
+
+def test_cross_kv_of_the_same_audio_is_computed_once(tiny_numpy):
+    """The cross K/V of one audio are kept with a copy of its features: the same features again (another object
+    with the same values: the fallback's next attempt, word timing, the window after the language detection) take
+    them as they are; features changed in place, or a batch of several audios, are computed anew."""
+    graph = tiny_numpy.graph
+    rng = np.random.default_rng(11)
+    feats = rng.standard_normal((1, 1500, 384)).astype(np.float32)
+    first = graph.new_cache(feats)
+    again = graph.new_cache(feats.copy())
+    assert again.cross_k is first.cross_k and again.cross_v is first.cross_v
+    fresh = first.cross_k.copy()
+    feats[0, 7, 3] += 1.0  # the same object, other values
+    changed = graph.new_cache(feats)
+    assert changed.cross_k is not first.cross_k
+    assert not np.array_equal(changed.cross_k, fresh)
+    np.testing.assert_array_equal(first.cross_k, fresh)  # the kept arrays were not written over
+    two = np.concatenate([feats, feats])
+    a, b = graph.new_cache(two), graph.new_cache(two)
+    assert a.cross_k is not b.cross_k  # a batch's rows may be compacted in place: never kept
+    np.testing.assert_array_equal(a.cross_k, b.cross_k)
+    # the reference's GEMMs are OpenBLAS's, whose rounding may depend on the number of rows
+    np.testing.assert_allclose(a.cross_k[:, :1], changed.cross_k, rtol=1e-5, atol=1e-5)
