@@ -287,12 +287,11 @@ def _transcribe_source(model: "SpeechModel", audio, *, verbose: bool | None = No
 
     if not model.dims.is_multilingual:
         language, task = "en", "transcribe"
-    detected = None
+    detected = None  # the detection's (log-mel, features), which a first window with the same log-mel takes
     if model.dims.is_multilingual and language is None:
         first = mel.window(0, N_FRAMES)  # openai: pad_or_trim of the padded whole-file mel
-        features = yield EmbedRequest(first)
-        language = detect_language(model.graph, model.tokenizer_for(language=None, task=task), features)[0][0]
-        detected = (first, features)
+        detected = (first, (yield EmbedRequest(first)))
+        language = detect_language(model.graph, model.tokenizer_for(language=None, task=task), detected[1])[0][0]
     tokenizer = model.tokenizer_for(language=language, task=task)
 
     if isinstance(clip_timestamps, str):
@@ -395,9 +394,6 @@ def _seek_clips(clip_timestamps: Sequence[float], content_frames: int) -> list[t
 
 def _transcribe_windows(model: "SpeechModel", mel: StreamingMel, tokenizer: "Tokenizer", language: str,
                         options: TranscriptionOptions, bar, detected: tuple[np.ndarray, np.ndarray] | None = None):
-    """`detected`: (log-mel, audio features) of the language detection, whose encoder output a window with the very
-    same log-mel takes instead of encoding it again (the first window of audio of 30 s or more; a shorter one is
-    zero-padded here and padded with the log-mel of silence there, as openai-whisper does)."""
     content_frames = mel.content_frames
     content_duration = float(content_frames * HOP_LENGTH / SAMPLE_RATE)
     # digital silence, or the clamp floor
@@ -445,7 +441,7 @@ def _transcribe_windows(model: "SpeechModel", mel: StreamingMel, tokenizer: "Tok
             prompt = all_tokens[prompt_reset_since:]
 
         if detected is not None and np.array_equal(detected[0], mel_segment):
-            features = detected[1]  # what the language detection encoded: the same window
+            features = detected[1]  # audio of 30 s or more (a shorter window is zero-padded, as openai-whisper's)
         else:
             features = yield EmbedRequest(mel_segment)
         detected = None  # only the first window can be the detection's
