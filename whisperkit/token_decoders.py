@@ -123,7 +123,7 @@ class BeamSearchDecoder(TokenDecoder):
         top_logprobs = np.take_along_axis(logprobs, top, axis=-1)
         # each candidate's score, a float32 sum as openai-whisper's, taken out to Python floats in one call
         cand_scores = (np.asarray(sum_logprobs, np.float32)[:, None] + top_logprobs).tolist()
-        tokens_top = top.tolist()
+        top_tokens = top.tolist()
         # A candidate is its row's prefix plus a token.  Rows with the same tokens (the beams before they part)
         # propose the same sequences, which count once: a candidate is keyed by (the first row holding its prefix,
         # token), and a full sequence is built only for the finished ones.
@@ -136,7 +136,7 @@ class BeamSearchDecoder(TokenDecoder):
             source: dict[tuple[int, int], int] = {}
             for j in range(self.beam_size):
                 row = i * self.beam_size + j
-                for token, score in zip(tokens_top[row], cand_scores[row]):
+                for token, score in zip(top_tokens[row], cand_scores[row]):
                     key = (prefix_of[row], token)
                     scores[key] = score
                     source[key] = row
