@@ -313,15 +313,21 @@ class PythranBackend(Backend):
         dh = d // n_head
         scale = np.float32(dh ** -0.5)
         out = np.empty((b, n_q, d), np.float32)
+        # The blocks' scores and values go to two buffers made once per call: a new (512, 1500) array per
+        # block made the encoder's attention a third slower (docs/bench-results.md, issue 14, stop 35).
+        rows = min(BLOCK_ROWS, n_q)
+        s_buf = np.empty((rows, k.shape[1]), np.float32)
+        o_buf = np.empty((rows, dh), np.float32)
         for bi in range(b):
             for h in range(n_head):
                 cs = slice(h * dh, (h + 1) * dh)
                 kt = np.ascontiguousarray(k[bi, :, cs].T)  # (d_head, n_kv)
                 vh = np.ascontiguousarray(v[bi, :, cs])    # (n_kv, d_head)
-                for r in range(0, n_q, BLOCK_ROWS):
-                    s = q[bi, r:r + BLOCK_ROWS, cs] @ kt
+                for r in range(0, n_q, rows):
+                    n = min(rows, n_q - r)
+                    s = np.matmul(q[bi, r:r + n, cs], kt, out=s_buf[:n])
                     K.softmax_rows_(s, scale, bool(causal), int(offset) + r)
-                    out[bi, r:r + BLOCK_ROWS, cs] = s @ vh
+                    out[bi, r:r + n, cs] = np.matmul(s, vh, out=o_buf[:n])
         return out
 
     def attention_weights(self, q, k, n_head, causal=False, offset=0):
