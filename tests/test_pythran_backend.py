@@ -67,6 +67,26 @@ def test_step_float16_weights_widen_exactly():
         assert np.array_equal(a, b)
 
 
+def test_every_finite_float16_widens_to_its_float32():
+    """The step kernel's widening of float16 bits, alone: a logits weight holding every finite float16 bit
+    pattern (both signs, every exponent, zeros and subnormals through the patch list), read one column at a
+    time.  The final LayerNorm with weight 0 and a one-hot bias hands the projection the unit vector e_k,
+    so the logits are column k of the weight, widened, plus zeros."""
+    from whisperkit.backends.pythran_backend import _exponent0_patches
+    bits = np.arange(2 ** 16, dtype=np.uint32).astype(np.uint16)
+    bits = bits[(bits & 0x7C00) != 0x7C00]  # not inf or nan: 63488 patterns
+    d = 16
+    w = bits[: bits.size // d * d].reshape(1, -1, d)
+    rps, pc, pv = _exponent0_patches([w])
+    want = w[0].view(np.float16).astype(np.float32)
+    for k in range(d):
+        bias = np.zeros((1, d), np.float32)
+        bias[0, k] = 1.0
+        got = S.logits16(np.ones((1, d), np.float32), np.zeros((1, d), np.float32), bias, w,
+                         np.zeros((1, w.shape[1]), np.float32), rps[0], pc, pv)
+        assert np.array_equal(got[0], want[:, k]), k  # as values: -0.0 comes out as 0 * 1 + -0.0 = +0.0
+
+
 def test_step_prompt_rows_on_blas_match_the_step_kernel(monkeypatch):
     """Many rows (a prompt) run layer by layer on BLAS; the step kernel computes the same."""
     import whisperkit.backends.pythran_backend as pb

@@ -65,7 +65,7 @@ def _mv16(w, b, s, li, x, y, rp, pc, pv):
     """_mv32 on float16 bits w (uint16), each row widened exactly into a per-thread float32 buffer.
 
     The widening is the bit shuffle that is exact for normal float16 values (exponent rebias 15 -> 127,
-    sign moved to bit 31).  The few elements with exponent 0 (zeros, subnormals), for which it is not,
+    sign at bit 31; checked for every normal value in test_pythran_backend).  The few elements with exponent 0 (zeros, subnormals), for which it is not,
     are then overwritten with their float32 bits: those of row o of layer li are pc[p] (column) and
     pv[p] (bits) for p in rp[li, o] .. rp[li, o + 1] - 1.  Weight rows are widened four at a time, so that
     the rows of x left over from the blocks of four (all of them, in a greedy step) run four independent
@@ -82,8 +82,11 @@ def _mv16(w, b, s, li, x, y, rp, pc, pv):
             nb = min(4, o1 - o0)
             for c in range(nb):
                 for k in range(n):
-                    u = np.uint32(w[li, o0 + c, k])
-                    bits[c * n + k] = (((u & np.uint32(0x7fff)) << np.uint32(13)) + np.uint32(0x38000000)) | ((u & np.uint32(0x8000)) << np.uint32(16))
+                    # the bits sign-extended: after the shift, the AND keeps the sign at bit 31 and the
+                    # exponent and mantissa below it (four vector operations per 16 values, against eight
+                    # with the sign moved on its own: logits 8 % faster, stop 35)
+                    u = np.uint32(np.int32(np.int16(w[li, o0 + c, k])))
+                    bits[c * n + k] = ((u << np.uint32(13)) & np.uint32(0x8fffe000)) + np.uint32(0x38000000)
                 for p in range(rp[li, o0 + c], rp[li, o0 + c + 1]):
                     bits[c * n + pc[p]] = pv[p]
             for c in range(nb):
