@@ -241,28 +241,31 @@ def _cross_attn(q, ck, cv, li, gq, n_head, out):
     """Attention of query rows c * gq .. (c + 1) * gq - 1 over cross K/V row c: K and V are read once for all
     gq query rows.  q, out (R, d); ck, cv (n_layer, batch_c, n_kv, d).
 
-    An audio's heads are cut into two halves, one work item each (one per core on two): an item walks the
-    keys in order and, for each key row, its half of the heads, so each core streams one contiguous half of
-    every K and V row.  One item per head read a 256-byte slice at a 1536-byte stride, and the cross
-    attention took a third of a greedy step."""
+    The keys of an audio are cut into two halves, one work item each (one per core on two), and each item
+    walks its keys in order, every head of a key row at a time: each core streams whole rows of one half
+    of K and of V.  Three passes: the scores of every head, the softmax of every (head, row) over all the
+    keys, then each half's share of P.V, the two halves added in the end (the split depends on the key
+    count only, not on the threads).  One item per head, reading 256 bytes at a 1536-byte stride, took a
+    third of a greedy step."""
     nbc, nkv, d = ck.shape[1], ck.shape[2], ck.shape[3]
     dh = d // n_head
-    hp = (n_head + 1) // 2
     scale = np.float32(1. / np.sqrt(dh))
-    n4 = nkv - nkv % 4
+    half = (nkv // 2 + 3) // 4 * 4  # the first half's keys, a multiple of four
+    s = np.empty((nbc, n_head, gq, nkv), np.float32)
+    o2 = np.zeros((nbc, 2, gq, d), np.float32)
+    qs = q * scale
     #omp parallel for schedule(static)
     for idx in range(nbc * 2):
         c = idx // 2
-        h0 = (idx % 2) * hp
-        nh = min(n_head, h0 + hp) - h0
+        j0 = (idx % 2) * half
+        j1 = min(nkv, j0 + half) if idx % 2 == 0 else nkv
+        n4 = j0 + (j1 - j0) - (j1 - j0) % 4
         r0 = c * gq
-        qs = (q[r0:r0 + gq, h0 * dh:(h0 + nh) * dh] * scale).reshape((gq, nh, dh))
-        s = np.empty((nh, gq, nkv), np.float32)
         # four keys at a time: four independent sums per query row, where one sum at a time waited on each
         # FMA's latency; each key's sum is the same as alone
-        for j in range(0, n4, 4):
-            for h in range(nh):
-                c0 = (h0 + h) * dh
+        for j in range(j0, n4, 4):
+            for h in range(n_head):
+                c0 = h * dh
                 k0 = ck[li, c, j, c0:c0 + dh]
                 k1 = ck[li, c, j + 1, c0:c0 + dh]
                 k2 = ck[li, c, j + 2, c0:c0 + dh]
@@ -273,59 +276,71 @@ def _cross_attn(q, ck, cv, li, gq, n_head, out):
                     a2 = np.float32(0.)
                     a3 = np.float32(0.)
                     for t in range(dh):
-                        qt = qs[a, h, t]
+                        qt = qs[r0 + a, c0 + t]
                         a0 += qt * k0[t]
                         a1 += qt * k1[t]
                         a2 += qt * k2[t]
                         a3 += qt * k3[t]
-                    s[h, a, j] = a0
-                    s[h, a, j + 1] = a1
-                    s[h, a, j + 2] = a2
-                    s[h, a, j + 3] = a3
-        for j in range(n4, nkv):
-            for h in range(nh):
-                c0 = (h0 + h) * dh
+                    s[c, h, a, j] = a0
+                    s[c, h, a, j + 1] = a1
+                    s[c, h, a, j + 2] = a2
+                    s[c, h, a, j + 3] = a3
+        for j in range(n4, j1):
+            for h in range(n_head):
+                c0 = h * dh
                 kr = ck[li, c, j, c0:c0 + dh]
                 for a in range(gq):
                     acc = np.float32(0.)
                     for t in range(dh):
-                        acc += qs[a, h, t] * kr[t]
-                    s[h, a, j] = acc
-        for h in range(nh):
-            for a in range(gq):
-                m = np.max(s[h, a])
-                tot = 0.
-                for j in range(nkv):
-                    e = _exp_flushed(s[h, a, j] - m)
-                    s[h, a, j] = e
-                    tot += e
-                inv = np.float32(1. / tot)
-                for j in range(nkv):
-                    s[h, a, j] *= inv
-        o = np.zeros((gq, nh, dh), np.float32)
-        for j in range(0, n4, 4):  # four value rows a pass: one load and store of o for four FMAs
-            for h in range(nh):
-                c0 = (h0 + h) * dh
+                        acc += qs[r0 + a, c0 + t] * kr[t]
+                    s[c, h, a, j] = acc
+    #omp parallel for schedule(static)
+    for idx in range(nbc * n_head):
+        c = idx // n_head
+        h = idx % n_head
+        for a in range(gq):
+            m = np.max(s[c, h, a])
+            tot = 0.
+            for j in range(nkv):
+                e = _exp_flushed(s[c, h, a, j] - m)
+                s[c, h, a, j] = e
+                tot += e
+            inv = np.float32(1. / tot)
+            for j in range(nkv):
+                s[c, h, a, j] *= inv
+    #omp parallel for schedule(static)
+    for idx in range(nbc * 2):
+        c = idx // 2
+        part = idx % 2
+        j0 = part * half
+        j1 = min(nkv, j0 + half) if part == 0 else nkv
+        n4 = j0 + (j1 - j0) - (j1 - j0) % 4
+        for j in range(j0, n4, 4):  # four value rows a pass: one load and store of o for four FMAs
+            for h in range(n_head):
+                c0 = h * dh
                 v0 = cv[li, c, j, c0:c0 + dh]
                 v1 = cv[li, c, j + 1, c0:c0 + dh]
                 v2 = cv[li, c, j + 2, c0:c0 + dh]
                 v3 = cv[li, c, j + 3, c0:c0 + dh]
                 for a in range(gq):
-                    p0 = s[h, a, j]
-                    p1 = s[h, a, j + 1]
-                    p2 = s[h, a, j + 2]
-                    p3 = s[h, a, j + 3]
+                    p0 = s[c, h, a, j]
+                    p1 = s[c, h, a, j + 1]
+                    p2 = s[c, h, a, j + 2]
+                    p3 = s[c, h, a, j + 3]
                     for t in range(dh):
-                        o[a, h, t] += p0 * v0[t] + p1 * v1[t] + p2 * v2[t] + p3 * v3[t]
-        for j in range(n4, nkv):
-            for h in range(nh):
-                c0 = (h0 + h) * dh
+                        o2[c, part, a, c0 + t] += p0 * v0[t] + p1 * v1[t] + p2 * v2[t] + p3 * v3[t]
+        for j in range(n4, j1):
+            for h in range(n_head):
+                c0 = h * dh
                 vr = cv[li, c, j, c0:c0 + dh]
                 for a in range(gq):
-                    p = s[h, a, j]
+                    p = s[c, h, a, j]
                     for t in range(dh):
-                        o[a, h, t] += p * vr[t]
-        out[r0:r0 + gq, h0 * dh:(h0 + nh) * dh] = o.reshape((gq, nh * dh))
+                        o2[c, part, a, c0 + t] += p * vr[t]
+    for c in range(nbc):
+        for a in range(gq):
+            for u in range(d):
+                out[c * gq + a, u] = o2[c, 0, a, u] + o2[c, 1, a, u]
 
 
 def _step(mv, mvl, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
