@@ -87,6 +87,30 @@ def test_every_finite_float16_widens_to_its_float32():
         assert np.array_equal(got[0], want[:, k]), k  # as values: -0.0 comes out as 0 * 1 + -0.0 = +0.0
 
 
+def test_long_attention_is_the_same_on_any_number_of_threads(monkeypatch):
+    """The encoder's attention runs whole heads on threads of their own, each on a one-thread BLAS: one
+    thread or two give the same bits, the BLAS setting is the process's again after, and where OpenBLAS
+    cannot set one thread's BLAS threads the heads run in turn to the same values within rounding."""
+    import whisperkit.backends.pythran_backend as pb
+    from whisperkit.threads import get_num_threads, set_num_threads
+    rng = np.random.default_rng(3)
+    q, k, v = rng.standard_normal((3, 2, 700, 384)).astype(np.float32)  # 700 rows: two blocks of BLOCK_ROWS
+    assert 700 > pb.BLOCK_ROWS and 700 > pb.ROWS_FUSED_MAX
+    before = get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            set_num_threads(n)
+            outs.append(PT.attention(q, k, v, 6))
+            assert PT._blas.set_local_threads(n) == n  # the setting it returns is the one attention left
+    finally:
+        set_num_threads(before)
+    assert np.array_equal(outs[0], outs[1])
+    monkeypatch.setattr(PT._blas, "set_local_threads", None)
+    alone = PT.attention(q, k, v, 6)
+    np.testing.assert_allclose(alone, outs[0], rtol=0, atol=1e-5)  # GEMMs on every thread sum in another order
+
+
 def test_step_prompt_rows_on_blas_match_the_step_kernel(monkeypatch):
     """Many rows (a prompt) run layer by layer on BLAS; the step kernel computes the same."""
     import whisperkit.backends.pythran_backend as pb

@@ -7,14 +7,14 @@ prompt) run on NumPy's BLAS, near the machine's peak; the Pythran kernels do the
 (fused with fc1's bias), bias/residual epilogues, im2col, a stable row softmax, fully fused attention
 for few query rows, and a decoding step of few rows (greedy, beams) in ONE call (``_step``): every
 layer, the final LayerNorm and the logits, with GEMV-style projections that read each weight row once
-for all rows.
+for all rows.  The encoder's attention gives whole heads to threads of its own (`_HeadPool`), each on a
+one-thread BLAS, rather than splitting every small GEMM between the cores.
 
 Float16 weights: Pythran has no float16 type, so the step kernel cannot use the CPU's F16C/AVX-512
 conversion (vcvtph2ps).  It stores the matrices of an fp16 checkpoint as their 16-bit patterns and
 widens them exactly with integer vector code (a bit shuffle, plus a side list for zeros and subnormals),
-bit-identical to the float32 kernel.  That widening costs about 1 vector instruction per weight where
-vcvtph2ps costs 1/16, so it only pays where memory, not the core, is the limit (beam steps); a greedy
-step costs about what the float32 kernel costs.
+bit-identical to the float32 kernel.  That widening costs four vector instructions per 16 weights where
+vcvtph2ps costs one: a greedy step's GEMVs are bound by the core here, not by memory.
 
 int8 (`compute_type="int8"`, every op of contract.INT8_OPS): the matrices are quantized at prepare as the contract
 says and held only in int8.  A decoding step runs ``_step.step8``: the layers' GEMVs multiply int8 by int8 into exact
@@ -32,6 +32,8 @@ import importlib
 import importlib.machinery
 import importlib.util
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import numpy as np
@@ -127,6 +129,11 @@ class _NumpyBlas:
                 self._set_threads = fn
                 break
 
+        fn = getattr(self.lib, "openblas_set_num_threads_local", None) if self.lib is not None else None
+        if fn is not None:
+            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        self.set_local_threads = fn  # the calling thread's BLAS threads (None: this OpenBLAS cannot)
+
     def set_threads(self, n: int) -> None:
         if self._set_threads is not None:
             self._set_threads(int(n))
@@ -144,6 +151,44 @@ class _NumpyBlas:
         os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"
         read_env()
         shutdown()  # the next threaded call starts the workers again, with the new timeout
+
+
+class _HeadPool:
+    """Threads for the heads of a long attention (the encoder's): each computes whole heads, its GEMMs on a
+    one-thread BLAS and its softmax on a one-thread OpenMP team.  With every small GEMM split between the
+    cores instead, a (1500, 6 heads) attention took 24-31 ms against 22-23 (stop 35, issue 14).  A head is
+    always computed by one thread, so the result does not depend on the number of threads."""
+
+    def __init__(self, blas: _NumpyBlas, n: int):
+        self.n, self.pid = n, os.getpid()  # a forked child has none of the threads: it makes its own pool
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="whisperkit-pythran-heads", initializer=self._start,
+                                       initargs=(blas,))
+
+    @staticmethod
+    def _start(blas):
+        blas.set_local_threads(1)
+        K.set_threads(1)  # OpenMP's team size is per calling thread
+
+
+_SCRATCH = threading.local()
+
+
+def _attend_head(q, k, v, out, bi, h, dh, causal, offset):
+    """out[bi, :, head h] = softmax(q k^T / sqrt(dh)) v for one head, in blocks of BLOCK_ROWS query rows, through
+    this thread's two buffers (a new (512, 1500) array per block made the attention a third slower)."""
+    n_q, n_kv = q.shape[1], k.shape[1]
+    rows = min(BLOCK_ROWS, n_q)
+    bufs = getattr(_SCRATCH, "bufs", None)
+    if bufs is None or bufs[0].shape != (rows, n_kv) or bufs[1].shape != (rows, dh):
+        bufs = _SCRATCH.bufs = (np.empty((rows, n_kv), np.float32), np.empty((rows, dh), np.float32))
+    cs = slice(h * dh, (h + 1) * dh)
+    kt = np.ascontiguousarray(k[bi, :, cs].T)  # (d_head, n_kv)
+    vh = np.ascontiguousarray(v[bi, :, cs])    # (n_kv, d_head)
+    for r in range(0, n_q, rows):
+        n = min(rows, n_q - r)
+        sc = np.matmul(q[bi, r:r + n, cs], kt, out=bufs[0][:n])
+        K.softmax_rows_(sc, np.float32(dh ** -0.5), causal, offset + r)
+        out[bi, r:r + n, cs] = np.matmul(sc, vh, out=bufs[1][:n])
 
 
 _PATCH_SEGMENT = 1 << 20  # elements per segment of _exponent0_patches' search
@@ -213,6 +258,8 @@ class PythranBackend(Backend):
 
     def __init__(self):
         self._blas = None  # NumPy's OpenBLAS, found at load
+        self._heads = None  # _HeadPool, made at the first long attention
+        self._heads_lock = threading.Lock()
 
     @property
     def version(self) -> str:
@@ -237,6 +284,20 @@ class PythranBackend(Backend):
             K.set_threads(int(n))
         if self._blas is not None:
             self._blas.set_threads(n)
+
+    def _head_pool(self):
+        """The head threads, as many as the process's thread setting; None where this OpenBLAS cannot set one
+        thread's BLAS threads (then the heads run in turn, each GEMM on every thread)."""
+        if self._blas is None or self._blas.set_local_threads is None:
+            return None
+        n = int(get_num_threads())
+        with self._heads_lock:
+            pool = self._heads
+            if pool is None or pool.n != n or pool.pid != os.getpid():
+                if pool is not None and pool.pid == os.getpid():
+                    pool.pool.shutdown(wait=False)
+                pool = self._heads = _HeadPool(self._blas, n)
+        return pool
 
     # ---- fine ops -------------------------------------------------------------------------
     def prepare_linear(self, weight, bias=None):
@@ -311,23 +372,22 @@ class PythranBackend(Backend):
         if n_q <= ROWS_FUSED_MAX:
             return K.attention_rows(f32c(q), f32c(k), f32c(v), int(n_head), bool(causal), int(offset))
         dh = d // n_head
-        scale = np.float32(dh ** -0.5)
         out = np.empty((b, n_q, d), np.float32)
-        # The blocks' scores and values go to two buffers made once per call: a new (512, 1500) array per
-        # block made the encoder's attention a third slower (docs/bench-results.md, issue 14, stop 35).
-        rows = min(BLOCK_ROWS, n_q)
-        s_buf = np.empty((rows, k.shape[1]), np.float32)
-        o_buf = np.empty((rows, dh), np.float32)
-        for bi in range(b):
-            for h in range(n_head):
-                cs = slice(h * dh, (h + 1) * dh)
-                kt = np.ascontiguousarray(k[bi, :, cs].T)  # (d_head, n_kv)
-                vh = np.ascontiguousarray(v[bi, :, cs])    # (n_kv, d_head)
-                for r in range(0, n_q, rows):
-                    n = min(rows, n_q - r)
-                    s = np.matmul(q[bi, r:r + n, cs], kt, out=s_buf[:n])
-                    K.softmax_rows_(s, scale, bool(causal), int(offset) + r)
-                    out[bi, r:r + n, cs] = np.matmul(s, vh, out=o_buf[:n])
+        heads = [(bi, h) for bi in range(b) for h in range(n_head)]
+        pool = self._head_pool()
+        if pool is None:
+            for bi, h in heads:
+                _attend_head(q, k, v, out, bi, h, dh, bool(causal), int(offset))
+            return out
+        # NumPy's OpenBLAS takes this "local" setting for the whole process: one thread while the heads run,
+        # the process's setting again after (another thread's GEMMs meanwhile are slower, never wrong)
+        self._blas.set_local_threads(1)
+        try:
+            jobs = [pool.pool.submit(_attend_head, q, k, v, out, bi, h, dh, bool(causal), int(offset)) for bi, h in heads]
+            for job in jobs:
+                job.result()
+        finally:
+            self._blas.set_threads(pool.n)
         return out
 
     def attention_weights(self, q, k, n_head, causal=False, offset=0):
