@@ -138,3 +138,27 @@ def test_decoder_step_has_its_own_session_of_constant_weights():
     assert sessions[0] is not sessions[1]
     assert list(steps[0].w.run.weights) == ["logits.wT"]
     assert len(sessions[0].constants) > 4 * 8
+
+
+@pytest.mark.parametrize("user_timeout", [None, "6"])
+def test_load_makes_numpy_blas_workers_sleep_at_once(user_timeout):
+    """After onnxruntime's load, NumPy's OpenBLAS has restarted its workers with the shortest spin (so a worker
+    left spinning by the log-mel's GEMM does not hold a core while ORT's threads run the encoder), a GEMM after
+    the restart still gives the right products, and a timeout the user set is kept."""
+    import os
+    import subprocess
+    import sys
+    code = ("import ctypes, os, numpy as np; from whisperkit.registry import get_registry; "
+            "from whisperkit.threads import numpy_openblas_paths, set_num_threads; set_num_threads(2); "
+            "a = np.random.default_rng(0).standard_normal((600, 700)).astype(np.float32); a @ a.T; "
+            "get_registry().get('onnxruntime'); "
+            "t = ctypes.CDLL(numpy_openblas_paths()[0]).openblas_thread_timeout(); "
+            "ok = np.allclose(a @ a.T, (a.astype(np.float64) @ a.T.astype(np.float64)), rtol=1e-4, atol=1e-3); "
+            "print(t, os.environ.get('OPENBLAS_THREAD_TIMEOUT'), ok)")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if user_timeout is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = user_timeout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    want = user_timeout or "4"
+    assert out.stdout.split() == [want, want, "True"]

@@ -6,6 +6,7 @@ read `get_num_threads()` when they create their pools and are told of changes th
 """
 from __future__ import annotations
 
+import ctypes
 import glob
 import os
 
@@ -53,3 +54,33 @@ def numpy_openblas_paths() -> list[str]:
             os.path.join(root, ".libs", "libopenblas*.so*"),
             os.path.join(root, "..", "numpy.libs", "libopenblas*.so*")]
     return [path for pat in pats for path in sorted(glob.glob(pat))]
+
+
+_short_spin_done = False
+
+
+def short_blas_spin() -> None:
+    """Make the idle workers of NumPy's OpenBLAS sleep at once instead of spinning for about 0.1 s (2**28
+    cycles) after each GEMM.  A backend with threads of its own (OpenMP, ONNX Runtime) calls this at load:
+    a BLAS worker still spinning after NumPy's last GEMM (the log-mel's filterbank, an encoder GEMM) holds a
+    core while that backend's threads run.  onnxruntime's encoder took 235-243 ms a window inside
+    transcribe() against 191-195 alone (stop 35); pythran's 245 against 201-212 (stop 33).  OpenBLAS reads
+    OPENBLAS_THREAD_TIMEOUT (log2 of the spin in cycles; 4 is its minimum) when its thread server starts, so
+    the server is restarted once; a value the user set is kept."""
+    global _short_spin_done
+    if _short_spin_done or "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        return
+    _short_spin_done = True
+    for path in numpy_openblas_paths():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        read_env = getattr(lib, "openblas_read_env", None)
+        shutdown = getattr(lib, "blas_thread_shutdown_", None)
+        if read_env is None or shutdown is None:
+            return
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"
+        read_env()
+        shutdown()  # the next threaded call starts the workers again, with the new timeout
+        return

@@ -25,7 +25,9 @@ Design
   onto the caller's cache rows [offset, offset+n_q) whenever those rows are contiguous (batch 1, C-ordered
   cache): the KV cache is written in place with no copy at all.
 * Threads follow `whisperkit.threads.get_num_threads()`; `set_num_threads(n)` makes every session
-  rebuild lazily at its next call.
+  rebuild lazily at its next call.  Loading the backend makes NumPy's idle BLAS workers sleep at once
+  (`whisperkit.threads.short_blas_spin`): one left spinning by the log-mel's GEMM held a core while the
+  encoder ran.
 
 float16 weights
 ---------------
@@ -54,7 +56,7 @@ import numpy as np
 from whisperkit.backend import AttentionPair, Backend, check_kv_step, check_step, f32c, weight_group, weight_matrices
 from whisperkit.contract import INT8_OPS
 from whisperkit.errors import BackendError
-from whisperkit.threads import get_num_threads
+from whisperkit.threads import get_num_threads, short_blas_spin
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +226,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
 
     def load(self) -> None:
         self._ort()
+        short_blas_spin()  # NumPy's GEMMs (the log-mel's) leave no BLAS worker spinning while ORT's threads run
 
     def _ort(self):
         if self._mods is None:

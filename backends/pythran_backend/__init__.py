@@ -42,7 +42,7 @@ from whisperkit.backend import (Backend, check_kv_step, check_step, exact_float1
                                 weight_group)
 from whisperkit.contract import INT8_OPS, LAYER_NORM_EPS, int8_block, quantize_int8
 from whisperkit.model import padded_self_attention
-from whisperkit.threads import get_num_threads, numpy_openblas_paths
+from whisperkit.threads import get_num_threads, numpy_openblas_paths, short_blas_spin
 
 
 class _Compiled:
@@ -137,20 +137,6 @@ class _NumpyBlas:
     def set_threads(self, n: int) -> None:
         if self._set_threads is not None:
             self._set_threads(int(n))
-
-    def short_spin(self) -> None:
-        """Make OpenBLAS's idle workers sleep at once instead of spinning for about 0.1 s (2**28 cycles) after
-        each GEMM: the encoder's GEMMs alternate with the kernels, and a spinning BLAS worker held a core
-        while OpenMP's team ran them (a fifth of the encoder's samples in blas_thread_server; 245 -> 201-212 ms
-        a window).  OpenBLAS reads OPENBLAS_THREAD_TIMEOUT (log2 of the spin in cycles; 4 is its minimum)
-        when its thread server starts, so the server is restarted once; a value the user set is kept."""
-        read_env = getattr(self.lib, "openblas_read_env", None) if self.lib is not None else None
-        shutdown = getattr(self.lib, "blas_thread_shutdown_", None) if self.lib is not None else None
-        if read_env is None or shutdown is None or "OPENBLAS_THREAD_TIMEOUT" in os.environ:
-            return
-        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"
-        read_env()
-        shutdown()  # the next threaded call starts the workers again, with the new timeout
 
 
 class _HeadPool:
@@ -276,7 +262,7 @@ class PythranBackend(Backend):
         S.load()
         if self._blas is None:
             self._blas = _NumpyBlas()
-            self._blas.short_spin()
+            short_blas_spin()
         self.set_num_threads(get_num_threads())
 
     def set_num_threads(self, n):
