@@ -9,6 +9,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from whisperkit.backends.pythran_backend import PythranBackend, S
 
@@ -109,6 +110,22 @@ def test_long_attention_is_the_same_on_any_number_of_threads(monkeypatch):
     monkeypatch.setattr(PT._blas, "set_local_threads", None)
     alone = PT.attention(q, k, v, 6)
     np.testing.assert_allclose(alone, outs[0], rtol=0, atol=1e-5)  # GEMMs on every thread sum in another order
+
+
+@pytest.mark.parametrize("n_audio", [1, 2, 3, 5, 8, 23])
+def test_step_cross_attention_at_any_key_count(n_audio):
+    """The step kernel cuts an audio's keys in two halves, the first a multiple of four: every key count, down
+    to a few, gives the reference's logits (each key counted once), for a greedy row and for a group of beams."""
+    from helpers import assert_matches_reference
+    from whisperkit.registry import get_registry
+    case = _step_case(np.random.default_rng(2))
+    steps = [get_registry().ops(name).bind("decoder_step", **case) for name in ("pythran", "numpy")]
+    assert steps[0].backend_name == "pythran" and steps[1].backend_name == "numpy"
+    for batch in (1, 3):  # one row, and three beams sharing one audio's cross K/V
+        x = np.random.default_rng(4).standard_normal((batch, 1, 64)).astype(np.float32)
+        out = [step(x, *_caches(np.random.default_rng(1), 2, batch, 1, 64, n_audio=n_audio), 5, (-1,))
+               for step in steps]
+        assert_matches_reference("decoder_step", out[0], out[1])
 
 
 def test_step_prompt_rows_on_blas_match_the_step_kernel(monkeypatch):

@@ -250,7 +250,7 @@ def _cross_attn(q, ck, cv, li, gq, n_head, out):
     nbc, nkv, d = ck.shape[1], ck.shape[2], ck.shape[3]
     dh = d // n_head
     scale = np.float32(1. / np.sqrt(dh))
-    half = (nkv // 2 + 3) // 4 * 4  # the first half's keys, a multiple of four
+    half = min(nkv, (nkv // 2 + 3) // 4 * 4)  # the first half's keys: a multiple of four, or all of 2 or 3
     s = np.empty((nbc, n_head, gq, nkv), np.float32)
     o2 = np.zeros((nbc, 2, gq, d), np.float32)
     qs = q * scale
