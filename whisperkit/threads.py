@@ -64,7 +64,7 @@ def short_blas_spin() -> None:
     cycles) after each GEMM.  A backend with threads of its own (OpenMP, ONNX Runtime) calls this at load:
     a BLAS worker still spinning after NumPy's last GEMM (the log-mel's filterbank, an encoder GEMM) holds a
     core while that backend's threads run.  onnxruntime's encoder took 235-243 ms a window inside
-    transcribe() against 191-195 alone (stop 35); pythran's 245 against 201-212 (stop 33).  OpenBLAS reads
+    transcribe() against 191-195 alone (stop 35); pythran's 245 against 201-212 (stop 29).  OpenBLAS reads
     OPENBLAS_THREAD_TIMEOUT (log2 of the spin in cycles; 4 is its minimum) when its thread server starts, so
     the server is restarted once; a value the user set is kept."""
     global _short_spin_done
