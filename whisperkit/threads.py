@@ -56,6 +56,23 @@ def numpy_openblas_paths() -> list[str]:
     return [path for pat in pats for path in sorted(glob.glob(pat))]
 
 
+_openblas: list = []  # [the handle or None], filled at the first call
+
+
+def numpy_openblas() -> ctypes.CDLL | None:
+    """NumPy's bundled OpenBLAS as a ctypes library (the first of `numpy_openblas_paths` that loads), or None."""
+    if not _openblas:
+        lib = None
+        for path in numpy_openblas_paths():
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            break
+        _openblas.append(lib)
+    return _openblas[0]
+
+
 _short_spin_done = False
 
 
@@ -71,16 +88,11 @@ def short_blas_spin() -> None:
     if _short_spin_done or "OPENBLAS_THREAD_TIMEOUT" in os.environ:
         return
     _short_spin_done = True
-    for path in numpy_openblas_paths():
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        read_env = getattr(lib, "openblas_read_env", None)
-        shutdown = getattr(lib, "blas_thread_shutdown_", None)
-        if read_env is None or shutdown is None:
-            return
-        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"
-        read_env()
-        shutdown()  # the next threaded call starts the workers again, with the new timeout
+    lib = numpy_openblas()
+    read_env = getattr(lib, "openblas_read_env", None) if lib is not None else None
+    shutdown = getattr(lib, "blas_thread_shutdown_", None) if lib is not None else None
+    if read_env is None or shutdown is None:
         return
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"
+    read_env()
+    shutdown()  # the next threaded call starts the workers again, with the new timeout

@@ -42,7 +42,7 @@ from whisperkit.backend import (Backend, check_kv_step, check_step, exact_float1
                                 weight_group)
 from whisperkit.contract import INT8_OPS, LAYER_NORM_EPS, int8_block, quantize_int8
 from whisperkit.model import padded_self_attention
-from whisperkit.threads import get_num_threads, numpy_openblas_paths, short_blas_spin
+from whisperkit.threads import get_num_threads, numpy_openblas, short_blas_spin
 
 
 class _Compiled:
@@ -113,13 +113,7 @@ class _NumpyBlas:
     """NumPy's bundled OpenBLAS, through the symbols it exports (every method does nothing when it is not found)."""
 
     def __init__(self):
-        self.lib = None
-        for path in numpy_openblas_paths():
-            try:
-                self.lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            break
+        self.lib = numpy_openblas()
         self._set_threads = None
         for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
                     "openblas_set_num_threads"):
