@@ -128,6 +128,63 @@ def test_decoder_step_paths_write_the_cache_in_place(audios, group, strided_cach
         assert not any(b[..., 1::2].any() for b in buffers), "cache written between the view's elements"
 
 
+@pytest.mark.parametrize("audios, group", [(1, 1), (2, 3)], ids=["greedy", "2audios_3beams"])
+def test_decoder_step_reads_the_cross_layout_it_made(audios, group):
+    """The prepared step offers `cross_layout` (the contract): K as (n_layer, b_c, n_head, d_head, n_audio), V as
+    (n_layer, b_c, n_head, n_audio, d_head), each head's block the one of the arrays it was made from.  Given as
+    `cross=`, the step gives the same bits as laying them out itself (cross=None)."""
+    weights = _step_weights()
+    got = Ops(ORT, REF).bind("decoder_step", **weights)
+    n_layer, n, batch = len(weights["layers"]), 384, audios * group
+    rng = np.random.default_rng(5)
+    cross = [rng.standard_normal((n_layer, audios, 1500, n)).astype(np.float32) for _ in range(2)]
+    kt, vh = got.w.cross_layout(*cross)
+    assert kt.shape == (n_layer, audios, 6, 64, 1500) and vh.shape == (n_layer, audios, 6, 1500, 64)
+    assert kt.flags.c_contiguous and vh.flags.c_contiguous and kt.dtype == vh.dtype == np.float32
+    np.testing.assert_array_equal(kt[3, audios - 1, 4], cross[0][3, audios - 1, :, 256:320].T)
+    np.testing.assert_array_equal(vh[2, 0, 5], cross[1][2, 0, :, 320:384])
+    caches = [[np.zeros((n_layer, batch, 448, n), np.float32) for _ in range(2)] for _ in range(2)]
+    for offset, n_q in ((0, 3), (3, 1), (4, 1)):
+        x = rng.standard_normal((batch, n_q, n)).astype(np.float32)
+        alone = got(x, *caches[0], *cross, offset, (-1,))
+        given = got(x, *caches[1], *cross, offset, (-1,), cross=(kt, vh))
+        np.testing.assert_array_equal(given, alone)
+    np.testing.assert_array_equal(caches[1][0], caches[0][0])
+
+
+def test_model_lays_out_a_window_once(tiny_on):
+    """The model makes the step's cross layout once per window and shares it: a beam search (its prompt runs on
+    the cache of one row per audio) and the same features decoded again (set_audio's memo) add no layout.  Rows
+    leaving a batch replace the cross arrays: the next step lays them out again, and its logits are those of a
+    fresh cache over the kept row (not the row that left: its audio is another)."""
+    from whisperkit.decoding import DecodingOptions, decode
+    model = tiny_on("onnxruntime")
+    dec = model.graph.decoder
+    made = []
+    layout = dec._cross_layout
+    dec._cross_layout = lambda k, v: made.append(1) or layout(k, v)
+    try:
+        feats = np.random.default_rng(2).standard_normal((1, 1500, 384)).astype(np.float32)
+        decode(model.graph, model.tokenizer, feats, DecodingOptions(beam_size=3, without_timestamps=True, sample_len=4))
+        assert len(made) == 1
+        decode(model.graph, model.tokenizer, feats.copy(), DecodingOptions(without_timestamps=True, sample_len=4))
+        assert len(made) == 1
+        two = np.concatenate([feats, feats[:, ::-1]])
+        cache = model.graph.new_cache(two)
+        tokens = np.array([[50257, 50362], [50257, 50362]])
+        model.graph.decoder(tokens, cache, 0)
+        assert len(made) == 2
+        cache.select(np.array([1]), filled=2)
+        got = model.graph.decoder(tokens[1:, 1:], cache, 1)
+        assert len(made) == 3
+    finally:
+        dec._cross_layout = layout
+    fresh = model.graph.new_cache(two[1:])
+    model.graph.decoder(tokens[1:, :1], fresh, 0)
+    # one row's GEMMs against two rows' may round differently: the op's tolerance
+    assert_matches_reference("decoder_step", got, model.graph.decoder(tokens[1:, 1:], fresh, 1))
+
+
 def test_decoder_step_has_its_own_session_of_constant_weights():
     """The step's weights are constants of its own session (pre-packed by ORT), except the bound transpose of the
     logits weight for single rows; two models never share it."""

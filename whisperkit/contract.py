@@ -254,6 +254,12 @@ _op(
     positional embeddings 0, 1, ... from pad[b] on); a padding query (c < pad[b]) sees the keys j <= c, and
     its output is never read.  Only a backend that sets ``Backend.padded_steps = True`` is given `pad`;
     for the others, rows of different prompt lengths are decoded in separate batches.
+    cross (keyword): the prepared object may offer ``cross_layout(cross_k, cross_v) -> object``, the window's
+    cross K/V in a layout of the backend's own (say, by head).  A caller that has it calls it once per window,
+    on the arrays it then passes, and gives what it returned as ``cross=`` to every step over those very arrays
+    (the model keeps it beside its cache, `KVCache.laid_out`); the backend may then read only `cross`.  A
+    backend that offers it takes ``cross=None`` (it lays the arrays out itself), and is given `cross` by no
+    caller that lacks it.
     """,
     coarse=True,
 )

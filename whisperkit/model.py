@@ -117,6 +117,10 @@ class KVCache:
         self.k = untouched_zeros(shape)  # each row fills only the positions it decodes
         self.v = untouched_zeros(shape)
         self.cross_k = self.cross_v = None  # set by TextDecoder.set_audio
+        #: [None or (cross_k, cross_v, the backend's layout of them)]: the contract's decoder_step `cross_layout`,
+        #: made at the first step over these very arrays (TextDecoder.__call__); one holder shared by every cache
+        #: over the same arrays (`ungrouped`, set_audio's memo), so a window's layout is made once
+        self.laid_out: list = [None]
         self.group = group
         #: None, or int64 (batch,): row b's first pad[b] positions are left padding (prompts of different
         #: lengths in one batch; the contract's decoder_step `pad`).
@@ -139,7 +143,7 @@ class KVCache:
         """A cache of one row per audio over the same cross K/V: what every row of a group computes alike (the
         prompt of beams that have not parted yet) runs there once, and `spread_from` copies it to the rows."""
         one = KVCache(self.dims, self.cross_k.shape[1])
-        one.cross_k, one.cross_v = self.cross_k, self.cross_v
+        one.cross_k, one.cross_v, one.laid_out = self.cross_k, self.cross_v, self.laid_out
         one.pad = None if self.pad is None else self.pad[::self.group]
         return one
 
@@ -216,13 +220,15 @@ class TextDecoder:
         # a backend that keeps the embedding in a layout of its own gives its rows back (the contract's
         # decoder_step, `embedding_rows`): then the model holds no second copy (40 MB on tiny)
         self._embedding_rows = getattr(self.step.w, "embedding_rows", None)
+        # a backend that wants the window's cross K/V in a layout of its own makes it once per window (the contract)
+        self._cross_layout = getattr(self.step.w, "cross_layout", None)
         if self._embedding_rows is not None:
             self.token_embedding = None
             if consume:
                 t.pop(layout.module(DECODER, "token_embedding.weight")[0].canonical)
         self._reread = reread if reread is not None else (lambda: t)
         self.ops, self._fine, self._ln_weights, self._ln, self._logits = ops, None, ln, None, None
-        self._cross_memo: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # set_audio's last audio
+        self._cross_memo: tuple | None = None  # set_audio's last audio
 
     def embed(self, tokens: np.ndarray, at) -> np.ndarray:
         """Token plus positional embeddings (batch, n, n_text_state), float32: each stored value widened and one
@@ -270,7 +276,7 @@ class TextDecoder:
         (3.5 GFLOP a window on tiny, 9.4 on base)."""
         memo = self._cross_memo  # one read: another thread may replace it
         if memo is not None and memo[0].shape == audio_features.shape and np.array_equal(memo[0], audio_features):
-            cache.cross_k, cache.cross_v = memo[1], memo[2]
+            cache.cross_k, cache.cross_v, cache.laid_out = memo[1], memo[2], memo[3]
             return
         self._cross_memo = None  # the last window's go before this one's are made
         n_layer, n = len(self.cross_kv), self.dims.n_text_state
@@ -281,7 +287,8 @@ class TextDecoder:
             cache.cross_k[i], cache.cross_v[i] = kv[..., :n], kv[..., n:]
         if audio_features.shape[0] == 1:  # rows leaving a batch compact its cross K/V in place (KVCache.select);
             # one audio's rows never move, so its arrays stay as computed
-            self._cross_memo = (np.array(audio_features, np.float32, copy=True), cache.cross_k, cache.cross_v)
+            self._cross_memo = (np.array(audio_features, np.float32, copy=True), cache.cross_k, cache.cross_v,
+                                cache.laid_out)
 
     def __call__(self, tokens: np.ndarray, cache: KVCache, offset: int, logit_positions=None) -> np.ndarray:
         """tokens: (batch, n_q) at positions offset..offset+n_q-1.  Returns logits (batch, len(positions), n_vocab)
@@ -297,6 +304,12 @@ class TextDecoder:
             at = np.where(at >= pad[:, None], at - pad[:, None], at)  # a row's real tokens count from its pad: (batch, n_q)
             more = {"pad": pad}
         x = self.embed(tokens, at)  # (batch, n_q, n_text_state)
+        if self._cross_layout is not None:
+            laid = cache.laid_out[0]  # identity, not equality: KVCache replaces its cross arrays, never rewrites them
+            if laid is None or laid[0] is not cache.cross_k or laid[1] is not cache.cross_v:
+                laid = (cache.cross_k, cache.cross_v, self._cross_layout(cache.cross_k, cache.cross_v))
+                cache.laid_out[0] = laid
+            more["cross"] = laid[2]
         return self.step(x, cache.k, cache.v, cache.cross_k, cache.cross_v, offset, positions, **more)  # decoder_step
 
 

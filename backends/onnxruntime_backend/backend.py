@@ -13,9 +13,11 @@ Design
   bound by pointer as an input and the step's new k/v rows as outputs onto the cache rows after it: read
   and written in place.  A batch's rows are strided by n_ctx: its prefix is copied out, its new rows copied
   in with one assignment.  Cross K/V are bound per
-  layer, one row per audio: the rows of an audio (its beams) are one block of queries, so a beam step
-  reads them once.  If nodes pick, per call, the kernels for one new token per row, one query per audio
-  and one logits row (`graphs.build_decoder_step`).
+  layer, one row per audio, laid out by head once per window (the contract's `cross_layout`,
+  `graphs.cross_by_head`): each head's keys are then one contiguous (d_head, n_audio) block, and a query's
+  scores a GEMV on every vector lane.  The rows of an audio (its beams) are one block of queries, so a beam
+  step reads them once.  If nodes pick, per call, the kernels for one new token per row and one logits row
+  (`graphs.build_decoder_step`).
 * Sessions are created lazily at their first run (loading a model is cheap; an op never used never costs a
   session); each weight set keeps its own runner (IO binding) in the prepared ``w``.  Weightless ops
   (gelu, attention) keep one runner per (op, n_head, n_state, causal) on the backend.
@@ -435,10 +437,12 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         n = len(group.layers)
         names = {kind: [(f"{a}.{i}", f"{b}.{i}") for i in range(n)]
                  for kind, a, b in (("k", "k_past", "k_new"), ("v", "v_past", "v_new"), ("cross", "cross_k", "cross_v"))}
+        n_head = group.layers[0].n_head
         return SimpleNamespace(n_layer=n, n_state=np.shape(group.ln.weight)[0], n_vocab=np.shape(group.logits.weight)[0],
-                               names=names, run=self._runner(g))
+                               names=names, run=self._runner(g),
+                               cross_layout=lambda k, v: self._graphs().cross_by_head(n_head, k, v))
 
-    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None):
+    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None, cross=None):
         x = f32c(x)
         b, n_q, d = x.shape
         offset, pos = check_step(k_cache, v_cache, w.n_layer, offset, n_q, positions)
@@ -450,7 +454,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
             one_token = n_q == 1
             mask = np.zeros((1, 1, end), _F32) if n_q == 1 else _causal_mask(n_q, end, offset)[None]
         inputs = {"x": x, "offset": np.array([offset], np.int64), "mask": mask, "positions": pos,
-                  "one_token": _BOOL[one_token], "one_query": _BOOL[n_q * b == cross_k.shape[1]], "one_row": _BOOL[b * pos.size == 1]}
+                  "one_token": _BOOL[one_token], "one_row": _BOOL[b * pos.size == 1]}
         logits = np.empty((b, pos.size, w.n_vocab), _F32)
         outputs = {"logits": logits}
         # Batch 1: each layer's filled prefix and this step's rows are contiguous blocks of a C-ordered float32
@@ -466,8 +470,10 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
                 outputs[new_name] = cache[i, :, offset:end] if direct else tmp[i]
             if tmp is not None:
                 copy_back.append((cache, tmp))
+        # the window's cross K/V by head (the contract's `cross_layout`): laid out here when the caller has not
+        kt, vh = cross if cross is not None else w.cross_layout(cross_k, cross_v)
         for i, (k_name, v_name) in enumerate(w.names["cross"]):
-            inputs[k_name], inputs[v_name] = f32c(cross_k[i]), f32c(cross_v[i])
+            inputs[k_name], inputs[v_name] = kt[i], vh[i]
         w.run(inputs, outputs)
         for cache, tmp in copy_back:
             cache[:, :, offset:end] = tmp

@@ -391,12 +391,42 @@ def _cross_shapes(g: GraphBuilder, cross_k: str, x: str, n_state: int):
     return g.op("Concat", audio_rows, g.const([-1, n_state], I64), axis=0), g.op("Shape", x)
 
 
+def attention_by_head(g: GraphBuilder, q: str, kt: str, vh: str, n_head: int, d_head: int) -> str:
+    """Attention against keys and values laid out by head (`cross_by_head`), without a mask.
+    q: (b_c, n, n_head * d_head); kt: (b_c, n_head, d_head, n_kv); vh: (b_c, n_head, n_kv, d_head).
+    Each head is then a plain (n, d_head) x (d_head, n_kv) MatMul: for one query a GEMV over contiguous rows on
+    every vector lane, where K in its (n_kv, n_state) rows needs the block-diagonal product of
+    `attention_few_queries` (n_head times the FLOPs, a 6-wide B on 16 lanes) or MultiHeadAttention's copy of
+    K and V into this layout at every call."""
+    qh = split_heads(g, q, n_head, d_head, [0, 2, 1, 3])  # (b_c, n_head, n, d_head), small
+    scores = g.op("Mul", g.op("MatMul", qh, kt), g.const(d_head ** -0.5))  # (b_c, n_head, n, n_kv)
+    out = g.op("MatMul", g.op("Softmax", scores, axis=-1), vh)  # (b_c, n_head, n, d_head)
+    return g.op("Reshape", g.op("Transpose", out, perm=[0, 2, 1, 3]), g.const([0, 0, n_head * d_head], I64))
+
+
+def cross_by_head(n_head: int, cross_k, cross_v):
+    """The step graph's cross K/V layout (the contract's decoder_step `cross_layout`), made once per window:
+    (n_layer, b_c, n_kv, n_head * d_head) -> K as (n_layer, b_c, n_head, d_head, n_kv) and V as
+    (n_layer, b_c, n_head, n_kv, d_head), C-contiguous float32 copies."""
+    n_layer, b_c, n_kv, n_state = np.shape(cross_k)
+    d_head = n_state // n_head
+    cross_k = np.asarray(cross_k, np.float32)
+    kt = np.empty((n_layer, b_c, n_head, d_head, n_kv), np.float32)
+    for i in range(n_layer):  # one head's (n_kv, d_head) block at a time: 2.1 ms for tiny's four layers, against
+        for b in range(b_c):  # 3.7 for the one 5-d transpose (its innermost stride is a whole row)
+            for h in range(n_head):
+                kt[i, b, h] = cross_k[i, b, :, h * d_head:(h + 1) * d_head].T
+    split = (n_layer, b_c, n_kv, n_head, d_head)
+    vh = np.ascontiguousarray(np.asarray(cross_v, np.float32).reshape(split).transpose(0, 1, 3, 2, 4))
+    return kt, vh
+
+
 def decoder_layer(g: GraphBuilder, x: str, w: DecoderLayerWeights, k_past: str, v_past: str, cross_k: str,
                   cross_v: str, mask: str, shapes, prefix: str, step: tuple | None = None):
     """One decoder block; returns (y, k_new, v_new).  k_past/v_past: (b, offset, d), the filled cache prefix.
-    step: (one_token, one_query, offset), bool inputs true for one new token per row / one query row per
-    audio, which take `attention_few_queries` for self- / cross-attention (If nodes), and the int64 offset;
-    with `step`, the mask is (b or 1, n_q, n_kv), one per row (left-padded rows; one_token is then false)."""
+    step: (one_token, offset): a bool input, true for one new token per row, which takes `attention_few_queries`
+    for self-attention (an If node), and the int64 offset; with `step`, the mask is (b or 1, n_q, n_kv), one per
+    row (left-padded rows; one_token is then false), and cross_k, cross_v are laid out by head (`cross_by_head`)."""
     n_state = np.shape(w.attn_ln.weight)[0]
     n_head, d_head = w.n_head, n_state // w.n_head
     h = layer_norm(g, x, *w.attn_ln, prefix + "attn_ln")
@@ -410,16 +440,14 @@ def decoder_layer(g: GraphBuilder, x: str, w: DecoderLayerWeights, k_past: str, 
         a = self_attention(g)
     else:  # one token sees every cached row: no mask, and no concatenated copy of the cache
         a = g.op("If", step[0], else_branch=g.branch(self_attention, "mha"), then_branch=g.branch(
-            lambda b: attention_few_queries(b, q, [k_past, k_new], [v_past, v_new], n_head, d_head, step[2]), "one_token"))
+            lambda b: attention_few_queries(b, q, [k_past, k_new], [v_past, v_new], n_head, d_head, step[1]), "one_token"))
     x = g.op("Add", x, linear(g, a, *w.out, prefix + "attn.out"))
     h = layer_norm(g, x, *w.cross_ln, prefix + "cross_ln")
     cq = g.op("Reshape", linear(g, h, *w.cross_q, prefix + "cross.q"), shapes[0])
     if step is None:
         a = attention(g, cq, cross_k, cross_v, n_head, d_head, None)
-    else:
-        a = g.op("If", step[1],
-                 then_branch=g.branch(lambda b: attention_few_queries(b, cq, [cross_k], [cross_v], n_head, d_head), "one_query"),
-                 else_branch=g.branch(lambda b: attention(b, cq, cross_k, cross_v, n_head, d_head, None), "mha"))
+    else:  # cross_k, cross_v laid out by head (`cross_by_head`)
+        a = attention_by_head(g, cq, cross_k, cross_v, n_head, d_head)
     a = g.op("Reshape", a, shapes[1])
     x = g.op("Add", x, linear(g, a, *w.cross_out, prefix + "cross.out"))
     return mlp(g, x, w.mlp, prefix + "mlp"), k_new, v_new
@@ -449,8 +477,8 @@ def build_decoder_step(w: DecoderStepWeights, int8: bool = False) -> GraphBuilde
     """A whole decoding step: every decoder layer, the final LayerNorm and the logits of the asked rows.
 
     Inputs: x (b, n_q, d); per layer i, ``k_past.i``/``v_past.i`` (b, offset, d), the filled cache prefix (for
-    batch 1 the caller's cache rows themselves, bound by pointer), and ``cross_k.i``/``cross_v.i``
-    (b_c, n_audio, d); offset (1,) int64, the prefix length; mask (1 or b, n_q, offset + n_q), additive, read when
+    batch 1 the caller's cache rows themselves, bound by pointer), and ``cross_k.i``/``cross_v.i``, the window's
+    cross K/V by head (`cross_by_head`: (b_c, n_head, d_head, n_audio) and (b_c, n_head, n_audio, d_head)); offset (1,) int64, the prefix length; mask (1 or b, n_q, offset + n_q), additive, read when
     one_token is false (several new tokens, or left-padded rows: the contract's `pad`);
     positions (n_pos,) int64, non-negative.  Outputs: logits (b, n_pos, n_vocab) and per layer this step's
     ``k_new.i``/``v_new.i`` (b, n_q, d), which the backend binds onto the cache rows [offset, offset + n_q)."""
@@ -463,14 +491,15 @@ def build_decoder_step(w: DecoderStepWeights, int8: bool = False) -> GraphBuilde
     offset = g.input("offset", [1], I64)
     mask = g.input("mask", ["b_mask", "n_q", "n_kv"])
     positions = g.input("positions", ["n_pos"], I64)
-    step = (g.input("one_token", [], TensorProto.BOOL), g.input("one_query", [], TensorProto.BOOL), offset)
+    step = (g.input("one_token", [], TensorProto.BOOL), offset)
+    d_head = n_state // layer0.n_head
     shapes = None
     news = []
     for i, layer in enumerate(w.layers):
         k_past = g.input(f"k_past.{i}", ["b", "n_past", n_state])
         v_past = g.input(f"v_past.{i}", ["b", "n_past", n_state])
-        cross_k = g.input(f"cross_k.{i}", ["b_c", "n_audio", n_state])
-        cross_v = g.input(f"cross_v.{i}", ["b_c", "n_audio", n_state])
+        cross_k = g.input(f"cross_k.{i}", ["b_c", layer.n_head, d_head, "n_audio"])
+        cross_v = g.input(f"cross_v.{i}", ["b_c", layer.n_head, "n_audio", d_head])
         if shapes is None:
             shapes = _cross_shapes(g, cross_k, x, n_state)
         x, k_new, v_new = decoder_layer(g, x, layer, k_past, v_past, cross_k, cross_v, mask, shapes, f"l{i}.", step)
