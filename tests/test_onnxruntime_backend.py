@@ -197,6 +197,22 @@ def test_decoder_step_has_its_own_session_of_constant_weights():
     assert len(sessions[0].constants) > 4 * 8
 
 
+def test_only_the_decoder_step_session_spins():
+    """The step's session keeps its pool spinning between its nodes; every other session's pool sleeps (two
+    spinning pools on two cores steal each other's core: the module comment)."""
+    be = OnnxRuntimeBackend()
+    ops = Ops(be, REF)
+    step = ops.bind("decoder_step", **_step_weights())
+    layer = ops.bind("encoder_layer", **CASES["encoder_layer/tiny_7"].make().weights)
+    x = f32(1, 7, 384)
+    layer(x)
+    step(f32(1, 1, 384, seed=2), *[np.zeros((4, 1, 448, 384), np.float32) for _ in range(2)],
+         *[f32(4, 1, 1500, 384, seed=s) for s in (3, 4)], 0, (-1,))
+    spins = [s.sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+             for s in (step.w.run.session, layer.w.run.session)]
+    assert spins == ["1", "0"]
+
+
 @pytest.mark.parametrize("user_timeout", [None, "6"])
 def test_load_makes_numpy_blas_workers_sleep_at_once(user_timeout):
     """After onnxruntime's load, NumPy's OpenBLAS has restarted its workers with the shortest spin (so a worker

@@ -79,7 +79,10 @@ def _dist_version(name: str) -> str | None:
 #     made conv1 and conv2 slower; encoder layer and decoder step equal within noise.  BASIC (no fusions)
 #     was not faster anywhere.
 #   * intra_op spinning off (`allow_spinning`): on 2 shared cores a spinning pool of the session just run
-#     steals a core from the next one; transcription was much slower with spinning on.
+#     steals a core from the next one; transcription was much slower with spinning on.  Except the decoder
+#     step's one session (`_Session.spin`): it runs about a hundred times a window, each run some sixty
+#     nodes, and its pool asleep was woken for each of them.  Its spinning worker only overlaps the decode
+#     loop's Python between steps (one thread).  osr greedy 1.09-1.20 -> 1.02-1.06 s (docs/bench-results.md).
 #   * intra_op threads = whisperkit.threads.get_num_threads(); inter_op 1 and sequential execution: our
 #     graphs are chains, a parallel executor only adds scheduling.
 
@@ -87,12 +90,13 @@ def _dist_version(name: str) -> str | None:
 class _Session:
     """One lazily created InferenceSession for one graph structure; rebuilt when the thread count changes."""
 
-    __slots__ = ("backend", "model_bytes", "constants", "sess", "threads", "generation")
+    __slots__ = ("backend", "model_bytes", "constants", "sess", "threads", "generation", "spin")
 
     def __init__(self, backend: "OnnxRuntimeBackend", builder):
         self.backend = backend
         self.model_bytes = builder.model().SerializeToString()  # small: weights are inputs or external data
         self.constants = builder.constants()  # name -> array, handed to ORT at each session creation
+        self.spin = builder.name.startswith("decoder_step")  # the one session that spins (module comment)
         self.sess = None
         self.threads = 0
         self.generation = 0
@@ -112,7 +116,8 @@ class _Session:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.backend.allow_spinning else "0")
+        spin = self.backend.allow_spinning or self.spin
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         so.log_severity_level = 3
         if self.constants:  # ORT copies (and pre-packs) them at creation
             so.add_external_initializers(list(self.constants), [ort.OrtValue.ortvalue_from_numpy(a) for a in self.constants.values()])
