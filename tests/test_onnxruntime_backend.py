@@ -198,8 +198,8 @@ def test_decoder_step_has_its_own_session_of_constant_weights():
 
 
 def test_only_the_decoder_step_session_spins():
-    """The step's session keeps its pool spinning between its nodes; every other session's pool sleeps (two
-    spinning pools on two cores steal each other's core: the module comment)."""
+    """The step's session keeps its pool spinning between its nodes, not after its run; every other session's pool
+    sleeps (two spinning pools on two cores steal each other's core: the module comment)."""
     be = OnnxRuntimeBackend()
     ops = Ops(be, REF)
     step = ops.bind("decoder_step", **_step_weights())
@@ -211,6 +211,8 @@ def test_only_the_decoder_step_session_spins():
     spins = [s.sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
              for s in (step.w.run.session, layer.w.run.session)]
     assert spins == ["1", "0"]
+    # and it stops at the end of each run: the next window's encoder gets the core
+    assert step.w.run.session.sess.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
 
 
 @pytest.mark.parametrize("user_timeout", [None, "6"])

@@ -81,8 +81,9 @@ def _dist_version(name: str) -> str | None:
 #   * intra_op spinning off (`allow_spinning`): on 2 shared cores a spinning pool of the session just run
 #     steals a core from the next one; transcription was much slower with spinning on.  Except the decoder
 #     step's one session (`_Session.spin`): it runs about a hundred times a window, each run some sixty
-#     nodes, and its pool asleep was woken for each of them.  Its spinning worker only overlaps the decode
-#     loop's Python between steps (one thread).  osr greedy 1.09-1.20 -> 1.02-1.06 s (docs/bench-results.md).
+#     nodes, and its pool asleep was woken for each of them.  It stops spinning at the end of each run
+#     (`session.force_spinning_stop`): left spinning, it burnt ~40 ms of a core after the last step, taken
+#     from the next window's encoder (docs/bench-results.md, stop 36).
 #   * intra_op threads = whisperkit.threads.get_num_threads(); inter_op 1 and sequential execution: our
 #     graphs are chains, a parallel executor only adds scheduling.
 
@@ -118,6 +119,8 @@ class _Session:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         spin = self.backend.allow_spinning or self.spin
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        if spin:
+            so.add_session_config_entry("session.force_spinning_stop", "1")
         so.log_severity_level = 3
         if self.constants:  # ORT copies (and pre-packs) them at creation
             so.add_external_initializers(list(self.constants), [ort.OrtValue.ortvalue_from_numpy(a) for a in self.constants.values()])
