@@ -36,6 +36,41 @@ def test_threads_follow_setting():
         numba.set_num_threads(before)
 
 
+@pytest.mark.parametrize("blas_threads", [1, 2])
+def test_numpy_blas_threads_are_left_as_found(tiny_on, blas_threads):
+    """The kernels run their GEMMs on one-thread OpenBLAS calls inside their parallel loops.  NumPy's OpenBLAS
+    applies that setting to the whole process, so the kernels put back, after each loop, the value they found:
+    a numba transcription left every later NumPy GEMM (the user's, the next log-mel's) on one thread."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def openblas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"]
+
+    model = tiny_on("numba")
+    mel = np.random.default_rng(0).standard_normal((1, 80, 3000)).astype(np.float32)
+    with threadpoolctl.threadpool_limits(limits=blas_threads, user_api="blas"):
+        assert openblas_threads() and set(openblas_threads()) == {blas_threads}
+        for _ in range(3):  # the race needs the two workers' pairs to interleave: a few encoders
+            model.graph.embed_audio(mel)
+        model.transcribe(shared("audio", "jfk.flac"), beam_size=2)
+        assert set(openblas_threads()) == {blas_threads}
+
+
+def test_load_makes_numpy_blas_workers_sleep_at_once():
+    """With NumPy's BLAS left on its threads (above), a worker woken by the log-mel's GEMM would spin while the
+    encoder's kernels run: numba's load restarts the workers with the shortest spin, as onnxruntime's does."""
+    import os
+    import subprocess
+    import sys
+    code = ("import ctypes; from whisperkit.registry import get_registry; "
+            "from whisperkit.threads import numpy_openblas_paths; get_registry().get('numba'); "
+            "print(ctypes.CDLL(numpy_openblas_paths()[0]).openblas_thread_timeout())")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["4"]
+
+
 def _step(case_id):
     inp = CASES[case_id].make()
     return NB.prepare_decoder_step(**inp.weights), inp.args

@@ -22,6 +22,7 @@ import numpy as np
 
 from whisperkit.backend import (AttentionPair, Backend, Linear, MlpWeights, Norm, check_kv_step, check_step, exact_float16, f32c, f32c_group, group_arrays,
                                 hookimpl, rows_f32, weight_group, weight_matrices)
+from whisperkit.threads import short_blas_spin
 
 def _installed(dist: str) -> str | None:
     try:
@@ -350,6 +351,10 @@ class NumbaBackend(AttentionPair, Backend):
         if _IMPORT_ERROR is not None:
             raise ImportError(_IMPORT_ERROR)
         _numba()
+        # The kernels leave NumPy's BLAS on the threads they found (`_kernels.blas_single`), so its idle workers,
+        # woken by the log-mel's GEMM, would spin for ~0.1 s while the encoder's kernels run: jfk greedy took
+        # 0.38 s against 0.33 (stop 36).  They sleep at once instead, as for pythran and onnxruntime.
+        short_blas_spin()
         # LLVM's pages are dropped after each stage, not once at the end: the stages touch different ones, and
         # together they were the peak of a cold command (release_code_pages)
         release_code_pages("libllvmlite")

@@ -59,6 +59,10 @@ def mm(transb, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc):
 
 @njit(cache=True, nogil=True)
 def blas_single():
+    """One-thread GEMMs for the calling thread; returns the setting before.  NumPy's OpenBLAS applies this
+    "local" setting to the whole process, so two workers' set/restore pairs race: the kernels below also call
+    it once in the calling thread before their parallel loop and restore that value after it, which leaves the
+    process as they found it (it was left on one thread after every numba encoder, stop 36)."""
     return _set_local_threads(np.int32(1))
 
 
@@ -455,11 +459,13 @@ def linear_kernel(x, w, bias, out, res, nt, blk=256):
     if m >= SMALL_M:
         nb = max(nt, (m + blk - 1) // blk)
         rb = _blocks(m, nb, 1)
+        outer = blas_single()
         for p in prange(nb):
             prev = blas_single()
             fill_rows(out, rb[p], rb[p + 1], 0, n, res, bias)
             gemm_wt(x, rb[p], rb[p + 1], w, 0, n, out, F1)
             blas_restore(prev)
+        blas_restore(outer)
     else:
         nb = max(nt, min(64, n // 256))
         cb = _blocks(n, nb, 16)
@@ -514,6 +520,7 @@ def conv1d_kernel(xs, w, bias, out, stride, t_out, nt):
     nt = nt
     nb = max(nt, (t_out + 255) // 256)
     tb = _blocks(t_out, nb, 16)
+    outer = blas_single()
     for p in prange(nb):
         prev = blas_single()
         t0 = tb[p]
@@ -528,6 +535,7 @@ def conv1d_kernel(xs, w, bias, out, stride, t_out, nt):
             mm(NO_T, c_out, t1 - t0, c_in, F1, w.ctypes.data + 4 * tap * c_out * c_in, c_in,
                xs.ctypes.data + 4 * (ph * c_in * tp + off + t0), tp, F1, out.ctypes.data + 4 * t0, t_out)
         blas_restore(prev)
+    blas_restore(outer)
 
 
 # ---- attention -------------------------------------------------------------------------------------
@@ -560,6 +568,7 @@ def attention_kernel(qp, q_bs, q_rs, kp, k_bs, k_rs, vp, v_bs, v_rs, out, o_bs, 
     ntask = batch * n_head * nrb
     nt = min(nt, ntask)
     want_p = p_out.shape[3] == n_kv and p_out.shape[2] == n_q and out == 0
+    outer = blas_single()
     for t in prange(nt):
         prev = blas_single()
         scratch = np.empty((1, 1), np.float32) if want_p else np.empty((blk, n_kv), np.float32)
@@ -575,6 +584,7 @@ def attention_kernel(qp, q_bs, q_rs, kp, k_bs, k_rs, vp, v_bs, v_rs, out, o_bs, 
             attn_task(qp, q_bs, q_rs, kp, k_bs, k_rs, vp, v_bs, v_rs, out, o_bs, o_rs,
                       b, h, r0, r1, n_kv, d_head, causal, offset, scale, s, n_kv)
         blas_restore(prev)
+    blas_restore(outer)
 
 
 @njit(cache=True)
@@ -611,6 +621,7 @@ def mlp_kernel(x, lng, lnb, w1, b1, w2, b2, y, blk, nt):
     m, n = x.shape
     nb = max(nt, (m + blk - 1) // blk) if m >= 32 else 1
     rb = _blocks(m, nb, 1)
+    outer = blas_single()
     for p in prange(nb):
         prev = blas_single()
         rows = rb[p + 1] - rb[p]
@@ -618,6 +629,7 @@ def mlp_kernel(x, lng, lnb, w1, b1, w2, b2, y, blk, nt):
         fbuf = np.empty((rows, w1.shape[0]), np.float32)
         mlp_rows(x, rb[p], rb[p + 1], lng, lnb, w1, b1, w2, b2, y, hbuf, fbuf)
         blas_restore(prev)
+    blas_restore(outer)
 
 
 @njit(parallel=True, cache=True)
@@ -634,6 +646,7 @@ def encoder_layer_kernel(x, batch, n_head, ln1g, ln1b, wqkv, bqkv, wo, bo, ln2g,
     y = np.empty((m, n), np.float32)
     nb = max(nt, (m + blk - 1) // blk)
     rb = _blocks(m, nb, 1)
+    outer = blas_single()
     for p in prange(nb):
         prev = blas_single()
         r0 = rb[p]
@@ -660,6 +673,7 @@ def encoder_layer_kernel(x, batch, n_head, ln1g, ln1b, wqkv, bqkv, wo, bo, ln2g,
         fbuf = np.empty((r1 - r0, w1.shape[0]), np.float32)
         mlp_rows(x1, r0, r1, ln2g, ln2b, w1, b1, w2, b2, y, hbuf, fbuf)
         blas_restore(prev)
+    blas_restore(outer)
     return y
 
 
