@@ -97,7 +97,7 @@ class _Session:
         self.backend = backend
         self.model_bytes = builder.model().SerializeToString()  # small: weights are inputs or external data
         self.constants = builder.constants()  # name -> array, handed to ORT at each session creation
-        self.spin = builder.name.startswith("decoder_step")  # the one session that spins (module comment)
+        self.spin = builder.spin_pool  # the decoder step's: the one session that spins (module comment)
         self.sess = None
         self.threads = 0
         self.generation = 0

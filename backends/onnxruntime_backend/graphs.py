@@ -48,6 +48,8 @@ class GraphBuilder:
         #: weight set), which lets MLAS pre-pack every MatMul's B once instead of at each call.
         self.constant_weights = False
         self.rows_2d = False  # activations are (rows, features): constant linears become Gemm with the bias fused
+        #: the session's thread pool spins between nodes and stops after each run (the decoder step's: backend.py)
+        self.spin_pool = False
         #: compute_type int8: every linear is MatMulNBits on the contract's int8 weights (`linear_int8`)
         self.int8 = False
         self._bound: set[str] = set()
@@ -486,7 +488,7 @@ def build_decoder_step(w: DecoderStepWeights, int8: bool = False) -> GraphBuilde
     n_state = np.shape(layer0.attn_ln.weight)[0]
     n_vocab = np.shape(w.logits.weight)[0]
     g = _int8(GraphBuilder(f"decoder_step_l{len(w.layers)}_h{layer0.n_head}"), int8)
-    g.constant_weights = True
+    g.constant_weights = g.spin_pool = True
     x = g.input("x", ["b", "n_q", n_state])
     offset = g.input("offset", [1], I64)
     mask = g.input("mask", ["b_mask", "n_q", "n_kv"])
