@@ -12,7 +12,7 @@ import numpy as np
 from whisperkit import model
 from whisperkit.backend import Backend, DecoderStepWeights, Ops, bind_group, hookimpl, weight_group
 from whisperkit.contract import LAYER_NORM_EPS, int8_block, quantize_int8, quantize_rows_int8
-from whisperkit.token_decoders import log_softmax
+from whisperkit.token_decoders import log_softmax, logsumexp, top_k
 
 # Coefficients of the erfc approximation of Numerical Recipes (2nd ed., sec. 6.2, "erfcc"),
 # fractional error below 1.2e-7 for every argument >= 0 -- i.e. within about one float32 ulp.
@@ -108,6 +108,12 @@ class NumpyBackend(Backend):
 
     def log_softmax(self, x):
         return log_softmax(x)
+
+    def logsumexp(self, x):
+        return logsumexp(x)
+
+    def top_k(self, x, k):
+        return top_k(np.asarray(x, np.float32), int(k))
 
     def gelu(self, x):
         # 0.5 * x * (1 + erf(x / sqrt 2)) = x * (1 - erfc(x / sqrt 2) / 2) for x >= 0, x * erfc(|x| / sqrt 2) / 2 below:

@@ -606,6 +606,77 @@ def _log_softmax_scale(inp, ref):
     return 1.0 + np.abs(np.where(np.isfinite(ref), ref, 0.0).astype(np.float64))
 
 
+# === logsumexp, top_k: the decode loop's other reductions over the vocabulary ==========================
+def _logsumexp_cases():
+    v, ts = N_VOCAB, 1501  # the timestamp tokens of tiny.en: the columns the timestamp rule sums
+    for name, kw in [
+        ("tiny_timestamps_greedy_1", dict(shape=(1, ts), offset=-12.0, suppress=40)),
+        ("tiny_timestamps_beam5", dict(shape=(5, ts), offset=-12.0, suppress=40)),
+        ("tiny_vocab_beam5", dict(shape=(5, v), suppress=90)),
+        ("all_suppressed_row", dict(shape=(3, ts), suppress_from=0)),
+        ("one_finite_per_row", dict(shape=(3, 40), only_one=True)),
+        ("odd_3d_2x3x17", dict(shape=(2, 3, 17), suppress=2)),
+        ("odd_1x1", dict(shape=(1, 1))),
+        ("odd_7", dict(shape=(7,))),
+        ("offset_1e4", dict(shape=(2, 1000), offset=1e4)),
+        ("wide_std_50", dict(shape=(2, 4099), std=50.0)),
+        ("fortran", dict(shape=(4, 384), layout="F")),
+        ("strided", dict(shape=(3, 385), layout="strided")),
+    ]:
+        _case("logsumexp", name, _log_softmax(**kw), x=tuple(kw["shape"]), **{k: v for k, v in kw.items() if k == "layout"})
+
+
+def _logsumexp_scale(inp, ref):
+    # 1 + |y|: as log_softmax's lse, the sum of exps in another order and another 1-ulp exp, then the float32 add of the max
+    return 1.0 + np.abs(np.where(np.isfinite(ref), ref, 0.0).astype(np.float64))
+
+
+def _top_k(shape, k, ties=False, suppress=0, suppress_to=None, suppress_from=None, only_k=False, layout="C"):
+    """Log-probability-like rows, with ties (values rounded to a coarse grid) and -inf (suppressed tokens)."""
+    def build(rng):
+        x = _normal(rng, shape, std=3.0)
+        if ties:
+            x = np.round(x * 2) / 2  # few distinct values: long runs of equal ones, the order then by column
+        for row in x if suppress else ():
+            row[rng.choice(shape[1], suppress, replace=False)] = -np.inf
+        if suppress_to is not None:
+            x[:, :suppress_to] = -np.inf
+        if suppress_from is not None:
+            x[:, suppress_from:] = -np.inf
+        if only_k:  # fewer finite values than k: the rest of the answer is -inf columns, lowest first
+            keep = x[:, -2:].copy()
+            x[...] = -np.inf
+            x[:, -2:] = keep
+        return Inputs((_layout(x, layout, rng), k))
+    return build
+
+
+def _top_k_cases():
+    v = N_VOCAB
+    for name, kw in [
+        ("tiny_beam5_k6", dict(shape=(5, v), k=6, suppress=90)),
+        ("tiny_greedy_k1", dict(shape=(1, v), k=1)),
+        ("base_beam5_k6", dict(shape=(5, v + 1), k=6)),
+        ("ties_beam5_k6", dict(shape=(5, v), k=6, ties=True)),
+        # a timestamp forced: only the 1501 timestamp columns are finite; the first step: only the first 51 of them
+        ("timestamps_only_k6", dict(shape=(5, v), k=6, suppress_to=v - 1501)),
+        ("first_timestamps_only_k6", dict(shape=(5, v), k=6, suppress_to=v - 1501, suppress_from=v - 1501 + 51)),
+        ("all_suppressed_row_k3", dict(shape=(2, 300), k=3, suppress_from=0)),
+        ("fewer_finite_than_k", dict(shape=(3, 600), k=5, only_k=True)),
+        ("k_equals_n", dict(shape=(2, 9), k=9, ties=True)),
+        ("odd_3x17_k4", dict(shape=(3, 17), k=4)),
+        ("ragged_tail_k6", dict(shape=(4, 257 * 3 + 5), k=6, ties=True)),
+        ("fortran", dict(shape=(4, 384), k=6, layout="F")),
+        ("strided", dict(shape=(3, 385), k=6, layout="strided")),
+    ]:
+        _case("top_k", name, _top_k(**kw), x=tuple(kw["shape"]), k=kw["k"],
+              **{k: v for k, v in kw.items() if k == "layout"})
+
+
+def _top_k_scale(inp, ref):
+    return np.zeros(ref.shape)  # exact: indices, compared with no tolerance
+
+
 # === the table ========================================================================================
 _F32_MATMUL = Tol(5e-6, 1e-37, "float32 sums in another order (BLAS blocking, SIMD lanes, FMA): error ~ sqrt(n_in)*eps*(|x| @ |w|.T); "
                                "measured: numba, pythran, onnxruntime and a float64 evaluation use at most 1e-7 of that scale "
@@ -616,6 +687,8 @@ _conv_cases()
 _ln_cases()
 _gelu_cases()
 _log_softmax_cases()
+_logsumexp_cases()
+_top_k_cases()
 _attention_cases("attention")
 _attention_cases("attention_weights")
 _coarse_cases()
@@ -656,6 +729,10 @@ for _op, _tol, _scale, _doc in [
                                      "move the sum by ~1e-6 relative, so every value of the row by ~1e-6; every backend "
                                      "measured at under a quarter of this tolerance"),
      _log_softmax_scale, "1 + |y|"),
+    ("logsumexp", Tol(1e-5, 1e-37, "as log_softmax's log-sum-exp: another summation order and a 1-ulp exp move the sum by "
+                                   "~1e-6 relative, and the log by that much of 1"), _logsumexp_scale, "1 + |y|"),
+    ("top_k", Tol(0.0, 0.0, "indices: exact, the reference's own (a backend that picks another column on a tie, or "
+                            "misses a value, changes the beams)"), _top_k_scale, "none (exact)"),
     ("attention", Tol(5e-6, 1e-37, "scores q.k/sqrt(d) in float32 carry ~sqrt(d)*eps*|s| error which exp() turns into a relative "
                                    "error of the probabilities, then P @ V sums n_kv terms: relative to (P @ |V|) * (1 + max|s|); "
                                    "measured backends and float64 use under 4e-8 of that scale"),

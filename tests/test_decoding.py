@@ -158,3 +158,26 @@ def test_decoding_takes_log_probabilities_from_the_backend(tiny_on, beam_size):
     rows = beam_size or 1
     assert len(seen) >= sum(len(seg.tokens) for seg in result.segments)  # at least one call per sampled token
     assert all(s == (rows, 51864) for s in seen), set(seen)
+
+
+def test_beam_search_takes_top_k_and_logsumexp_from_the_backend(tiny_on):
+    """The beam's k best tokens (top_k) and the timestamp rule's log-sum-exp come from the backend's ops, once
+    per step: top_k over the 5 beams' whole vocabulary for beam_size + 1, logsumexp over their timestamp columns."""
+    model = tiny_on("numba")
+    ops = model.graph.ops
+    for op in ("top_k", "logsumexp"):
+        assert getattr(ops, op).__self__ is ops.backend and op not in ops.fallbacks  # numba's own
+    seen = {"top_k": [], "logsumexp": []}
+    originals = {op: getattr(ops, op) for op in seen}
+    ops.top_k = lambda x, k: seen["top_k"].append((x.shape, k)) or originals["top_k"](x, k)
+    ops.logsumexp = lambda x: seen["logsumexp"].append(x.shape) or originals["logsumexp"](x)
+    try:
+        result = model.transcribe(shared("audio", "jfk_16k.wav"), beam_size=5, temperature=0.0)
+    finally:
+        for op, fn in originals.items():
+            setattr(ops, op, fn)
+    tokens = sum(len(seg.tokens) for seg in result.segments)
+    tb = model.tokenizer.timestamp_begin
+    assert len(seen["top_k"]) >= tokens and len(seen["logsumexp"]) >= tokens
+    assert set(seen["top_k"]) == {((5, 51864), 6)}
+    assert set(seen["logsumexp"]) == {(5, 51864 - tb)}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from .audio import CHUNK_LENGTH
-from .token_decoders import BeamSearchDecoder, GreedyDecoder, TokenDecoder, log_softmax
+from .token_decoders import BeamSearchDecoder, GreedyDecoder, TokenDecoder, log_softmax, logsumexp
 
 if TYPE_CHECKING:
     from .model import KVCache, WhisperGraph
@@ -133,11 +133,12 @@ class ApplyTimestampRules(LogitFilter):
     probable than any text token, a timestamp is forced."""
 
     def __init__(self, tokenizer: "Tokenizer", sample_begin: int, max_initial_timestamp_index: int | None,
-                 log_softmax: Callable[[np.ndarray], np.ndarray] = log_softmax):
+                 log_softmax: Callable[[np.ndarray], np.ndarray] = log_softmax,
+                 logsumexp: Callable[[np.ndarray], np.ndarray] = logsumexp):
         self.tokenizer = tokenizer
         self.sample_begin = sample_begin
         self.max_initial_timestamp_index = max_initial_timestamp_index
-        self.log_softmax = log_softmax
+        self.log_softmax, self.logsumexp = log_softmax, logsumexp
 
     def apply(self, logits, tokens):
         tb, eot = self.tokenizer.timestamp_begin, self.tokenizer.eot
@@ -162,21 +163,17 @@ class ApplyTimestampRules(LogitFilter):
                 logits[:, tb + self.max_initial_timestamp_index + 1:] = -np.inf
         logprobs = self.log_softmax(logits)
         self.logprobs = logprobs
-        forced = timestamps_outweigh_text(logprobs, tb)
+        forced = timestamps_outweigh_text(logprobs, tb, self.logsumexp)
         if forced.any():
             logits[forced, :tb] = -np.inf
             self.logprobs = None  # the logits changed after they were computed
 
 
-def timestamps_outweigh_text(logprobs: np.ndarray, tb: int) -> np.ndarray:
+def timestamps_outweigh_text(logprobs: np.ndarray, tb: int,
+                             logsumexp: Callable[[np.ndarray], np.ndarray] = logsumexp) -> np.ndarray:
     """Per row (bool): the timestamps together (their logsumexp) are more probable than the best text token.
-    All rows in a few calls; each row's float32 sum is the same pairwise sum as over that row alone."""
-    ts = logprobs[:, tb:]
-    m = ts.max(axis=1)
-    finite = np.isfinite(m)
-    with np.errstate(invalid="ignore"):  # a row with every timestamp suppressed (-inf - -inf): not taken
-        lse = m + np.log(np.sum(np.exp(ts - m[:, None]), axis=1))
-    return finite & (np.where(finite, lse, -np.inf) > logprobs[:, :tb].max(axis=1))
+    A row with every timestamp suppressed (logsumexp -inf) is never forced."""
+    return logsumexp(logprobs[:, tb:]) > logprobs[:, :tb].max(axis=1)
 
 
 # ---- ranking ------------------------------------------------------------------------------
@@ -234,7 +231,7 @@ class DecodingTask:
         rng = np.random.default_rng(options.seed)
         if options.beam_size is not None:
             self.decoder: TokenDecoder = BeamSearchDecoder(options.beam_size, tokenizer.eot, options.patience,
-                                                           graph.ops.log_softmax)
+                                                           graph.ops.log_softmax, graph.ops.top_k)
         else:
             self.decoder = GreedyDecoder(options.temperature, tokenizer.eot, rng, graph.ops.log_softmax)
         self.ranker = MaximumLikelihoodRanker(options.length_penalty)
@@ -253,7 +250,8 @@ class DecodingTask:
             max_index = None
             if options.max_initial_timestamp:
                 max_index = round(options.max_initial_timestamp / precision)
-            filters.append(ApplyTimestampRules(tokenizer, self.sample_begin, max_index, self.graph.ops.log_softmax))
+            filters.append(ApplyTimestampRules(tokenizer, self.sample_begin, max_index, self.graph.ops.log_softmax,
+                                               self.graph.ops.logsumexp))
         return filters
 
     @staticmethod

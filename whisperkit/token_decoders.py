@@ -6,8 +6,9 @@
   cache are reordered to follow), and finished ones are collected until there are
   round(beam_size * patience) of them per audio.
 
-`log_softmax` lives here too: the reference's (the contract's op, `whisperkit.backends.numpy_backend`), and
-the default of the decoders; the decode loop hands them its backend's (`Ops.log_softmax`).
+`log_softmax`, `logsumexp` and `top_k` live here too: the reference's (the contract's ops,
+`whisperkit.backends.numpy_backend`), and the defaults of the decoders; the decode loop hands them its
+backend's (`Ops.log_softmax`, `Ops.top_k`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,16 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     shifted = x - np.max(x, axis=-1, keepdims=True)
     shifted -= np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
     return shifted
+
+
+def logsumexp(x: np.ndarray) -> np.ndarray:
+    """max + log(sum(exp(x - max))) over the last axis, each step in float32; a row of only -inf gives -inf."""
+    x = np.asarray(x, np.float32)
+    m = np.max(x, axis=-1)
+    finite = np.isfinite(m)
+    shift = np.where(finite, m, np.float32(0))  # an all -inf row: exp(-inf - 0) = 0, log(0) = -inf
+    with np.errstate(divide="ignore"):
+        return np.asarray(shift + np.log(np.sum(np.exp(x - shift[..., None]), axis=-1)), np.float32)  # 1-D x: 0-d
 
 
 def top_k(x: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
@@ -95,7 +106,8 @@ class GreedyDecoder(TokenDecoder):
 # ---- beam search ----------------------------------------------------------------------------
 class BeamSearchDecoder(TokenDecoder):
     def __init__(self, beam_size: int, eot: int, patience: float | None = None,
-                 log_softmax: Callable[[np.ndarray], np.ndarray] = log_softmax):
+                 log_softmax: Callable[[np.ndarray], np.ndarray] = log_softmax,
+                 top_k: Callable[[np.ndarray, int], np.ndarray] = top_k):
         if beam_size < 1:
             raise ValueError(f"beam_size must be at least 1, got {beam_size}")
         self.beam_size = beam_size
@@ -106,7 +118,7 @@ class BeamSearchDecoder(TokenDecoder):
             raise ValueError(f"patience {patience} leaves no candidates for beam_size {beam_size}")
         self.finished: list[dict[tuple, float]] | None = None
         self.source_indices = None
-        self.log_softmax = log_softmax
+        self.log_softmax, self.top_k = log_softmax, top_k
 
     def reset(self) -> None:
         self.finished = None
@@ -119,7 +131,7 @@ class BeamSearchDecoder(TokenDecoder):
         if self.finished is None:
             self.finished = [{} for _ in range(n_audio)]
         logprobs = self.log_softmax(logits) if logprobs is None else logprobs
-        top = top_k(logprobs, self.beam_size + 1)  # the k best tokens of each row, best first
+        top = self.top_k(logprobs, self.beam_size + 1)  # the k best tokens of each row, best first
         top_logprobs = np.take_along_axis(logprobs, top, axis=-1)
         # each candidate's score, a float32 sum as openai-whisper's, taken out to Python floats in one call
         cand_scores = (np.asarray(sum_logprobs, np.float32)[:, None] + top_logprobs).tolist()

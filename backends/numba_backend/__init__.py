@@ -111,6 +111,8 @@ def _hot_signatures():
         (K.conv1d_kernel, (f[3], f[3], f[1], f[2], i, i, i)),
         (K.gelu_kernel, (f[1], f[1], i)),
         (K.log_softmax_kernel, (f[2], f[2], i)),
+        (K.logsumexp_kernel, (f[2], f[1])),
+        (K.top_k_kernel, (f[2], i, t.Array(t.int64, 2, "C"), i)),
         (K.encoder_layer_kernel, (f[2], i, i) + (f[1], f[1], f[2], f[1], f[2], f[1]) + (f[1], f[1], f[2], f[1], f[2], f[1])
          + (i, i, i)),
         (K.layer_norm_kernel, (f[2], f[1], f[1], f[2], i)),
@@ -462,6 +464,24 @@ class NumbaBackend(AttentionPair, Backend):
         y = np.empty_like(rows)
         _kern().log_softmax_kernel(rows, y, _nt())
         return y.reshape(x.shape)
+
+    def logsumexp(self, x):
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[-1] == 0:
+            raise ValueError(f"logsumexp: x must have at least one column; got shape {x.shape}")
+        rows = f32c(x).reshape(-1, x.shape[-1])
+        y = np.empty(rows.shape[0], _F32)
+        _kern().logsumexp_kernel(rows, y)
+        return y.reshape(x.shape[:-1])
+
+    def top_k(self, x, k):
+        x = f32c(x)
+        k = int(k)
+        if x.ndim != 2 or not 1 <= k <= x.shape[1]:
+            raise ValueError(f"top_k: x must be (rows, n) with 1 <= k <= n; got shape {x.shape} and k={k}")
+        out = np.empty((x.shape[0], k), np.int64)
+        _kern().top_k_kernel(x, k, out, _nt())
+        return out
 
     def gelu(self, x):
         x = np.asarray(x)

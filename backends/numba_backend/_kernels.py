@@ -358,6 +358,87 @@ def log_softmax_kernel(x, y, nt):
         log_softmax_rows(x, y, rb[t], rb[t + 1])
 
 
+@njit(cache=True)
+def row_max(xr):
+    """max(xr) of a 1-D C-contiguous row: 16 lanes, then the tail."""
+    n = xr.shape[0]
+    n16 = n // 16
+    m = vmax16(xr, n16) if n16 > 0 else xr[0]
+    for j in range(16 * n16, n):
+        if xr[j] > m:
+            m = xr[j]
+    return m
+
+
+@njit(cache=True)
+def logsumexp_kernel(x, y):
+    """y[r] = max + log(sum(exp(x[r] - max))) (the contract's op), row by row: 16-lane max and exp sum
+    (`vexp_total16`), the log in float64 rounded once; a row of only -inf gives -inf.  Serial: the timestamp
+    rule's rows are 1501 long, less than waking a second thread costs."""
+    n = x.shape[1]
+    n16 = n // 16
+    for r in range(x.shape[0]):
+        xr = x[r]
+        m = row_max(xr)
+        if m == -np.inf:
+            y[r] = m
+            continue
+        s = vexp_total16(xr, n16, m) if n16 > 0 else np.float32(0.0)
+        for j in range(16 * n16, n):
+            d = xr[j] - m
+            if d > np.float32(-87.3):
+                s += exp_f32(d)
+        y[r] = m + np.float32(np.log(np.float64(s)))
+
+
+@njit(cache=True)
+def top_k_row(xr, k, out, chunk):
+    """out[:k] = the columns of the k largest values of xr, largest first, ties by lower column (the contract's
+    top_k).  The maximum of each block of `chunk` columns is a distinct element, so the k-th largest of those
+    maxima bounds the row's k-th largest from below: only blocks reaching it (and the ragged tail) are
+    scanned, in column order, into a sorted buffer that a later equal value never overtakes."""
+    n = xr.shape[0]
+    nc = n // chunk if chunk >= k else 0
+    bound = -np.inf
+    maxima = np.empty(nc, np.float32)
+    if nc >= k:
+        for c in range(nc):
+            maxima[c] = vmax16(xr[c * chunk:(c + 1) * chunk], chunk // 16)
+        bound = np.sort(maxima)[nc - k]
+    bv = np.empty(k, np.float32)
+    bi = np.empty(k, np.int64)
+    cnt = 0
+    for c in range(nc + 1):
+        if c < nc and nc >= k and maxima[c] < bound:
+            continue
+        hi = (c + 1) * chunk if c < nc else n
+        for j in range(c * chunk, hi):
+            v = xr[j]
+            if v < bound or (cnt == k and not v > bv[k - 1]):
+                continue
+            p = cnt if cnt < k else k - 1
+            while p > 0 and bv[p - 1] < v:
+                bv[p] = bv[p - 1]
+                bi[p] = bi[p - 1]
+                p -= 1
+            bv[p] = v
+            bi[p] = j
+            if cnt < k:
+                cnt += 1
+    for i in range(k):
+        out[i] = bi[i]
+
+
+@njit(parallel=True, cache=True)
+def top_k_kernel(x, k, out, nt):
+    """top_k_row over every row, the rows split over `nt` threads (a beam step's 5 rows of 51864)."""
+    nt = max(1, min(nt, x.shape[0]))
+    rb = _blocks(x.shape[0], nt, 1)
+    for t in prange(nt):
+        for r in range(rb[t], rb[t + 1]):
+            top_k_row(x[r], k, out[r], 256)
+
+
 @njit(cache=True, error_model="numpy")
 def bias_gelu_rows(f, r0, r1, bias):
     n = f.shape[1]

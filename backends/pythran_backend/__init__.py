@@ -347,6 +347,18 @@ class PythranBackend(Backend):
             return np.empty(x.shape, np.float32)
         return K.log_softmax(f32c(x).reshape(-1, x.shape[-1])).reshape(x.shape)
 
+    def logsumexp(self, x):
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[-1] == 0:
+            raise ValueError(f"logsumexp: x must have at least one column; got shape {x.shape}")
+        return K.logsumexp(f32c(x).reshape(-1, x.shape[-1])).reshape(x.shape[:-1])
+
+    def top_k(self, x, k):
+        x = f32c(x)
+        if x.ndim != 2 or not 1 <= int(k) <= x.shape[1]:
+            raise ValueError(f"top_k: x must be (rows, n) with 1 <= k <= n; got shape {x.shape} and k={k}")
+        return K.top_k(x, int(k))
+
     def attention(self, q, k, v, n_head, causal=False, offset=0):
         b, n_q, d = q.shape
         if n_q <= ROWS_FUSED_MAX:

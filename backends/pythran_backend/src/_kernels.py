@@ -86,6 +86,68 @@ def log_softmax(x):
     return y
 
 
+#pythran export logsumexp(float32[:,:])
+def logsumexp(x):
+    """y[i] = max + log(sum(exp(x[i] - max))) (the contract's op), the log of the float32 sum in double, rounded
+    once.  A row of only -inf gives -inf: tested as "max not above -3e38", since -ffast-math may fold a test
+    against an infinity away, and np.max may give the lowest finite float for such a row."""
+    n, d = x.shape
+    y = np.empty(n, np.float32)
+    for i in range(n):
+        m = np.max(x[i])
+        if m > np.float32(-3.0e38):
+            s = np.sum(np.exp(x[i] - m))
+            y[i] = m + np.float32(np.log(np.float64(s)))
+        else:  # not m: np.max may start from the lowest finite float
+            y[i] = -np.inf
+    return y
+
+
+#pythran export top_k(float32[:,:], int)
+def top_k(x, k):
+    """The columns of each row's k largest values, largest first, ties by lower column (the contract's op),
+    the rows over the threads.  The maximum of each block of 256 columns is a distinct element, so the k-th
+    largest of them bounds the row's k-th largest from below: only the blocks reaching it and the ragged tail
+    are scanned, in column order, into a sorted buffer that a later equal value never overtakes."""
+    rows, n = x.shape
+    chunk = 256
+    nc = n // chunk if chunk >= k else 0
+    out = np.empty((rows, k), np.int64)
+    #omp parallel for schedule(static)
+    for r in range(rows):
+        bound = np.float32(-np.inf)
+        maxima = np.empty(nc, np.float32)
+        if nc >= k:
+            for c in range(nc):  # not np.max: its reduction starts from the lowest finite float, above -inf
+                m = x[r, c * chunk]
+                for j in range(c * chunk + 1, (c + 1) * chunk):
+                    m = x[r, j] if x[r, j] > m else m
+                maxima[c] = m
+            bound = np.sort(maxima)[nc - k]
+        bv = np.empty(k, np.float32)
+        bi = np.empty(k, np.int64)
+        cnt = 0
+        for c in range(nc + 1):
+            if c < nc and nc >= k and maxima[c] < bound:
+                continue
+            hi = (c + 1) * chunk if c < nc else n
+            for j in range(c * chunk, hi):
+                v = x[r, j]
+                if v < bound or (cnt == k and not v > bv[k - 1]):
+                    continue
+                p = cnt if cnt < k else k - 1
+                while p > 0 and bv[p - 1] < v:
+                    bv[p] = bv[p - 1]
+                    bi[p] = bi[p - 1]
+                    p -= 1
+                bv[p] = v
+                bi[p] = j
+                if cnt < k:
+                    cnt += 1
+        out[r] = bi
+    return out
+
+
 #pythran export bias_gelu_(float32[:,:], float32[:])
 def bias_gelu_(x, b):
     """x <- gelu(x + b), in place: the epilogue of fc1 in the MLP."""
