@@ -39,13 +39,18 @@ def backend(request):
 
 
 # ---- registration ----------------------------------------------------------------------------------
+#: ops a built-in backend leaves to the reference on purpose, with the measured reason in its module doc
+LEFT_TO_REFERENCE = {"onnxruntime": {"top_k", "logsumexp"}}
+
+
 def test_usable_and_complete(backend):
     from whisperkit.registry import get_registry
     assert backend.unavailable_reason() is None
-    assert set(backend.implemented_ops()) == set(OPS) == ALL_OPS
+    assert set(OPS) == ALL_OPS
+    assert set(backend.implemented_ops()) == ALL_OPS - LEFT_TO_REFERENCE.get(backend.name, set())
     info = get_registry().infos[backend.name]
     assert info.usable, info.reason
-    assert set(info.ops) == ALL_OPS
+    assert set(info.ops) == set(backend.implemented_ops())
 
 
 #: what a backend says when what it needs cannot be imported: (module names blocked, words of the reason)

@@ -26,11 +26,11 @@ Design
   a runner rebinds only what moved since its last call.  ``decoder_layer`` binds its k/v outputs straight
   onto the caller's cache rows [offset, offset+n_q) whenever those rows are contiguous (batch 1, C-ordered
   cache): the KV cache is written in place with no copy at all.
-* ``top_k`` is ONNX's TopK (ties: the lower index first, as the contract's rule), ``logsumexp`` a graph of
-  ReduceMax, Exp, ReduceSum and Log (ReduceLogSumExp gives NaN for a row of only -inf).  TopK takes as long as
-  the NumPy reference on a beam step's 5 rows of 51864 (127 against 122 us, one call each, stop 37): ORT's
-  kernel visits every element with a comparison, where numba's and pythran's kernels skip the 256-column
-  blocks whose maximum cannot reach the k-th largest (17-20 us).
+* ``top_k`` and ``logsumexp`` are left to the NumPy reference: a session run per decode step cost more than the
+  reference's whole op (stop 37, inside a transcription, median per call): ONNX's TopK on a beam step's 5 rows
+  of 51864 took 170 us against the reference's 120-155 (isolated: 127 against 118), and a ReduceMax, Exp,
+  ReduceSum, Log graph over the timestamp rule's 1501 columns 54-60 us against 18 (16 isolated; on one thread,
+  no faster).  numba's and pythran's kernels take 17-20 and 5-8 us.
 * Threads follow `whisperkit.threads.get_num_threads()`; `set_num_threads(n)` makes every session
   rebuild lazily at its next call.  Loading the backend makes NumPy's idle BLAS workers sleep at once
   (`whisperkit.threads.short_blas_spin`): one left spinning by the log-mel's GEMM held a core while the
@@ -373,25 +373,6 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         if x.size:
             self._weightless_runner(("log_softmax",), lambda: self._graphs().build_log_softmax())({"x": x}, {"y": y})
         return y
-
-    def logsumexp(self, x):
-        x = f32c(x)
-        if x.ndim == 0 or x.shape[-1] == 0:
-            raise ValueError(f"logsumexp: x must have at least one column; got shape {x.shape}")
-        y = np.empty(x.shape[:-1], _F32)
-        if y.size:
-            self._weightless_runner(("logsumexp",), lambda: self._graphs().build_logsumexp())({"x": x}, {"y": y})
-        return y
-
-    def top_k(self, x, k):
-        x = f32c(x)
-        if x.ndim != 2 or not 1 <= int(k) <= x.shape[1]:
-            raise ValueError(f"top_k: x must be (rows, n) with 1 <= k <= n; got shape {x.shape} and k={k}")
-        out = np.empty((x.shape[0], int(k)), np.int64)
-        if out.size:
-            self._weightless_runner(("top_k",), lambda: self._graphs().build_top_k())(
-                {"x": x, "k": np.array([int(k)], np.int64)}, {"indices": out})
-        return out
 
     def _attention(self, q, k, v, n_head, causal, offset, weights_only):
         q, k = f32c(q), f32c(k)

@@ -346,28 +346,6 @@ def build_log_softmax() -> GraphBuilder:
     return g
 
 
-def build_logsumexp() -> GraphBuilder:
-    """max + log(sum(exp(x - max))) over the last axis; a row of only -inf takes 0 as its max (exp gives 0, so
-    the log gives -inf), where ReduceLogSumExp would give NaN."""
-    g = GraphBuilder("logsumexp")
-    x = g.input("x", None)
-    m = g.op("ReduceMax", x, g.const([-1], I64), keepdims=1)
-    m = g.op("Where", g.op("IsInf", m, detect_positive=0), g.const(0.0), m)
-    lse = g.op("Log", g.op("ReduceSum", g.op("Exp", g.op("Sub", x, m)), g.const([-1], I64), keepdims=1))
-    g.output(g.op("Squeeze", g.op("Add", m, lse), g.const([-1], I64)), "y", None)
-    return g
-
-
-def build_top_k() -> GraphBuilder:
-    """ONNX TopK over the last axis, largest first; equal values: the lower index first (the operator's rule)."""
-    g = GraphBuilder("top_k")
-    x = g.input("x", ["rows", "n"])
-    k = g.input("k", [1], I64)
-    _, idx = g.op("TopK", x, k, axis=-1, largest=1, sorted=1, n_out=2)
-    g.output(idx, "indices", ["rows", "k"], I64)
-    return g
-
-
 def build_attention(n_head: int, d_state: int, causal: bool, weights_only: bool) -> GraphBuilder:
     g = GraphBuilder(f"{'attention_weights' if weights_only else 'attention'}_h{n_head}_d{d_state}{'_causal' if causal else ''}")
     d_head = d_state // n_head
