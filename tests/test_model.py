@@ -184,3 +184,27 @@ def test_cross_kv_of_the_same_audio_is_computed_once(tiny_numpy):
     np.testing.assert_array_equal(a.cross_k, b.cross_k)
     # the reference's GEMMs are OpenBLAS's, whose rounding may depend on the number of rows
     np.testing.assert_allclose(a.cross_k[:, :1], changed.cross_k, rtol=1e-5, atol=1e-5)
+
+
+def test_cross_kv_are_kept_within_a_call_not_across_calls(tiny_on):
+    """set_audio keeps one audio's cross K/V: the same features decoded again within a call (the fallback's next
+    attempt, word timing) take them, but each transcription computes its own, as a new file's would be (a bench
+    repeating one clip must not time the kept ones)."""
+    model = tiny_on("numba")
+    decoder = model.graph.decoder
+    calls = []
+    first = decoder.cross_kv[0]
+    decoder.cross_kv[0] = lambda x: calls.append(x.shape) or first(x)
+    try:
+        feats = np.random.default_rng(3).standard_normal((1, 1500, 384)).astype(np.float32)
+        model.graph.forget_audio()
+        a, b = model.graph.new_cache(feats), model.graph.new_cache(feats.copy())
+        assert len(calls) == 1 and a.cross_k is b.cross_k  # equal features: computed once
+        model.graph.new_cache(feats + 1)
+        assert len(calls) == 2
+        calls.clear()
+        for _ in range(2):
+            model.transcribe(shared("audio", "jfk_16k.wav"), temperature=0.0)
+        assert len(calls) == 2  # jfk is one window: one computation per transcription
+    finally:
+        decoder.cross_kv[0] = first

@@ -117,6 +117,7 @@ class Whisper:
         """Decode one 30 s window (openai-whisper's `decode`): audio (path/array) or a log-mel."""
         options = options or DecodingOptions(**kwargs)
         with self._lock:
+            self.graph.forget_audio()
             return self._decode(audio_or_mel, options)
 
     def _decode(self, audio_or_mel, options: DecodingOptions) -> DecodingResult:

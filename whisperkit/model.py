@@ -340,6 +340,11 @@ class WhisperGraph:
             raise ValueError(f"mel must have shape (batch, {expected[0]}, {expected[1]}), got {mel.shape}")
         return self.encoder(mel)
 
+    def forget_audio(self) -> None:
+        """Drop the cross K/V that set_audio keeps: a transcription starts without another's (the memo serves the same
+        features decoded again within one; a second transcription of the same file computes them as a new file's)."""
+        self.decoder._cross_memo = None
+
     def new_cache(self, audio_features: np.ndarray, group: int = 1) -> KVCache:
         """A cache for `group` decoder rows per audio (beams or best_of samples), sharing its cross K/V."""
         cache = KVCache(self.dims, audio_features.shape[0] * group, group)

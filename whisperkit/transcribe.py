@@ -129,6 +129,7 @@ def _decode_with_fallback(features: np.ndarray, tokenizer: "Tokenizer", options:
 def transcribe(model: "SpeechModel", audio, **options: Any) -> TranscriptionResult:
     """openai-whisper's transcribe() with its option names and defaults (see `_transcription`): the
     sequential loop, token-exact with openai-whisper.  (`whisperkit.chunked` is the batched one.)"""
+    model.graph.forget_audio()
     return _drive(model, _transcription(model, audio, **options))
 
 
@@ -157,6 +158,7 @@ def iter_transcriptions(model: "SpeechModel", sources: Iterable, batch_size: int
     sources (the chunks of a file, `whisperkit.chunked`) keeps the batch full and is never held whole."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    model.graph.forget_audio()
     options.setdefault("progress", False)
     queue = enumerate(sources)
     active: dict[int, tuple] = {}  # index -> (generator, pending request)
@@ -372,11 +374,9 @@ class _Window:
 class _NoBar:
     """The progress bar when none is shown."""
 
-    def update(self, n: float) -> None:
-        pass
+    def update(self, n: float) -> None: ...
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None: ...
 
 
 def _advance(bar, content_frames: int, previous_seek: int, seek: int) -> None:
