@@ -50,3 +50,21 @@ def test_short_arrays(n):
     s, full = StreamingMel(a), whole_file(a)
     assert s.content_frames == full.shape[-1] - 3000
     np.testing.assert_array_equal(s.window(0, 3000), full[:, :3000])
+
+
+def test_the_first_window_comes_from_pass_one_and_silence_is_not_transformed(monkeypatch):
+    """The first window's frames are those pass 1 computed, and frames past the audio's end (zeros only) get
+    log10(1e-10) without a transform: only frames that touch a sample are computed, and the windows stay equal
+    to the whole-file computation."""
+    import whisperkit.stream as st
+    path = shared("audio", "jfk_16k.wav")
+    full = whole_file(path)
+    s = StreamingMel(path)
+    computed = []
+    real = st._log10_mel
+    monkeypatch.setattr(st, "_log10_mel", lambda padded, n, f: computed.append(n) or real(padded, n, f))
+    np.testing.assert_array_equal(s.window(0, 3000), full[:, :3000])
+    assert computed == []
+    live = (s.n_samples + 200 + 159) // 160  # frames whose 400 samples reach into the audio
+    np.testing.assert_array_equal(s.window(500, 3000), full[:, 500:3500])
+    assert computed == [live - 500] and live - 500 < 3000

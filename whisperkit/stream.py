@@ -6,7 +6,9 @@ windows without ever holding the file's samples or mel:
 
 * pass 1 reads the file once, block by block, and keeps only the maximum of log10(mel);
 * pass 2 (`window(seek, n)`) computes the frames a window needs from a sliding buffer of samples,
-  read forward as the windows advance (seek never goes back in transcribe()).
+  read forward as the windows advance (seek never goes back in transcribe()).  The first window's frames
+  are kept from pass 1, and a frame after the audio's end (zeros only) is log10(1e-10) without a transform:
+  a clip of 11 s spent 17 ms on the 3000 frames of its one window, 1900 of them zeros.
 
 Each frame is computed exactly as `audio.log_mel_spectrogram` does (centred 400-sample periodic-Hann
 frames every 160 samples, reflect padding at the start, zeros after the end), so the windows equal
@@ -21,6 +23,8 @@ from .errors import AudioError
 
 BLOCK_SECONDS = 30
 _HALF = N_FFT // 2
+FIRST_FRAMES = 3000  # the first window's frames, which pass 1 computes anyway: kept for it
+_SILENT = float(np.log10(np.maximum(0.0, 1e-10)))  # what _log10_mel gives a frame of zeros only
 
 
 class _Samples:
@@ -71,6 +75,7 @@ class StreamingMel:
         self.filters = mel_filters(n_mels).astype(np.float64)
         self._source = source
         self._head = None  # the first 201 samples, for the reflect padding at the start
+        self._first = np.full((n_mels, FIRST_FRAMES), _SILENT)  # the first window's log10 mel, filled by pass 1
         self.n_samples, self.log_max = self._first_pass()
         self.content_frames = self.n_samples // HOP_LENGTH
         self._reader = None
@@ -93,7 +98,7 @@ class StreamingMel:
             if last > next_frame:
                 seg_start = next_frame * HOP_LENGTH - _HALF
                 padded = self._padded(carry, n - len(carry), seg_start, (last - 1) * HOP_LENGTH + _HALF)
-                log_max = max(log_max, float(_log10_mel(padded, last - next_frame, self.filters).max()))
+                log_max = max(log_max, self._keep(next_frame, _log10_mel(padded, last - next_frame, self.filters)))
                 keep_from = last * HOP_LENGTH - _HALF - (n - len(carry))
                 carry = carry[max(keep_from, 0):]
                 next_frame = last
@@ -106,10 +111,17 @@ class StreamingMel:
             if tail_last > next_frame:
                 seg_start = next_frame * HOP_LENGTH - _HALF
                 padded = self._padded(carry, n - len(carry), seg_start, (tail_last - 1) * HOP_LENGTH + _HALF, n_total=n)
-                log_max = max(log_max, float(_log10_mel(padded, tail_last - next_frame, self.filters).max()))
+                log_max = max(log_max, self._keep(next_frame, _log10_mel(padded, tail_last - next_frame, self.filters)))
             if total_frames > tail_last:
                 log_max = max(log_max, -10.0)  # frames of zeros only: log10(1e-10)
         return n, log_max
+
+    def _keep(self, first: int, log_spec: np.ndarray) -> float:
+        """Keep the frames first, first + 1, ... of log_spec that fall in the first window; return their maximum."""
+        if first < FIRST_FRAMES:
+            k = min(FIRST_FRAMES - first, log_spec.shape[1])
+            self._first[:, first:first + k] = log_spec[:, :k]
+        return float(log_spec.max())
 
     def _padded(self, have: np.ndarray, have_start: int, start: int, end: int, n_total: int | None = None) -> np.ndarray:
         """Samples [start, end) of the padded signal from `have` (samples [have_start, ...)):
@@ -150,7 +162,15 @@ class StreamingMel:
 
     def window(self, seek: int, n: int) -> np.ndarray:
         """Log-mel frames [seek, seek + n) as (n_mels, n) float32, clamped at the file's max - 8."""
-        padded = self._samples(seek * HOP_LENGTH - _HALF, (seek + n - 1) * HOP_LENGTH + _HALF + HOP_LENGTH)
-        log_spec = _log10_mel(padded, n, self.filters)
+        if self._first is not None and seek + n <= FIRST_FRAMES:
+            log_spec = self._first[:, seek:seek + n]
+        else:
+            self._first = None  # transcribe() seeks forward: the first window is not asked for again
+            # frame i covers samples [160 i - 200, 160 i + 200): from `live` on, zeros only
+            live = min(n, max(0, (self.n_samples + _HALF + HOP_LENGTH - 1) // HOP_LENGTH - seek))
+            log_spec = np.full((self.n_mels, n), _SILENT)
+            if live:
+                padded = self._samples(seek * HOP_LENGTH - _HALF, (seek + live - 1) * HOP_LENGTH + _HALF + HOP_LENGTH)
+                log_spec[:, :live] = _log10_mel(padded, live, self.filters)
         log_spec = np.maximum(log_spec, self.log_max - 8.0)
         return ((log_spec + 4.0) / 4.0).astype(np.float32)
