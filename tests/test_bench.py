@@ -352,3 +352,25 @@ def test_long_run_sequential_and_batched(tmp_path):
         assert 0 <= figures[mode, "long_wer"] < 20, figures  # jfk and pv_en are heard; a few words may differ
     md = (tmp_path / "l.md").read_text().split("### Long file", 1)[1]
     assert re.search(r"\| numba \| batched 4 \| 1\.0 \| \d+\.\d \|", md), md
+
+
+def test_the_bench_profile_pays_the_cross_kv_of_every_transcription(tiny_on):
+    """The bench times warm transcriptions of one clip: each must compute its window's cross K/V, as a new file's
+    would, also through the profile's wrappers of the graph (set_audio's memo served every warm jfk run before)."""
+    from helpers import shared
+    from whisperkit.bench.worker import Profile, instrument
+    model = tiny_on("numba")
+    graph = model.graph
+    encoder, decoder = graph.encoder, graph.decoder
+    prof = Profile()
+    instrument(graph, prof)
+    try:
+        seconds = []
+        for _ in range(3):
+            prof.reset()
+            model.transcribe(shared("audio", "jfk_16k.wav"), temperature=0.0)
+            seconds.append(prof.cross_kv_s)
+    finally:
+        graph.encoder, graph.decoder = encoder, decoder
+    # computing tiny's cross K/V takes ~20 ms; taking the kept ones, under a millisecond
+    assert min(seconds) > 0.004, seconds

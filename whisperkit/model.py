@@ -269,6 +269,10 @@ class TextDecoder:
             self._logits = ops.bind("linear", weight=emb, bias=None)
         return self._logits(self._ln(x)), weights
 
+    def forget_audio(self) -> None:
+        """Drop the cross K/V kept by set_audio (WhisperGraph.forget_audio)."""
+        self._cross_memo = None
+
     def set_audio(self, cache: KVCache, audio_features: np.ndarray) -> None:
         """Compute the cross-attention keys and values of every layer once per window.  One audio's are kept, with a
         copy of its features: decoding the very same features again (the temperature fallback's next attempt, the
@@ -343,7 +347,7 @@ class WhisperGraph:
     def forget_audio(self) -> None:
         """Drop the cross K/V that set_audio keeps: a transcription starts without another's (the memo serves the same
         features decoded again within one; a second transcription of the same file computes them as a new file's)."""
-        self.decoder._cross_memo = None
+        self.decoder.forget_audio()
 
     def new_cache(self, audio_features: np.ndarray, group: int = 1) -> KVCache:
         """A cache for `group` decoder rows per audio (beams or best_of samples), sharing its cross K/V."""
