@@ -177,7 +177,7 @@ def test_transcription_tokens_equal_the_reference(tiny_numpy, name):
     want = [s.tokens for s in tiny_numpy.transcribe(audio).segments]
     model = load_model("tiny.en", backend=name)
     assert [s.tokens for s in model.transcribe(audio).segments] == want
-    assert not model.ops.fallbacks  # every op ran on the backend
+    assert model.ops.fallbacks <= LEFT_TO_REFERENCE.get(name, set())  # every other op ran on the backend
 
 
 @pytest.mark.parametrize("name", sorted(CACHE_REFUSAL))
