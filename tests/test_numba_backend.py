@@ -95,7 +95,8 @@ def test_decoder_step_bits_do_not_depend_on_threads():
         logits = np.empty((x.shape[0], w.n_vocab), np.float32)
         rows = np.arange(x.shape[0], dtype=np.int64) * x.shape[1] + x.shape[1] - 1
         kernels.decoder_step_kernel(np.ascontiguousarray(x.reshape(-1, x.shape[-1])), x.shape[1], w.n_head, kc, vc,
-                                    ck, cv, offset, np.zeros(x.shape[0], np.int64), *w.arrays, rows, logits, nt)
+                                    ck, cv, offset, np.zeros(x.shape[0], np.int64), *w.arrays, rows, logits, nt,
+                                    w.cross_layout(ck, cv))
         results.append((logits, kc, vc))
     for a, b in zip(*results):
         assert np.array_equal(a, b)
@@ -249,3 +250,27 @@ def test_decoder_step_gives_the_embedding_rows_back(case_id):
     assert np.array_equal(rows, emb.astype(np.float32)[tokens])
     with pytest.raises(IndexError, match="outside the vocabulary"):
         w.embedding_rows(np.array([n]))
+
+
+@pytest.mark.parametrize("case_id", ["decoder_step/tiny_beam5_shared_cross_1_off20", "decoder_step/tiny_1_off3"])
+def test_decoder_step_reads_the_keys_it_packed(case_id):
+    """The prepared step offers `cross_layout` (the contract): the window's keys packed by head, each block of 64 keys
+    transposed (d_head, 64), zeros past the last key.  Given as `cross=`, the step gives the same bits as packing them
+    itself (cross=None)."""
+    w, args = _step(case_id)
+    x, k, v, ck, cv, offset, positions = args
+    kp = w.cross_layout(ck, cv)
+    n_layer, b_c, n_audio, n = ck.shape
+    nb = -(-n_audio // 64)
+    assert kp.shape == (n_layer, b_c, w.n_head, nb, n // w.n_head, 64) and kp.flags.c_contiguous
+    dh = n // w.n_head
+    h, blk = w.n_head - 1, nb - 1
+    keys = ck[n_layer - 1, b_c - 1, blk * 64:, h * dh:(h + 1) * dh]  # the last block: n_audio % 64 keys, then zeros
+    np.testing.assert_array_equal(kp[n_layer - 1, b_c - 1, h, blk, :, :len(keys)], keys.T)
+    assert not kp[n_layer - 1, b_c - 1, h, blk, :, len(keys):].any()
+    outs = []
+    for cross in (None, kp):
+        kc, vc = k.copy(), v.copy()
+        outs.append((NB.decoder_step(x, w, kc, vc, ck, cv, offset, positions, cross=cross), kc, vc))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)

@@ -118,7 +118,8 @@ def _hot_signatures():
         (K.layer_norm_kernel, (f[2], f[1], f[1], f[2], i)),
         (K.linear_kernel, (f[2], f[2], f[1], f[2], t.none, i, t.Omitted(256))),
         (S.decoder_step_kernel, (f[2], i, i, f[4], f[4], f[4], f[4], i, t.Array(t.int64, 1, "C")) + layer
-         + (f[1], f[1], h[3], t.Array(t.int64, 1, "C"), f[2], i)),
+         + (f[1], f[1], h[3], t.Array(t.int64, 1, "C"), f[2], i, t.Array(t.float32, 6, "C"))),
+        (S.pack_cross_keys, (f[4], i, t.Array(t.float32, 6, "C"))),
     ]
 
 
@@ -620,9 +621,12 @@ class NumbaBackend(AttentionPair, Backend):
             return mat, np.stack([f32c(get(layer).bias) for layer in g.layers])
 
         arrays = _step_arrays(g, linear)
-        return SimpleNamespace(n_layer=len(g.layers), n_head=g.layers[0].n_head, arrays=arrays,
+        n_head = g.layers[0].n_head
+        return SimpleNamespace(n_layer=len(g.layers), n_head=n_head, arrays=arrays,
                                n_vocab=logits_weight.shape[0], embedding_rows=_embedding_rows(arrays[-1], logits_weight.shape[0]),
-                               threads={})  # batch rows -> _ThreadChoice of the one-token steps
+                               threads={},  # batch rows -> _ThreadChoice of the one-token steps
+                               # the contract's cross_layout: the window's keys packed by head (`_step.pack_cross_keys`)
+                               cross_layout=lambda cross_k, cross_v: _step_kernels().cross_keys_layout(f32c(cross_k), n_head))
 
     def prepare_decoder_step_int8(self, layers, ln_weight, ln_bias, logits_weight):
         """The layers' linears in the contract's int8 (`_int8.pack_int8`, stacked per kind over the layers); the
@@ -640,7 +644,7 @@ class NumbaBackend(AttentionPair, Backend):
                                n_vocab=logits_weight.shape[0], embedding_rows=_embedding_rows(arrays[-1], logits_weight.shape[0]),
                                threads={})
 
-    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None):
+    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None, cross=None):
         x = np.asarray(x)
         b, n_q, n = x.shape
         offset, pos = check_step(k_cache, v_cache, w.n_layer, offset, n_q, positions)
@@ -660,8 +664,13 @@ class NumbaBackend(AttentionPair, Backend):
         if tuner is not None:
             nt = tuner.pick(nt)
             t0 = time.perf_counter()
-        kernel = _int8_kernels().decoder_step_int8_kernel if getattr(w, "int8", False) else _step_kernels().decoder_step_kernel
-        kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, pad, *w.arrays, pos_rows, logits, nt)
+        if getattr(w, "int8", False):
+            _int8_kernels().decoder_step_int8_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, pad, *w.arrays, pos_rows,
+                                                     logits, nt)
+        else:  # the keys by head: laid out once per window by the caller (`cross`), else here
+            kp = cross if cross is not None else w.cross_layout(ck, cv)
+            _step_kernels().decoder_step_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, pad, *w.arrays, pos_rows,
+                                                logits, nt, kp)
         if tuner is not None:
             tuner.record(nt, time.perf_counter() - t0)
         if not direct:

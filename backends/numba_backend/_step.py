@@ -533,16 +533,23 @@ ATTN_KEYS = 128
 
 
 @njit(cache=True, fastmath=FAST)
-def attn_part(q, qc, q0, rows, kv_k, kv_v, lim, start, j0, j1, n_head, scale, s, o, pm, pl):
+def attn_part(q, qc, q0, rows, kv_k, kv_v, lim, start, j0, j1, n_head, scale, s, o, pm, pl, kp):
     """Attention of the query rows q[q0:q0+rows, qc:qc+n] (every head) over the keys j0:j1 of kv_k/kv_v
     ((n_keys, n)), query r seeing keys start[r] <= j < lim[r].  Unnormalised: o[r] = sum_j exp(s_rj - pm[r, h]) v_j
     per head, pl[r, h] = sum_j exp(s_rj - pm[r, h]), so blocks of keys combine afterwards.  Per head, the
     scores are a GEMV over the key rows and the values a pass over the value rows, each row read once for
-    every query row (the rows of one audio share its cross K/V).  s: scratch (rows, n_head, >= j1 - j0)."""
+    every query row (the rows of one audio share its cross K/V).  s: scratch (rows, n_head, >= j1 - j0 rounded up
+    to PACK_BLOCK).  kp: the keys packed by head (`pack_cross_keys`, (n_head, blocks, d_head, PACK_BLOCK)), or empty;
+    packed, a head's scores are `gemvt_tile` products, vectors along the keys (j0 a multiple of PACK_BLOCK)."""
     n = o.shape[1]
     dh = n // n_head
     nk = j1 - j0
-    for b0 in range(0, nk, ATTN_KEYS):
+    if kp.shape[0] > 0:
+        for h in range(n_head):
+            qh = q[q0:q0 + rows, qc + h * dh:qc + (h + 1) * dh]
+            for blk in range(j0 // PACK_BLOCK, (j1 + PACK_BLOCK - 1) // PACK_BLOCK):
+                _gemvt_rows(qh, kp[h], blk, s[:rows, h], blk * PACK_BLOCK - j0)
+    for b0 in range(0, nk if kp.shape[0] == 0 else 0, ATTN_KEYS):
         b1 = min(nk, b0 + ATTN_KEYS)
         for h in range(n_head):
             c = h * dh
@@ -613,13 +620,45 @@ def attn_merge(po, pm, pl, g, q0, rows, n_head, out):
                         orow[c + u] += f * prow[c + u]
 
 
+@njit(parallel=True, cache=True)
+def pack_cross_keys(ck, n_head, out):
+    """out[l, b, h] = the keys of head h of ck[l, b] (n_audio, n) packed as `pack_blocks` packs a weight: (blocks,
+    d_head, PACK_BLOCK), block k holding keys k * PACK_BLOCK .. + PACK_BLOCK - 1 transposed, zeros past the last key.
+    A window's cross keys, once (the contract's cross_layout): a beam step's scores then run along the keys, 5 rows
+    of one head over 1500 keys in a third of the row-major GEMV's time (`scores.py`, stop 37)."""
+    n_layer, batch, n_keys, n = ck.shape
+    dh = n // n_head
+    nb = out.shape[3]
+    for t in prange(n_layer * batch * n_head):
+        li, b, h = t // (batch * n_head), (t // n_head) % batch, t % n_head
+        for k in range(nb):
+            blk = out[li, b, h, k]
+            for j in range(PACK_BLOCK):
+                key = k * PACK_BLOCK + j
+                if key < n_keys:
+                    row = ck[li, b, key]
+                    for d in range(dh):
+                        blk[d, j] = row[h * dh + d]
+                else:
+                    for d in range(dh):
+                        blk[d, j] = np.float32(0.0)
+
+
+def cross_keys_layout(cross_k: np.ndarray, n_head: int) -> np.ndarray:
+    """(n_layer, batch_c, n_audio, n) float32 C -> the keys by head, `pack_cross_keys`'s layout."""
+    n_layer, batch, n_keys, n = cross_k.shape
+    out = np.empty((n_layer, batch, n_head, -(-n_keys // PACK_BLOCK), n // n_head, PACK_BLOCK), np.float32)
+    pack_cross_keys(cross_k, n_head, out)
+    return out
+
+
 #: Keys per partial block of attention.  The blocks are fixed by the key count alone, and merged in order,
 #: so the result does not depend on the number of threads that computed them.
 ATTN_PART_KEYS = 256
 
 
 @njit(cache=True)
-def attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, u0, u1):
+def attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, u0, u1, kp):
     """Partial blocks u0:u1 of the list of every group's blocks (group-major, ATTN_PART_KEYS keys each),
     in one thread's scratch."""
     nb = po.shape[0]
@@ -629,23 +668,24 @@ def attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, p
         g, b = u // nb, u % nb
         j0 = b * ATTN_PART_KEYS
         attn_part(q, qc, g * rows, rows, kv_k[g], kv_v[g], lims[g], starts[g], j0, min(n_keys, j0 + ATTN_PART_KEYS), n_head,
-                  scale, s, po[b, g], pm[b, g], pl[b, g])
+                  scale, s, po[b, g], pm[b, g], pl[b, g], kp[g] if kp.shape[0] > 0 else np.empty((0, 0, 0, 0), np.float32))
 
 
 @njit(parallel=True, cache=True)
-def attn_units_par(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, nt):
+def attn_units_par(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, nt, kp):
     ub = _blocks(po.shape[0] * kv_k.shape[0], nt, 1)  # contiguous runs: each thread streams its part of K and V once
     for t in prange(nt):
-        attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, ub[t], ub[t + 1])
+        attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, ub[t], ub[t + 1], kp)
 
 
 @njit(cache=True)
-def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, out, nt):
+def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, out, nt, kp):
     """Attention for few query rows: group g (a batch row over its own KV cache, or the beams of one audio
     over its cross K/V) holds the query rows g*R:(g+1)*R of q (columns qc:qc+n) and the keys kv_k[g, :n_keys];
     row r of a group sees the keys starts[g, r] <= j < lims[g, r].  The keys are cut into blocks, computed as unnormalised
     partials spread over the threads (the blocks of all groups: a beam step's short self-attention caches
-    split by beam), then merged."""
+    split by beam), then merged.  kp: (groups, n_head, blocks, d_head, PACK_BLOCK), the keys packed by head
+    (`pack_cross_keys`), or an empty array: the row-major keys of kv_k."""
     groups = kv_k.shape[0]
     rows = lims.shape[1]
     n = out.shape[1]
@@ -656,9 +696,9 @@ def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, out, nt):
     pl = np.empty((nb, groups, rows, n_head), np.float32)
     nt = min(nt, nb * groups)
     if nt == 1:
-        attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, 0, nb * groups)
+        attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, 0, nb * groups, kp)
     else:
-        attn_units_par(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, nt)
+        attn_units_par(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, nt, kp)
     for g in range(groups):
         attn_merge(po, pm, pl, g, g * rows, rows, n_head, out)
 
@@ -679,12 +719,13 @@ def step_limits(batch, n_q, offset, pad, batch_c, g_rows, n_audio):
 @njit(cache=True)
 def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset, pad, ln1g, ln1b, wqkv, bqkv, wo, bo,
                         lncg, lncb, wcq, bcq, wco, bco, ln2g, ln2b, w1, b1, w2, b2, lnfg, lnfb, wlog, pos_rows,
-                        logits, nt):
+                        logits, nt, cross_kp):
     """One decoding step (a few rows, or a prompt).  x: (batch * n_q, n) embedded tokens; caches
     (n_layer, batch, n_ctx, n) written in place at offset; pad (batch,): the contract's left padding per row;
     cross K/V (n_layer, batch_c, n_audio, n);
     per-layer weights stacked on a leading layer axis (matrices float16-as-uint16 or float32); wlog: the logits
-    weight packed by `pack_blocks`; logits (len(pos_rows), n_vocab) of the rows pos_rows of the last layer's output."""
+    weight packed by `pack_blocks`; logits (len(pos_rows), n_vocab) of the rows pos_rows of the last layer's output;
+    cross_kp: cross_k packed by head (`pack_cross_keys`), which the cross-attention's scores read."""
     m, n = x.shape
     n_layer = wqkv.shape[0]
     batch = m // n_q
@@ -699,16 +740,17 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
     x2 = np.empty((m, n), np.float32)
     f = np.empty((m, w2.shape[2]), np.float32)  # n_ff: the inputs of fc2 (packed: layer, block, input, output)
     self_lims, self_starts, cross_lims, cross_starts = step_limits(batch, n_q, offset, pad, batch_c, g_rows, n_audio)
+    no_keys = np.empty((0, 0, 0, 0, 0), np.float32)  # self-attention reads its row-major cache
     n_kv = offset + n_q
     for li in range(n_layer):
         ln_rows(xa, 0, m, ln1g[li], ln1b[li], h, 0)
         gemvt(h, wqkv[li], bqkv[li], qkv, qkv, False, nt)
         write_new_kv(qkv, k_cache[li], v_cache[li], batch, n_q, offset)
-        attn_groups(qkv, 0, k_cache[li], v_cache[li], n_kv, self_lims, self_starts, n_head, a, nt)
+        attn_groups(qkv, 0, k_cache[li], v_cache[li], n_kv, self_lims, self_starts, n_head, a, nt, no_keys)
         gemvt(a, wo[li], bo[li], xa, x1, False, nt)
         ln_rows(x1, 0, m, lncg[li], lncb[li], h, 0)
         gemvt(h, wcq[li], bcq[li], a, a, False, nt)
-        attn_groups(a, 0, cross_k[li], cross_v[li], n_audio, cross_lims, cross_starts, n_head, h, nt)
+        attn_groups(a, 0, cross_k[li], cross_v[li], n_audio, cross_lims, cross_starts, n_head, h, nt, cross_kp[li])
         gemvt(h, wco[li], bco[li], x1, x2, False, nt)
         ln_rows(x2, 0, m, ln2g[li], ln2b[li], h, 0)
         gemvt(h, w1[li], b1[li], f, f, True, nt)
