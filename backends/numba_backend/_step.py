@@ -18,6 +18,9 @@ and LLVM cannot do here, and what is done instead:
   rows about a fifth of the logits' time (docs/bench-results.md, issue 14, stop 33).
   The packed logits weight is the only copy of the token embedding: the model reads its rows through
   `embedding_rows` (the contract's decoder_step).
+* The window's cross-attention keys are packed the same way, by head, once per window (`pack_cross_keys`, the
+  contract's `cross_layout`): a step's scores are then `gemvt_tile` products along the keys.  The row-major keys
+  folded 16 lanes per (row, key); 5 rows of one head took three times as long (`scores.py`, stop 37).
 Prompts (n_q up to ~224 rows) run the same kernel, 6 rows of x a pass over a block still in L1/L2, so no
 float32 copy of the float16 weights is kept.
 """
