@@ -17,6 +17,7 @@ import pytest
 from helpers import (
     BUILTIN,
     BUILTIN_BACKENDS,
+    LEFT_TO_REFERENCE,
     assert_decode_steps_match_reference,
     assert_matches_reference,
     bind_both,
@@ -39,10 +40,6 @@ def backend(request):
 
 
 # ---- registration ----------------------------------------------------------------------------------
-#: ops a built-in backend leaves to the reference on purpose, with the measured reason in its module doc
-LEFT_TO_REFERENCE = {"onnxruntime": {"top_k", "logsumexp"}}
-
-
 def test_usable_and_complete(backend):
     from whisperkit.registry import get_registry
     assert backend.unavailable_reason() is None
