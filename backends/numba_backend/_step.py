@@ -552,18 +552,19 @@ def attn_part(q, qc, q0, rows, kv_k, kv_v, lim, start, j0, j1, n_head, scale, s,
             qh = q[q0:q0 + rows, qc + h * dh:qc + (h + 1) * dh]
             for blk in range(j0 // PACK_BLOCK, (j1 + PACK_BLOCK - 1) // PACK_BLOCK):
                 _gemvt_rows(qh, kp[h], blk, s[:rows, h], blk * PACK_BLOCK - j0)
-    for b0 in range(0, nk if kp.shape[0] == 0 else 0, ATTN_KEYS):
-        b1 = min(nk, b0 + ATTN_KEYS)
-        for h in range(n_head):
-            c = h * dh
-            qh = q[q0:q0 + rows, qc + c:qc + c + dh]
-            kh = kv_k[j0 + b0:j0 + b1, c:c + dh]
-            sh = s[:rows, h, b0:b1]
-            gemv_core(qh, kh, 0, b1 - b0, sh)
-            for t in range(dh - dh % 16, dh):  # head widths off the 16 lanes
-                for r in range(rows):
-                    for j in range(b1 - b0):
-                        sh[r, j] += qh[r, t] * kh[j, t]
+    else:
+        for b0 in range(0, nk, ATTN_KEYS):
+            b1 = min(nk, b0 + ATTN_KEYS)
+            for h in range(n_head):
+                c = h * dh
+                qh = q[q0:q0 + rows, qc + c:qc + c + dh]
+                kh = kv_k[j0 + b0:j0 + b1, c:c + dh]
+                sh = s[:rows, h, b0:b1]
+                gemv_core(qh, kh, 0, b1 - b0, sh)
+                for t in range(dh - dh % 16, dh):  # head widths off the 16 lanes
+                    for r in range(rows):
+                        for j in range(b1 - b0):
+                            sh[r, j] += qh[r, t] * kh[j, t]
     for r in range(rows):
         e = min(j1, lim[r]) - j0
         lo = max(start[r] - j0, 0)  # keys before a row's start (its left padding) get probability 0
