@@ -326,25 +326,42 @@ def ln_rows(x, r0, r1, g, b, out, o0):
 
 
 @njit(cache=True)
+def row_max(xr):
+    """max(xr) of a 1-D C-contiguous row: 16 lanes, then the tail."""
+    n = xr.shape[0]
+    n16 = n // 16
+    m = vmax16(xr, n16) if n16 > 0 else xr[0]
+    for j in range(16 * n16, n):
+        if xr[j] > m:
+            m = xr[j]
+    return m
+
+
+@njit(cache=True)
+def row_exp_total(xr, m):
+    """The float32 sum of exp(xr - m) of a 1-D C-contiguous row: 16 lanes (`vexp_total16`), then the tail;
+    -inf (and anything below float32's exp range) adds 0."""
+    n = xr.shape[0]
+    n16 = n // 16
+    s = vexp_total16(xr, n16, m) if n16 > 0 else np.float32(0.0)
+    for j in range(16 * n16, n):
+        d = xr[j] - m
+        if d > np.float32(-87.3):
+            s += exp_f32(d)
+    return s
+
+
+@njit(cache=True)
 def log_softmax_rows(x, y, r0, r1):
     """y[r] = log_softmax(x[r]) for r0 <= r < r1 (the contract's op): a 16-lane max, the sum of exp(x - max) in
     16 lanes (`vexp_total16`), then y = (x - max) - log(sum).  -inf stays -inf (its exp is flushed to 0);
     the log is taken in float64 and rounded once."""
     n = x.shape[1]
-    n16 = n // 16
     for r in range(r0, r1):
         xr = x[r]
         yr = y[r]
-        m = vmax16(xr, n16) if n16 > 0 else xr[0]
-        for j in range(16 * n16, n):
-            if xr[j] > m:
-                m = xr[j]
-        s = vexp_total16(xr, n16, m) if n16 > 0 else np.float32(0.0)
-        for j in range(16 * n16, n):
-            d = xr[j] - m
-            if d > np.float32(-87.3):
-                s += exp_f32(d)
-        lse = np.float32(np.log(np.float64(s)))
+        m = row_max(xr)
+        lse = np.float32(np.log(np.float64(row_exp_total(xr, m))))
         for j in range(n):
             yr[j] = (xr[j] - m) - lse
 
@@ -359,36 +376,13 @@ def log_softmax_kernel(x, y, nt):
 
 
 @njit(cache=True)
-def row_max(xr):
-    """max(xr) of a 1-D C-contiguous row: 16 lanes, then the tail."""
-    n = xr.shape[0]
-    n16 = n // 16
-    m = vmax16(xr, n16) if n16 > 0 else xr[0]
-    for j in range(16 * n16, n):
-        if xr[j] > m:
-            m = xr[j]
-    return m
-
-
-@njit(cache=True)
 def logsumexp_kernel(x, y):
     """y[r] = max + log(sum(exp(x[r] - max))) (the contract's op), row by row: 16-lane max and exp sum
     (`vexp_total16`), the log in float64 rounded once; a row of only -inf gives -inf.  Serial: the timestamp
     rule's rows are 1501 long, less than waking a second thread costs."""
-    n = x.shape[1]
-    n16 = n // 16
     for r in range(x.shape[0]):
-        xr = x[r]
-        m = row_max(xr)
-        if m == -np.inf:
-            y[r] = m
-            continue
-        s = vexp_total16(xr, n16, m) if n16 > 0 else np.float32(0.0)
-        for j in range(16 * n16, n):
-            d = xr[j] - m
-            if d > np.float32(-87.3):
-                s += exp_f32(d)
-        y[r] = m + np.float32(np.log(np.float64(s)))
+        m = row_max(x[r])
+        y[r] = m if m == -np.inf else m + np.float32(np.log(np.float64(row_exp_total(x[r], m))))
 
 
 @njit(cache=True)
@@ -398,18 +392,18 @@ def top_k_row(xr, k, out, chunk):
     maxima bounds the row's k-th largest from below: only blocks reaching it (and the ragged tail) are
     scanned, in column order, into a sorted buffer that a later equal value never overtakes."""
     n = xr.shape[0]
-    nc = n // chunk if chunk >= k else 0
+    nc = n // chunk if chunk >= k and n // chunk >= k else 0  # 0: no bound, the whole row is the tail
     bound = -np.inf
     maxima = np.empty(nc, np.float32)
-    if nc >= k:
-        for c in range(nc):
-            maxima[c] = vmax16(xr[c * chunk:(c + 1) * chunk], chunk // 16)
+    for c in range(nc):
+        maxima[c] = vmax16(xr[c * chunk:(c + 1) * chunk], chunk // 16)
+    if nc:
         bound = np.sort(maxima)[nc - k]
     bv = np.empty(k, np.float32)
     bi = np.empty(k, np.int64)
     cnt = 0
     for c in range(nc + 1):
-        if c < nc and nc >= k and maxima[c] < bound:
+        if c < nc and maxima[c] < bound:
             continue
         hi = (c + 1) * chunk if c < nc else n
         for j in range(c * chunk, hi):

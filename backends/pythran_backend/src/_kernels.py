@@ -111,13 +111,13 @@ def top_k(x, k):
     are scanned, in column order, into a sorted buffer that a later equal value never overtakes."""
     rows, n = x.shape
     chunk = 256
-    nc = n // chunk if chunk >= k else 0
+    nc = n // chunk if chunk >= k and n // chunk >= k else 0  # 0: no bound, the whole row is the tail
     out = np.empty((rows, k), np.int64)
     #omp parallel for schedule(static)
     for r in range(rows):
         bound = np.float32(-np.inf)
         maxima = np.empty(nc, np.float32)
-        if nc >= k:
+        if nc:
             for c in range(nc):  # not np.max: its reduction starts from the lowest finite float, above -inf
                 m = x[r, c * chunk]
                 for j in range(c * chunk + 1, (c + 1) * chunk):
@@ -128,7 +128,7 @@ def top_k(x, k):
         bi = np.empty(k, np.int64)
         cnt = 0
         for c in range(nc + 1):
-            if c < nc and nc >= k and maxima[c] < bound:
+            if c < nc and maxima[c] < bound:
                 continue
             hi = (c + 1) * chunk if c < nc else n
             for j in range(c * chunk, hi):
