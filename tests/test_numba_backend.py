@@ -96,7 +96,7 @@ def test_decoder_step_bits_do_not_depend_on_threads():
         rows = np.arange(x.shape[0], dtype=np.int64) * x.shape[1] + x.shape[1] - 1
         kernels.decoder_step_kernel(np.ascontiguousarray(x.reshape(-1, x.shape[-1])), x.shape[1], w.n_head, kc, vc,
                                     ck, cv, offset, np.zeros(x.shape[0], np.int64), *w.arrays, rows, logits, nt,
-                                    w.cross_layout(ck, cv))
+                                    *w.cross_layout(ck, cv))
         results.append((logits, kc, vc))
     for a, b in zip(*results):
         assert np.array_equal(a, b)
@@ -254,20 +254,26 @@ def test_decoder_step_gives_the_embedding_rows_back(case_id):
 
 @pytest.mark.parametrize("case_id", ["decoder_step/tiny_beam5_shared_cross_1_off20", "decoder_step/tiny_1_off3"])
 def test_decoder_step_reads_the_keys_it_packed(case_id):
-    """The prepared step offers `cross_layout` (the contract): the window's keys packed by head, each block of 64 keys
-    transposed (d_head, 64), zeros past the last key.  Given as `cross=`, the step gives the same bits as packing them
-    itself (cross=None)."""
+    """The prepared step offers `cross_layout` (the contract): the window's keys and values by block of 64 keys, then
+    head, each block of keys transposed (d_head, 64), of values as they are (64, d_head), zeros past the last key.
+    Given as `cross=`, the step gives the same bits as laying them out itself (cross=None)."""
     w, args = _step(case_id)
     x, k, v, ck, cv, offset, positions = args
-    kp = w.cross_layout(ck, cv)
+    kp, vp = w.cross_layout(ck, cv)
     n_layer, b_c, n_audio, n = ck.shape
     nb = -(-n_audio // 64)
-    assert kp.shape == (n_layer, b_c, w.n_head, nb, n // w.n_head, 64) and kp.flags.c_contiguous
     dh = n // w.n_head
+    assert kp.shape == (n_layer, b_c, nb, w.n_head, dh, 64) and kp.flags.c_contiguous
+    assert vp.shape == (n_layer, b_c, nb, w.n_head, 64, dh) and vp.flags.c_contiguous
     h, blk = w.n_head - 1, nb - 1
-    keys = ck[n_layer - 1, b_c - 1, blk * 64:, h * dh:(h + 1) * dh]  # the last block: n_audio % 64 keys, then zeros
-    np.testing.assert_array_equal(kp[n_layer - 1, b_c - 1, h, blk, :, :len(keys)], keys.T)
-    assert not kp[n_layer - 1, b_c - 1, h, blk, :, len(keys):].any()
+    cols = slice(h * dh, (h + 1) * dh)
+    keys = ck[n_layer - 1, b_c - 1, blk * 64:, cols]  # the last block: n_audio % 64 keys, then zeros
+    values = cv[n_layer - 1, b_c - 1, blk * 64:, cols]
+    np.testing.assert_array_equal(kp[n_layer - 1, b_c - 1, blk, h, :, :len(keys)], keys.T)
+    np.testing.assert_array_equal(vp[n_layer - 1, b_c - 1, blk, h, :len(values)], values)
+    assert not kp[n_layer - 1, b_c - 1, blk, h, :, len(keys):].any() and not vp[n_layer - 1, b_c - 1, blk, h, len(values):].any()
+    np.testing.assert_array_equal(vp[0, 0, 0, 0], cv[0, 0, :64, :dh])
+    kp = (kp, vp)
     outs = []
     for cross in (None, kp):
         kc, vc = k.copy(), v.copy()

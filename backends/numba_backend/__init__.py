@@ -118,8 +118,8 @@ def _hot_signatures():
         (K.layer_norm_kernel, (f[2], f[1], f[1], f[2], i)),
         (K.linear_kernel, (f[2], f[2], f[1], f[2], t.none, i, t.Omitted(256))),
         (S.decoder_step_kernel, (f[2], i, i, f[4], f[4], f[4], f[4], i, t.Array(t.int64, 1, "C")) + layer
-         + (f[1], f[1], h[3], t.Array(t.int64, 1, "C"), f[2], i, t.Array(t.float32, 6, "C"))),
-        (S.pack_cross_keys, (f[4], i, t.Array(t.float32, 6, "C"))),
+         + (f[1], f[1], h[3], t.Array(t.int64, 1, "C"), f[2], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))),
+        (S.pack_cross, (f[4], f[4], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))),
     ]
 
 
@@ -625,8 +625,9 @@ class NumbaBackend(AttentionPair, Backend):
         return SimpleNamespace(n_layer=len(g.layers), n_head=n_head, arrays=arrays,
                                n_vocab=logits_weight.shape[0], embedding_rows=_embedding_rows(arrays[-1], logits_weight.shape[0]),
                                threads={},  # batch rows -> _ThreadChoice of the one-token steps
-                               # the contract's cross_layout: the window's keys packed by head (`_step.pack_cross_keys`)
-                               cross_layout=lambda cross_k, cross_v: _step_kernels().cross_keys_layout(f32c(cross_k), n_head))
+                               # the contract's cross_layout: the window's keys and values by block and head (`_step.pack_cross`)
+                               cross_layout=lambda cross_k, cross_v: _step_kernels().cross_layout(f32c(cross_k), f32c(cross_v),
+                                                                                                  n_head))
 
     def prepare_decoder_step_int8(self, layers, ln_weight, ln_bias, logits_weight):
         """The layers' linears in the contract's int8 (`_int8.pack_int8`, stacked per kind over the layers); the
@@ -667,10 +668,10 @@ class NumbaBackend(AttentionPair, Backend):
         if getattr(w, "int8", False):
             _int8_kernels().decoder_step_int8_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, pad, *w.arrays, pos_rows,
                                                      logits, nt)
-        else:  # the keys by head: laid out once per window by the caller (`cross`), else here
-            kp = cross if cross is not None else w.cross_layout(ck, cv)
+        else:  # the keys and values by block and head: laid out once per window by the caller (`cross`), else here
+            kp, vp = cross if cross is not None else w.cross_layout(ck, cv)
             _step_kernels().decoder_step_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, pad, *w.arrays, pos_rows,
-                                                logits, nt, kp)
+                                                logits, nt, kp, vp)
         if tuner is not None:
             tuner.record(nt, time.perf_counter() - t0)
         if not direct:

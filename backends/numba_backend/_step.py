@@ -18,9 +18,13 @@ and LLVM cannot do here, and what is done instead:
   rows about a fifth of the logits' time (docs/bench-results.md, issue 14, stop 33).
   The packed logits weight is the only copy of the token embedding: the model reads its rows through
   `embedding_rows` (the contract's decoder_step).
-* The window's cross-attention keys are packed the same way, by head, once per window (`pack_cross_keys`, the
-  contract's `cross_layout`): a step's scores are then `gemvt_tile` products along the keys.  The row-major keys
-  folded 16 lanes per (row, key); 5 rows of one head took three times as long (`scores.py`, stop 37).
+* The window's cross-attention keys are packed the same way, and its values too, by block of 64 keys then head,
+  once per window (`pack_cross`, the contract's `cross_layout`): a step's scores are `gemvt_tile` products along
+  the keys, and the keys and values are each read in memory order.  The row-major keys folded 16 lanes per (row,
+  key) (5 rows of one head took three times as long, `scores.py`, stop 37); the row-major values came from memory
+  in one strided pass per head (`phases.py`, stop 38).
+* The attention's exp runs in 16 lanes (`vexp_sum16`); the scalar exp loop was most of a 5-row step's
+  cross-attention (`attn_micro.py`, stop 38).
 Prompts (n_q up to ~224 rows) run the same kernel, 6 rows of x a pass over a block still in L1/L2, so no
 float32 copy of the float16 weights is kept.
 """
@@ -32,7 +36,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._kernels import _blocks, exp_f32, gelu_scalar, hmax_lanes, ln_rows, vgelu_bias16, write_new_kv
+from ._kernels import (SOFTMAX_FLUSH, _blocks, exp_f32, gelu_scalar, hmax_lanes, ln_rows, vexp_sum16, vgelu_bias16,
+                       write_new_kv)
 
 # A decode step has few rows (one per beam or batched file), so every product is a GEMV-like pass that
 # reads each weight row once for all rows, from float16 where the checkpoint's weights are float16.
@@ -91,6 +96,32 @@ def _row_addresses(context, builder, aty, a_v, first, count):
     stride = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
     base = builder.ptrtoint(arr.data, i64)
     return [builder.add(base, builder.mul(builder.add(first, ir.Constant(i64, q)), stride)) for q in range(count)]
+
+
+@intrinsic
+def prefetch_rows(typingctx, a, r0, r1):
+    """Prefetch every cache line of rows r0:r1 of a 2-D array whose rows are contiguous (into all cache levels)."""
+    aty = a
+
+    def codegen(context, builder, sig, args):
+        a_v, r0_v, r1_v = args
+        i64 = ir.IntType(64)
+        i32c = lambda v: ir.Constant(ir.IntType(32), v)  # noqa: E731
+        arr = context.make_array(aty)(context, builder, a_v)
+        stride = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
+        width = builder.mul(cgutils.unpack_tuple(builder, arr.shape, 2)[1], ir.Constant(i64, aty.dtype.bitwidth // 8))
+        lines = builder.udiv(builder.add(width, ir.Constant(i64, 63)), ir.Constant(i64, 64))
+        base = builder.ptrtoint(arr.data, i64)
+        pf = _prefetch_fn(builder)
+        i8p = ir.IntType(8).as_pointer()
+        with cgutils.for_range(builder, builder.sub(r1_v, r0_v)) as rows:
+            row = builder.add(base, builder.mul(builder.add(r0_v, rows.index), stride))
+            with cgutils.for_range(builder, lines) as line:
+                at = builder.add(row, builder.mul(line.index, ir.Constant(i64, 64)))
+                builder.call(pf, [builder.inttoptr(at, i8p), i32c(0), i32c(3), i32c(1)])
+        return context.get_dummy_value()
+
+    return types.none(a, r0, r1), codegen
 
 
 @intrinsic
@@ -536,23 +567,30 @@ ATTN_KEYS = 128
 
 
 @njit(cache=True, fastmath=FAST)
-def attn_part(q, qc, q0, rows, kv_k, kv_v, lim, start, j0, j1, n_head, scale, s, o, pm, pl, kp):
+def attn_part(q, qc, q0, rows, kv_k, kv_v, lim, start, j0, j1, n_head, scale, s, o, pm, pl, kp, vp):
     """Attention of the query rows q[q0:q0+rows, qc:qc+n] (every head) over the keys j0:j1 of kv_k/kv_v
     ((n_keys, n)), query r seeing keys start[r] <= j < lim[r].  Unnormalised: o[r] = sum_j exp(s_rj - pm[r, h]) v_j
     per head, pl[r, h] = sum_j exp(s_rj - pm[r, h]), so blocks of keys combine afterwards.  Per head, the
     scores are a GEMV over the key rows and the values a pass over the value rows, each row read once for
     every query row (the rows of one audio share its cross K/V).  s: scratch (rows, n_head, >= j1 - j0 rounded up
-    to PACK_BLOCK).  kp: the keys packed by head (`pack_cross_keys`, (n_head, blocks, d_head, PACK_BLOCK)), or empty;
-    packed, a head's scores are `gemvt_tile` products, vectors along the keys (j0 a multiple of PACK_BLOCK)."""
+    to PACK_BLOCK).  kp, vp: the window's keys and values by block of PACK_BLOCK keys, then head (`pack_cross`:
+    (blocks, n_head, d_head, PACK_BLOCK) and (blocks, n_head, PACK_BLOCK, d_head)), or empty (the row-major kv_k,
+    kv_v).  Packed (j0 a multiple of PACK_BLOCK), a head's scores are `gemvt_tile` products, vectors along the
+    keys, and both passes walk the packed arrays in memory order, block by block and head by head."""
     n = o.shape[1]
     dh = n // n_head
     nk = j1 - j0
-    if kp.shape[0] > 0:
-        for h in range(n_head):
-            qh = q[q0:q0 + rows, qc + h * dh:qc + (h + 1) * dh]
-            for blk in range(j0 // PACK_BLOCK, (j1 + PACK_BLOCK - 1) // PACK_BLOCK):
-                _gemvt_rows(qh, kp[h], blk, s[:rows, h], blk * PACK_BLOCK - j0)
+    packed = kp.shape[0] > 0
+    if packed:
+        for blk in range(j0 // PACK_BLOCK, (j1 + PACK_BLOCK - 1) // PACK_BLOCK):
+            for h in range(n_head):
+                qh = q[q0:q0 + rows, qc + h * dh:qc + (h + 1) * dh]
+                _gemvt_rows(qh, kp[blk], h, s[:rows, h], blk * PACK_BLOCK - j0)
     else:
+        # the heads take their columns of the same rows in turn: the first pass would fetch a quarter-line-wide
+        # column of each row at a time, so the block's whole rows are asked for at once, the values' too
+        prefetch_rows(kv_k, j0, j1)
+        prefetch_rows(kv_v, j0, j1)
         for b0 in range(0, nk, ATTN_KEYS):
             b1 = min(nk, b0 + ATTN_KEYS)
             for h in range(n_head):
@@ -579,18 +617,29 @@ def attn_part(q, qc, q0, rows, kv_k, kv_v, lim, start, j0, j1, n_head, scale, s,
                 for j in range(nk):
                     sr[j] = np.float32(0.0)
                 continue
-            mx = vmax(sr[lo:], e - lo) * scale  # scale > 0: the max of the scaled scores
-            tot = np.float32(0.0)
             for j in range(lo):
                 sr[j] = np.float32(0.0)
-            for j in range(lo, e):
-                val = exp_f32(sr[j] * scale - mx)
+            for j in range(lo, e):  # the scaled scores (1/8 for Whisper's heads of 64: exact)
+                sr[j] *= scale
+            mx = vmax(sr[lo:], e - lo)
+            n16 = (e - lo) // 16
+            tot = vexp_sum16(sr[lo:], n16, mx)  # 16 lanes: the scalar exp loop was most of a 5-row step's cross-attention
+            for j in range(lo + 16 * n16, e):
+                d = sr[j] - mx
+                val = exp_f32(d) if d >= SOFTMAX_FLUSH else np.float32(0.0)  # as the vector lanes flush
                 sr[j] = val
                 tot += val
             for j in range(e, nk):
                 sr[j] = np.float32(0.0)
             pm[r, h] = mx
             pl[r, h] = tot
+    if packed:
+        for blk in range(j0 // PACK_BLOCK, (j1 + PACK_BLOCK - 1) // PACK_BLOCK):
+            b0 = blk * PACK_BLOCK - j0
+            b1 = min(nk, b0 + PACK_BLOCK)
+            for h in range(n_head):
+                pv_head(s[:rows, h, b0:b1], vp[blk, h, :b1 - b0], o[:rows, h * dh:(h + 1) * dh], rows, b1 - b0)
+        return
     for b0 in range(0, nk, ATTN_KEYS):
         b1 = min(nk, b0 + ATTN_KEYS)
         for h in range(n_head):
@@ -625,35 +674,42 @@ def attn_merge(po, pm, pl, g, q0, rows, n_head, out):
 
 
 @njit(parallel=True, cache=True)
-def pack_cross_keys(ck, n_head, out):
-    """out[l, b, h] = the keys of head h of ck[l, b] (n_audio, n) packed as `pack_blocks` packs a weight: (blocks,
-    d_head, PACK_BLOCK), block k holding keys k * PACK_BLOCK .. + PACK_BLOCK - 1 transposed, zeros past the last key.
-    A window's cross keys, once (the contract's cross_layout): a beam step's scores then run along the keys, 5 rows
-    of one head over 1500 keys in a third of the row-major GEMV's time (`scores.py`, stop 37)."""
+def pack_cross(ck, cv, n_head, kout, vout):
+    """A window's cross keys and values by block of PACK_BLOCK keys, then head (the contract's cross_layout), so that
+    a step's cross-attention reads each in memory order: kout[l, b, k, h] = the keys k * PACK_BLOCK .. + PACK_BLOCK - 1
+    of head h of ck[l, b] transposed, (d_head, PACK_BLOCK), as `pack_blocks` packs a weight; vout[l, b, k, h] = the
+    same keys' values of head h, (PACK_BLOCK, d_head); zeros past the last key.  The row-major values, read head by
+    head, came from memory in six strided passes; the keys packed by head jumped between heads (`phases.py`, stop 38)."""
     n_layer, batch, n_keys, n = ck.shape
     dh = n // n_head
-    nb = out.shape[3]
-    for t in prange(n_layer * batch * n_head):
-        li, b, h = t // (batch * n_head), (t // n_head) % batch, t % n_head
-        for k in range(nb):
-            blk = out[li, b, h, k]
+    nb = kout.shape[2]
+    for t in prange(n_layer * batch * nb):
+        li, b, k = t // (batch * nb), (t // nb) % batch, t % nb
+        for h in range(n_head):
+            kblk = kout[li, b, k, h]
+            vblk = vout[li, b, k, h]
             for j in range(PACK_BLOCK):
                 key = k * PACK_BLOCK + j
                 if key < n_keys:
-                    row = ck[li, b, key]
+                    krow = ck[li, b, key]
+                    vrow = cv[li, b, key]
                     for d in range(dh):
-                        blk[d, j] = row[h * dh + d]
+                        kblk[d, j] = krow[h * dh + d]
+                        vblk[j, d] = vrow[h * dh + d]
                 else:
                     for d in range(dh):
-                        blk[d, j] = np.float32(0.0)
+                        kblk[d, j] = np.float32(0.0)
+                        vblk[j, d] = np.float32(0.0)
 
 
-def cross_keys_layout(cross_k: np.ndarray, n_head: int) -> np.ndarray:
-    """(n_layer, batch_c, n_audio, n) float32 C -> the keys by head, `pack_cross_keys`'s layout."""
+def cross_layout(cross_k: np.ndarray, cross_v: np.ndarray, n_head: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_layer, batch_c, n_audio, n) float32 C twice -> the keys and values by block and head, `pack_cross`'s layout."""
     n_layer, batch, n_keys, n = cross_k.shape
-    out = np.empty((n_layer, batch, n_head, -(-n_keys // PACK_BLOCK), n // n_head, PACK_BLOCK), np.float32)
-    pack_cross_keys(cross_k, n_head, out)
-    return out
+    shape = (n_layer, batch, -(-n_keys // PACK_BLOCK), n_head)
+    kout = np.empty(shape + (n // n_head, PACK_BLOCK), np.float32)
+    vout = np.empty(shape + (PACK_BLOCK, n // n_head), np.float32)
+    pack_cross(cross_k, cross_v, n_head, kout, vout)
+    return kout, vout
 
 
 #: Keys per partial block of attention.  The blocks are fixed by the key count alone, and merged in order,
@@ -662,7 +718,7 @@ ATTN_PART_KEYS = 256
 
 
 @njit(cache=True)
-def attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, u0, u1, kp):
+def attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, u0, u1, kp, vp):
     """Partial blocks u0:u1 of the list of every group's blocks (group-major, ATTN_PART_KEYS keys each),
     in one thread's scratch."""
     nb = po.shape[0]
@@ -672,24 +728,25 @@ def attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, p
         g, b = u // nb, u % nb
         j0 = b * ATTN_PART_KEYS
         attn_part(q, qc, g * rows, rows, kv_k[g], kv_v[g], lims[g], starts[g], j0, min(n_keys, j0 + ATTN_PART_KEYS), n_head,
-                  scale, s, po[b, g], pm[b, g], pl[b, g], kp[g] if kp.shape[0] > 0 else np.empty((0, 0, 0, 0), np.float32))
+                  scale, s, po[b, g], pm[b, g], pl[b, g], kp[g] if kp.shape[0] > 0 else np.empty((0, 0, 0, 0), np.float32),
+                  vp[g] if vp.shape[0] > 0 else np.empty((0, 0, 0, 0), np.float32))
 
 
 @njit(parallel=True, cache=True)
-def attn_units_par(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, nt, kp):
+def attn_units_par(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, nt, kp, vp):
     ub = _blocks(po.shape[0] * kv_k.shape[0], nt, 1)  # contiguous runs: each thread streams its part of K and V once
     for t in prange(nt):
-        attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, ub[t], ub[t + 1], kp)
+        attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, ub[t], ub[t + 1], kp, vp)
 
 
 @njit(cache=True)
-def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, out, nt, kp):
+def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, out, nt, kp, vp):
     """Attention for few query rows: group g (a batch row over its own KV cache, or the beams of one audio
     over its cross K/V) holds the query rows g*R:(g+1)*R of q (columns qc:qc+n) and the keys kv_k[g, :n_keys];
     row r of a group sees the keys starts[g, r] <= j < lims[g, r].  The keys are cut into blocks, computed as unnormalised
     partials spread over the threads (the blocks of all groups: a beam step's short self-attention caches
-    split by beam), then merged.  kp: (groups, n_head, blocks, d_head, PACK_BLOCK), the keys packed by head
-    (`pack_cross_keys`), or an empty array: the row-major keys of kv_k."""
+    split by beam), then merged.  kp, vp: (groups, blocks, n_head, ...), the keys and values packed by block and head
+    (`pack_cross`), or empty arrays: the row-major kv_k and kv_v."""
     groups = kv_k.shape[0]
     rows = lims.shape[1]
     n = out.shape[1]
@@ -700,9 +757,9 @@ def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, out, nt, kp):
     pl = np.empty((nb, groups, rows, n_head), np.float32)
     nt = min(nt, nb * groups)
     if nt == 1:
-        attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, 0, nb * groups, kp)
+        attn_units(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, 0, nb * groups, kp, vp)
     else:
-        attn_units_par(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, nt, kp)
+        attn_units_par(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, scale, po, pm, pl, nt, kp, vp)
     for g in range(groups):
         attn_merge(po, pm, pl, g, g * rows, rows, n_head, out)
 
@@ -723,13 +780,13 @@ def step_limits(batch, n_q, offset, pad, batch_c, g_rows, n_audio):
 @njit(cache=True)
 def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset, pad, ln1g, ln1b, wqkv, bqkv, wo, bo,
                         lncg, lncb, wcq, bcq, wco, bco, ln2g, ln2b, w1, b1, w2, b2, lnfg, lnfb, wlog, pos_rows,
-                        logits, nt, cross_kp):
+                        logits, nt, cross_kp, cross_vp):
     """One decoding step (a few rows, or a prompt).  x: (batch * n_q, n) embedded tokens; caches
     (n_layer, batch, n_ctx, n) written in place at offset; pad (batch,): the contract's left padding per row;
     cross K/V (n_layer, batch_c, n_audio, n);
     per-layer weights stacked on a leading layer axis (matrices float16-as-uint16 or float32); wlog: the logits
     weight packed by `pack_blocks`; logits (len(pos_rows), n_vocab) of the rows pos_rows of the last layer's output;
-    cross_kp: cross_k packed by head (`pack_cross_keys`), which the cross-attention's scores read."""
+    cross_kp, cross_vp: cross_k and cross_v packed by block and head (`pack_cross`), which the cross-attention reads."""
     m, n = x.shape
     n_layer = wqkv.shape[0]
     batch = m // n_q
@@ -750,11 +807,11 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
         ln_rows(xa, 0, m, ln1g[li], ln1b[li], h, 0)
         gemvt(h, wqkv[li], bqkv[li], qkv, qkv, False, nt)
         write_new_kv(qkv, k_cache[li], v_cache[li], batch, n_q, offset)
-        attn_groups(qkv, 0, k_cache[li], v_cache[li], n_kv, self_lims, self_starts, n_head, a, nt, no_keys)
+        attn_groups(qkv, 0, k_cache[li], v_cache[li], n_kv, self_lims, self_starts, n_head, a, nt, no_keys, no_keys)
         gemvt(a, wo[li], bo[li], xa, x1, False, nt)
         ln_rows(x1, 0, m, lncg[li], lncb[li], h, 0)
         gemvt(h, wcq[li], bcq[li], a, a, False, nt)
-        attn_groups(a, 0, cross_k[li], cross_v[li], n_audio, cross_lims, cross_starts, n_head, h, nt, cross_kp[li])
+        attn_groups(a, 0, cross_k[li], cross_v[li], n_audio, cross_lims, cross_starts, n_head, h, nt, cross_kp[li], cross_vp[li])
         gemvt(h, wco[li], bco[li], x1, x2, False, nt)
         ln_rows(x2, 0, m, ln2g[li], ln2b[li], h, 0)
         gemvt(h, w1[li], b1[li], f, f, True, nt)
