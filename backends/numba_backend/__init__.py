@@ -73,6 +73,13 @@ def _step_kernels():
     return s
 
 
+def _encoder_kernels():
+    """The encoder layer's kernel (imported on first use, after `_kernels`)."""
+    _kern()
+    from . import _encoder as e
+    return e
+
+
 _F32 = np.float32
 
 
@@ -102,7 +109,7 @@ def _hot_signatures():
     each holds ~2-8 MiB once open.  A signature missing here is only opened later, at its first call
     (tests/test_numba_backend.py checks the list)."""
     from numba import types as t
-    K, S = _kern(), _step_kernels()
+    K, S, E = _kern(), _step_kernels(), _encoder_kernels()
     f = [None] + [t.Array(t.float32, nd, "C") for nd in (1, 2, 3, 4)]
     h = [None, None] + [t.Array(t.uint16, nd, "C") for nd in (2, 3, 4)]
     i = t.int64
@@ -113,7 +120,7 @@ def _hot_signatures():
         (K.log_softmax_kernel, (f[2], f[2], i)),
         (K.logsumexp_kernel, (f[2], f[1])),
         (K.top_k_kernel, (f[2], i, t.Array(t.int64, 2, "C"), i)),
-        (K.encoder_layer_kernel, (f[2], i, i) + (f[1], f[1], f[2], f[1], f[2], f[1]) + (f[1], f[1], f[2], f[1], f[2], f[1])
+        (E.encoder_layer_kernel, (f[2], i, i) + (f[1], f[1], f[3], f[1], f[3], f[1]) + (f[1], f[1], f[3], f[1], f[3], f[1])
          + (i, i, i)),
         (K.layer_norm_kernel, (f[2], f[1], f[1], f[2], i)),
         (K.linear_kernel, (f[2], f[2], f[1], f[2], t.none, i, t.Omitted(256))),
@@ -534,8 +541,12 @@ class NumbaBackend(AttentionPair, Backend):
         return _int8_group(weight_group("encoder_layer", weights))
 
     def prepare_encoder_layer(self, **weights):
+        """The four linears' weights packed by blocks of outputs (`_step.pack_blocks`), float32: `_encoder`."""
         _open_float32_overload("encoder_layer")
-        return f32c_group(weight_group("encoder_layer", weights))
+        g = f32c_group(weight_group("encoder_layer", weights))
+        pack = _step_kernels().pack_blocks
+        arrays = tuple(pack(a) if a.ndim == 2 else a for a in group_arrays(g))
+        return SimpleNamespace(n_head=g.n_head, arrays=arrays)
 
     def encoder_layer(self, x, w):
         x = np.asarray(x)
@@ -543,8 +554,8 @@ class NumbaBackend(AttentionPair, Backend):
             y = _int8_kernels().encoder_layer_int8_kernel(rows_f32(x), x.shape[0], w.n_head, *w.arrays, _ROW_BLOCK,
                                                           _ATTN_BLOCK, _nt())
             return y.reshape(x.shape)
-        y = _kern().encoder_layer_kernel(rows_f32(x), x.shape[0], w.n_head, *group_arrays(w), _ROW_BLOCK,
-                                         _ATTN_BLOCK, _nt())
+        y = _encoder_kernels().encoder_layer_kernel(rows_f32(x), x.shape[0], w.n_head, *w.arrays, _ROW_BLOCK,
+                                                    _ATTN_BLOCK, _nt())
         return y.reshape(x.shape)
 
     def prepare_decoder_layer(self, **weights):

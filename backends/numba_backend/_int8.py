@@ -425,8 +425,8 @@ def mlp_int8_kernel(x, lng, lnb, f1_w, f1_c, f1_s, f1_b, f2_w, f2_c, f2_s, f2_b,
 @njit(parallel=True, cache=True)
 def encoder_layer_int8_kernel(x, batch, n_head, ln1g, ln1b, qkv_w, qkv_c, qkv_s, qkv_b, o_w, o_c, o_s, o_b,
                               ln2g, ln2b, f1_w, f1_c, f1_s, f1_b, f2_w, f2_c, f2_s, f2_b, blk, attn_blk, nt):
-    """`_kernels.encoder_layer_kernel` with the four linears int8 (row blocks of `i8_core` over the threads, each
-    thread reading every weight, which stays in its L2) and the same attention."""
+    """`_encoder.encoder_layer_kernel`'s phases with the four linears int8 (row blocks of `i8_core` over the threads,
+    each thread reading every weight, which stays in its L2) and OpenBLAS's attention (`_kernels.attention_kernel`)."""
     m, n = x.shape
     n_ctx = m // batch
     d_head = n // n_head

@@ -4,11 +4,11 @@ Layout conventions: every kernel takes 2-D row-major float32 arrays ("rows" = ba
 or raw element offsets into them, so a handful of signatures serve every shape (few compilations,
 ``cache=True`` so a second process compiles nothing).
 
-GEMMs: every matrix product (linear, conv1d taps, QK^T and PV of attention) is a call to the OpenBLAS
+GEMMs: every matrix product here (linear, conv1d taps, QK^T and PV of attention) is a call to the OpenBLAS
 ``sgemm`` bundled with NumPy, made from inside the Numba kernels (see `_blas`), single-threaded per call
-while Numba's `prange` spreads the blocks over the threads.  OpenBLAS runs the encoder's large products
-near the machine's peak (figure in docs/bench-results.md); a Numba GEMM for them was NOT written or
-measured -- the choice rests on that BLAS figure.  For few rows (the decode step) a Numba
+while Numba's `prange` spreads the blocks over the threads.  The encoder layer is the exception: its
+products run on the decoder step's packed-weight tiles, which were measured faster than OpenBLAS at its
+shapes on this machine (`_encoder`).  For few rows (the decode step) a Numba
 dot loop was measured against sgemm and won (see `SMALL_M`).  Weights stay (n_out, n_in) row-major and
 are used with transB=Trans (the layout np.matmul(x, W.T) hands OpenBLAS too), so a column slice W[c0:c1]
 is contiguous for the decode loop; the pre-transposed (n_in, n_out) layout was measured no better.
@@ -705,51 +705,6 @@ def mlp_kernel(x, lng, lnb, w1, b1, w2, b2, y, blk, nt):
         mlp_rows(x, rb[p], rb[p + 1], lng, lnb, w1, b1, w2, b2, y, hbuf, fbuf)
         blas_restore(prev)
     blas_restore(outer)
-
-
-@njit(parallel=True, cache=True)
-def encoder_layer_kernel(x, batch, n_head, ln1g, ln1b, wqkv, bqkv, wo, bo, ln2g, ln2b, w1, b1, w2, b2,
-                         blk, attn_blk, nt):
-    """x: (batch * n_ctx, n) C-contiguous.  Three parallel phases over row blocks / attention tasks:
-    LayerNorm + QKV GEMM; fused attention; out-projection + residual + LayerNorm + fc1 + GELU + fc2 + residual."""
-    m, n = x.shape
-    n_ctx = m // batch
-    d_head = n // n_head
-    qkv = np.empty((m, 3 * n), np.float32)
-    a = np.empty((m, n), np.float32)
-    x1 = np.empty((m, n), np.float32)
-    y = np.empty((m, n), np.float32)
-    nb = max(nt, (m + blk - 1) // blk)
-    rb = _blocks(m, nb, 1)
-    outer = blas_single()
-    for p in prange(nb):
-        prev = blas_single()
-        r0 = rb[p]
-        r1 = rb[p + 1]
-        hbuf = np.empty((r1 - r0, n), np.float32)
-        ln_rows(x, r0, r1, ln1g, ln1b, hbuf, 0)
-        mm(T, r1 - r0, 3 * n, n, F1, hbuf.ctypes.data, n, wqkv.ctypes.data, n, F0,
-           qkv.ctypes.data + 4 * r0 * 3 * n, 3 * n)
-        add_bias_rows(qkv, r0, r1, bqkv)
-        blas_restore(prev)
-    qp = qkv.ctypes.data
-    attention_kernel(qp, n_ctx * 3 * n, 3 * n, qp + 4 * n, n_ctx * 3 * n, 3 * n, qp + 8 * n, n_ctx * 3 * n, 3 * n,
-                     a.ctypes.data, n_ctx * n, n, batch, n_ctx, n_ctx, n_head, d_head, False, 0, attn_blk,
-                     np.empty((1, 1, 1, 1), np.float32), nt)
-    keep_alive(qkv)  # qkv was only read through its address: hold it until attention is done
-    for p in prange(nb):
-        prev = blas_single()
-        r0 = rb[p]
-        r1 = rb[p + 1]
-        fill_rows(x1, r0, r1, 0, n, x, bo)
-        mm(T, r1 - r0, n, n, F1, a.ctypes.data + 4 * r0 * n, n, wo.ctypes.data, n, F1,
-           x1.ctypes.data + 4 * r0 * n, n)
-        hbuf = np.empty((r1 - r0, n), np.float32)
-        fbuf = np.empty((r1 - r0, w1.shape[0]), np.float32)
-        mlp_rows(x1, r0, r1, ln2g, ln2b, w1, b1, w2, b2, y, hbuf, fbuf)
-        blas_restore(prev)
-    blas_restore(outer)
-    return y
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
