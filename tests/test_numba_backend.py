@@ -191,10 +191,10 @@ def test_load_opens_every_kernel_overload_a_transcription_uses(compute_type):
     code = f"""
 import numba
 from whisperkit import Whisper
-from whisperkit.backends.numba_backend import _int8_kernels, _kern, _step_kernels
+from whisperkit.backends.numba_backend import _encoder_kernels, _int8_kernels, _kern, _step_kernels
 model = Whisper("tiny.en", backend="numba", compute_type="{compute_type}")
 def signatures():
-    return {{name: set(map(str, d.signatures)) for mod in (_kern(), _step_kernels(), _int8_kernels())
+    return {{name: set(map(str, d.signatures)) for mod in (_kern(), _step_kernels(), _encoder_kernels(), _int8_kernels())
             for name, d in vars(mod).items() if isinstance(d, numba.core.registry.CPUDispatcher)}}
 before = signatures()
 assert sum(map(len, before.values())) >= 6, before
