@@ -123,7 +123,7 @@ def _hot_signatures():
         (E.encoder_layer_kernel, (f[2], i, i) + (f[1], f[1], f[3], f[1], f[3], f[1]) + (f[1], f[1], f[3], f[1], f[3], f[1])
          + (i, i, i)),
         (K.layer_norm_kernel, (f[2], f[1], f[1], f[2], i)),
-        (K.linear_kernel, (f[2], f[2], f[1], f[2], t.none, i, t.Omitted(256))),
+        (E.linear_rows_kernel, (f[2], f[3], f[1], f[2], i, i)),
         (S.decoder_step_kernel, (f[2], i, i, f[4], f[4], f[4], f[4], i, t.Array(t.int64, 1, "C")) + layer
          + (f[1], f[1], h[3], t.Array(t.int64, 1, "C"), f[2], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))),
         (S.pack_cross, (f[4], f[4], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))),
@@ -244,6 +244,7 @@ _ATTN_BLOCK = 256
 #: each thread enough work per region (docs/bench-results.md, issue 14), a single greedy row does not.
 _DECODE_PARALLEL_ROWS = 2
 _KEEP_BUFFER_ROWS = 16  # decode steps with up to this many rows reuse their work buffers
+_LINEAR_ROW_BLOCKS = 32  # `linear` splits rows over the threads from this many rows on, else blocks of outputs
 
 
 def _unit_last(a):
@@ -400,9 +401,11 @@ class NumbaBackend(AttentionPair, Backend):
 
     # ---- fine ops ---------------------------------------------------------------------------------
     def prepare_linear(self, weight, bias=None):
+        """The weight packed by blocks of outputs (`_step.pack_blocks`), float32: `_encoder.linear_rows_kernel`."""
         weight = f32c(weight)
         b = np.zeros(weight.shape[0], _F32) if bias is None else f32c(bias)
-        return SimpleNamespace(weight=weight, bias=b)
+        return SimpleNamespace(packed=_step_kernels().pack_blocks(weight), bias=b, n_out=weight.shape[0],
+                               n_in=weight.shape[1])
 
     def prepare_linear_int8(self, weight, bias=None):
         """The contract's int8 weights (`contract.quantize_int8`), held once, packed for vpdpbusd (`_int8.pack_int8`)."""
@@ -420,12 +423,15 @@ class NumbaBackend(AttentionPair, Backend):
             if w.n_out != out.shape[1]:
                 out = np.ascontiguousarray(out[:, :w.n_out])
             return out.reshape(x.shape[:-1] + (w.n_out,))
-        if x.shape[-1] != w.weight.shape[1]:
-            raise ValueError(f"linear: input has {x.shape[-1]} features, weight expects {w.weight.shape[1]}")
+        if x.shape[-1] != w.n_in:
+            raise ValueError(f"linear: input has {x.shape[-1]} features, weight expects {w.n_in}")
         x2 = rows_f32(x)
-        out = np.empty((x2.shape[0], w.weight.shape[0]), _F32)
-        _kern().linear_kernel(x2, w.weight, w.bias, out, None, _nt())
-        return out.reshape(x.shape[:-1] + (w.weight.shape[0],))
+        out = np.empty((x2.shape[0], w.n_out), _F32)
+        if x2.shape[0] >= _LINEAR_ROW_BLOCKS:
+            _encoder_kernels().linear_rows_kernel(x2, w.packed, w.bias, out, _ROW_BLOCK, _nt())
+        else:  # few rows: the blocks of outputs over the threads, as the decode step's products
+            _step_kernels().gemvt(x2, w.packed, w.bias, out, out, False, _nt())
+        return out.reshape(x.shape[:-1] + (w.n_out,))
 
     def prepare_conv1d(self, weight, bias, stride, padding):
         weight = np.asarray(weight, _F32)

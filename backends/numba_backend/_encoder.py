@@ -1,4 +1,4 @@
-"""The encoder layer of the Numba backend, its four linears on the step's packed-weight tiles.
+"""The encoder layer and the linear op of the Numba backend, on the step's packed-weight tiles.
 
 The QKV, out-projection, fc1 and fc2 products take their weights packed by `_step.pack_blocks` (float32 here:
 an encoder weight is read ~250 times per call, so its bytes do not matter and widening would only cost) and run
@@ -6,8 +6,10 @@ an encoder weight is read ~250 times per call, so its bytes do not matter and wi
 the block of the weight (64 outputs by n_in) in L2 while every 6 rows of the thread's row block pass over it.
 On this machine's Zen 4 that tile runs a 1500 x 384 x 1536 product at 109 GFLOP/s on one core and 219 on two,
 where OpenBLAS's sgemm (its SkylakeX kernel) gave 104 and 207 (`gemmt.py`, stop 38; docs/bench-results.md).
-The attention's products (QK^T, PV) stay OpenBLAS calls (`_kernels.attention_kernel`).  Bias, residual and GELU
-are the tiles' epilogue (`_step.bias_res_act`), on rows still in cache.
+The attention's products run on the same tiles: each head's keys packed as a weight of n_ctx outputs, its values
+as one of d_head outputs over n_ctx inputs.  Bias, residual and GELU are the tiles' epilogue
+(`_step.bias_res_act`), on rows still in cache.  The linear op takes its weight packed the same way
+(`linear_rows_kernel`; few rows go through the step's `gemvt`), as the window's cross K/V projection does.
 """
 from __future__ import annotations
 
@@ -121,3 +123,14 @@ def encoder_layer_kernel(x, batch, n_head, ln1g, ln1b, wqkv, bqkv, wo, bo, ln2g,
         packed_linear_rows(hbuf, w1, b1, fbuf, fbuf, True)
         packed_linear_rows(fbuf, w2, b2, x1s, y[r0:r1], False)
     return y
+
+
+@njit(parallel=True, cache=True)
+def linear_rows_kernel(x, wp, bias, out, blk, nt):
+    """out = x @ widen(w).T + bias for many rows: row blocks over the threads, w packed (`_step.pack_blocks`)."""
+    m = x.shape[0]
+    nb = max(nt, (m + blk - 1) // blk)
+    rb = _blocks(m, nb, 1)
+    for p in prange(nb):
+        o = out[rb[p]:rb[p + 1]]
+        packed_linear_rows(x[rb[p]:rb[p + 1]], wp, bias, o, o, False)
