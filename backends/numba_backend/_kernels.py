@@ -4,11 +4,11 @@ Layout conventions: every kernel takes 2-D row-major float32 arrays ("rows" = ba
 or raw element offsets into them, so a handful of signatures serve every shape (few compilations,
 ``cache=True`` so a second process compiles nothing).
 
-GEMMs: every matrix product here (linear, conv1d taps, QK^T and PV of attention) is a call to the OpenBLAS
-``sgemm`` bundled with NumPy, made from inside the Numba kernels (see `_blas`), single-threaded per call
-while Numba's `prange` spreads the blocks over the threads.  The encoder layer is the exception: its
-products run on the decoder step's packed-weight tiles, which were measured faster than OpenBLAS at its
-shapes on this machine (`_encoder`).  For few rows (the decode step) a Numba
+GEMMs: every matrix product here (the decoder layer's linears, conv1d taps, QK^T and PV of attention) is a call
+to the OpenBLAS ``sgemm`` bundled with NumPy, made from inside the Numba kernels (see `_blas`), single-threaded per
+call while Numba's `prange` spreads the blocks over the threads.  The encoder layer and the linear op are the
+exception: their products run on the decoder step's packed-weight tiles, which were measured faster than OpenBLAS
+at their shapes on this machine (`_encoder`).  For few rows (the decode step) a Numba
 dot loop was measured against sgemm and won (see `SMALL_M`).  Weights stay (n_out, n_in) row-major and
 are used with transB=Trans (the layout np.matmul(x, W.T) hands OpenBLAS too), so a column slice W[c0:c1]
 is contiguous for the decode loop; the pre-transposed (n_in, n_out) layout was measured no better.
@@ -468,18 +468,28 @@ def gemm_wt(a, r0, r1, w, c0, c1, out, beta):
 
 
 @njit(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def exp_sum_inplace(xr, m):
+    """xr[j] = exp(xr[j] - m) in place over a 1-D contiguous row, 16 lanes (`vexp_sum16`) then the tail, flushed to 0
+    below SOFTMAX_FLUSH as the lanes are; returns their sum."""
+    n = xr.shape[0]
+    n16 = n // 16
+    tot = vexp_sum16(xr, n16, m)
+    for j in range(16 * n16, n):
+        d = xr[j] - m
+        e = exp_f32(d) if d >= SOFTMAX_FLUSH else np.float32(0.0)
+        xr[j] = e
+        tot += e
+    return tot
+
+
+@njit(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
 def softmax_row(s, length, total):
     """In place over s[:length]; s[length:total] (masked or not computed) set to 0."""
     n16 = length // 16
     m = vmax16(s, n16) if n16 > 0 else s[0]
     for j in range(16 * n16, length):
         m = max(m, s[j])
-    tot = vexp_sum16(s, n16, m)
-    for j in range(16 * n16, length):
-        d = s[j] - m
-        e = exp_f32(d) if d >= SOFTMAX_FLUSH else np.float32(0.0)
-        s[j] = e
-        tot += e
+    tot = exp_sum_inplace(s[:length], m)
     inv = np.float32(1.0) / tot
     for j in range(length):
         s[j] *= inv
@@ -669,15 +679,6 @@ def keep_alive(a):
 
 
 # ---- coarse ops ------------------------------------------------------------------------------------
-@njit(cache=True)
-def add_bias_rows(out, r0, r1, bias):
-    n = out.shape[1]
-    for i in range(r0, r1):
-        orow = out[i]
-        for j in range(n):
-            orow[j] += bias[j]
-
-
 @njit(cache=True)
 def mlp_rows(x1, r0, r1, lng, lnb, w1, b1, w2, b2, y, hbuf, fbuf):
     """y[r0:r1] = x1 + fc2(gelu(fc1(layer_norm(x1)))) for one row block, in per-thread buffers."""

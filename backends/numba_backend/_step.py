@@ -23,7 +23,7 @@ and LLVM cannot do here, and what is done instead:
   the keys, and the keys and values are each read in memory order.  The row-major keys folded 16 lanes per (row,
   key) (5 rows of one head took three times as long, `scores.py`, stop 37); the row-major values came from memory
   in one strided pass per head (`phases.py`, stop 38).
-* The attention's exp runs in 16 lanes (`vexp_sum16`); the scalar exp loop was most of a 5-row step's
+* The attention's exp runs in 16 lanes (`_kernels.exp_sum_inplace`); the scalar exp loop was most of a 5-row step's
   cross-attention (`attn_micro.py`, stop 38).
 Prompts (n_q up to ~224 rows) run the same kernel, 6 rows of x a pass over a block still in L1/L2, so no
 float32 copy of the float16 weights is kept.
@@ -36,7 +36,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._kernels import (SOFTMAX_FLUSH, _blocks, exp_f32, gelu_scalar, hmax_lanes, ln_rows, vexp_sum16, vgelu_bias16,
+from ._kernels import (_blocks, exp_f32, exp_sum_inplace, gelu_scalar, hmax_lanes, ln_rows, vgelu_bias16,
                        write_new_kv)
 
 # A decode step has few rows (one per beam or batched file), so every product is a GEMV-like pass that
@@ -622,13 +622,7 @@ def attn_part(q, qc, q0, rows, kv_k, kv_v, lim, start, j0, j1, n_head, scale, s,
             for j in range(lo, e):  # the scaled scores (1/8 for Whisper's heads of 64: exact)
                 sr[j] *= scale
             mx = vmax(sr[lo:], e - lo)
-            n16 = (e - lo) // 16
-            tot = vexp_sum16(sr[lo:], n16, mx)  # 16 lanes: the scalar exp loop was most of a 5-row step's cross-attention
-            for j in range(lo + 16 * n16, e):
-                d = sr[j] - mx
-                val = exp_f32(d) if d >= SOFTMAX_FLUSH else np.float32(0.0)  # as the vector lanes flush
-                sr[j] = val
-                tot += val
+            tot = exp_sum_inplace(sr[lo:e], mx)  # 16 lanes: the scalar exp loop was most of a 5-row step's cross-attention
             for j in range(e, nk):
                 sr[j] = np.float32(0.0)
             pm[r, h] = mx
