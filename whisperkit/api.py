@@ -16,6 +16,7 @@ from .backend import Backend
 from .contract import compute_type_name
 from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
 from .errors import ModelFileError
+from .memory import keep_freed_memory
 from .model import ModelDimensions, WhisperGraph
 from .registry import get_registry
 from .tokenizer import Tokenizer, get_tokenizer
@@ -39,6 +40,7 @@ class Whisper:
         openai-whisper; "int8" (also "int8_float32"): the linear layers' weights quantized to int8 as
         `whisperkit.contract` defines it, activations in float32."""
         self.compute_type = compute_type_name(compute_type)  # a bad name fails before anything loads
+        keep_freed_memory()  # a window's large arrays reuse the last window's pages (whisperkit.memory)
         registry = get_registry()
         # A backend chosen by name loads (its library, its compiled kernels: Backend.load) on a thread of its
         # own while the weights are read and the tokenizer built, much of which runs outside the GIL.
