@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed on 64-bit: blocks up to this size come from the heap
-TRIM_THRESHOLD = 256 << 20  # free heap top kept mapped (base's window peaks near 200 MB of arrays)
+#: free heap top kept mapped: at 32 MiB, base still faulted its encoder's and cross K/V's arrays in every window
+#: (2,600 faults a jfk transcription); at 64 MiB neither tiny nor base did (`sa3.py`, stop 39)
+TRIM_THRESHOLD = 64 << 20
 
 _state: list[str] = []  # [what the one call did], filled by the first call
 
