@@ -483,6 +483,17 @@ def exp_sum_inplace(xr, m):
 
 
 @njit(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def exp_row(s, length):
+    """s[:length] = exp(s - max) in place, unnormalised; returns 1 / their sum (the caller scales what it makes
+    of them: the encoder's P V rows, 64 values, rather than the 1500 probabilities)."""
+    n16 = length // 16
+    m = vmax16(s, n16) if n16 > 0 else s[0]
+    for j in range(16 * n16, length):
+        m = max(m, s[j])
+    return np.float32(1.0) / exp_sum_inplace(s[:length], m)
+
+
+@njit(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
 def softmax_row(s, length, total):
     """In place over s[:length]; s[length:total] (masked or not computed) set to 0."""
     n16 = length // 16
