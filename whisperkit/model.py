@@ -274,7 +274,8 @@ class TextDecoder:
         self._cross_memo = None
 
     def set_audio(self, cache: KVCache, audio_features: np.ndarray) -> None:
-        """Compute the cross-attention keys and values of every layer once per window.  One audio's are kept, with a
+        """Compute the cross-attention keys and values of every layer once per window, and the backend's layout of
+        them if it has one (the contract's decoder_step `cross_layout`).  One audio's are kept, with a
         copy of its features: decoding the very same features again (the temperature fallback's next attempt, the
         word timing pass, the first window after the language detection) takes them instead of computing them again
         (3.5 GFLOP a window on tiny, 9.4 on base)."""
@@ -289,6 +290,8 @@ class TextDecoder:
         for i, proj in enumerate(self.cross_kv):
             kv = proj(audio_features)  # (batch, n_audio_ctx, 2 * n_text_state)
             cache.cross_k[i], cache.cross_v[i] = kv[..., :n], kv[..., n:]
+        if self._cross_layout is not None:  # the window's layout with its K/V, not in its first step
+            cache.laid_out[0] = (cache.cross_k, cache.cross_v, self._cross_layout(cache.cross_k, cache.cross_v))
         if audio_features.shape[0] == 1:  # rows leaving a batch compact its cross K/V in place (KVCache.select);
             # one audio's rows never move, so its arrays stay as computed
             self._cross_memo = (np.array(audio_features, np.float32, copy=True), cache.cross_k, cache.cross_v,
