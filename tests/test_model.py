@@ -189,9 +189,11 @@ def test_cross_kv_of_the_same_audio_is_computed_once(tiny_numpy):
 def test_cross_kv_are_kept_within_a_call_not_across_calls(tiny_on):
     """set_audio keeps one audio's cross K/V: the same features decoded again within a call (the fallback's next
     attempt, word timing) take them, but each transcription computes its own, as a new file's would be (a bench
-    repeating one clip must not time the kept ones)."""
+    repeating one clip must not time the kept ones).  numba folds the K/V projection into a greedy step's
+    cross-attention (the contract's decoder_step `audio_fold`): the K/V are made only when a step needs them."""
     model = tiny_on("numba")
     decoder = model.graph.decoder
+    assert decoder._fold is not None
     calls = []
     first = decoder.cross_kv[0]
     decoder.cross_kv[0] = lambda x: calls.append(x.shape) or first(x)
@@ -199,12 +201,16 @@ def test_cross_kv_are_kept_within_a_call_not_across_calls(tiny_on):
         feats = np.random.default_rng(3).standard_normal((1, 1500, 384)).astype(np.float32)
         model.graph.forget_audio()
         a, b = model.graph.new_cache(feats), model.graph.new_cache(feats.copy())
-        assert len(calls) == 1 and a.cross_k is b.cross_k  # equal features: computed once
-        model.graph.new_cache(feats + 1)
+        assert a.cross is b.cross and not calls  # equal features: one window state, its K/V not made yet
+        assert a.cross_k is b.cross_k and len(calls) == 1  # made once, at the first use
+        model.graph.new_cache(feats + 1).cross_k
         assert len(calls) == 2
         calls.clear()
         for _ in range(2):
             model.transcribe(shared("audio", "jfk_16k.wav"), temperature=0.0)
-        assert len(calls) == 2  # jfk is one window: one computation per transcription
+        assert not calls  # greedy: every step folds, the window never makes its K/V
+        for _ in range(2):
+            model.transcribe(shared("audio", "jfk_16k.wav"), temperature=0.0, beam_size=5)
+        assert len(calls) == 2  # 5 beams read the K/V: jfk is one window, one computation per transcription
     finally:
         decoder.cross_kv[0] = first

@@ -281,6 +281,14 @@ _op(
     (the model keeps it beside its cache, `KVCache.laid_out`); the backend may then read only `cross`.  A
     backend that offers it takes ``cross=None`` (it lays the arrays out itself), and is given `cross` by no
     caller that lacks it.
+    audio (keyword): the prepared object may offer ``audio_fold(cross_kv) -> fold or None``, cross_kv holding
+    every layer's cross-attention K/V projection as (weight (2 n_state, n_audio_state), bias (2 n_state,)), the
+    keys' rows first.  A fold has ``rows`` and ``layout(audio_features) -> object``.  A caller that has one may
+    leave a window's cross K/V unmade: it calls `layout` once per window on the audio features (batch_c,
+    n_audio_ctx, n_audio_state), and gives what it returned as ``audio=``, with cross_k = cross_v = None, to a
+    step whose query rows per audio (batch // batch_c * n_q) are at most `rows`.  The backend then computes the
+    cross-attention from the features and the projections; the result is what the K/V split(linear(audio_features,
+    cross_kv)) would give, within this op's tolerance.
     """,
     coarse=True,
 )

@@ -116,15 +116,34 @@ class KVCache:
         self.dims = dims
         self.k = untouched_zeros(shape)  # each row fills only the positions it decodes
         self.v = untouched_zeros(shape)
-        self.cross_k = self.cross_v = None  # set by TextDecoder.set_audio
+        self.cross = CrossKV()  # the window's cross K/V, set by TextDecoder.set_audio
         #: [None or (cross_k, cross_v, the backend's layout of them)]: the contract's decoder_step `cross_layout`,
         #: made at the first step over these very arrays (TextDecoder.__call__); one holder shared by every cache
         #: over the same arrays (`ungrouped`, set_audio's memo), so a window's layout is made once
         self.laid_out: list = [None]
         self.group = group
+        #: the rows per audio of the decode this cache serves (`ungrouped` keeps its parent's): the contract's fold is
+        #: chosen by it, so a beam search's common prompt computes what its rows would, bit for bit
+        self.decode_group = group
         #: None, or int64 (batch,): row b's first pad[b] positions are left padding (prompts of different
         #: lengths in one batch; the contract's decoder_step `pad`).
         self.pad: np.ndarray | None = None
+
+    @property
+    def cross_k(self) -> np.ndarray | None:
+        return self.cross.get()[0]
+
+    @cross_k.setter
+    def cross_k(self, a: np.ndarray | None) -> None:
+        self.cross = CrossKV(a, self.cross.get()[1])
+
+    @property
+    def cross_v(self) -> np.ndarray | None:
+        return self.cross.get()[1]
+
+    @cross_v.setter
+    def cross_v(self, a: np.ndarray | None) -> None:
+        self.cross = CrossKV(self.cross.get()[0], a)
 
     def reorder(self, index: np.ndarray, filled: int) -> None:
         """Select/reorder the batch rows (beam search): row i becomes old row index[i].  Beams only move
@@ -142,8 +161,9 @@ class KVCache:
     def ungrouped(self) -> "KVCache":
         """A cache of one row per audio over the same cross K/V: what every row of a group computes alike (the
         prompt of beams that have not parted yet) runs there once, and `spread_from` copies it to the rows."""
-        one = KVCache(self.dims, self.cross_k.shape[1])
-        one.cross_k, one.cross_v, one.laid_out = self.cross_k, self.cross_v, self.laid_out
+        one = KVCache(self.dims, self.k.shape[1] // self.group)
+        one.cross, one.laid_out = self.cross, self.laid_out  # the same holder: K/V made for one are made for both
+        one.decode_group = self.decode_group
         one.pad = None if self.pad is None else self.pad[::self.group]
         return one
 
@@ -166,6 +186,24 @@ class KVCache:
         self.cross_k, self.cross_v = compact_rows(self.cross_k, rows), compact_rows(self.cross_v, rows)
         if self.pad is not None:
             self.pad = self.pad[rows]
+
+
+class CrossKV:
+    """A window's cross-attention keys and values, (n_layer, batch_c, n_audio_ctx, n_text_state) each, shared by the
+    caches over the window (`KVCache.ungrouped`, set_audio's memo).  They may be made at their first use (`make`):
+    a backend that folds the K/V projection into its steps' cross-attention (the contract's decoder_step `audio`)
+    takes `folded` instead, and a greedy window then never makes them (3.5 GFLOP a window on tiny)."""
+
+    __slots__ = ("k", "v", "make", "folded")
+
+    def __init__(self, k=None, v=None, make: Callable | None = None, folded=None):
+        self.k, self.v, self.make, self.folded = k, v, make, folded
+
+    def get(self) -> tuple:
+        if self.k is None and self.make is not None:
+            self.k, self.v = self.make()
+            self.make = None
+        return self.k, self.v
 
 
 def untouched_zeros(shape: tuple[int, ...]) -> np.ndarray:
@@ -222,6 +260,12 @@ class TextDecoder:
         self._embedding_rows = getattr(self.step.w, "embedding_rows", None)
         # a backend that wants the window's cross K/V in a layout of its own makes it once per window (the contract)
         self._cross_layout = getattr(self.step.w, "cross_layout", None)
+        # a backend that computes few rows' cross-attention from the audio features, given the K/V projections
+        # (the contract's decoder_step `audio_fold`): their windows make the K/V only for a step of more rows
+        fold = getattr(self.step.w, "audio_fold", None)
+        self._fold = fold([(kv["weight"], kv["bias"]) for kv in
+                           (layout.module_weights(t, DECODER, "cross_attn.kv", i) for i in range(dims.n_text_layer))]) \
+            if fold is not None else None
         if self._embedding_rows is not None:
             self.token_embedding = None
             if consume:
@@ -281,21 +325,29 @@ class TextDecoder:
         (3.5 GFLOP a window on tiny, 9.4 on base)."""
         memo = self._cross_memo  # one read: another thread may replace it
         if memo is not None and memo[0].shape == audio_features.shape and np.array_equal(memo[0], audio_features):
-            cache.cross_k, cache.cross_v, cache.laid_out = memo[1], memo[2], memo[3]
+            cache.cross, cache.laid_out = memo[1], memo[2]
             return
         self._cross_memo = None  # the last window's go before this one's are made
-        n_layer, n = len(self.cross_kv), self.dims.n_text_state
-        shape = (n_layer, audio_features.shape[0], audio_features.shape[1], n)
-        cache.cross_k, cache.cross_v = np.empty(shape, np.float32), np.empty(shape, np.float32)
-        for i, proj in enumerate(self.cross_kv):
-            kv = proj(audio_features)  # (batch, n_audio_ctx, 2 * n_text_state)
-            cache.cross_k[i], cache.cross_v[i] = kv[..., :n], kv[..., n:]
-        if self._cross_layout is not None:  # the window's layout with its K/V, not in its first step
-            cache.laid_out[0] = (cache.cross_k, cache.cross_v, self._cross_layout(cache.cross_k, cache.cross_v))
+        features = np.array(audio_features, np.float32, copy=True)  # kept: the K/V may be made later
+        if self._fold is not None:  # the K/V when a step first needs them; the features' layout now
+            cache.cross = CrossKV(make=lambda: self._project(features, cache.laid_out), folded=self._fold.layout(features))
+        else:
+            cache.cross = CrossKV(*self._project(features, cache.laid_out))
         if audio_features.shape[0] == 1:  # rows leaving a batch compact its cross K/V in place (KVCache.select);
             # one audio's rows never move, so its arrays stay as computed
-            self._cross_memo = (np.array(audio_features, np.float32, copy=True), cache.cross_k, cache.cross_v,
-                                cache.laid_out)
+            self._cross_memo = (features, cache.cross, cache.laid_out)
+
+    def _project(self, features: np.ndarray, laid_out: list) -> tuple[np.ndarray, np.ndarray]:
+        """The window's cross K/V, and the backend's layout of them into `laid_out` (the window's, not its first step's)."""
+        n_layer, n = len(self.cross_kv), self.dims.n_text_state
+        shape = (n_layer, features.shape[0], features.shape[1], n)
+        k, v = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        for i, proj in enumerate(self.cross_kv):
+            kv = proj(features)  # (batch, n_audio_ctx, 2 * n_text_state)
+            k[i], v[i] = kv[..., :n], kv[..., n:]
+        if self._cross_layout is not None:
+            laid_out[0] = (k, v, self._cross_layout(k, v))
+        return k, v
 
     def __call__(self, tokens: np.ndarray, cache: KVCache, offset: int, logit_positions=None) -> np.ndarray:
         """tokens: (batch, n_q) at positions offset..offset+n_q-1.  Returns logits (batch, len(positions), n_vocab)
@@ -311,6 +363,9 @@ class TextDecoder:
             at = np.where(at >= pad[:, None], at - pad[:, None], at)  # a row's real tokens count from its pad: (batch, n_q)
             more = {"pad": pad}
         x = self.embed(tokens, at)  # (batch, n_q, n_text_state)
+        folded = cache.cross.folded
+        if folded is not None and cache.decode_group * n_q <= self._fold.rows:  # an audio's query rows: few
+            return self.step(x, cache.k, cache.v, None, None, offset, positions, audio=folded, **more)  # decoder_step
         if self._cross_layout is not None:
             laid = cache.laid_out[0]  # identity, not equality: KVCache replaces its cross arrays, never rewrites them
             if laid is None or laid[0] is not cache.cross_k or laid[1] is not cache.cross_v:

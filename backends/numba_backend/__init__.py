@@ -125,7 +125,8 @@ def _hot_signatures():
         (K.layer_norm_kernel, (f[2], f[1], f[1], f[2], i)),
         (E.linear_rows_kernel, (f[2], f[3], f[1], f[2], i, i)),
         (S.decoder_step_kernel, (f[2], i, i, f[4], f[4], f[4], f[4], i, t.Array(t.int64, 1, "C")) + layer
-         + (f[1], f[1], h[3], t.Array(t.int64, 1, "C"), f[2], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))),
+         + (f[1], f[1], h[3], t.Array(t.int64, 1, "C"), f[2], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))
+         + (f[4], f[4], t.Array(t.uint16, 5, "C"), h[4], f[2])),
         (S.pack_cross, (f[4], f[4], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))),
     ]
 
@@ -342,6 +343,44 @@ class _ThreadChoice:
         # down at once (a first call pays one-off costs), up gradually and by at most a quarter a step: one step
         # the machine stole (19 ms among 3 ms ones) made one thread look better and ran 18 steps on it
         self.time[nt] = dt if t is None or dt < t else 0.75 * t + 0.25 * min(dt, 2 * t)
+
+
+_NO_CROSS = np.empty((0,) * 6, _F32)  # decoder_step_kernel's cross_kp, cross_vp when it folds
+#: decoder_step_kernel's fold arrays when it reads the cross K/V
+_NO_FOLD = (np.empty((0,) * 4, _F32), np.empty((0,) * 4, _F32), np.empty((0,) * 5, np.uint16),
+            np.empty((0,) * 4, np.uint16), np.empty((0, 0), _F32))
+#: the most query rows per audio (rows x new tokens) whose step folds the cross K/V projection into its
+#: cross-attention (`_step.fold_attn`): a greedy step, a multilingual prompt (3 tokens).  Its products grow with the
+#: rows (27.6 M multiply-adds a row on tiny) where the K/V's read does not: 5 beams read the K/V
+FOLD_ROWS = 4
+
+
+def _audio_fold(cross_kv, n_head):
+    """The contract's decoder_step `audio_fold`: given every layer's cross K/V projection (weight (2 n, n_a), bias),
+    W_k^T per head and W_v packed as float16 bits, b_v float32; None when a weight is not exactly float16 (the
+    kernel takes float16 bits only) or the audio width is not a multiple of the packing block."""
+    pack = _step_kernels().pack_blocks
+    wkt, wvp, bv = [], [], []
+    for weight, bias in cross_kv:
+        half = exact_float16(weight)
+        n = half.shape[0] // 2 if half is not None else 0
+        if half is None or half.shape[1] % _step_kernels().PACK_BLOCK or n != n_head * _step_kernels().PACK_BLOCK:
+            return None  # fold_attn reads W_v by heads of one packing block
+        bits = half.view(np.uint16)
+        dh = n // n_head
+        wkt.append(np.stack([pack(np.ascontiguousarray(bits[h * dh:(h + 1) * dh].T)) for h in range(n_head)]))
+        wvp.append(pack(np.ascontiguousarray(bits[n:])))
+        bv.append(f32c(np.asarray(bias)[n:]))
+    folded = (np.stack(wkt), np.stack(wvp), np.stack(bv))
+
+    def layout(audio_features):
+        """(batch_c, n_audio, n_a) -> the features packed as a weight of n_audio outputs and transposed, per audio,
+        then the folded weights: what decoder_step takes as `audio`."""
+        x = f32c(audio_features)
+        return (np.stack([pack(x[b]) for b in range(x.shape[0])]),
+                np.stack([pack(np.ascontiguousarray(x[b].T)) for b in range(x.shape[0])])) + folded
+
+    return SimpleNamespace(rows=FOLD_ROWS, layout=layout)
 
 
 class NumbaBackend(AttentionPair, Backend):
@@ -644,6 +683,7 @@ class NumbaBackend(AttentionPair, Backend):
         arrays = _step_arrays(g, linear)
         n_head = g.layers[0].n_head
         return SimpleNamespace(n_layer=len(g.layers), n_head=n_head, arrays=arrays,
+                               audio_fold=lambda cross_kv: _audio_fold(cross_kv, n_head),
                                n_vocab=logits_weight.shape[0], embedding_rows=_embedding_rows(arrays[-1], logits_weight.shape[0]),
                                threads={},  # batch rows -> _ThreadChoice of the one-token steps
                                # the contract's cross_layout: the window's keys and values by block and head (`_step.pack_cross`)
@@ -666,7 +706,8 @@ class NumbaBackend(AttentionPair, Backend):
                                n_vocab=logits_weight.shape[0], embedding_rows=_embedding_rows(arrays[-1], logits_weight.shape[0]),
                                threads={})
 
-    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None, cross=None):
+    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None, cross=None,
+                     audio=None):
         x = np.asarray(x)
         b, n_q, n = x.shape
         offset, pos = check_step(k_cache, v_cache, w.n_layer, offset, n_q, positions)
@@ -677,7 +718,11 @@ class NumbaBackend(AttentionPair, Backend):
         direct = (kc.dtype == _F32 and vc.dtype == _F32 and kc.flags.c_contiguous and vc.flags.c_contiguous)
         if not direct:  # write through contiguous copies, then back into the caller's caches
             kc, vc = f32c(k_cache), f32c(v_cache)
-        ck, cv = f32c(cross_k), f32c(cross_v)
+        if audio is not None:  # the contract's `audio`: the cross-attention from the features (`_step.fold_attn`)
+            xp, xtp = audio[:2]  # and the folded weights (`_audio_fold`)
+            ck = cv = np.empty((w.n_layer, xp.shape[0], xtp.shape[2], 0), _F32)  # their shapes only
+        else:
+            ck, cv = f32c(cross_k), f32c(cross_v)
         logits = np.empty((len(pos_rows), w.n_vocab), _F32)
         nt = _nt()
         tuner = w.threads.get(b) if n_q == 1 else None
@@ -690,9 +735,14 @@ class NumbaBackend(AttentionPair, Backend):
             _int8_kernels().decoder_step_int8_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, pad, *w.arrays, pos_rows,
                                                      logits, nt)
         else:  # the keys and values by block and head: laid out once per window by the caller (`cross`), else here
-            kp, vp = cross if cross is not None else w.cross_layout(ck, cv)
+            if audio is not None:
+                kp = vp = _NO_CROSS
+                fold = audio
+            else:
+                kp, vp = cross if cross is not None else w.cross_layout(ck, cv)
+                fold = _NO_FOLD
             _step_kernels().decoder_step_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, pad, *w.arrays, pos_rows,
-                                                logits, nt, kp, vp)
+                                                logits, nt, kp, vp, *fold)
         if tuner is not None:
             tuner.record(nt, time.perf_counter() - t0)
         if not direct:

@@ -36,7 +36,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._kernels import (_blocks, exp_f32, exp_sum_inplace, gelu_scalar, hmax_lanes, ln_rows, vgelu_bias16,
+from ._kernels import (_blocks, exp_f32, exp_row, exp_sum_inplace, gelu_scalar, hmax_lanes, ln_rows, vgelu_bias16,
                        write_new_kv)
 
 # A decode step has few rows (one per beam or batched file), so every product is a GEMV-like pass that
@@ -758,6 +758,52 @@ def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, out, nt, kp, vp
         attn_merge(po, pm, pl, g, g * rows, rows, n_head, out)
 
 
+@njit(parallel=True, cache=True)
+def fold_attn(q, r0, rows, wkt, xp, xtp, wvp, bv, n_audio, out, nt):
+    """The cross-attention of the query rows r0:r0+rows of one audio, from its features instead of its keys and values
+    (`audio_layout`): per head, q'_h = W_k[h]^T q_h (the key bias adds a constant to every score of a row, which the
+    softmax drops), scores = q'_h . x_j, y_h = sum over j of p_j x_j, out_h = W_v[h] y_h + b_v[h] (the p sum to 1).
+    wkt: (n_head, n_a / 64, d_head, 64), W_k[h]^T packed (`pack_blocks`); xp: (key blocks, n_a, 64), the features
+    packed as a weight of n_audio outputs; xtp: (n_a / 64, n_audio, 64), their transpose packed; wvp: W_v packed;
+    bv: b_v.  Five parallel phases: q' by head, the scores by key block, the softmax by row, y by block of features,
+    the output by head; the rows of every head go through each tile together."""
+    n_head = wkt.shape[0]
+    n = q.shape[1]
+    dh = n // n_head
+    na = xp.shape[1]
+    hr = n_head * rows
+    scale = np.float32(1.0 / np.sqrt(np.float64(dh)))
+    qp = np.empty((hr, na), np.float32)
+    s = np.empty((hr, xp.shape[0] * xp.shape[2]), np.float32)
+    y = np.empty((hr, na), np.float32)
+    inv = np.empty(hr, np.float32)
+    for t in prange(nt):
+        for h in range(t, n_head, nt):
+            gemvt_range(q[r0:r0 + rows, h * dh:(h + 1) * dh], wkt[h], 0, wkt.shape[1], qp[h * rows:(h + 1) * rows])
+            for i in range(h * rows, (h + 1) * rows):
+                for j in range(na):
+                    qp[i, j] *= scale
+    kb = _blocks(xp.shape[0], nt, 1)
+    for t in prange(nt):
+        gemvt_range(qp, xp, kb[t], kb[t + 1], s)
+    rb = _blocks(hr, nt, 1)
+    for t in prange(nt):
+        for i in range(rb[t], rb[t + 1]):
+            inv[i] = exp_row(s[i], n_audio)
+    yb = _blocks(xtp.shape[0], nt, 1)
+    for t in prange(nt):
+        gemvt_range(s[:, :n_audio], xtp, yb[t], yb[t + 1], y)
+    for t in prange(nt):
+        for h in range(t, n_head, nt):
+            for i in range(h * rows, (h + 1) * rows):
+                for j in range(na):
+                    y[i, j] *= inv[i]
+            _gemvt_rows(y[h * rows:(h + 1) * rows], wvp, h, out[r0:r0 + rows], h * dh)
+            for r in range(rows):
+                for d in range(dh):
+                    out[r0 + r, h * dh + d] += bv[h * dh + d]
+
+
 @njit(cache=True)
 def step_limits(batch, n_q, offset, pad, batch_c, g_rows, n_audio):
     """The keys each query row of a step sees, as attn_groups takes them: self-attention (batch, n_q) limits and
@@ -774,13 +820,15 @@ def step_limits(batch, n_q, offset, pad, batch_c, g_rows, n_audio):
 @njit(cache=True)
 def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset, pad, ln1g, ln1b, wqkv, bqkv, wo, bo,
                         lncg, lncb, wcq, bcq, wco, bco, ln2g, ln2b, w1, b1, w2, b2, lnfg, lnfb, wlog, pos_rows,
-                        logits, nt, cross_kp, cross_vp):
+                        logits, nt, cross_kp, cross_vp, fold_xp, fold_xtp, fold_wkt, fold_wvp, fold_bv):
     """One decoding step (a few rows, or a prompt).  x: (batch * n_q, n) embedded tokens; caches
     (n_layer, batch, n_ctx, n) written in place at offset; pad (batch,): the contract's left padding per row;
     cross K/V (n_layer, batch_c, n_audio, n);
     per-layer weights stacked on a leading layer axis (matrices float16-as-uint16 or float32); wlog: the logits
     weight packed by `pack_blocks`; logits (len(pos_rows), n_vocab) of the rows pos_rows of the last layer's output;
-    cross_kp, cross_vp: cross_k and cross_v packed by block and head (`pack_cross`), which the cross-attention reads."""
+    cross_kp, cross_vp: cross_k and cross_v packed by block and head (`pack_cross`), which the cross-attention reads.
+    fold_*: the contract's `audio` (`fold_attn`'s arrays, the features' with a leading audio axis): when fold_xp has
+    rows, the cross-attention comes from the audio features and cross_k, cross_v give only their shapes."""
     m, n = x.shape
     n_layer = wqkv.shape[0]
     batch = m // n_q
@@ -805,7 +853,13 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
         gemvt(a, wo[li], bo[li], xa, x1, False, nt)
         ln_rows(x1, 0, m, lncg[li], lncb[li], h, 0)
         gemvt(h, wcq[li], bcq[li], a, a, False, nt)
-        attn_groups(a, 0, cross_k[li], cross_v[li], n_audio, cross_lims, cross_starts, n_head, h, nt, cross_kp[li], cross_vp[li])
+        if fold_xp.shape[0] > 0:
+            for g in range(batch_c):
+                fold_attn(a, g * g_rows, g_rows, fold_wkt[li], fold_xp[g], fold_xtp[g], fold_wvp[li], fold_bv[li], n_audio,
+                          h, nt)
+        else:
+            attn_groups(a, 0, cross_k[li], cross_v[li], n_audio, cross_lims, cross_starts, n_head, h, nt, cross_kp[li],
+                        cross_vp[li])
         gemvt(h, wco[li], bco[li], x1, x2, False, nt)
         ln_rows(x2, 0, m, ln2g[li], ln2b[li], h, 0)
         gemvt(h, w1[li], b1[li], f, f, True, nt)
