@@ -194,16 +194,28 @@ class CrossKV:
     a backend that folds the K/V projection into its steps' cross-attention (the contract's decoder_step `audio`)
     takes `folded` instead, and a greedy window then never makes them (3.5 GFLOP a window on tiny)."""
 
-    __slots__ = ("k", "v", "make", "folded")
+    __slots__ = ("k", "v", "make", "_folded", "make_folded")
 
-    def __init__(self, k=None, v=None, make: Callable | None = None, folded=None):
-        self.k, self.v, self.make, self.folded = k, v, make, folded
+    def __init__(self, k=None, v=None, make: Callable | None = None, make_folded: Callable | None = None):
+        self.k, self.v, self.make, self._folded, self.make_folded = k, v, make, None, make_folded
 
     def get(self) -> tuple:
         if self.k is None and self.make is not None:
             self.k, self.v = self.make()
             self.make = None
         return self.k, self.v
+
+    @property
+    def foldable(self) -> bool:
+        return self._folded is not None or self.make_folded is not None
+
+    def folded(self):
+        """The backend's layout of the features (the contract's `audio`), made at the first folded step: a beam
+        search's window never makes it."""
+        if self._folded is None and self.make_folded is not None:
+            self._folded = self.make_folded()
+            self.make_folded = None
+        return self._folded
 
 
 def untouched_zeros(shape: tuple[int, ...]) -> np.ndarray:
@@ -330,7 +342,8 @@ class TextDecoder:
         self._cross_memo = None  # the last window's go before this one's are made
         features = np.array(audio_features, np.float32, copy=True)  # kept: the K/V may be made later
         if self._fold is not None:  # the K/V when a step first needs them; the features' layout now
-            cache.cross = CrossKV(make=lambda: self._project(features, cache.laid_out), folded=self._fold.layout(features))
+            laid_out, layout = cache.laid_out, self._fold.layout
+            cache.cross = CrossKV(make=lambda: self._project(features, laid_out), make_folded=lambda: layout(features))
         else:
             cache.cross = CrossKV(*self._project(features, cache.laid_out))
         if audio_features.shape[0] == 1:  # rows leaving a batch compact its cross K/V in place (KVCache.select);
@@ -363,9 +376,8 @@ class TextDecoder:
             at = np.where(at >= pad[:, None], at - pad[:, None], at)  # a row's real tokens count from its pad: (batch, n_q)
             more = {"pad": pad}
         x = self.embed(tokens, at)  # (batch, n_q, n_text_state)
-        folded = cache.cross.folded
-        if folded is not None and cache.decode_group * n_q <= self._fold.rows:  # an audio's query rows: few
-            return self.step(x, cache.k, cache.v, None, None, offset, positions, audio=folded, **more)  # decoder_step
+        if cache.cross.foldable and cache.decode_group * n_q <= self._fold.rows:  # an audio's query rows: few
+            return self.step(x, cache.k, cache.v, None, None, offset, positions, audio=cache.cross.folded(), **more)
         if self._cross_layout is not None:
             laid = cache.laid_out[0]  # identity, not equality: KVCache replaces its cross arrays, never rewrites them
             if laid is None or laid[0] is not cache.cross_k or laid[1] is not cache.cross_v:
