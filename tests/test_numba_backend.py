@@ -139,6 +139,27 @@ def test_decoder_step_folds_the_cross_projection(case_id):
         assert (np.abs(got - ref) <= rtol * scale).all(), float((np.abs(got - ref) / np.maximum(scale, 1e-30)).max())
 
 
+def test_folded_step_bits_do_not_depend_on_threads():
+    """The one-row steps switch between one thread and all (`_ThreadChoice`): the folded cross-attention splits its
+    keys in FOLD_PARTS parts whatever the thread count, so both give the same bits."""
+    w, (x, k, v, ck, cv, offset, positions), feats, kv = _projected("decoder_step/tiny_1_off3_fp16_weights", 5)
+    from whisperkit.backends.numba_backend import _NO_CROSS
+    from whisperkit.backends.numba_backend import _step as kernels
+    audio = w.audio_fold(kv).layout(feats)
+    shapes = np.empty(ck.shape[:3] + (0,), np.float32)
+    results = []
+    for nt in (1, 2):
+        kc, vc = k.copy(), v.copy()
+        logits = np.empty((x.shape[0], w.n_vocab), np.float32)
+        rows = np.arange(x.shape[0], dtype=np.int64) * x.shape[1] + x.shape[1] - 1
+        kernels.decoder_step_kernel(np.ascontiguousarray(x.reshape(-1, x.shape[-1])), x.shape[1], w.n_head, kc, vc,
+                                    shapes, shapes, offset, np.zeros(x.shape[0], np.int64), *w.arrays, rows, logits, nt,
+                                    _NO_CROSS, _NO_CROSS, *audio)
+        results.append((logits, kc, vc))
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+
+
 def test_decoder_step_folds_only_float16_projections():
     w, _, _, kv = _projected("decoder_step/tiny_1_off3", 4)
     assert w.audio_fold([(wt + np.float32(1e-4), b) for wt, b in kv]) is None  # not float16 values: no fold

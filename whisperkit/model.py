@@ -344,6 +344,8 @@ class TextDecoder:
         if self._fold is not None:  # the K/V when a step first needs them; the features' layout now
             laid_out, layout = cache.laid_out, self._fold.layout
             cache.cross = CrossKV(make=lambda: self._project(features, laid_out), make_folded=lambda: layout(features))
+            if cache.decode_group <= self._fold.rows:  # its steps will fold: the layout with the window, not in a step
+                cache.cross.folded()
         else:
             cache.cross = CrossKV(*self._project(features, cache.laid_out))
         if audio_features.shape[0] == 1:  # rows leaving a batch compact its cross K/V in place (KVCache.select);

@@ -758,6 +758,11 @@ def attn_groups(q, qc, kv_k, kv_v, n_keys, lims, starts, n_head, out, nt, kp, vp
         attn_merge(po, pm, pl, g, g * rows, rows, n_head, out)
 
 
+#: the parts a folded cross-attention splits its keys into (`fold_attn`): fixed, so the bits do not depend on the
+#: thread count (the one-row steps switch between one thread and all, `_ThreadChoice`)
+FOLD_PARTS = 2
+
+
 @njit(parallel=True, cache=True)
 def fold_attn(q, r0, rows, wkt, xp, xtp, wvp, bv, n_audio, out, nt):
     """The cross-attention of the query rows r0:r0+rows of one audio, from its features instead of its keys and values
@@ -765,40 +770,58 @@ def fold_attn(q, r0, rows, wkt, xp, xtp, wvp, bv, n_audio, out, nt):
     softmax drops), scores = q'_h . x_j, y_h = sum over j of p_j x_j, out_h = W_v[h] y_h + b_v[h] (the p sum to 1).
     wkt: (n_head, n_a / 64, d_head, 64), W_k[h]^T packed (`pack_blocks`); xp: (key blocks, n_a, 64), the features
     packed as a weight of n_audio outputs; xtp: (n_a / 64, n_audio, 64), their transpose packed; wvp: W_v packed;
-    bv: b_v.  Five parallel phases: q' by head, the scores by key block, the softmax by row, y by block of features,
-    the output by head; the rows of every head go through each tile together."""
+    bv: b_v.  Two parallel phases, as few barriers as the K/V path's: FOLD_PARTS parts of the keys, each with its
+    own q' (a few hundred KB of W_k, read again rather than waited for), scores, unnormalised softmax and partial y;
+    then the parts merged and the output projected, by head.  The rows of every head go through each tile together."""
     n_head = wkt.shape[0]
     n = q.shape[1]
     dh = n // n_head
     na = xp.shape[1]
+    p = xp.shape[2]
     hr = n_head * rows
     scale = np.float32(1.0 / np.sqrt(np.float64(dh)))
-    qp = np.empty((hr, na), np.float32)
-    s = np.empty((hr, xp.shape[0] * xp.shape[2]), np.float32)
-    y = np.empty((hr, na), np.float32)
-    inv = np.empty(hr, np.float32)
-    for t in prange(nt):
-        for h in range(t, n_head, nt):
+    parts = min(FOLD_PARTS, xp.shape[0])
+    kb = _blocks(xp.shape[0], parts, 1)
+    ys = np.empty((parts, hr, na), np.float32)
+    ms = np.empty((parts, hr), np.float32)
+    ls = np.empty((parts, hr), np.float32)
+    for t in prange(parts):
+        qp = np.empty((hr, na), np.float32)
+        for h in range(n_head):
             gemvt_range(q[r0:r0 + rows, h * dh:(h + 1) * dh], wkt[h], 0, wkt.shape[1], qp[h * rows:(h + 1) * rows])
-            for i in range(h * rows, (h + 1) * rows):
-                for j in range(na):
-                    qp[i, j] *= scale
-    kb = _blocks(xp.shape[0], nt, 1)
-    for t in prange(nt):
-        gemvt_range(qp, xp, kb[t], kb[t + 1], s)
-    rb = _blocks(hr, nt, 1)
-    for t in prange(nt):
-        for i in range(rb[t], rb[t + 1]):
-            inv[i] = exp_row(s[i], n_audio)
-    yb = _blocks(xtp.shape[0], nt, 1)
-    for t in prange(nt):
-        gemvt_range(s[:, :n_audio], xtp, yb[t], yb[t + 1], y)
+        for i in range(hr):
+            for j in range(na):
+                qp[i, j] *= scale
+        k0 = kb[t] * p
+        k1 = min(n_audio, kb[t + 1] * p)
+        s = np.empty((hr, (kb[t + 1] - kb[t]) * p), np.float32)
+        gemvt_range(qp, xp[kb[t]:kb[t + 1]], 0, kb[t + 1] - kb[t], s)
+        for i in range(hr):
+            si = s[i, :k1 - k0]
+            m = si[0]
+            for j in range(1, k1 - k0):
+                m = max(m, si[j])
+            ms[t, i] = m
+            ls[t, i] = exp_sum_inplace(si, m)
+        gemvt_range(s[:, :k1 - k0], xtp[:, k0:k1], 0, xtp.shape[0], ys[t])
     for t in prange(nt):
         for h in range(t, n_head, nt):
-            for i in range(h * rows, (h + 1) * rows):
+            y = np.empty((rows, na), np.float32)
+            for r in range(rows):
+                i = h * rows + r
+                top = ms[0, i]
+                for u in range(1, parts):
+                    top = max(top, ms[u, i])
+                tot = np.float32(0.0)
+                for u in range(parts):
+                    tot += np.float32(np.exp(ms[u, i] - top)) * ls[u, i]
                 for j in range(na):
-                    y[i, j] *= inv[i]
-            _gemvt_rows(y[h * rows:(h + 1) * rows], wvp, h, out[r0:r0 + rows], h * dh)
+                    y[r, j] = np.float32(0.0)
+                for u in range(parts):
+                    wgt = np.float32(np.exp(ms[u, i] - top)) / tot
+                    for j in range(na):
+                        y[r, j] += wgt * ys[u, i, j]
+            _gemvt_rows(y, wvp, h, out[r0:r0 + rows], h * dh)
             for r in range(rows):
                 for d in range(dh):
                     out[r0 + r, h * dh + d] += bv[h * dh + d]
