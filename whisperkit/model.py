@@ -338,19 +338,28 @@ class TextDecoder:
         memo = self._cross_memo  # one read: another thread may replace it
         if memo is not None and memo[0].shape == audio_features.shape and np.array_equal(memo[0], audio_features):
             cache.cross, cache.laid_out = memo[1], memo[2]
+            self._ready(cache)
             return
         self._cross_memo = None  # the last window's go before this one's are made
         features = np.array(audio_features, np.float32, copy=True)  # kept: the K/V may be made later
         if self._fold is not None:  # the K/V when a step first needs them; the features' layout now
             laid_out, layout = cache.laid_out, self._fold.layout
             cache.cross = CrossKV(make=lambda: self._project(features, laid_out), make_folded=lambda: layout(features))
-            if cache.decode_group <= self._fold.rows:  # its steps will fold: the layout with the window, not in a step
-                cache.cross.folded()
+            self._ready(cache)
         else:
             cache.cross = CrossKV(*self._project(features, cache.laid_out))
         if audio_features.shape[0] == 1:  # rows leaving a batch compact its cross K/V in place (KVCache.select);
             # one audio's rows never move, so its arrays stay as computed
             self._cross_memo = (features, cache.cross, cache.laid_out)
+
+    def _ready(self, cache: KVCache) -> None:
+        """What the cache's steps will read, made with the window rather than in a step: the features' layout when its
+        steps fold (few rows per audio), else the K/V (beams); what a later step needs besides is made then."""
+        if self._fold is not None:
+            if cache.decode_group <= self._fold.rows:
+                cache.cross.folded()
+            else:
+                cache.cross.get()
 
     def _project(self, features: np.ndarray, laid_out: list) -> tuple[np.ndarray, np.ndarray]:
         """The window's cross K/V, and the backend's layout of them into `laid_out` (the window's, not its first step's)."""
