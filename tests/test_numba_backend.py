@@ -87,21 +87,25 @@ def test_decoder_step_stores_float16_only_when_exact(case_id, half):
     assert all(a.dtype == (np.uint16 if half else np.float32) for a in mats)
 
 
-def test_decoder_step_bits_do_not_depend_on_threads():
-    w, args = _step("decoder_step/tiny_beam5_shared_cross_1_off20")
+def _same_bits_at_one_thread_and_two(w, x, k, v, ck, cv, offset, cross):
+    """decoder_step_kernel at nt = 1 and 2 (the one-row steps switch between them, `_ThreadChoice`): the same logits
+    and cache rows, bit for bit.  cross: (cross_kp, cross_vp) then the fold's five arrays."""
     from whisperkit.backends.numba_backend import _step as kernels
-    x, k, v, ck, cv, offset, positions = args
     results = []
     for nt in (1, 2):
         kc, vc = k.copy(), v.copy()
         logits = np.empty((x.shape[0], w.n_vocab), np.float32)
         rows = np.arange(x.shape[0], dtype=np.int64) * x.shape[1] + x.shape[1] - 1
         kernels.decoder_step_kernel(np.ascontiguousarray(x.reshape(-1, x.shape[-1])), x.shape[1], w.n_head, kc, vc,
-                                    ck, cv, offset, np.zeros(x.shape[0], np.int64), *w.arrays, rows, logits, nt,
-                                    *w.cross_layout(ck, cv), *NB_FOLDLESS)
+                                    ck, cv, offset, np.zeros(x.shape[0], np.int64), *w.arrays, rows, logits, nt, *cross)
         results.append((logits, kc, vc))
     for a, b in zip(*results):
         assert np.array_equal(a, b)
+
+
+def test_decoder_step_bits_do_not_depend_on_threads():
+    w, (x, k, v, ck, cv, offset, positions) = _step("decoder_step/tiny_beam5_shared_cross_1_off20")
+    _same_bits_at_one_thread_and_two(w, x, k, v, ck, cv, offset, w.cross_layout(ck, cv) + NB_FOLDLESS)
 
 
 def _projected(case_id, seed):
@@ -140,24 +144,12 @@ def test_decoder_step_folds_the_cross_projection(case_id):
 
 
 def test_folded_step_bits_do_not_depend_on_threads():
-    """The one-row steps switch between one thread and all (`_ThreadChoice`): the folded cross-attention splits its
-    keys in FOLD_PARTS parts whatever the thread count, so both give the same bits."""
+    """The folded cross-attention splits its keys in FOLD_PARTS parts whatever the thread count."""
     w, (x, k, v, ck, cv, offset, positions), feats, kv = _projected("decoder_step/tiny_1_off3_fp16_weights", 5)
     from whisperkit.backends.numba_backend import _NO_CROSS
-    from whisperkit.backends.numba_backend import _step as kernels
-    audio = w.audio_fold(kv).layout(feats)
     shapes = np.empty(ck.shape[:3] + (0,), np.float32)
-    results = []
-    for nt in (1, 2):
-        kc, vc = k.copy(), v.copy()
-        logits = np.empty((x.shape[0], w.n_vocab), np.float32)
-        rows = np.arange(x.shape[0], dtype=np.int64) * x.shape[1] + x.shape[1] - 1
-        kernels.decoder_step_kernel(np.ascontiguousarray(x.reshape(-1, x.shape[-1])), x.shape[1], w.n_head, kc, vc,
-                                    shapes, shapes, offset, np.zeros(x.shape[0], np.int64), *w.arrays, rows, logits, nt,
-                                    _NO_CROSS, _NO_CROSS, *audio)
-        results.append((logits, kc, vc))
-    for a, b in zip(*results):
-        assert np.array_equal(a, b)
+    _same_bits_at_one_thread_and_two(w, x, k, v, shapes, shapes, offset,
+                                     (_NO_CROSS, _NO_CROSS) + w.audio_fold(kv).layout(feats))
 
 
 def test_decoder_step_folds_only_float16_projections():
