@@ -118,8 +118,8 @@ class KVCache:
         self.v = untouched_zeros(shape)
         self.cross = CrossKV()  # the window's cross K/V, set by TextDecoder.set_audio
         #: [None or (cross_k, cross_v, the backend's layout of them)]: the contract's decoder_step `cross_layout`,
-        #: made at the first step over these very arrays (TextDecoder.__call__); one holder shared by every cache
-        #: over the same arrays (`ungrouped`, set_audio's memo), so a window's layout is made once
+        #: made with the K/V (TextDecoder._project), or at the first step over new arrays (`select`); one holder
+        #: shared by every cache over the same arrays (`ungrouped`, set_audio's memo), so a window's layout is made once
         self.laid_out: list = [None]
         self.group = group
         #: the rows per audio of the decode this cache serves (`ungrouped` keeps its parent's): the contract's fold is
