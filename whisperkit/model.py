@@ -341,16 +341,18 @@ class TextDecoder:
             self._ready(cache)
             return
         self._cross_memo = None  # the last window's go before this one's are made
-        features = np.array(audio_features, np.float32, copy=True)  # kept: the K/V may be made later
-        if self._fold is not None:  # the K/V when a step first needs them; the features' layout now
+        if self._fold is not None:  # the K/V when a step first needs them, from a copy kept for then
+            features = np.array(audio_features, np.float32, copy=True)
             laid_out, layout = cache.laid_out, self._fold.layout
             cache.cross = CrossKV(make=lambda: self._project(features, laid_out), make_folded=lambda: layout(features))
             self._ready(cache)
         else:
-            cache.cross = CrossKV(*self._project(features, cache.laid_out))
+            features = None
+            cache.cross = CrossKV(*self._project(audio_features, cache.laid_out))
         if audio_features.shape[0] == 1:  # rows leaving a batch compact its cross K/V in place (KVCache.select);
             # one audio's rows never move, so its arrays stay as computed
-            self._cross_memo = (features, cache.cross, cache.laid_out)
+            kept = features if features is not None else np.array(audio_features, np.float32, copy=True)
+            self._cross_memo = (kept, cache.cross, cache.laid_out)
 
     def _ready(self, cache: KVCache) -> None:
         """What the cache's steps will read, made with the window rather than in a step: the features' layout when its

@@ -36,7 +36,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._kernels import (_blocks, exp_f32, exp_row, exp_sum_inplace, gelu_scalar, hmax_lanes, ln_rows, vgelu_bias16,
+from ._kernels import (_blocks, exp_f32, exp_sum_inplace, gelu_scalar, hmax_lanes, ln_rows, vgelu_bias16,
                        write_new_kv)
 
 # A decode step has few rows (one per beam or batched file), so every product is a GEMV-like pass that
@@ -766,7 +766,7 @@ FOLD_PARTS = 2
 @njit(parallel=True, cache=True)
 def fold_attn(q, r0, rows, wkt, xp, xtp, wvp, bv, n_audio, out, nt):
     """The cross-attention of the query rows r0:r0+rows of one audio, from its features instead of its keys and values
-    (`audio_layout`): per head, q'_h = W_k[h]^T q_h (the key bias adds a constant to every score of a row, which the
+    (the contract's decoder_step `audio`, laid out by `_audio_fold`): per head, q'_h = W_k[h]^T q_h (the key bias adds a constant to every score of a row, which the
     softmax drops), scores = q'_h . x_j, y_h = sum over j of p_j x_j, out_h = W_v[h] y_h + b_v[h] (the p sum to 1).
     wkt: (n_head, n_a / 64, d_head, 64), W_k[h]^T packed (`pack_blocks`); xp: (key blocks, n_a, 64), the features
     packed as a weight of n_audio outputs; xtp: (n_a / 64, n_audio, 64), their transpose packed; wvp: W_v packed;
@@ -798,29 +798,24 @@ def fold_attn(q, r0, rows, wkt, xp, xtp, wvp, bv, n_audio, out, nt):
         gemvt_range(qp, xp[kb[t]:kb[t + 1]], 0, kb[t + 1] - kb[t], s)
         for i in range(hr):
             si = s[i, :k1 - k0]
-            m = si[0]
-            for j in range(1, k1 - k0):
-                m = max(m, si[j])
-            ms[t, i] = m
-            ls[t, i] = exp_sum_inplace(si, m)
+            ms[t, i] = vmax(si, k1 - k0)
+            ls[t, i] = exp_sum_inplace(si, ms[t, i])
         gemvt_range(s[:, :k1 - k0], xtp[:, k0:k1], 0, xtp.shape[0], ys[t])
     for t in prange(nt):
         for h in range(t, n_head, nt):
-            y = np.empty((rows, na), np.float32)
+            y = np.zeros((rows, na), np.float32)
+            wgt = np.empty(parts, np.float32)
             for r in range(rows):
                 i = h * rows + r
-                top = ms[0, i]
-                for u in range(1, parts):
-                    top = max(top, ms[u, i])
+                top = ms[:, i].max()
+                for u in range(parts):  # each part's share of the row's softmax
+                    wgt[u] = np.float32(np.exp(ms[u, i] - top))
                 tot = np.float32(0.0)
                 for u in range(parts):
-                    tot += np.float32(np.exp(ms[u, i] - top)) * ls[u, i]
-                for j in range(na):
-                    y[r, j] = np.float32(0.0)
+                    tot += wgt[u] * ls[u, i]
                 for u in range(parts):
-                    wgt = np.float32(np.exp(ms[u, i] - top)) / tot
                     for j in range(na):
-                        y[r, j] += wgt * ys[u, i, j]
+                        y[r, j] += wgt[u] / tot * ys[u, i, j]
             _gemvt_rows(y, wvp, h, out[r0:r0 + rows], h * dh)
             for r in range(rows):
                 for d in range(dh):
