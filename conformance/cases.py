@@ -44,6 +44,9 @@ class Inputs:
     weights: dict | None = None
     inplace: tuple[int, ...] = ()  # indices into args the op writes to (the KV caches)
     written: tuple = ()  # the index (slices) of those args the op may write; everything else must stay
+    #: decoder_step's `audio` (the contract): (audio_features, cross_kv), from which args' cross K/V were made.  A
+    #: backend whose prepared step offers `audio_fold` is given the features' layout instead of the K/V.
+    audio: tuple | None = None
 
 
 @dataclass
@@ -80,7 +83,10 @@ class Case:
             f"ops, ref = Ops(reg.get({backend!r}), reg.reference()), Ops(reg.reference(), reg.reference())",
             "inp = case.make()",
             bind,
-            f"out = {call}",
+            *(["fold = f.w.audio_fold(inp.audio[1])  # the contract's `audio`: the cross-attention from the features",
+               "x, kc, vc, _, _, offset, positions = inp.args",
+               "out = f(x, kc, vc, None, None, offset, positions, audio=fold.layout(inp.audio[0]), **inp.kwargs)"]
+              if self.params.get("fold") else [f"out = {call}"]),
             "inp = case.make()",
             bind.replace("ops", "ref").replace("f =", "g ="),
             f"expected = {call.replace('f(', 'g(')}",
@@ -484,8 +490,9 @@ def _fp16_exact(w: dict) -> dict:
 
 
 def _decoder_step(batch, n_q, offset, positions, n_state, n_head, n_layer, n_vocab=N_VOCAB, n_text_ctx=N_TEXT_CTX,
-                  n_audio_ctx=N_AUDIO_CTX, cross_rows=None, fp16=False, pad=None):
-    # pad: left-padded rows (prompts of different lengths in one batch), for backends with padded_steps
+                  n_audio_ctx=N_AUDIO_CTX, cross_rows=None, fp16=False, pad=None, fold=False):
+    # pad: left-padded rows (prompts of different lengths in one batch), for backends with padded_steps;
+    # fold: the cross K/V made from audio features and projections (`_cross_from_audio`), given as `audio`
     def build(rng):
         layers = tuple(_block_weights(rng, n_state, n_head, True) for _ in range(n_layer))
         ln_w, ln_b = _ln_weights(rng, n_state)
@@ -496,12 +503,33 @@ def _decoder_step(batch, n_q, offset, positions, n_state, n_head, n_layer, n_voc
         x = _normal(rng, (batch, n_q, n_state))
         k_cache = _normal(rng, (n_layer, batch, n_text_ctx, n_state))  # filled everywhere: only [:, :, offset:offset+n_q] may change
         v_cache = _normal(rng, (n_layer, batch, n_text_ctx, n_state))
-        cross_k = _normal(rng, (n_layer, cross_rows or batch, n_audio_ctx, n_state))
-        cross_v = _normal(rng, (n_layer, cross_rows or batch, n_audio_ctx, n_state))
+        if fold:
+            audio = _cross_from_audio(rng, n_layer, cross_rows or batch, n_audio_ctx, n_state, fp16)
+            cross_k, cross_v = audio[2:]
+        else:
+            audio = None
+            cross_k = _normal(rng, (n_layer, cross_rows or batch, n_audio_ctx, n_state))
+            cross_v = _normal(rng, (n_layer, cross_rows or batch, n_audio_ctx, n_state))
         return Inputs((x, k_cache, v_cache, cross_k, cross_v, offset, positions), weights=w, inplace=(1, 2),
                       written=(slice(None), slice(None), slice(offset, offset + n_q)),
-                      kwargs={} if pad is None else {"pad": np.asarray(pad, np.int64)})
+                      kwargs={} if pad is None else {"pad": np.asarray(pad, np.int64)},
+                      audio=None if audio is None else audio[:2])
     return build
+
+
+def _cross_from_audio(rng, n_layer, n_audio, n_audio_ctx, n_state, fp16):
+    """Audio features (n_audio, n_audio_ctx, n_state), every layer's cross K/V projection (weight (2 n_state,
+    n_state), bias (2 n_state,): the key bias too, which a fold may drop as the softmax does), and the cross K/V they
+    make (n_layer, n_audio, n_audio_ctx, n_state) each, computed in float64 and rounded once."""
+    features = _normal(rng, (n_audio, n_audio_ctx, n_state))
+    cross_kv = []
+    for _ in range(n_layer):
+        weight, bias = _weight(rng, 2 * n_state, n_state), _normal(rng, 2 * n_state, 0.1)
+        if fp16:
+            weight = weight.astype(np.float16).astype(np.float32)
+        cross_kv.append((weight, bias))
+    kv = np.stack([features.astype(np.float64) @ w.astype(np.float64).T + b for w, b in cross_kv]).astype(np.float32)
+    return features, tuple(cross_kv), np.ascontiguousarray(kv[..., :n_state]), np.ascontiguousarray(kv[..., n_state:])
 
 
 def _coarse_cases():
@@ -547,6 +575,13 @@ def _coarse_cases():
         ("tiny_padded_2audios_beam3_shared_cross_1_off9", (6, 1, 9, (-1,), t, 6, 4), dict(pad=(2, 2, 2, 0, 0, 0), cross_rows=2)),
         ("tiny_padded_3_off2_pad_within", (2, 3, 2, (0, -1), t, 6, 4), dict(pad=(3, 0))),
         ("odd_33_3heads_padded_2_off5", (2, 2, 5, (0, 1), 33, 3, 2), dict(pad=(4, 0), n_vocab=77, n_text_ctx=16, n_audio_ctx=13)),
+        # the cross-attention from the audio features (the contract's `audio`, for a backend offering audio_fold):
+        # a greedy step, a multilingual prompt of 3 tokens, two audios' greedy rows, the context's last position
+        ("tiny_audio_fold_1_off3", (1, 1, 3, (-1,), t, 6, 4), dict(fp16=True, fold=True)),
+        ("tiny_audio_fold_sot_3_off0", (1, 3, 0, (0, -1), t, 6, 4), dict(fp16=True, fold=True)),
+        ("tiny_audio_fold_2audios_1_off20", (2, 1, 20, (-1,), t, 6, 4), dict(fp16=True, fold=True)),
+        ("tiny_audio_fold_1_off447", (1, 1, 447, (-1,), t, 6, 4), dict(fp16=True, fold=True)),
+        ("base_audio_fold_1_off50", (1, 1, 50, (-1,), b, 8, 6), dict(n_vocab=51865, fp16=True, fold=True)),
     ]:
         bt, nq, off, pos, ns, nh, nl = args
         _case("decoder_step", name, _decoder_step(*args, **kw), x=(bt, nq, ns), offset=off, positions=pos, n_head=nh,

@@ -17,6 +17,7 @@ from whisperkit.contract import OPS
 from .cases import RECORDS, Case, Inputs
 
 FALLBACK_REASON = "falls back to reference"
+NO_FOLD_REASON = "offers no audio_fold for these weights (the contract's decoder_step `audio`): the model makes the cross K/V"
 PADDED_REASON = "not given left-padded rows (no Backend.padded_steps): prompts of different lengths go in separate batches"
 
 
@@ -41,6 +42,23 @@ def bind(ops: Ops, backend: Backend, case: Case, inp: Inputs) -> Bound:
 
 def _call(b: Bound, inp: Inputs):
     return b.fn(*inp.args, **inp.kwargs)
+
+
+def _folded_call(b: Bound, inp: Inputs):
+    """decoder_step called as the model calls it when the prepared step folds (the contract's `audio`): the layout of
+    the features instead of the cross K/V, which the case's reference call takes.  Raises Fallback (not run) when the
+    backend offers no fold for these weights, or its fold takes fewer query rows per audio than the case has."""
+    features, cross_kv = inp.audio
+    make = getattr(getattr(b.fn, "w", None), "audio_fold", None)
+    fold = make(cross_kv) if make is not None else None
+    if fold is None:
+        raise Fallback(NO_FOLD_REASON)
+    x, k_cache, v_cache, _, _, offset, positions = inp.args
+    rows = x.shape[0] // features.shape[0] * x.shape[1]
+    if rows > fold.rows:
+        raise Fallback(f"folds at most {fold.rows} query rows per audio, the case has {rows}")
+    audio = fold.layout(features)
+    return lambda b, inp: b.fn(x, k_cache, v_cache, None, None, offset, positions, audio=audio, **inp.kwargs)
 
 
 def compare(name: str, out, ref: np.ndarray, scale: np.ndarray, rtol: float, atol: float) -> str | None:
@@ -103,6 +121,9 @@ def run_case(case: Case, backend: Backend, ops: Ops, ref_ops: Ops, reference_cac
     bound = bind(ops, backend, case, inp)
     if not bound.on_backend:
         raise Fallback(FALLBACK_REASON)
+    call = _call
+    if inp.audio is not None:  # the cross-attention from the features, as the model calls a step that folds
+        call = _folded_call(bound, inp)
     dtype = ops.compute_type if ops.compute_type != "float32" else str(next(a for _, a in _arrays(inp)).dtype)
     tol = record.tolerances.get(dtype)
     if tol is None:
@@ -121,7 +142,7 @@ def run_case(case: Case, backend: Backend, ops: Ops, ref_ops: Ops, reference_cac
 
     before = {i: a.copy() for i, a in _arrays(inp)}
     weights_before = {k: v.copy() for k, v in (inp.weights or {}).items() if isinstance(v, np.ndarray)}
-    out = _call(bound, inp)
+    out = call(bound, inp)
 
     problems = []
     scale = np.asarray(record.scale(ref_inp, ref_out), np.float64) if isinstance(out, np.ndarray) and \

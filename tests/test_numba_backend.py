@@ -13,7 +13,6 @@ from helpers import run_op_case, shared
 numba = pytest.importorskip("numba")
 from whisperkit.backends.numba_backend import _NO_FOLD as NB_FOLDLESS  # noqa: E402
 from whisperkit.backends.numba_backend import NumbaBackend, _ThreadChoice  # noqa: E402
-from whisperkit.conformance.cases import RECORDS  # noqa: E402
 from whisperkit.conformance.cases import CASES  # noqa: E402
 
 NB = NumbaBackend()
@@ -108,52 +107,35 @@ def test_decoder_step_bits_do_not_depend_on_threads():
     _same_bits_at_one_thread_and_two(w, x, k, v, ck, cv, offset, w.cross_layout(ck, cv) + NB_FOLDLESS)
 
 
-def _projected(case_id, seed):
-    """A decoder_step case with its cross K/V made from audio features by float16-valued projections: (prepared
-    step, args, features, the projections per layer as (weight, bias))."""
-    w, (x, k, v, ck, _, offset, positions) = _step(case_id)
-    n_layer, b_c, n_audio, n = ck.shape
-    rng = np.random.default_rng(seed)
-    feats = rng.standard_normal((b_c, n_audio, n)).astype(np.float32)
-    kv = [((rng.standard_normal((2 * n, n)) * 0.05).astype(np.float16).astype(np.float32),
-           (rng.standard_normal(2 * n) * 0.1).astype(np.float32)) for _ in range(n_layer)]
-    proj = np.stack([feats @ wt.T + b for wt, b in kv])  # (n_layer, b_c, n_audio, 2 n)
-    ck, cv = np.ascontiguousarray(proj[..., :n]), np.ascontiguousarray(proj[..., n:])
-    return w, (x, k, v, ck, cv, offset, positions), feats, kv
+FOLD_CASES = [c for c in CASES if c.startswith("decoder_step/") and CASES[c].params.get("fold")]
 
 
-@pytest.mark.parametrize("case_id", ["decoder_step/tiny_1_off3_fp16_weights", "decoder_step/tiny_batch3_1_off9",
-                                     "decoder_step/tiny_sot_3_off0_two_positions"])
+@pytest.mark.parametrize("case_id", FOLD_CASES)
 def test_decoder_step_folds_the_cross_projection(case_id):
-    """The prepared step offers `audio_fold` (the contract): given every layer's cross K/V projection, a step of at
-    most `rows` query rows per audio takes the features' layout (`audio=`) instead of the K/V and gives what the K/V
-    give, within decoder_step's tolerance (logits and the KV cache rows written; normwise per row)."""
-    w, (x, k, v, ck, cv, offset, positions), feats, kv = _projected(case_id, 3)
-    fold = w.audio_fold(kv)
-    assert fold is not None and x.shape[0] // ck.shape[1] * x.shape[1] <= fold.rows
-    rtol = RECORDS["decoder_step"].tolerances["float32"].rtol
-    outs = []
-    for audio in (None, fold.layout(feats)):
-        kc, vc = k.copy(), v.copy()
-        args = (None, None) if audio is not None else (ck, cv)
-        outs.append((NB.decoder_step(x, w, kc, vc, *args, offset, positions, audio=audio), kc, vc))
-    for got, ref in zip(outs[1], outs[0]):
-        assert got.shape == ref.shape and got.dtype == ref.dtype
-        scale = np.abs(ref).max(-1, keepdims=True)
-        assert (np.abs(got - ref) <= rtol * scale).all(), float((np.abs(got - ref) / np.maximum(scale, 1e-30)).max())
+    """The prepared step offers `audio_fold` (the contract) for every float32 fold case of the conformance table: the
+    suite then checks the folded step against the reference's K/V step (a backend without it is "not run" there,
+    so here it must not be)."""
+    run_op_case(case_id, NB)
+
+
+def _folded(case_id):
+    """A fold case of the conformance table: (prepared step, args, the features' layout for `audio=`)."""
+    inp = CASES[case_id].make()
+    w = NB.prepare_decoder_step(**inp.weights)
+    features, cross_kv = inp.audio
+    return w, inp.args, w.audio_fold(cross_kv).layout(features), cross_kv
 
 
 def test_folded_step_bits_do_not_depend_on_threads():
     """The folded cross-attention splits its keys in FOLD_PARTS parts whatever the thread count."""
-    w, (x, k, v, ck, cv, offset, positions), feats, kv = _projected("decoder_step/tiny_1_off3_fp16_weights", 5)
+    w, (x, k, v, ck, cv, offset, positions), audio, _ = _folded("decoder_step/tiny_audio_fold_1_off3")
     from whisperkit.backends.numba_backend import _NO_CROSS
     shapes = np.empty(ck.shape[:3] + (0,), np.float32)
-    _same_bits_at_one_thread_and_two(w, x, k, v, shapes, shapes, offset,
-                                     (_NO_CROSS, _NO_CROSS) + w.audio_fold(kv).layout(feats))
+    _same_bits_at_one_thread_and_two(w, x, k, v, shapes, shapes, offset, (_NO_CROSS, _NO_CROSS) + audio)
 
 
 def test_decoder_step_folds_only_float16_projections():
-    w, _, _, kv = _projected("decoder_step/tiny_1_off3", 4)
+    w, _, _, kv = _folded("decoder_step/tiny_audio_fold_1_off3")
     assert w.audio_fold([(wt + np.float32(1e-4), b) for wt, b in kv]) is None  # not float16 values: no fold
 
 
