@@ -214,3 +214,23 @@ def test_cross_kv_are_kept_within_a_call_not_across_calls(tiny_on):
         assert len(calls) == 2  # 5 beams read the K/V: jfk is one window, one computation per transcription
     finally:
         decoder.cross_kv[0] = first
+
+
+def test_a_long_prompt_makes_and_lays_out_the_cross_kv_once(tiny_on):
+    """A greedy window's prompt of more rows than the fold takes (a later window, prompted with the text before it)
+    reads the K/V: they are made at that step and laid out with them, once (the step used to look for the layout before
+    making them, and laid them out a second time); the one-token steps after it fold."""
+    model = tiny_on("numba")
+    decoder = model.graph.decoder
+    layout, calls = decoder._cross_layout, []
+    decoder._cross_layout = lambda k, v: calls.append(k.shape) or layout(k, v)
+    try:
+        model.graph.forget_audio()
+        cache = model.graph.new_cache(np.random.default_rng(4).standard_normal((1, 1500, 384)).astype(np.float32))
+        prompt = np.arange(decoder._fold.rows + 6)[None, :] + 1000
+        decoder(prompt, cache, 0)
+        assert len(calls) == 1
+        decoder(np.array([[1000]]), cache, prompt.shape[1])
+        assert len(calls) == 1
+    finally:
+        decoder._cross_layout = layout
