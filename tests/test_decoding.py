@@ -181,3 +181,24 @@ def test_beam_search_takes_top_k_and_logsumexp_from_the_backend(tiny_on):
     assert len(seen["top_k"]) >= tokens and len(seen["logsumexp"]) >= tokens
     assert set(seen["top_k"]) == {((5, 51864), 6)}
     assert set(seen["logsumexp"]) == {(5, 51864 - tb)}
+
+
+def test_greedy_pick_only_where_it_reproduces_the_filters(tiny_on):
+    """The decode loop takes the backend's greedy_pick (`whisperkit.contract.GREEDY_PICK`) for greedy decoding at
+    temperature 0 with decoding's own filters and the backend's own log_softmax and logsumexp; else its filters and
+    token decoder run (beams, sampling, a backend without the slot, an op that is not the backend's)."""
+    from whisperkit.decoding import DecodingOptions, DecodingTask
+    numba_model, numpy_model = tiny_on("numba"), tiny_on("numpy")
+    task = lambda model, **kw: DecodingTask(model.graph, model.tokenizer, DecodingOptions(**kw))  # noqa: E731
+    assert task(numba_model)._greedy_pick() is not None
+    assert task(numba_model, without_timestamps=True, suppress_tokens="")._greedy_pick() is not None
+    assert task(numba_model, beam_size=5)._greedy_pick() is None
+    assert task(numba_model, temperature=0.4)._greedy_pick() is None
+    assert task(numpy_model)._greedy_pick() is None
+    ops = numba_model.graph.ops
+    own = ops.logsumexp
+    ops.logsumexp = lambda x: own(x)
+    try:
+        assert task(numba_model)._greedy_pick() is None
+    finally:
+        ops.logsumexp = own

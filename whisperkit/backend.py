@@ -44,6 +44,9 @@ class Backend:
     #: The compute types (`whisperkit.contract.COMPUTE_TYPES`) this backend implements.  For "int8", its
     #: ops in `contract.INT8_OPS` get the int8 scheme of the contract; `supports_compute` refines per op.
     compute_types: tuple[str, ...] = ("float32",)
+    #: Optional: a greedy step's logit filters and arg-max in one call, `greedy_pick(logits, tokens, rules)`
+    #: (`whisperkit.contract.GREEDY_PICK`); None: the decode loop runs its filters and GreedyDecoder.
+    greedy_pick: Callable | None = None
 
     def unavailable_reason(self) -> str | None:
         """None when usable on this machine, else a sentence saying why not (missing library...).

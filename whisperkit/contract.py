@@ -293,5 +293,14 @@ _op(
     coarse=True,
 )
 
+#: The optional `Backend.greedy_pick(logits, tokens, rules) -> (next_tokens, logprobs)`: one call for what a greedy
+#: (temperature 0) decoding step does after the decoder, when its logit filters are decoding's own.  logits: (rows,
+#: n_vocab) float32, masked in place; tokens: (rows, n) int64, the sequences so far; rules: `decoding.GreedyRules`
+#: (sample_begin, the blank and suppressed token ids, whether timestamps are on, no_timestamps, timestamp_begin, eot,
+#: max_initial_timestamp_index or -1).  Returns the int64 arg-max of each row after SuppressBlank, SuppressTokens and
+#: ApplyTimestampRules, and its float32 log-probability: the very values those filters and GreedyDecoder compute with
+#: this backend's own log_softmax and logsumexp ops (the decode loop takes it only when both run on the backend).
+GREEDY_PICK = "greedy_pick"
+
 FINE_OPS = tuple(name for name, spec in OPS.items() if not spec.coarse)
 COARSE_OPS = tuple(name for name, spec in OPS.items() if spec.coarse)

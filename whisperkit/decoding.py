@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -216,6 +216,20 @@ def detect_language(graph: "WhisperGraph", tokenizer: "Tokenizer", audio_feature
     return best, [dict(zip(codes, map(float, p))) for p in probs]
 
 
+class GreedyRules(NamedTuple):
+    """What a backend's greedy_pick (`whisperkit.contract.GREEDY_PICK`) applies: decoding's own logit filters as
+    data.  blank: SuppressBlank's ids (empty without it); suppress: SuppressTokens' (empty without it); timestamps:
+    ApplyTimestampRules on; no_timestamps and max_initial: -1 for none."""
+    sample_begin: int
+    blank: np.ndarray
+    suppress: np.ndarray
+    timestamps: bool
+    no_timestamps: int
+    timestamp_begin: int
+    eot: int
+    max_initial: int
+
+
 class DecodingTask:
     def __init__(self, graph: "WhisperGraph", tokenizer: "Tokenizer", options: DecodingOptions):
         self.graph = graph
@@ -253,6 +267,31 @@ class DecodingTask:
             filters.append(ApplyTimestampRules(tokenizer, self.sample_begin, max_index, self.graph.ops.log_softmax,
                                                self.graph.ops.logsumexp))
         return filters
+
+    def _greedy_pick(self) -> Callable | None:
+        """The backend's greedy_pick bound to this task's filters (`whisperkit.contract.GREEDY_PICK`), or None: the
+        filters and the token decoder then run as they are.  Only for greedy decoding at temperature 0 with decoding's
+        own filters, and only when log_softmax and logsumexp run on that backend (the values it must reproduce)."""
+        ops = self.graph.ops
+        pick = getattr(ops.backend, "greedy_pick", None)
+        if pick is None or type(self.decoder) is not GreedyDecoder or self.decoder.temperature != 0:
+            return None
+        if any(getattr(getattr(ops, op), "__self__", None) is not ops.backend for op in ("log_softmax", "logsumexp")):
+            return None
+        kinds = [type(f) for f in self.logit_filters]
+        if kinds != [k for k in (SuppressBlank, SuppressTokens, ApplyTimestampRules) if k in kinds]:
+            return None
+        by_kind = {type(f): f for f in self.logit_filters}
+        ids = lambda kind: np.asarray(getattr(by_kind.get(kind), "ids", ()), np.int64)  # noqa: E731
+        rules_of = by_kind.get(ApplyTimestampRules)
+        tk = self.tokenizer
+        rules = GreedyRules(
+            sample_begin=self.sample_begin, blank=ids(SuppressBlank), suppress=ids(SuppressTokens),
+            timestamps=rules_of is not None, no_timestamps=-1 if tk.no_timestamps is None else tk.no_timestamps,
+            timestamp_begin=tk.timestamp_begin, eot=tk.eot,
+            max_initial=-1 if rules_of is None or rules_of.max_initial_timestamp_index is None
+            else rules_of.max_initial_timestamp_index)
+        return lambda logits, tokens: pick(logits, tokens, rules)
 
     @staticmethod
     def _verify_options(o: DecodingOptions) -> DecodingOptions:
@@ -331,6 +370,7 @@ class DecodingTask:
         if tokens.shape[1] != self.sample_begin:  # sampling starts after the (padded) prompts
             self.sample_begin = tokens.shape[1]
             self.logit_filters = self._logit_filters()
+        pick = self._greedy_pick()
         language = self.tokenizer.language or "en"
         if self.n_group > 1:
             tokens = np.repeat(tokens, self.n_group, axis=0)
@@ -357,14 +397,19 @@ class DecodingTask:
                 logits = np.ascontiguousarray(logits[:, -1])
             else:
                 logits = inference.logits(open_tokens)[:, -1]
-            for f in self.logit_filters:
-                f.apply(logits, open_tokens)
-            logprobs = self.logit_filters[-1].logprobs if self.logit_filters else None  # only the last filter's stay valid
+            if pick is not None:  # the filters and the arg-max in one backend call
+                chosen, current = pick(logits, open_tokens)
+                update = lambda rows, s: self.decoder.append(rows, chosen, current, s)  # noqa: E731
+            else:
+                for f in self.logit_filters:
+                    f.apply(logits, open_tokens)
+                logprobs = self.logit_filters[-1].logprobs if self.logit_filters else None  # only the last filter's stay valid
+                update = lambda rows, s: self.decoder.update(rows, logits, s, logprobs)  # noqa: E731
             if open_tokens is tokens:
-                tokens, completed = self.decoder.update(tokens, logits, sum_logprobs, logprobs)
+                tokens, completed = update(tokens, sum_logprobs)
             else:
                 open_logprobs = sum_logprobs[active]
-                updated, _ = self.decoder.update(open_tokens, logits, open_logprobs, logprobs)
+                updated, _ = update(open_tokens, open_logprobs)
                 sum_logprobs[active] = open_logprobs
                 column = np.full(tokens.shape[0], self.tokenizer.eot, np.int64)
                 column[active] = updated[:, -1]

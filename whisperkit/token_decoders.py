@@ -93,6 +93,11 @@ class GreedyDecoder(TokenDecoder):
             next_tokens = (logits / np.float32(self.temperature) + noise).argmax(axis=-1)
         logprobs = self.log_softmax(logits) if logprobs is None else logprobs
         current = logprobs[np.arange(logits.shape[0]), next_tokens]  # the chosen tokens' log-probabilities
+        return self.append(tokens, next_tokens, current, sum_logprobs)
+
+    def append(self, tokens, next_tokens, current, sum_logprobs):
+        """`update` once the tokens are chosen (next_tokens, with their log-probabilities `current`; a backend's
+        greedy_pick chooses them in one call): rows that ended stay ended and add nothing to sum_logprobs."""
         sum_logprobs += current * (tokens[:, -1] != self.eot)
         next_tokens[tokens[:, -1] == self.eot] = self.eot
         tokens = np.concatenate([tokens, next_tokens[:, None]], axis=-1)

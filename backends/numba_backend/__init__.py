@@ -118,6 +118,8 @@ def _hot_signatures():
         (K.conv1d_kernel, (f[3], f[3], f[1], f[2], i, i, i)),
         (K.gelu_kernel, (f[1], f[1], i)),
         (K.log_softmax_kernel, (f[2], f[2], i)),
+        (K.greedy_pick_kernel, (f[2], t.Array(t.int64, 2, "C"), i, t.Array(t.int64, 1, "C"), t.Array(t.int64, 1, "C"),
+                                t.boolean, i, i, i, i, f[2], t.Array(t.int64, 1, "C"), f[1])),
         (K.logsumexp_kernel, (f[2], f[1])),
         (K.top_k_kernel, (f[2], i, t.Array(t.int64, 2, "C"), i)),
         (E.encoder_layer_kernel, (f[2], i, i) + (f[1], f[1], f[3], f[1], f[3], f[1]) + (f[1], f[1], f[3], f[1], f[3], f[1])
@@ -521,6 +523,18 @@ class NumbaBackend(AttentionPair, Backend):
         y = np.empty_like(rows)
         _kern().log_softmax_kernel(rows, y, _nt())
         return y.reshape(x.shape)
+
+    def greedy_pick(self, logits, tokens, rules):
+        """The optional slot of the decode loop (`whisperkit.contract.GREEDY_PICK`): `_kernels.greedy_pick_kernel`, one
+        call where the filters and GreedyDecoder made ~40 NumPy calls, each after a step left the caches cold."""
+        x = f32c(logits)
+        rows, n_vocab = x.shape
+        tok = np.empty(rows, np.int64)
+        lp = np.empty(rows, _F32)
+        _kern().greedy_pick_kernel(x, np.ascontiguousarray(tokens, np.int64), rules.sample_begin, rules.blank,
+                                   rules.suppress, rules.timestamps, rules.no_timestamps, rules.timestamp_begin, rules.eot,
+                                   rules.max_initial, np.empty((rows, n_vocab), _F32), tok, lp)
+        return tok, lp
 
     def logsumexp(self, x):
         x = np.asarray(x)

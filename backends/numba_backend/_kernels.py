@@ -366,6 +366,70 @@ def log_softmax_rows(x, y, r0, r1):
             yr[j] = (xr[j] - m) - lse
 
 
+@njit(cache=True)
+def greedy_pick_kernel(x, tokens, sample_begin, blank, suppress, timestamps, no_ts, tb, eot, max_init, y, out_tok, out_lp):
+    """The backend's greedy_pick (whisperkit.contract.GREEDY_PICK): per row of the logits x (rows, n_vocab), in place,
+    the masks of decoding's SuppressBlank (`blank`, at the first sampled position), SuppressTokens (`suppress`) and,
+    when `timestamps`, ApplyTimestampRules; then the arg-max (the first of equal maxima, as NumPy's) and its
+    log-probability.  Every value is the one the filters and GreedyDecoder compute on this backend's ops: y is
+    `log_softmax_rows`' (the log_softmax op's rows), the timestamps' log-sum-exp is `logsumexp_kernel`'s arithmetic
+    on y's timestamp columns, and a forced timestamp takes log_softmax again over the masked row.  The best text
+    log-probability is y at the best text logit (y is (x - max) - lse in float32: monotone in x)."""
+    rows, v = x.shape
+    n = tokens.shape[1]
+    first = n == sample_begin
+    for r in range(rows):
+        xr = x[r]
+        if first:
+            for t in blank:
+                xr[t] = -np.inf
+        for t in suppress:
+            xr[t] = -np.inf
+        forced = False
+        if timestamps:
+            if no_ts >= 0:
+                xr[no_ts] = -np.inf
+            last_ts = n - sample_begin >= 1 and tokens[r, n - 1] >= tb
+            penultimate_ts = n - sample_begin < 2 or tokens[r, n - 2] >= tb
+            if last_ts:
+                if penultimate_ts:  # a pair just closed: text must follow
+                    for j in range(tb, v):
+                        xr[j] = -np.inf
+                else:  # an opening timestamp: it cannot be followed by text
+                    for j in range(eot):
+                        xr[j] = -np.inf
+            latest = -1
+            for i in range(n - 1, sample_begin - 1, -1):
+                if tokens[r, i] >= tb:
+                    latest = tokens[r, i]
+                    break
+            if latest >= 0:  # no going backwards; after a closed pair, no zero-length segment either
+                for j in range(tb, min(v, latest if (last_ts and not penultimate_ts) else latest + 1)):
+                    xr[j] = -np.inf
+            if first:  # the first sampled token is a timestamp, no later than max_init
+                for j in range(tb):
+                    xr[j] = -np.inf
+                if max_init >= 0:
+                    for j in range(tb + max_init + 1, v):
+                        xr[j] = -np.inf
+            log_softmax_rows(x, y, r, r + 1)
+            ts = y[r, tb:]
+            m = row_max(ts)
+            lse = m if m == -np.inf else m + np.float32(np.log(np.float64(row_exp_total(ts, m))))
+            forced = lse > row_max(y[r, :tb])
+            if forced:
+                for j in range(tb):
+                    xr[j] = -np.inf
+        if forced or not timestamps:
+            log_softmax_rows(x, y, r, r + 1)
+        best_value = row_max(xr)
+        best = 0
+        while best < v - 1 and xr[best] != best_value:
+            best += 1
+        out_tok[r] = best
+        out_lp[r] = y[r, best]
+
+
 @njit(parallel=True, cache=True)
 def log_softmax_kernel(x, y, nt):
     """log_softmax_rows over every row, the rows split over `nt` threads (a beam step's 5 rows of 51864)."""
