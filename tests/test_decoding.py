@@ -202,3 +202,13 @@ def test_greedy_pick_only_where_it_reproduces_the_filters(tiny_on):
         assert task(numba_model)._greedy_pick() is None
     finally:
         ops.logsumexp = own
+
+
+@pytest.mark.parametrize("suppress", ["99999", "-1,51864", "-2"])
+def test_suppress_tokens_outside_the_vocabulary_is_one_clear_error(tiny_on, suppress):
+    """A suppressed token id outside the vocabulary is refused when the decoding starts, naming the option (it used to
+    index the logits: NumPy raised from deep inside, or counted a negative id from the end)."""
+    from whisperkit.decoding import DecodingOptions, DecodingTask
+    model = tiny_on("numba")
+    with pytest.raises(ValueError, match="suppress_tokens: token -?[0-9]+ is outside the vocabulary"):
+        DecodingTask(model.graph, model.tokenizer, DecodingOptions(suppress_tokens=suppress))

@@ -327,6 +327,11 @@ class DecodingTask:
         if isinstance(st, str):
             st = [int(t) for t in st.split(",") if t.strip()]
         st = list(st)
+        n_vocab = self.graph.dims.n_vocab
+        bad = [t for t in st if not -1 <= t < n_vocab]  # -1: the non-speech symbols
+        if bad:
+            raise ValueError(f"suppress_tokens: token {bad[0]} is outside the vocabulary (0..{n_vocab - 1}, or -1 for "
+                             f"the non-speech symbols)")
         if -1 in st:
             st = [t for t in st if t >= 0] + list(self.tokenizer.non_speech_tokens)
         t = self.tokenizer
