@@ -391,14 +391,14 @@ class TextDecoder:
         x = self.embed(tokens, at)  # (batch, n_q, n_text_state)
         if cache.cross.foldable and cache.decode_group * n_q <= self._fold.rows:  # an audio's query rows: few
             return self.step(x, cache.k, cache.v, None, None, offset, positions, audio=cache.cross.folded(), **more)
+        cross_k, cross_v = cache.cross.get()  # made first: making them lays them out
         if self._cross_layout is not None:
-            cross_k, cross_v = cache.cross.get()  # made first: making them lays them out
             laid = cache.laid_out[0]  # identity, not equality: KVCache replaces its cross arrays, never rewrites them
             if laid is None or laid[0] is not cross_k or laid[1] is not cross_v:
                 laid = (cross_k, cross_v, self._cross_layout(cross_k, cross_v))
                 cache.laid_out[0] = laid
             more["cross"] = laid[2]
-        return self.step(x, cache.k, cache.v, cache.cross_k, cache.cross_v, offset, positions, **more)  # decoder_step
+        return self.step(x, cache.k, cache.v, cross_k, cross_v, offset, positions, **more)  # decoder_step
 
 
 class WhisperGraph:
