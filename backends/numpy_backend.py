@@ -152,9 +152,18 @@ class NumpyBackend(Backend):
             return DecoderStepWeights(tuple(ops.bind("decoder_layer", **layer) for layer in weights["layers"]),
                                       ops.bind("layer_norm", weight=weights["ln_weight"], bias=weights["ln_bias"]),
                                       float32.bind("linear", weight=weights["logits_weight"], bias=None))
+        if op == "encoder_stem":
+            return SimpleNamespace(conv1=ops.bind("conv1d", weight=weights["conv1_weight"], bias=weights["conv1_bias"], stride=1,
+                                                  padding=1),
+                                   conv2=ops.bind("conv1d", weight=weights["conv2_weight"], bias=weights["conv2_bias"], stride=2,
+                                                  padding=1),
+                                   positional_embedding=np.asarray(weights["positional_embedding"], np.float32), ops=ops)
         if op in ("mlp_block", "encoder_layer", "decoder_layer"):
             return SimpleNamespace(block=bind_group(weight_group(op, weights), ops), ops=ops)
         return super().prepare(op, weights, ops)
+
+    def encoder_stem(self, mel, w):
+        return model.encoder_stem(np.asarray(mel, np.float32), w.conv1, w.conv2, w.positional_embedding, w.ops.gelu)
 
     def mlp_block(self, x, w):
         return model.mlp_block(x, w.block, w.ops.gelu)

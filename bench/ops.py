@@ -123,6 +123,10 @@ def op_cases(dims, seed: int = 0) -> list[OpCase]:
     xc, w2, b2 = r(1, d, frames, scale=1.0), r(d, d, 3), r(d)
     cases.append(OpCase("conv1d", f"{d}->{d} k3 stride 2 over {frames}", dict(weight=w2, bias=b2, stride=2, padding=1), (xc,), {},
                         2 * d * d * 3 * n_ctx, _nbytes(xc, w2, b2) + d * n_ctx * F32))
+    pos = r(n_ctx, d, scale=1.0)
+    cases.append(OpCase("encoder_stem", f"{n_mels}x{frames} -> {n_ctx}x{d}",
+                        dict(conv1_weight=w1, conv1_bias=b1, conv2_weight=w2, conv2_bias=b2, positional_embedding=pos), (mel,),
+                        {}, 2 * d * n_mels * 3 * frames + 2 * d * d * 3 * n_ctx, _nbytes(mel, w1, b1, w2, b2, pos) + d * n_ctx * F32))
     g, bb = 1 + r(d), r(d)
     cases.append(OpCase("layer_norm", f"{n_ctx}x{d}", dict(weight=g, bias=bb), (x,), {},
                         8 * x.size, 2 * x.nbytes + _nbytes(g, bb)))

@@ -532,8 +532,24 @@ def _cross_from_audio(rng, n_layer, n_audio, n_audio_ctx, n_state, fp16):
     return features, tuple(cross_kv), np.ascontiguousarray(kv[..., :n_state]), np.ascontiguousarray(kv[..., n_state:])
 
 
+def _stem(batch, n_mels, n_frames, n_state, layout="C"):
+    def build(rng):
+        mel = _layout(_normal(rng, (batch, n_mels, n_frames)), layout, rng)
+        w = dict(conv1_weight=_normal(rng, (n_state, n_mels, 3), 1.0 / np.sqrt(3 * n_mels)), conv1_bias=_normal(rng, n_state, 0.1),
+                 conv2_weight=_normal(rng, (n_state, n_state, 3), 1.0 / np.sqrt(3 * n_state)), conv2_bias=_normal(rng, n_state, 0.1),
+                 positional_embedding=_normal(rng, ((n_frames - 1) // 2 + 1, n_state)))
+        return Inputs((mel,), weights=w)
+    return build
+
+
 def _coarse_cases():
     t, b = TINY["n_state"], BASE["n_state"]
+    for name, args, kw in [("tiny_3000", (1, N_MELS, N_FRAMES, t), {}), ("base_3000", (1, N_MELS, N_FRAMES, b), {}),
+                           ("batch2_224", (2, N_MELS, 224, t), {}), ("odd_7mels_25frames_33", (1, 7, 25, 33), {}),
+                           ("fortran_mel", (2, N_MELS, 64, t), dict(layout="F")),
+                           ("strided_mel", (1, N_MELS, 96, t), dict(layout="strided"))]:
+        bt, nm, nf, ns = args
+        _case("encoder_stem", name, _stem(*args, **kw), mel=(bt, nm, nf), n_state=ns, **kw)
     for name, lead, ns, kw in [("tiny_1", (1, 1), t, {}), ("tiny_7", (1, 7), t, {}), ("tiny_1500", (1, N_AUDIO_CTX), t, {}),
                                ("base_448", (1, N_TEXT_CTX), b, {}), ("base_beam5_1", (5, 1), b, {}),
                                ("odd_width_33", (1, 13), 33, {}), ("fortran_x", (2, 7), t, dict(layout="F"))]:
@@ -775,6 +791,10 @@ for _op, _tol, _scale, _doc in [
     ("attention_weights", Tol(5e-6, 1e-37, "probability p = exp(s - max) / sum: relative error ~ eps*|s| from the scores, "
                                            "plus the sum's: relative to p * (1 + max|score| of the row); measured under 4e-7"),
      _attention_weights_scale, "p * (1 + max|score| of the row)"),
+    ("encoder_stem", Tol(2e-5, 1e-37, "two conv1d (sums of c_in*3 terms) each through gelu, then the positional embedding "
+                                      "added: normwise per frame, as mlp_block; numba and onnxruntime measured at most "
+                                      "7.0e-7 of the row's max"),
+     _rowwise_scale, "max |ref| of the frame's row"),
     ("mlp_block", Tol(2e-5, 1e-37, "composition of layer_norm, two linears and gelu; their errors add and pass through a 4x wider "
                                    "matmul: normwise per token; measured backends and float64 use under 7e-7 of the row's max"),
      _rowwise_scale, "max |ref| of the token's row"),

@@ -22,7 +22,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 #: the backends shipped with whisperkit (installed by the `all` extra): each must conform wherever CI runs
 BUILTIN_BACKENDS = ("numba", "pythran", "onnxruntime")
 #: ops a built-in backend leaves to the reference on purpose, with the measured reason in its module doc
-LEFT_TO_REFERENCE = {"onnxruntime": frozenset({"top_k", "logsumexp"})}
+LEFT_TO_REFERENCE = {"onnxruntime": frozenset({"top_k", "logsumexp"}), "pythran": frozenset({"encoder_stem"})}
 #: built-in backend -> (the library it needs, or None when it is compiled in; its module; its class)
 BUILTIN = {
     "numba": ("numba", "whisperkit.backends.numba_backend", "NumbaBackend"),

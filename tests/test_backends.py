@@ -31,7 +31,7 @@ from helpers import (
 from whisperkit.contract import OPS
 
 ALL_OPS = {"linear", "conv1d", "layer_norm", "gelu", "log_softmax", "logsumexp", "top_k", "attention", "attention_weights",
-           "mlp_block", "encoder_layer", "decoder_layer", "decoder_step"}
+           "mlp_block", "encoder_stem", "encoder_layer", "decoder_layer", "decoder_step"}
 
 
 @pytest.fixture(params=BUILTIN_BACKENDS)

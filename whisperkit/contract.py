@@ -3,7 +3,7 @@
 A backend implements any subset of these ops; the dispatcher (`whisperkit.backend.Ops`) runs the
 rest on the NumPy reference (`whisperkit.backends.numpy_backend`), which *is* the specification:
 where this text and the reference disagree, the reference is right and this text is a bug.  The
-coarse ops' reference is the block math of the graph (`whisperkit.model.encoder_block`,
+coarse ops' reference is the block math of the graph (`whisperkit.model.encoder_stem`, `encoder_block`,
 `decoder_block`, `mlp_block`); `whisperkit.backend.weight_group` hands a backend their weights as
 one typed group.
 
@@ -213,6 +213,20 @@ _op(
     """
     Residual MLP of a Whisper block.  x: (batch, n_ctx, n_state); fc1: (4*n_state, n_state); fc2: (n_state, 4*n_state).
     y = x + linear(gelu(linear(layer_norm(x, ln), fc1)), fc2).
+    """,
+    coarse=True,
+)
+_op(
+    "encoder_stem",
+    "encoder_stem(mel, w) -> x",
+    ("conv1_weight", "conv1_bias", "conv2_weight", "conv2_bias", "positional_embedding"),
+    """
+    The encoder's input: two convolutions with GELU, then time as the row axis and the positional embedding added.
+    mel: (batch, n_mels, n_frames).  conv1_weight: (n_state, n_mels, 3), conv2_weight: (n_state, n_state, 3), biases
+    (n_state,).  positional_embedding: (n_ctx, n_state), n_ctx = (n_frames - 1) // 2 + 1 (1500 for Whisper's 3000).
+    h = gelu(conv1d(mel, conv1, stride=1, padding=1))          # (batch, n_state, n_frames)
+    h = gelu(conv1d(h, conv2, stride=2, padding=1))            # (batch, n_state, n_ctx)
+    x = h.transpose(0, 2, 1) + positional_embedding             # (batch, n_ctx, n_state)
     """,
     coarse=True,
 )

@@ -18,6 +18,17 @@ from .weights.layout import DECODER, ENCODER, ModelDimensions
 # decoder_block itself with a tap on the cross-attention.
 
 
+def encoder_stem(mel, conv1, conv2, positional_embedding, gelu):
+    """The encoder's input: conv1 (stride 1) and conv2 (stride 2), each with padding 1 and a GELU, then frames as rows."""
+    n_ctx = positional_embedding.shape[0]
+    if mel.ndim != 3 or (mel.shape[-1] - 1) // 2 + 1 != n_ctx:
+        raise ValueError(f"encoder_stem: mel must be (batch, n_mels, {2 * n_ctx}) for a positional embedding of {n_ctx} "
+                         f"rows; got shape {mel.shape}")
+    x = gelu(conv1(mel))  # (batch, n_audio_state, n_frames)
+    x = gelu(conv2(x))  # (batch, n_audio_state, n_audio_ctx)
+    return np.ascontiguousarray(x.transpose(0, 2, 1)) + positional_embedding  # (batch, n_audio_ctx, n_audio_state)
+
+
 def mlp_block(x, w: MlpWeights, gelu):
     return x + w.fc2(gelu(w.fc1(w.ln(x))))
 
@@ -82,9 +93,8 @@ class AudioEncoder:
     def __init__(self, ops: Ops, dims: ModelDimensions, t: dict, consume: bool = False):
         """`consume` (`WhisperGraph`): the encoder's tensors leave `t` once prepared."""
         self.ops = ops
-        self.conv1 = ops.bind("conv1d", **layout.module_weights(t, ENCODER, "conv1"), stride=1, padding=1)
-        self.conv2 = ops.bind("conv1d", **layout.module_weights(t, ENCODER, "conv2"), stride=2, padding=1)
-        self.positional_embedding = layout.param(t, ENCODER, "positional_embedding")  # (n_audio_ctx, n_audio_state)
+        stem = {f"{conv}_{k}": v for conv in ("conv1", "conv2") for k, v in layout.module_weights(t, ENCODER, conv).items()}
+        self.stem = ops.bind("encoder_stem", **stem, positional_embedding=layout.param(t, ENCODER, "positional_embedding"))
         self.blocks = [ops.bind("encoder_layer", **layout.layer_kwargs(t, ENCODER, i, dims.n_audio_head))
                        for i in range(dims.n_audio_layer)]
         self.ln_post = ops.bind("layer_norm", **layout.module_weights(t, ENCODER, "ln_post"))
@@ -93,9 +103,7 @@ class AudioEncoder:
                 del t[name]
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
-        x = self.ops.gelu(self.conv1(mel))  # (batch, n_audio_state, n_frames)
-        x = self.ops.gelu(self.conv2(x))  # (batch, n_audio_state, n_audio_ctx)
-        x = x.transpose(0, 2, 1) + self.positional_embedding  # (batch, n_audio_ctx, n_audio_state)
+        x = self.stem(mel)  # (batch, n_audio_ctx, n_audio_state): encoder_stem
         for block in self.blocks:
             x = block(x)  # encoder_block, run by the backend's encoder_layer
         return self.ln_post(x)

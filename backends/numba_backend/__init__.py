@@ -114,8 +114,9 @@ def _hot_signatures():
     h = [None, None] + [t.Array(t.uint16, nd, "C") for nd in (2, 3, 4)]
     i = t.int64
     layer = (f[2], f[2], h[4], f[2], h[4], f[2]) * 3  # per kind of layer part: LN weight, bias; matrix (packed), bias
+    views = t.Array(t.float32, 2, "A", readonly=True)  # encoder_stem's rows over overlapping memory
     return [
-        (K.conv1d_kernel, (f[3], f[3], f[1], f[2], i, i, i)),
+        (E.encoder_stem_kernel, (views, f[3], f[1], f[2], views, f[3], f[1], f[2], f[2], i, i)),
         (K.gelu_kernel, (f[1], f[1], i)),
         (K.log_softmax_kernel, (f[2], f[2], i)),
         (K.greedy_pick_kernel, (f[2], t.Array(t.int64, 2, "C"), i, t.Array(t.int64, 1, "C"), t.Array(t.int64, 1, "C"),
@@ -222,18 +223,19 @@ def _open_int8_overload(op, w) -> None:
 
 
 def _warm_up():
-    """One encoder-sized product through each GEMM path of the window: conv1d's BLAS taps and the encoder's packed
-    tiles (~10 ms; `load` runs on a thread while the weights are read).  Without it the first window of a process
-    paid ~60 ms more in conv1d, GELU and the first encoder layer (measured with the model's own kernels and a fresh
-    process; a small GEMM, or only warming the thread pool or the allocator, did not remove it).  Both kernels are
-    among `_hot_signatures`, opened before."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((1500, 384), dtype=_F32)
-    w = rng.standard_normal((1152, 384), dtype=_F32)
-    _encoder_kernels().linear_rows_kernel(x, _step_kernels().pack_blocks(w), np.zeros(1152, _F32),
-                                          np.empty((1500, 1152), _F32), _ROW_BLOCK, _nt())
-    xs = rng.standard_normal((2, 384, 1501), dtype=_F32)
-    _kern().conv1d_kernel(xs, w.reshape(3, 384, 384), np.zeros(384, _F32), np.empty((384, 1500), _F32), 2, 1500, _nt())
+    """A window's first kernel, the encoder's stem, at a window's sizes (~10 ms; `load` runs on a thread while the
+    weights are read): it runs on the packed tiles, as the encoder's layers do.  Without such a warm-up the first window
+    of a process paid ~60 ms more in its first kernels (measured with the model's own kernels and a fresh process, stop
+    36; a small GEMM, or only warming the thread pool or the allocator, did not remove it).  The kernel is among
+    `_hot_signatures`, opened before."""
+    rng = np.random.default_rng(0)  # random values: on zeros and ones the kernel took twice as long as on a window's
+    mel, h1 = rng.standard_normal((3002, 80), dtype=_F32), np.zeros((3002, 384), _F32)
+    views = (np.lib.stride_tricks.as_strided(mel, (3000, 240), (320, 4), writeable=False),
+             np.lib.stride_tricks.as_strided(h1, (1500, 1152), (3072, 4), writeable=False))
+    w1, w2 = (_step_kernels().pack_blocks(rng.standard_normal((384, k), dtype=_F32) / np.float32(k)) for k in (240, 1152))
+    b = np.zeros(384, _F32)
+    _encoder_kernels().encoder_stem_kernel(views[0], w1, b, h1, views[1], w2, b, np.zeros((1500, 384), _F32),
+                                           np.empty((1500, 384), _F32), _ROW_BLOCK, _nt())
 
 
 def _nt():
@@ -599,6 +601,41 @@ class NumbaBackend(AttentionPair, Backend):
         else:
             _kern().mlp_kernel(x2, *group_arrays(w), y, _ROW_BLOCK, _nt())
         return y.reshape(x.shape)
+
+    def prepare_encoder_stem(self, conv1_weight, conv1_bias, conv2_weight, conv2_bias, positional_embedding):
+        """Each convolution's weight as one of c_out outputs over (tap, c_in) inputs, packed (`_step.pack_blocks`),
+        float32 as the encoder layers' are: `_encoder.encoder_stem_kernel`."""
+        def packed(w):  # (c_out, c_in, k) -> (c_out, k * c_in), tap-major: a row of the kernel's views
+            w = np.asarray(w, _F32)
+            return _step_kernels().pack_blocks(f32c(w.transpose(0, 2, 1).reshape(w.shape[0], -1)))
+
+        w1, w2 = np.shape(conv1_weight), np.shape(conv2_weight)
+        if w1[2] != 3 or w2 != (w1[0], w1[0], 3):
+            raise ValueError(f"encoder_stem: conv1_weight must be (n_state, n_mels, 3) and conv2_weight (n_state, n_state, 3); "
+                             f"got {w1} and {w2}")
+        return SimpleNamespace(w1=packed(conv1_weight), b1=f32c(conv1_bias), w2=packed(conv2_weight), b2=f32c(conv2_bias),
+                               pos=f32c(positional_embedding), n_mels=w1[1], n_state=w1[0])
+
+    def encoder_stem(self, mel, w):
+        mel = np.asarray(mel)
+        n_ctx = w.pos.shape[0]
+        if mel.ndim != 3 or mel.shape[1] != w.n_mels or (mel.shape[2] - 1) // 2 + 1 != n_ctx:
+            raise ValueError(f"encoder_stem: mel must be (batch, {w.n_mels}, {2 * n_ctx}) for a positional embedding of "
+                             f"{n_ctx} rows; got shape {mel.shape}")
+        b, n_mels, t = mel.shape
+        n = w.n_state
+        out = np.empty((b, n_ctx, n), _F32)
+        padded = np.zeros((t + 2, n_mels), _F32)  # the mel time-major, a zero frame at each end (conv1's padding)
+        h1 = np.empty((t + 2, n), _F32)
+        h1[0] = h1[t + 1] = 0.0  # conv2's padding (the last row is read only for an odd frame count)
+        # rows with overlapping memory: row t of mel_rows is padded[t:t + 3] flattened, row r of h1_rows is h1[2r:2r + 3]
+        mel_rows = np.lib.stride_tricks.as_strided(padded, (t, 3 * n_mels), (4 * n_mels, 4), writeable=False)
+        h1_rows = np.lib.stride_tricks.as_strided(h1, (n_ctx, 3 * n), (8 * n, 4), writeable=False)
+        for i in range(b):
+            padded[1:t + 1] = mel[i].T
+            _encoder_kernels().encoder_stem_kernel(mel_rows, w.w1, w.b1, h1, h1_rows, w.w2, w.b2, w.pos, out[i], _ROW_BLOCK,
+                                                   _nt())
+        return out
 
     def prepare_encoder_layer_int8(self, **weights):
         return _int8_group(weight_group("encoder_layer", weights))

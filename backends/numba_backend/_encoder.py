@@ -9,7 +9,10 @@ where OpenBLAS's sgemm (its SkylakeX kernel) gave 104 and 207 (`gemmt.py`, stop 
 The attention's products run on the same tiles: each head's keys packed as a weight of n_ctx outputs, its values
 as one of d_head outputs over n_ctx inputs.  Bias, residual and GELU are the tiles' epilogue
 (`_step.bias_res_act`), on rows still in cache.  The linear op takes its weight packed the same way
-(`linear_rows_kernel`; few rows go through the step's `gemvt`), as the window's cross K/V projection does.
+(`linear_rows_kernel`; few rows go through the step's `gemvt`), as the window's cross K/V projection does, and so
+does the encoder's stem (`encoder_stem_kernel`): its two convolutions as products with frames as rows, over views
+whose overlapping rows are the convolution's windows, so neither the mel nor conv1's output is copied per tap, and
+the layers get their rows without a transpose.
 """
 from __future__ import annotations
 
@@ -130,6 +133,36 @@ def encoder_layer_kernel(x, batch, n_head, ln1g, ln1b, wqkv, bqkv, wo, bo, ln2g,
         packed_linear_rows(hbuf, w1, b1, fbuf, fbuf, True)
         packed_linear_rows(fbuf, w2, b2, x1s, y[r0:r1], False)
     return y
+
+
+@njit(parallel=True, cache=True)
+def encoder_stem_kernel(mel_rows, w1, b1, h1, h1_rows, w2, b2, pos, out, blk, nt):
+    """The contract's encoder_stem for one audio, both convolutions as products on the packed tiles with frames as
+    rows.  mel_rows: (n_frames, 3 n_mels), row t the padded mel's frames t, t+1, t+2 (a view with overlapping rows of
+    the time-major mel, `NumbaBackend.encoder_stem`); w1, w2: the weights packed with their columns tap-major;
+    h1: (n_frames + 2, n_state), rows 0 and n_frames + 1 zero (conv2's padding), the rest written here;
+    h1_rows: (n_ctx, 3 n_state), row r of it h1's rows 2r .. 2r+2 (conv2's stride and taps); out: (n_ctx, n_state).
+    Two parallel phases over row blocks: conv1 + bias + GELU into h1, then conv2 + bias + GELU + positional embedding."""
+    m1 = mel_rows.shape[0]
+    nb1 = max(nt, (m1 + blk - 1) // blk)
+    rb1 = _blocks(m1, nb1, 1)
+    for p in prange(nb1):
+        o = h1[1 + rb1[p]:1 + rb1[p + 1]]
+        gemvt_range(mel_rows[rb1[p]:rb1[p + 1]], w1, 0, w1.shape[0], o)
+        bias_res_act(o, 0, o.shape[1], b1, o, True)
+    m2 = out.shape[0]
+    nb2 = max(nt, (m2 + blk - 1) // blk)
+    rb2 = _blocks(m2, nb2, 1)
+    for p in prange(nb2):
+        r0 = rb2[p]
+        o = out[r0:rb2[p + 1]]
+        gemvt_range(h1_rows[r0:rb2[p + 1]], w2, 0, w2.shape[0], o)
+        bias_res_act(o, 0, o.shape[1], b2, o, True)
+        for i in range(o.shape[0]):
+            orow = o[i]
+            prow = pos[r0 + i]
+            for j in range(o.shape[1]):
+                orow[j] += prow[j]
 
 
 @njit(parallel=True, cache=True)

@@ -405,6 +405,20 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         w.run({"x": x}, {"y": y})
         return y
 
+    def prepare_encoder_stem(self, conv1_weight, conv1_bias, conv2_weight, conv2_bias, positional_embedding):
+        g = self._graphs().build_encoder_stem(conv1_weight, conv1_bias, conv2_weight, conv2_bias, positional_embedding)
+        n_state, n_mels, _ = np.shape(conv1_weight)
+        return SimpleNamespace(run=self._runner(g), n_mels=n_mels, n_state=n_state, n_ctx=np.shape(positional_embedding)[0])
+
+    def encoder_stem(self, mel, w):
+        mel = np.asarray(mel)
+        if mel.ndim != 3 or mel.shape[1] != w.n_mels or (mel.shape[2] - 1) // 2 + 1 != w.n_ctx:
+            raise ValueError(f"encoder_stem: mel must be (batch, {w.n_mels}, {2 * w.n_ctx}) for a positional embedding of "
+                             f"{w.n_ctx} rows; got shape {mel.shape}")
+        x = np.empty((mel.shape[0], w.n_ctx, w.n_state), _F32)
+        w.run({"mel": f32c(mel)}, {"x": x})
+        return x
+
     def prepare_encoder_layer(self, **w):
         g = self._graphs().build_encoder_layer(weight_group("encoder_layer", w), self._int8)  # constants: a session per layer
         return SimpleNamespace(run=self._runner(g))

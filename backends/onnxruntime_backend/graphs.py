@@ -324,6 +324,21 @@ def build_conv1d(weight, bias, stride, padding) -> GraphBuilder:
     return g
 
 
+def build_encoder_stem(conv1_weight, conv1_bias, conv2_weight, conv2_bias, positional_embedding) -> GraphBuilder:
+    """The contract's encoder_stem: Conv, Gelu, Conv (stride 2), Gelu, then the frames as rows and the positional
+    embedding added, in one graph (no conv output crosses to NumPy, and the transpose is one pass of ORT's)."""
+    g = GraphBuilder("encoder_stem")
+    n_state, n_mels, _ = np.shape(conv1_weight)
+    n_ctx = np.shape(positional_embedding)[0]
+    x = g.input("mel", ["b", n_mels, "t"])
+    for i, (w, b, stride) in enumerate(((conv1_weight, conv1_bias, 1), (conv2_weight, conv2_bias, 2)), 1):
+        x = gelu_fast(g, g.op("Conv", x, g.weight(f"conv{i}.w", w), g.weight(f"conv{i}.b", b), kernel_shape=[3],
+                              strides=[stride], pads=[1, 1]))
+    x = g.op("Add", g.op("Transpose", x, perm=[0, 2, 1]), g.weight("positional_embedding", positional_embedding))
+    g.output(x, "x", ["b", n_ctx, n_state])
+    return g
+
+
 def build_layer_norm(weight, bias) -> GraphBuilder:
     g = GraphBuilder("layer_norm")
     x = g.input("x", None)

@@ -16,6 +16,11 @@ widens them exactly with integer vector code (a bit shuffle, plus a side list fo
 bit-identical to the float32 kernel.  That widening costs four vector instructions per 16 weights where
 vcvtph2ps costs one: a greedy step's GEMVs are bound by the core here, not by memory.
 
+encoder_stem is left to the reference, whose composition runs this backend's own conv1d and gelu: 12.8-13.0 ms a tiny
+window.  Fusing the stem bought onnxruntime 0.3 ms of its 10.2 (one graph against its conv1d and gelu ops); numba's
+stem gained 3 ms only by running both convolutions on its packed-weight tiles, which Pythran does not have
+(`stemtime.py`, docs/bench-results.md, issue 14).
+
 int8 (`compute_type="int8"`, every op of contract.INT8_OPS): the matrices are quantized at prepare as the contract
 says and held only in int8.  A decoding step runs ``_step.step8``: the layers' GEMVs multiply int8 by int8 into exact
 int32 block sums (GCC vectorises the loops; Pythran gives no access to VNNI's vpdpbusd), and the logits stay float32
