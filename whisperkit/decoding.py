@@ -424,7 +424,7 @@ class DecodingTask:
                 inference.rearrange_kv_cache(self.decoder.source_indices)
             if completed or tokens.shape[-1] > self.n_ctx:
                 break
-            if independent_rows:
+            if independent_rows and len(active) > 1:  # (one open row that had ended would have completed)
                 still_open = tokens[active, -1] != self.tokenizer.eot
                 # Dropping rows copies the open rows' caches, cross K/V included (18 MB a row on tiny); a
                 # finished row that stays costs its share of each later step.  Drop them a quarter at a time.

@@ -98,10 +98,13 @@ class GreedyDecoder(TokenDecoder):
     def append(self, tokens, next_tokens, current, sum_logprobs):
         """`update` once the tokens are chosen (next_tokens, with their log-probabilities `current`; a backend's
         greedy_pick chooses them in one call): rows that ended stay ended and add nothing to sum_logprobs."""
-        sum_logprobs += current * (tokens[:, -1] != self.eot)
-        next_tokens[tokens[:, -1] == self.eot] = self.eot
+        ended = tokens[:, -1] == self.eot
+        if ended.any():  # (few NumPy calls when none has: between two steps each costs several microseconds)
+            current = current * ~ended
+            next_tokens[ended] = self.eot
+        sum_logprobs += current
         tokens = np.concatenate([tokens, next_tokens[:, None]], axis=-1)
-        return tokens, bool((tokens[:, -1] == self.eot).all())
+        return tokens, bool((next_tokens == self.eot).all())
 
     def finalize(self, tokens, sum_logprobs):
         tokens = np.pad(tokens, ((0, 0), (0, 1)), constant_values=self.eot)  # make sure each ends with eot

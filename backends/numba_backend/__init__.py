@@ -131,6 +131,7 @@ def _hot_signatures():
          + (f[1], f[1], h[3], t.Array(t.int64, 1, "C"), f[2], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))
          + (f[4], f[4], t.Array(t.uint16, 5, "C"), h[4], f[2])),
         (S.pack_cross, (f[4], f[4], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))),
+        (S.embedding_rows_kernel, (h[3], t.Array(t.int64, 1, "C"), i, f[2])),
     ]
 
 
@@ -301,15 +302,16 @@ def _step_arrays(g, linear) -> tuple:
 def _embedding_rows(packed: np.ndarray, n_vocab: int):
     """The contract's decoder_step `embedding_rows` over the packed logits weight (`_step.pack_blocks`): the step
     keeps the token embedding only in that layout, and the model reads its rows from there."""
-    block = packed.shape[2]
-
     def rows(tokens) -> np.ndarray:
         t = np.asarray(tokens)
-        if t.size and (t.min() < 0 or t.max() >= n_vocab):
-            bad = t[(t < 0) | (t >= n_vocab)].flat[0]
-            raise IndexError(f"token {bad} is outside the vocabulary (0..{n_vocab - 1})")
-        r = packed[t // block, :, t % block]  # t's shape + (n_state,)
-        return r.view(np.float16).astype(np.float32) if r.dtype == np.uint16 else r
+        flat = np.ascontiguousarray(t, np.int64).reshape(-1)
+        out = np.empty((flat.shape[0], packed.shape[1]), _F32)
+        # one call, as a greedy step's embedding is made between two steps whose weights left the caches cold: the
+        # fancy indexing, the range checks and the widening had taken ~33 us a step there
+        bad = _step_kernels().embedding_rows_kernel(packed, flat, n_vocab, out)
+        if bad >= 0:
+            raise IndexError(f"token {flat[bad]} is outside the vocabulary (0..{n_vocab - 1})")
+        return out.reshape(t.shape + (packed.shape[1],))
     return rows
 
 
@@ -535,7 +537,8 @@ class NumbaBackend(AttentionPair, Backend):
         lp = np.empty(rows, _F32)
         _kern().greedy_pick_kernel(x, np.ascontiguousarray(tokens, np.int64), rules.sample_begin, rules.blank,
                                    rules.suppress, rules.timestamps, rules.no_timestamps, rules.timestamp_begin, rules.eot,
-                                   rules.max_initial, np.empty((rows, n_vocab), _F32), tok, lp)
+                                   rules.max_initial, np.empty((rows, max(n_vocab - rules.timestamp_begin, 0)), _F32),
+                                   tok, lp)
         return tok, lp
 
     def logsumexp(self, x):
@@ -737,6 +740,7 @@ class NumbaBackend(AttentionPair, Backend):
                                audio_fold=lambda cross_kv: _audio_fold(cross_kv, n_head),
                                n_vocab=logits_weight.shape[0], embedding_rows=_embedding_rows(arrays[-1], logits_weight.shape[0]),
                                threads={},  # batch rows -> _ThreadChoice of the one-token steps
+                               shaped={},  # decoder_step's arrays that depend only on the step's shape
                                # the contract's cross_layout: the window's keys and values by block and head (`_step.pack_cross`)
                                cross_layout=lambda cross_k, cross_v: _step_kernels().cross_layout(f32c(cross_k), f32c(cross_v),
                                                                                                   n_head))
@@ -755,15 +759,21 @@ class NumbaBackend(AttentionPair, Backend):
         arrays = _step_arrays(g, linear)
         return SimpleNamespace(int8=True, n_layer=len(g.layers), n_head=g.layers[0].n_head, arrays=arrays,
                                n_vocab=logits_weight.shape[0], embedding_rows=_embedding_rows(arrays[-1], logits_weight.shape[0]),
-                               threads={})
+                               threads={}, shaped={})
 
     def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None, cross=None,
                      audio=None):
         x = np.asarray(x)
         b, n_q, n = x.shape
         offset, pos = check_step(k_cache, v_cache, w.n_layer, offset, n_q, positions)
-        pad = np.zeros(b, np.int64) if pad is None else np.ascontiguousarray(pad, np.int64)
-        pos_rows = np.array([r * n_q + p for r in range(b) for p in pos], np.int64)
+        # the arrays that depend only on the step's shape, made once per shape: between two steps every NumPy call
+        # costs several microseconds (the step left the caches cold)
+        key = (b, n_q, tuple(pos))
+        shaped = w.shaped.get(key)
+        if shaped is None:
+            shaped = w.shaped[key] = (np.zeros(b, np.int64), np.array([r * n_q + p for r in range(b) for p in pos], np.int64))
+        pad = shaped[0] if pad is None else np.ascontiguousarray(pad, np.int64)
+        pos_rows = shaped[1]
         x2 = f32c(x).reshape(b * n_q, n)
         kc, vc = k_cache, v_cache
         direct = (kc.dtype == _F32 and vc.dtype == _F32 and kc.flags.c_contiguous and vc.flags.c_contiguous)
@@ -771,7 +781,10 @@ class NumbaBackend(AttentionPair, Backend):
             kc, vc = f32c(k_cache), f32c(v_cache)
         if audio is not None:  # the contract's `audio`: the cross-attention from the features (`_step.fold_attn`)
             xp, xtp = audio[:2]  # and the folded weights (`_audio_fold`)
-            ck = cv = np.empty((w.n_layer, xp.shape[0], xtp.shape[2], 0), _F32)  # their shapes only
+            key = (xp.shape[0], xtp.shape[2])
+            ck = cv = w.shaped.get(key)
+            if ck is None:
+                ck = cv = w.shaped[key] = np.empty((w.n_layer, xp.shape[0], xtp.shape[2], 0), _F32)  # their shapes only
         else:
             ck, cv = f32c(cross_k), f32c(cross_v)
         logits = np.empty((len(pos_rows), w.n_vocab), _F32)

@@ -367,14 +367,33 @@ def log_softmax_rows(x, y, r0, r1):
 
 
 @njit(cache=True)
+def first_index(xr, value):
+    """The first j with xr[j] == value, which xr holds: blocks of 64 counted in vector lanes, then the block's values."""
+    n = xr.shape[0]
+    j = 0
+    while j + 64 <= n:
+        c = 0
+        for k in range(64):
+            c += xr[j + k] == value
+        if c > 0:
+            break
+        j += 64
+    while xr[j] != value:
+        j += 1
+    return j
+
+
+@njit(cache=True)
 def greedy_pick_kernel(x, tokens, sample_begin, blank, suppress, timestamps, no_ts, tb, eot, max_init, y, out_tok, out_lp):
     """The backend's greedy_pick (whisperkit.contract.GREEDY_PICK): per row of the logits x (rows, n_vocab), in place,
     the masks of decoding's SuppressBlank (`blank`, at the first sampled position), SuppressTokens (`suppress`) and,
     when `timestamps`, ApplyTimestampRules; then the arg-max (the first of equal maxima, as NumPy's) and its
-    log-probability.  Every value is the one the filters and GreedyDecoder compute on this backend's ops: y is
-    `log_softmax_rows`' (the log_softmax op's rows), the timestamps' log-sum-exp is `logsumexp_kernel`'s arithmetic
-    on y's timestamp columns, and a forced timestamp takes log_softmax again over the masked row.  The best text
-    log-probability is y at the best text logit (y is (x - max) - lse in float32: monotone in x)."""
+    log-probability.  Every value is the one the filters and GreedyDecoder compute on this backend's ops: the
+    log-probabilities are `log_softmax_rows`' arithmetic (the log_softmax op's rows), computed only where read (y,
+    (rows, n_vocab - tb), holds the timestamps' columns), the timestamps' log-sum-exp is `logsumexp_kernel`'s
+    arithmetic on them, and a forced timestamp takes log_softmax again over the masked row.  The best text
+    log-probability is that of the best text logit ((x - max) - lse in float32 is monotone in x), and the chosen
+    token's is computed from its logit."""
     rows, v = x.shape
     n = tokens.shape[1]
     first = n == sample_begin
@@ -412,22 +431,27 @@ def greedy_pick_kernel(x, tokens, sample_begin, blank, suppress, timestamps, no_
                 if max_init >= 0:
                     for j in range(tb + max_init + 1, v):
                         xr[j] = -np.inf
-            log_softmax_rows(x, y, r, r + 1)
-            ts = y[r, tb:]
-            m = row_max(ts)
-            lse = m if m == -np.inf else m + np.float32(np.log(np.float64(row_exp_total(ts, m))))
-            forced = lse > row_max(y[r, :tb])
+            # log_softmax_rows' values, only where they are read: its max (the larger of the text's and the
+            # timestamps', exact), its sum, the timestamps' log-probabilities, and the text's best one, which is
+            # (max - m) - lse of the text's max logit (monotone); then the row's max is the arg-max's value
+            m_text = row_max(xr[:tb])
+            m = max(m_text, row_max(xr[tb:]))
+            lse = np.float32(np.log(np.float64(row_exp_total(xr, m))))
+            ts = y[r, :v - tb]
+            for j in range(v - tb):
+                ts[j] = (xr[tb + j] - m) - lse
+            mt = row_max(ts)
+            lse_ts = mt if mt == -np.inf else mt + np.float32(np.log(np.float64(row_exp_total(ts, mt))))
+            forced = lse_ts > (m_text - m) - lse
             if forced:
                 for j in range(tb):
                     xr[j] = -np.inf
         if forced or not timestamps:
-            log_softmax_rows(x, y, r, r + 1)
-        best_value = row_max(xr)
-        best = 0
-        while best < v - 1 and xr[best] != best_value:
-            best += 1
+            m = row_max(xr)
+            lse = np.float32(np.log(np.float64(row_exp_total(xr, m))))
+        best = first_index(xr, m)  # the first of equal maxima, as NumPy's arg-max
         out_tok[r] = best
-        out_lp[r] = y[r, best]
+        out_lp[r] = (xr[best] - m) - lse
 
 
 @njit(parallel=True, cache=True)

@@ -290,6 +290,34 @@ def pack_blocks(w: np.ndarray) -> np.ndarray:
 
 
 @intrinsic
+def widen(typingctx, v):
+    """A stored weight as float32: float16 bits (uint16) extended exactly, float32 as it is."""
+    if isinstance(v, types.Integer):
+        def codegen(context, builder, sig, args):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        return types.float32(v), codegen
+    if v == types.float32:
+        return types.float32(v), lambda context, builder, sig, args: args[0]
+    return None
+
+
+@njit(cache=True)
+def embedding_rows_kernel(packed, tokens, n_vocab, out):
+    """out[i] = row tokens[i] of a weight packed by `pack_blocks` (the token embedding, float16 bits or float32),
+    widened to float32; returns the index of the first token outside 0..n_vocab-1 (out then unfinished), else -1."""
+    p = packed.shape[2]
+    for i in range(tokens.shape[0]):
+        t = tokens[i]
+        if t < 0 or t >= n_vocab:
+            return i
+        blk = packed[t // p]
+        orow = out[i]
+        for d in range(packed.shape[1]):
+            orow[d] = widen(blk[d, t % p])
+    return -1
+
+
+@intrinsic
 def gemvt_tile(typingctx, wp, blk, x, i, out, oc, R):
     """out[i + r, oc + c] = sum over t of x[i + r, t] * widen(wp[blk, t, c]) for r < R (a literal), c < PACK_BLOCK:
     a packed weight (`pack_blocks`), so the vectors run along the outputs, each x value is broadcast
