@@ -172,6 +172,17 @@ def _vmin_c(builder, x, c):
     return builder.select(builder.fcmp_ordered("<", x, _vc(c)), _vc(c), x)
 
 
+def _host_has(feature: str) -> bool:
+    try:
+        import llvmlite.binding as llb
+        return bool(llb.get_host_cpu_features().get(feature))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+_SCALEF = _host_has("avx512f")
+
+
 def _emit_exp(builder, x, flush):
     """exp_f32 on a 16-lane vector (x <= ~0): the same reduction and polynomial, with FMAs; 0 where
     x < flush (> -87.3).  Flushing keeps denormals out: results near float32's smallest normal, and
@@ -179,6 +190,18 @@ def _emit_exp(builder, x, flush):
     costs the core a microcode assist (a real window's scores and GELU inputs reach such values)."""
     fma = _vfn(builder, "llvm.fma.v16f32", 3)
     tiny = builder.fcmp_ordered("<", x, _vc(flush))
+    if _SCALEF:  # no clamp: a lane below `flush` (even -inf, whose reduction gives NaN) is replaced by 0 at the end
+        n = builder.call(_vfn(builder, "llvm.floor.v16f32", 1), [builder.call(fma, [x, _vc(1.44269504088896341), _vc(0.5)])])
+        r = builder.call(fma, [n, _vc(-0.693359375), x])
+        r = builder.call(fma, [n, _vc(2.12194440e-4), r])
+        p = _vc(1.9875691500e-4)
+        for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+            p = builder.call(fma, [p, r, _vc(c)])
+        y = builder.call(fma, [builder.fmul(p, r), r, builder.fadd(r, _vc(1.0))])
+        scalef = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VF, [_VF, _VF, _VF, ir.IntType(16),
+                                                ir.IntType(32)]), "llvm.x86.avx512.mask.scalef.ps.512")
+        y = builder.call(scalef, [y, n, ir.Constant(_VF, None), ir.Constant(ir.IntType(16), -1), ir.Constant(ir.IntType(32), 4)])
+        return builder.select(tiny, ir.Constant(_VF, None), y)
     x = builder.select(tiny, _vc(flush), x)
     n = builder.call(_vfn(builder, "llvm.floor.v16f32", 1), [builder.call(fma, [x, _vc(1.44269504088896341), _vc(0.5)])])
     r = builder.call(fma, [n, _vc(-0.693359375), x])
