@@ -285,6 +285,11 @@ def test_decoder_step_gives_the_embedding_rows_back(case_id):
     rows = w.embedding_rows(tokens)
     assert rows.shape == tokens.shape + (emb.shape[1],) and rows.dtype == np.float32
     assert np.array_equal(rows, emb.astype(np.float32)[tokens])
+    pos = np.random.default_rng(5).standard_normal((6, emb.shape[1])).astype(np.float32)
+    for plus in (pos[:3], pos.reshape(2, 3, -1)):  # the positions' rows, repeated over the batch or one per token
+        assert np.array_equal(w.embedding_rows(tokens, plus), emb.astype(np.float32)[tokens] + plus)
+    with pytest.raises(ValueError, match="do not divide"):
+        w.embedding_rows(tokens, pos[:4])
     with pytest.raises(IndexError, match="outside the vocabulary"):
         w.embedding_rows(np.array([n]))
 

@@ -298,8 +298,9 @@ class TextDecoder:
         """Token plus positional embeddings (batch, n, n_text_state), float32: each stored value widened and one
         float32 sum, as openai-whisper's float32 model adds them (adding the float16 tables as they are rounded
         the sum to float16).  `at`: the positions, anything that indexes positional_embedding."""
-        rows = self._embedding_rows(tokens) if self._embedding_rows is not None else self.token_embedding[tokens]
-        return rows.astype(np.float32, copy=False) + self.positional_embedding[at]
+        if self._embedding_rows is not None:  # the backend's rows, the positions' added in the same float32 sum
+            return self._embedding_rows(tokens, self.positional_embedding[at])
+        return self.token_embedding[tokens].astype(np.float32, copy=False) + self.positional_embedding[at]
 
     def _layer_kwargs(self, t: dict) -> list[dict]:
         return [layout.layer_kwargs(t, DECODER, i, self.dims.n_text_head) for i in range(self.dims.n_text_layer)]

@@ -54,11 +54,18 @@ def _kern():
     return _K
 
 
+_MODULES: dict = {}  # the kernel modules imported so far, by name: a decode step asks for them several times, and a
+#                    relative import statement runs importlib's Python each time (several microseconds, caches cold)
+
+
 def _int8_kernels():
     """The int8 kernels (imported on first use, after `_kernels`)."""
-    _kern()
-    from . import _int8 as i8
-    return i8
+    m = _MODULES.get("_int8")
+    if m is None:
+        _kern()
+        from . import _int8 as m
+        _MODULES["_int8"] = m
+    return m
 
 
 #: The ops of contract.INT8_OPS this backend runs in int8 itself (`_int8`): all of them, for widths of multiples
@@ -68,16 +75,22 @@ _INT8_NATIVE = ("linear", "mlp_block", "encoder_layer", "decoder_layer", "decode
 
 def _step_kernels():
     """The decoder step's kernels (imported on first use, after `_kernels`)."""
-    _kern()
-    from . import _step as s
-    return s
+    m = _MODULES.get("_step")
+    if m is None:
+        _kern()
+        from . import _step as m
+        _MODULES["_step"] = m
+    return m
 
 
 def _encoder_kernels():
     """The encoder layer's kernel (imported on first use, after `_kernels`)."""
-    _kern()
-    from . import _encoder as e
-    return e
+    m = _MODULES.get("_encoder")
+    if m is None:
+        _kern()
+        from . import _encoder as m
+        _MODULES["_encoder"] = m
+    return m
 
 
 _F32 = np.float32
@@ -131,7 +144,7 @@ def _hot_signatures():
          + (f[1], f[1], h[3], t.Array(t.int64, 1, "C"), f[2], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))
          + (f[4], f[4], t.Array(t.uint16, 5, "C"), h[4], f[2])),
         (S.pack_cross, (f[4], f[4], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))),
-        (S.embedding_rows_kernel, (h[3], t.Array(t.int64, 1, "C"), i, f[2])),
+        (S.embedding_rows_kernel, (h[3], t.Array(t.int64, 1, "C"), i, f[2], f[2])),
     ]
 
 
@@ -302,16 +315,23 @@ def _step_arrays(g, linear) -> tuple:
 def _embedding_rows(packed: np.ndarray, n_vocab: int):
     """The contract's decoder_step `embedding_rows` over the packed logits weight (`_step.pack_blocks`): the step
     keeps the token embedding only in that layout, and the model reads its rows from there."""
-    def rows(tokens) -> np.ndarray:
+    kernel = _step_kernels().embedding_rows_kernel
+    n = packed.shape[1]
+    nothing = np.zeros((0, n), _F32)
+
+    def rows(tokens, plus=None) -> np.ndarray:
         t = np.asarray(tokens)
         flat = np.ascontiguousarray(t, np.int64).reshape(-1)
-        out = np.empty((flat.shape[0], packed.shape[1]), _F32)
+        out = np.empty((flat.shape[0], n), _F32)
         # one call, as a greedy step's embedding is made between two steps whose weights left the caches cold: the
-        # fancy indexing, the range checks and the widening had taken ~33 us a step there
-        bad = _step_kernels().embedding_rows_kernel(packed, flat, n_vocab, out)
+        # fancy indexing, the range checks, the widening and the sum had taken ~50 us a step there
+        add = nothing if plus is None else f32c(plus).reshape(-1, n)
+        if add.shape[0] and flat.shape[0] % add.shape[0]:
+            raise ValueError(f"embedding_rows: {add.shape[0]} rows to add do not divide {flat.shape[0]} tokens")
+        bad = kernel(packed, flat, n_vocab, out, add)
         if bad >= 0:
             raise IndexError(f"token {flat[bad]} is outside the vocabulary (0..{n_vocab - 1})")
-        return out.reshape(t.shape + (packed.shape[1],))
+        return out.reshape(t.shape + (n,))
     return rows
 
 

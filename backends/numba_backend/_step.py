@@ -302,9 +302,10 @@ def widen(typingctx, v):
 
 
 @njit(cache=True)
-def embedding_rows_kernel(packed, tokens, n_vocab, out):
+def embedding_rows_kernel(packed, tokens, n_vocab, out, plus):
     """out[i] = row tokens[i] of a weight packed by `pack_blocks` (the token embedding, float16 bits or float32),
-    widened to float32; returns the index of the first token outside 0..n_vocab-1 (out then unfinished), else -1."""
+    widened to float32, plus plus[i % len(plus)] in float32 when plus has rows (the positional embedding); returns
+    the index of the first token outside 0..n_vocab-1 (out then unfinished), else -1."""
     p = packed.shape[2]
     for i in range(tokens.shape[0]):
         t = tokens[i]
@@ -314,6 +315,10 @@ def embedding_rows_kernel(packed, tokens, n_vocab, out):
         orow = out[i]
         for d in range(packed.shape[1]):
             orow[d] = widen(blk[d, t % p])
+        if plus.shape[0] > 0:
+            prow = plus[i % plus.shape[0]]
+            for d in range(packed.shape[1]):
+                orow[d] += prow[d]
     return -1
 
 
