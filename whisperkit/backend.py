@@ -291,7 +291,10 @@ def check_step(k_cache, v_cache, n_layer: int, offset: int, n_q: int, positions)
     int, the positions counted from the start)."""
     if k_cache.shape[0] != n_layer or v_cache.shape[0] != n_layer:
         raise ValueError(f"decoder_step: caches hold {k_cache.shape[0]} layers, the model has {n_layer}")
-    offset = check_kv_step(k_cache[0], v_cache[0], offset, n_q)
+    offset = int(offset)  # check_kv_step's check, on the shapes (no view of a layer: once a step, caches cold)
+    size = min(k_cache.shape[2], v_cache.shape[2])
+    if offset < 0 or offset + n_q > size:
+        raise ValueError(f"decoder step: positions {offset}..{offset + n_q - 1} outside the KV cache of {size}")
     pos = [int(p) for p in positions]
     for p in pos:
         if not -n_q <= p < n_q:

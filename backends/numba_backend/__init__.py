@@ -254,8 +254,22 @@ def _warm_up():
 
 def _nt():
     """Numba's current thread count, passed to the kernels (calling numba.get_num_threads() inside a
-    kernel embeds a ctypes pointer, which makes the function uncacheable)."""
-    return _numba().get_num_threads()
+    kernel embeds a ctypes pointer, which makes the function uncacheable).  Once Numba's threads are up, read
+    from the threading layer's own getter: numba.get_num_threads() takes two locks first (one a process lock),
+    ~30 us a decode step with the caches cold."""
+    if _NUM_THREADS:
+        n = _NUM_THREADS[0]()
+        if n > 0:
+            return n
+    n = _numba().get_num_threads()  # launches the threads
+    from numba.np.ufunc import parallel
+    getter = getattr(parallel, "_get_num_threads", None)  # Numba's private ctypes getter (0.5x-0.6x)
+    if callable(getter) and not _NUM_THREADS and getter() == n:
+        _NUM_THREADS.append(getter)
+    return n
+
+
+_NUM_THREADS: list = []
 
 #: Row-block sizes.  Single-threaded sgemm on one block gets markedly faster from 128 to ~256-512 rows
 #: (it packs the whole weight for every call, and its small-M edge costs more), while the per-thread
@@ -353,15 +367,15 @@ class _ThreadChoice:
     def __init__(self, nt):
         self.time = {nt: None, 1: None}  # exponential average of the step time
         self.steps = 0
+        self.order = None  # (best, other, every): set by record once both are timed
 
     def pick(self, nt):
         if nt not in self.time:
-            self.time, self.steps = {nt: None, 1: None}, 0
+            self.time, self.steps, self.order = {nt: None, 1: None}, 0, None
         self.steps += 1
-        if self.steps <= 2 * self.WARM or None in self.time.values():  # alternate at first: a lone first
-            return nt if self.steps % 2 else 1                         # time may carry one-off costs
-        best, other = sorted(self.time, key=self.time.get)
-        every = self.PROBE * (8 if self.time[other] > self.FAR * self.time[best] else 1)
+        if self.steps <= 2 * self.WARM or self.order is None:  # alternate at first: a lone first
+            return nt if self.steps % 2 else 1                 # time may carry one-off costs
+        best, other, every = self.order
         return other if self.steps % every == 0 else best
 
     def record(self, nt, dt):
@@ -369,6 +383,10 @@ class _ThreadChoice:
         # down at once (a first call pays one-off costs), up gradually and by at most a quarter a step: one step
         # the machine stole (19 ms among 3 ms ones) made one thread look better and ran 18 steps on it
         self.time[nt] = dt if t is None or dt < t else 0.75 * t + 0.25 * min(dt, 2 * t)
+        (a, ta), (b, tb) = self.time.items()
+        if ta is not None and tb is not None:  # the choice, made here once per step rather than at each pick
+            best, other = (a, b) if ta <= tb else (b, a)
+            self.order = best, other, self.PROBE * (8 if self.time[other] > self.FAR * self.time[best] else 1)
 
 
 _NO_CROSS = np.empty((0,) * 6, _F32)  # decoder_step_kernel's cross_kp, cross_vp when it folds
