@@ -192,3 +192,58 @@ def _rowwise(a: np.ndarray) -> np.ndarray:
 
 class Fallback(Exception):
     """The dispatcher runs this op (for this case) on the reference, not on the backend under test."""
+
+
+# ---- the optional greedy_pick slot (whisperkit.contract.GREEDY_PICK) ------------------------------------------------
+NO_PICK_REASON = "offers no greedy_pick (an optional slot: the decode loop runs its filters and GreedyDecoder)"
+#: decoding options whose filters differ (the blank, the suppressed tokens, the timestamp rules and their first step)
+PICK_OPTIONS = ({}, {"suppress_blank": False}, {"suppress_tokens": ""}, {"without_timestamps": True},
+                {"max_initial_timestamp": None})
+PICK_ROUNDS = 60  # random (3-row logits, token history) pairs per option set
+
+
+def greedy_pick_problem(model, rounds: int = PICK_ROUNDS, seed: int = 11) -> str | None:
+    """The backend's greedy_pick, as a greedy decoding of `model` takes it, against decoding's logit filters and
+    GreedyDecoder on the same backend's ops: the chosen tokens, their log-probabilities and the masked logits must
+    be equal bit for bit (the contract).  Random logits with a shifted timestamp range and token histories that open
+    and close timestamps, so the forced-timestamp rule fires too.  None when they agree, else what differs first
+    and how to reproduce it; raises LookupError when the decode loop would not take the backend's greedy_pick."""
+    from whisperkit.decoding import DecodingOptions, DecodingTask
+    tok = model.tokenizer
+    tb, eot = tok.timestamp_begin, tok.eot
+    n_vocab = model.dims.n_vocab
+    forced = 0
+    for options in PICK_OPTIONS:
+        task = DecodingTask(model.graph, tok, DecodingOptions(**options))
+        pick = task._greedy_pick()
+        if pick is None:
+            raise LookupError("the decode loop does not take its greedy_pick: log_softmax and logsumexp must run on the "
+                              "backend (the values greedy_pick reproduces)")
+        rng = np.random.default_rng(seed)
+        for r in range(rounds):
+            n = int(rng.integers(0, 10))
+            hist = np.where(rng.random((3, n)) < 0.3, rng.integers(tb, n_vocab, (3, n)), rng.integers(0, eot, (3, n)))
+            tokens = np.concatenate([np.tile(task.initial_tokens, (3, 1)), hist], axis=1).astype(np.int64)
+            logits = (rng.standard_normal((3, n_vocab)) * rng.uniform(1, 6)).astype(np.float32)
+            logits[:, tb:] += np.float32(rng.uniform(-6, 4))
+            chain = logits.copy()
+            for f in task.logit_filters:
+                f.apply(chain, tokens)
+            logprobs = task.logit_filters[-1].logprobs if task.logit_filters else None
+            forced += logprobs is None and not options.get("without_timestamps")
+            sums = np.zeros(3, np.float32)
+            expected, _ = task.decoder.update(tokens, chain, sums, logprobs)
+            got, current = pick(logits, tokens)
+            where = f"options {options}, round {r} of seed {seed} (conformance.checks.greedy_pick_problem)"
+            if np.asarray(got).dtype != np.int64 or np.asarray(current).dtype != np.float32:
+                return f"{where}: dtypes {np.asarray(got).dtype}, {np.asarray(current).dtype}; expected int64, float32"
+            if not np.array_equal(got, expected[:, -1]):
+                return f"{where}: tokens {list(got)}, expected {list(expected[:, -1])}"
+            if np.asarray(current).tobytes() != sums.tobytes():
+                return f"{where}: log-probabilities {list(current)}, expected {list(sums)} (bit for bit)"
+            if not np.array_equal(logits, chain):
+                rows = sorted(set(np.argwhere(logits != chain)[:, 0].tolist()))
+                return f"{where}: the logits masked in place differ from the filters' in rows {rows}"
+    if not forced:
+        return "no round forced a timestamp (the histories or the logits do not reach that rule): the check is too weak"
+    return None

@@ -36,7 +36,8 @@ def split_case(case_id: str) -> tuple[str, str]:
     return compute_type or "float32", plain
 
 
-MODEL_CASES = ("model/encoder_jfk", "model/logits_after_sot_jfk", "model/greedy_tokens_jfk", "model/greedy_tokens_pv_en")
+MODEL_CASES = ("model/encoder_jfk", "model/logits_after_sot_jfk", "model/greedy_tokens_jfk", "model/greedy_tokens_pv_en",
+               "model/greedy_pick")
 NOT_RUN_PREFIX = "not run: "
 ALL_CASE_IDS = tuple(CASES) + MODEL_CASES
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from whisperkit.conformance.cases import MODEL_TOL
-from whisperkit.conformance.checks import FALLBACK_REASON, compare, worst_ratio
+from whisperkit.conformance.checks import FALLBACK_REASON, NO_PICK_REASON, compare, greedy_pick_problem, worst_ratio
 from whisperkit.conformance.plugin import NOT_RUN_PREFIX
 from whisperkit.conformance.selection import find_shared
 
@@ -74,6 +74,19 @@ def test_model(model_case, conformance, request):
     Whisper = _load_api()
     ref = _reference(conformance, Whisper, shared)
     model = _model_for(conformance, backend_name, Whisper, ref)
+
+    if case_id == "model/greedy_pick":  # the optional slot: the filters' and GreedyDecoder's values, bit for bit
+        if getattr(backend, "greedy_pick", None) is None:
+            _not_run(NO_PICK_REASON)
+        try:
+            problem = greedy_pick_problem(model)
+        except LookupError as exc:
+            _not_run(str(exc))
+        if problem:
+            pytest.fail(f"{case_id} on backend {backend_name}: {problem}\n  reproduce:\n"
+                        f"    from whisperkit.conformance.checks import greedy_pick_problem\n"
+                        f"    greedy_pick_problem(Whisper('tiny.en', backend={backend_name!r}))", pytrace=False)
+        return
 
     if case_id in CLIPS:
         clip = shared / "audio" / CLIPS[case_id]
