@@ -50,14 +50,24 @@ class _Samples:
             yield self.array[i:i + step]
 
 
+#: frames per block of `_log10_mel`: each block's float64 temporaries (~3 MB at 512) stay in cache, where a whole
+#: window's (~10 MB each) went to memory: 3000 frames in 5.2 ms instead of 9.7, the same bits (`melchunk.py`, stop 41)
+MEL_BLOCK = 512
+
+
 def _log10_mel(padded: np.ndarray, n_frames: int, filters: np.ndarray) -> np.ndarray:
     """log10(mel power) of n_frames frames of an already padded float64 signal: frame i covers
     padded[i * 160 : i * 160 + 400].  Returns (n_mels, n_frames) float64."""
-    frames = np.lib.stride_tricks.as_strided(
-        padded, shape=(n_frames, N_FFT), strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0]), writeable=False)
-    spec = np.fft.rfft(frames * _periodic_hann(N_FFT), axis=-1)
-    power = (spec.real ** 2 + spec.imag ** 2).T  # (n_fft // 2 + 1, n_frames)
-    return np.log10(np.maximum(filters @ power, 1e-10))
+    out = np.empty((filters.shape[0], n_frames), np.float64)
+    hann = _periodic_hann(N_FFT)
+    for i0 in range(0, n_frames, MEL_BLOCK):
+        i1 = min(n_frames, i0 + MEL_BLOCK)
+        frames = np.lib.stride_tricks.as_strided(padded[i0 * HOP_LENGTH:], shape=(i1 - i0, N_FFT),
+                                                 strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0]), writeable=False)
+        spec = np.fft.rfft(frames * hann, axis=-1)
+        power = (spec.real ** 2 + spec.imag ** 2).T  # (n_fft // 2 + 1, frames of the block)
+        np.log10(np.maximum(filters @ power, 1e-10), out=out[:, i0:i1])
+    return out
 
 
 class StreamingMel:
