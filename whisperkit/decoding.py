@@ -121,7 +121,7 @@ class SuppressBlank(LogitFilter):
 
 class SuppressTokens(LogitFilter):
     def __init__(self, suppress_tokens: Sequence[int]):
-        self.ids = list(suppress_tokens)
+        self.ids = np.asarray(list(suppress_tokens), np.int64)  # an index array once, not a list converted per step
 
     def apply(self, logits, tokens):
         logits[:, self.ids] = -np.inf
