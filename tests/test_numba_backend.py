@@ -182,6 +182,32 @@ def test_vector_softmax_tails_and_flush():
         assert np.abs(p - ref).max() < 2e-5  # float32 scores of this size carry ~1e-5 of rounding
 
 
+def test_vector_exp_gives_the_same_bits_with_or_without_vscalefps(monkeypatch):
+    """The 16-lane exp scales by 2^n with vscalefps where the CPU has AVX-512F, else by a 2^n built from exponent bits
+    (the flag is read when a kernel is compiled): both give the same bits, and 0 below the flush and for -inf."""
+    from numba import njit
+    from whisperkit.backends.numba_backend import _kern
+    K = _kern()
+    x = np.concatenate([np.random.default_rng(8).uniform(-90, 0, 4093), [-np.inf, -50.5, -49.5]]).astype(np.float32)
+    outs = []
+    for scalef in (True, False):
+        if scalef and not K._SCALEF:
+            continue  # no AVX-512F on this CPU: only the integer path can run
+        monkeypatch.setattr(K, "_SCALEF", scalef)
+        exp16 = njit(lambda a, n16, m: K.vexp_sum16(a, n16, m), cache=False)  # compiled now, with this flag
+        a = x.copy()
+        total = exp16(a, len(a) // 16, np.float32(0.0))
+        outs.append((a, total))
+    a, total = outs[-1]
+    assert a[4093] == 0 and a[4094] == 0 and a[4095] > 0  # -inf and below the flush give 0, just above it does not
+    ref = np.exp(x.astype(np.float64))
+    ref[x < K.SOFTMAX_FLUSH] = 0
+    assert np.allclose(a, ref, rtol=3e-7, atol=0)
+    assert abs(total - ref.sum()) < 1e-5 * ref.sum()
+    if len(outs) == 2:
+        assert outs[0][0].tobytes() == outs[1][0].tobytes() and outs[0][1] == outs[1][1]
+
+
 def test_vector_gelu_tails_and_extremes():
     """The 16-lane bias + GELU of the MLP blocks: a width with a scalar tail, inputs far in both tails
     (outputs that would be denormal are 0), within gelu's conformance tolerance of the exact erf form."""

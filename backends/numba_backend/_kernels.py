@@ -190,19 +190,8 @@ def _emit_exp(builder, x, flush):
     costs the core a microcode assist (a real window's scores and GELU inputs reach such values)."""
     fma = _vfn(builder, "llvm.fma.v16f32", 3)
     tiny = builder.fcmp_ordered("<", x, _vc(flush))
-    if _SCALEF:  # no clamp: a lane below `flush` (even -inf, whose reduction gives NaN) is replaced by 0 at the end
-        n = builder.call(_vfn(builder, "llvm.floor.v16f32", 1), [builder.call(fma, [x, _vc(1.44269504088896341), _vc(0.5)])])
-        r = builder.call(fma, [n, _vc(-0.693359375), x])
-        r = builder.call(fma, [n, _vc(2.12194440e-4), r])
-        p = _vc(1.9875691500e-4)
-        for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-            p = builder.call(fma, [p, r, _vc(c)])
-        y = builder.call(fma, [builder.fmul(p, r), r, builder.fadd(r, _vc(1.0))])
-        scalef = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VF, [_VF, _VF, _VF, ir.IntType(16),
-                                                ir.IntType(32)]), "llvm.x86.avx512.mask.scalef.ps.512")
-        y = builder.call(scalef, [y, n, ir.Constant(_VF, None), ir.Constant(ir.IntType(16), -1), ir.Constant(ir.IntType(32), 4)])
-        return builder.select(tiny, ir.Constant(_VF, None), y)
-    x = builder.select(tiny, _vc(flush), x)
+    if not _SCALEF:  # the integer 2^n below needs n in range: clamp (vscalefps takes any n; a lane below `flush`,
+        x = builder.select(tiny, _vc(flush), x)  # even -inf, whose reduction gives NaN, is replaced by 0 at the end)
     n = builder.call(_vfn(builder, "llvm.floor.v16f32", 1), [builder.call(fma, [x, _vc(1.44269504088896341), _vc(0.5)])])
     r = builder.call(fma, [n, _vc(-0.693359375), x])
     r = builder.call(fma, [n, _vc(2.12194440e-4), r])
@@ -210,9 +199,15 @@ def _emit_exp(builder, x, flush):
     for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
         p = builder.call(fma, [p, r, _vc(c)])
     y = builder.call(fma, [builder.fmul(p, r), r, builder.fadd(r, _vc(1.0))])
-    e = builder.shl(builder.add(builder.fptosi(n, _VI), ir.Constant(_VI, [ir.Constant(ir.IntType(32), 127)] * 16)),
-                    ir.Constant(_VI, [ir.Constant(ir.IntType(32), 23)] * 16))
-    return builder.select(tiny, ir.Constant(_VF, None), builder.fmul(y, builder.bitcast(e, _VF)))
+    if _SCALEF:  # y * 2^n in one instruction
+        scalef = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VF, [_VF, _VF, _VF, ir.IntType(16),
+                                                ir.IntType(32)]), "llvm.x86.avx512.mask.scalef.ps.512")
+        y = builder.call(scalef, [y, n, ir.Constant(_VF, None), ir.Constant(ir.IntType(16), -1), ir.Constant(ir.IntType(32), 4)])
+    else:  # 2^n built from its exponent bits
+        e = builder.shl(builder.add(builder.fptosi(n, _VI), ir.Constant(_VI, [ir.Constant(ir.IntType(32), 127)] * 16)),
+                        ir.Constant(_VI, [ir.Constant(ir.IntType(32), 23)] * 16))
+        y = builder.fmul(y, builder.bitcast(e, _VF))
+    return builder.select(tiny, ir.Constant(_VF, None), y)
 
 
 #: exp arguments below these give 0: a probability under e^-50 (relative to the row's largest, which
