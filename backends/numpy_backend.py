@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from whisperkit import model
-from whisperkit.backend import Backend, DecoderStepWeights, Ops, bind_group, hookimpl, weight_group
+from whisperkit.backend import Backend, DecoderStepWeights, Ops, bind_group, check_stem, hookimpl, weight_group
 from whisperkit.contract import LAYER_NORM_EPS, int8_block, quantize_int8, quantize_rows_int8
 from whisperkit.token_decoders import log_softmax, logsumexp, top_k
 
@@ -157,13 +157,15 @@ class NumpyBackend(Backend):
                                                   padding=1),
                                    conv2=ops.bind("conv1d", weight=weights["conv2_weight"], bias=weights["conv2_bias"], stride=2,
                                                   padding=1),
-                                   positional_embedding=np.asarray(weights["positional_embedding"], np.float32), ops=ops)
+                                   positional_embedding=np.asarray(weights["positional_embedding"], np.float32), ops=ops,
+                                   n_mels=np.shape(weights["conv1_weight"])[1])
         if op in ("mlp_block", "encoder_layer", "decoder_layer"):
             return SimpleNamespace(block=bind_group(weight_group(op, weights), ops), ops=ops)
         return super().prepare(op, weights, ops)
 
     def encoder_stem(self, mel, w):
-        return model.encoder_stem(np.asarray(mel, np.float32), w.conv1, w.conv2, w.positional_embedding, w.ops.gelu)
+        mel = check_stem(mel, w.n_mels, w.positional_embedding.shape[0])
+        return model.encoder_stem(mel.astype(np.float32, copy=False), w.conv1, w.conv2, w.positional_embedding, w.ops.gelu)
 
     def mlp_block(self, x, w):
         return model.mlp_block(x, w.block, w.ops.gelu)

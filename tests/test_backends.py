@@ -196,3 +196,15 @@ def test_decoder_step_refuses_bad_caches_and_positions(name, layers, offset, pos
     else:
         with pytest.raises(ValueError, match=refusal):
             got(*args)
+
+
+@pytest.mark.parametrize("mel_shape", [(1, 80, 2998), (1, 79, 224), (80, 224)])
+def test_encoder_stem_refuses_a_mel_of_the_wrong_shape(backend, mel_shape):
+    """A mel whose frames do not match the positional embedding (224 frames make 112 rows), whose mel count is not
+    conv1's, or without a batch axis: one clear error naming the op and the shape expected, on the backend and on the
+    reference its composition falls back to."""
+    from whisperkit.conformance.cases import CASES
+    weights = CASES["encoder_stem/batch2_224"].make().weights
+    for stem in bind_both(backend, "encoder_stem", **weights):
+        with pytest.raises(ValueError, match=r"encoder_stem: mel must be \(batch, 80, 224\)"):
+            stem(np.zeros(mel_shape, np.float32))

@@ -366,7 +366,8 @@ def test_greedy_pick_conforms_and_its_check_catches_a_one_ulp_or_masking_slip(ti
     def no_timestamp_rules(self, logits, tokens, rules):
         return real(self, logits, tokens, rules._replace(timestamps=False))
 
-    for mutant, words in ((one_ulp, "log-probabilities"), (no_timestamp_rules, "")):
-        monkeypatch.setattr(type(model.graph.ops.backend), "greedy_pick", mutant)
-        problem = greedy_pick_problem(model, rounds=20)
-        assert problem is not None and words in problem
+    monkeypatch.setattr(type(model.graph.ops.backend), "greedy_pick", one_ulp)
+    problem = greedy_pick_problem(model, rounds=20)
+    assert problem is not None and "log-probabilities" in problem
+    monkeypatch.setattr(type(model.graph.ops.backend), "greedy_pick", no_timestamp_rules)
+    assert greedy_pick_problem(model, rounds=20) is not None  # tokens or masked logits, whichever differs first

@@ -274,15 +274,25 @@ def group_arrays(group) -> tuple:
 # --------------------------------------------------------------------------- helpers backends share
 
 
-def check_kv_step(k_cache, v_cache, offset: int, n_q: int) -> int:
-    """The decoder's bound (decoder_layer, and decoder_step on one layer's caches): positions offset ..
-    offset + n_q - 1 must lie inside both caches (batch, n_text_ctx, n_state).  Returns offset as an int; a
-    step outside gets one clear error instead of a broadcast failure deep inside."""
+def check_kv_step(k_cache, v_cache, offset: int, n_q: int, axis: int = 1) -> int:
+    """The decoder's bound (decoder_layer; decoder_step with axis 2, on its (n_layer, batch, n_text_ctx, n_state)
+    caches): positions offset .. offset + n_q - 1 must lie inside both caches along `axis`.  Returns offset as an
+    int; a step outside gets one clear error instead of a broadcast failure deep inside."""
     offset = int(offset)
-    size = min(k_cache.shape[1], v_cache.shape[1])
+    size = min(k_cache.shape[axis], v_cache.shape[axis])
     if offset < 0 or offset + n_q > size:
         raise ValueError(f"decoder step: positions {offset}..{offset + n_q - 1} outside the KV cache of {size}")
     return offset
+
+
+def check_stem(mel, n_mels: int, n_ctx: int) -> np.ndarray:
+    """encoder_stem's input checked once for every backend: (batch, n_mels, n_frames) with (n_frames - 1) // 2 + 1 ==
+    n_ctx, the positional embedding's rows (2 n_ctx frames: Whisper's 3000).  Returns mel as an array."""
+    mel = np.asarray(mel)
+    if mel.ndim != 3 or mel.shape[1] != n_mels or (mel.shape[2] - 1) // 2 + 1 != n_ctx:
+        raise ValueError(f"encoder_stem: mel must be (batch, {n_mels}, {2 * n_ctx}) for a positional embedding of {n_ctx} "
+                         f"rows; got shape {mel.shape}")
+    return mel
 
 
 def check_step(k_cache, v_cache, n_layer: int, offset: int, n_q: int, positions) -> tuple[int, list[int]]:
@@ -291,10 +301,7 @@ def check_step(k_cache, v_cache, n_layer: int, offset: int, n_q: int, positions)
     int, the positions counted from the start)."""
     if k_cache.shape[0] != n_layer or v_cache.shape[0] != n_layer:
         raise ValueError(f"decoder_step: caches hold {k_cache.shape[0]} layers, the model has {n_layer}")
-    offset = int(offset)  # check_kv_step's check, on the shapes (no view of a layer: once a step, caches cold)
-    size = min(k_cache.shape[2], v_cache.shape[2])
-    if offset < 0 or offset + n_q > size:
-        raise ValueError(f"decoder step: positions {offset}..{offset + n_q - 1} outside the KV cache of {size}")
+    offset = check_kv_step(k_cache, v_cache, offset, n_q, axis=2)  # on the shapes: no view of a layer, once a step
     pos = [int(p) for p in positions]
     for p in pos:
         if not -n_q <= p < n_q:

@@ -20,10 +20,6 @@ from .weights.layout import DECODER, ENCODER, ModelDimensions
 
 def encoder_stem(mel, conv1, conv2, positional_embedding, gelu):
     """The encoder's input: conv1 (stride 1) and conv2 (stride 2), each with padding 1 and a GELU, then frames as rows."""
-    n_ctx = positional_embedding.shape[0]
-    if mel.ndim != 3 or (mel.shape[-1] - 1) // 2 + 1 != n_ctx:
-        raise ValueError(f"encoder_stem: mel must be (batch, n_mels, {2 * n_ctx}) for a positional embedding of {n_ctx} "
-                         f"rows; got shape {mel.shape}")
     x = gelu(conv1(mel))  # (batch, n_audio_state, n_frames)
     x = gelu(conv2(x))  # (batch, n_audio_state, n_audio_ctx)
     return np.ascontiguousarray(x.transpose(0, 2, 1)) + positional_embedding  # (batch, n_audio_ctx, n_audio_state)

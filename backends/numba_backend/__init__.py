@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import (AttentionPair, Backend, Linear, MlpWeights, Norm, check_kv_step, check_step, exact_float16, f32c, f32c_group, group_arrays,
+from whisperkit.backend import (AttentionPair, Backend, Linear, MlpWeights, Norm, check_kv_step, check_stem, check_step, exact_float16, f32c, f32c_group, group_arrays,
                                 hookimpl, rows_f32, weight_group, weight_matrices)
 from whisperkit.threads import short_blas_spin
 
@@ -658,11 +658,8 @@ class NumbaBackend(AttentionPair, Backend):
                                pos=f32c(positional_embedding), n_mels=w1[1], n_state=w1[0])
 
     def encoder_stem(self, mel, w):
-        mel = np.asarray(mel)
         n_ctx = w.pos.shape[0]
-        if mel.ndim != 3 or mel.shape[1] != w.n_mels or (mel.shape[2] - 1) // 2 + 1 != n_ctx:
-            raise ValueError(f"encoder_stem: mel must be (batch, {w.n_mels}, {2 * n_ctx}) for a positional embedding of "
-                             f"{n_ctx} rows; got shape {mel.shape}")
+        mel = check_stem(mel, w.n_mels, n_ctx)
         b, n_mels, t = mel.shape
         n = w.n_state
         out = np.empty((b, n_ctx, n), _F32)

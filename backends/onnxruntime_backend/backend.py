@@ -60,7 +60,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import AttentionPair, Backend, check_kv_step, check_step, f32c, weight_group, weight_matrices
+from whisperkit.backend import AttentionPair, Backend, check_kv_step, check_stem, check_step, f32c, weight_group, weight_matrices
 from whisperkit.contract import INT8_OPS
 from whisperkit.errors import BackendError
 from whisperkit.threads import get_num_threads, short_blas_spin
@@ -411,10 +411,7 @@ class OnnxRuntimeBackend(AttentionPair, Backend):
         return SimpleNamespace(run=self._runner(g), n_mels=n_mels, n_state=n_state, n_ctx=np.shape(positional_embedding)[0])
 
     def encoder_stem(self, mel, w):
-        mel = np.asarray(mel)
-        if mel.ndim != 3 or mel.shape[1] != w.n_mels or (mel.shape[2] - 1) // 2 + 1 != w.n_ctx:
-            raise ValueError(f"encoder_stem: mel must be (batch, {w.n_mels}, {2 * w.n_ctx}) for a positional embedding of "
-                             f"{w.n_ctx} rows; got shape {mel.shape}")
+        mel = check_stem(mel, w.n_mels, w.n_ctx)
         x = np.empty((mel.shape[0], w.n_ctx, w.n_state), _F32)
         w.run({"mel": f32c(mel)}, {"x": x})
         return x
