@@ -194,31 +194,41 @@ class Fallback(Exception):
     """The dispatcher runs this op (for this case) on the reference, not on the backend under test."""
 
 
-# ---- the optional greedy_pick slot (whisperkit.contract.GREEDY_PICK) ------------------------------------------------
-NO_PICK_REASON = "offers no greedy_pick (an optional slot: the decode loop runs its filters and GreedyDecoder)"
+# ---- the optional greedy_pick and beam_pick slots (whisperkit.contract.GREEDY_PICK, BEAM_PICK) -----------------------
+#: why a pick case is not run on a backend without the slot
+NO_PICK_REASON = {"greedy_pick": "offers no greedy_pick (an optional slot: the decode loop runs its filters and GreedyDecoder)",
+                  "beam_pick": "offers no beam_pick (an optional slot: the decode loop runs its filters and "
+                               "BeamSearchDecoder's log_softmax and top_k)"}
 #: decoding options whose filters differ (the blank, the suppressed tokens, the timestamp rules and their first step)
 PICK_OPTIONS = ({}, {"suppress_blank": False}, {"suppress_tokens": ""}, {"without_timestamps": True},
                 {"max_initial_timestamp": None})
 PICK_ROUNDS = 60  # random (3-row logits, token history) pairs per option set
+PICK_BEAM = 5  # beam_pick's beam size: 6 candidates a row
 
 
-def greedy_pick_problem(model, rounds: int = PICK_ROUNDS, seed: int = 11) -> str | None:
-    """The backend's greedy_pick, as a greedy decoding of `model` takes it, against decoding's logit filters and
-    GreedyDecoder on the same backend's ops: the chosen tokens, their log-probabilities and the masked logits must
-    be equal bit for bit (the contract).  Random logits with a shifted timestamp range and token histories that open
-    and close timestamps, so the forced-timestamp rule fires too.  None when they agree, else what differs first
-    and how to reproduce it; raises LookupError when the decode loop would not take the backend's greedy_pick."""
+def pick_problem(model, slot: str = "greedy_pick", rounds: int = PICK_ROUNDS, seed: int = 11) -> str | None:
+    """The backend's greedy_pick or beam_pick (`slot`), as a decoding of `model` takes it, against decoding's logit
+    filters and token decoder on the same backend's ops, bit for bit (the contract): for greedy_pick, GreedyDecoder's
+    tokens and log-probabilities; for beam_pick, the top_k of the log_softmax BeamSearchDecoder takes (tokens, best
+    first, and their log-probabilities); and the logits as the filters masked them.  Random logits with a shifted
+    timestamp range, every third round on a coarse grid so that equal values (the ties the order must break) are
+    many, and token histories that open and close timestamps, so the forced-timestamp rule fires too.  None when
+    they agree, else what differs first and how to reproduce it; raises LookupError when the decode loop would not
+    take the backend's pick."""
     from whisperkit.decoding import DecodingOptions, DecodingTask
+    if slot not in NO_PICK_REASON:
+        raise ValueError(f"pick_problem: slot must be one of {sorted(NO_PICK_REASON)}, got {slot!r}")
+    beam = slot == "beam_pick"
     tok = model.tokenizer
     tb, eot = tok.timestamp_begin, tok.eot
     n_vocab = model.dims.n_vocab
     forced = 0
     for options in PICK_OPTIONS:
-        task = DecodingTask(model.graph, tok, DecodingOptions(**options))
-        pick = task._greedy_pick()
+        task = DecodingTask(model.graph, tok, DecodingOptions(**options, **({"beam_size": PICK_BEAM} if beam else {})))
+        pick = task._pick()
         if pick is None:
-            raise LookupError("the decode loop does not take its greedy_pick: log_softmax and logsumexp must run on the "
-                              "backend (the values greedy_pick reproduces)")
+            raise LookupError(f"the decode loop does not take its {slot}: log_softmax and logsumexp"
+                              f"{' and top_k' if beam else ''} must run on the backend (the values it reproduces)")
         rng = np.random.default_rng(seed)
         for r in range(rounds):
             n = int(rng.integers(0, 10))
@@ -226,21 +236,33 @@ def greedy_pick_problem(model, rounds: int = PICK_ROUNDS, seed: int = 11) -> str
             tokens = np.concatenate([np.tile(task.initial_tokens, (3, 1)), hist], axis=1).astype(np.int64)
             logits = (rng.standard_normal((3, n_vocab)) * rng.uniform(1, 6)).astype(np.float32)
             logits[:, tb:] += np.float32(rng.uniform(-6, 4))
+            if r % 3 == 2:
+                logits = np.round(logits * 2) / np.float32(2)
             chain = logits.copy()
             for f in task.logit_filters:
                 f.apply(chain, tokens)
             logprobs = task.logit_filters[-1].logprobs if task.logit_filters else None
             forced += logprobs is None and not options.get("without_timestamps")
-            sums = np.zeros(3, np.float32)
-            expected, _ = task.decoder.update(tokens, chain, sums, logprobs)
-            got, current = pick(logits, tokens)
-            where = f"options {options}, round {r} of seed {seed} (conformance.checks.greedy_pick_problem)"
-            if np.asarray(got).dtype != np.int64 or np.asarray(current).dtype != np.float32:
-                return f"{where}: dtypes {np.asarray(got).dtype}, {np.asarray(current).dtype}; expected int64, float32"
-            if not np.array_equal(got, expected[:, -1]):
-                return f"{where}: tokens {list(got)}, expected {list(expected[:, -1])}"
-            if np.asarray(current).tobytes() != sums.tobytes():
-                return f"{where}: log-probabilities {list(current)}, expected {list(sums)} (bit for bit)"
+            if beam:  # what BeamSearchDecoder.update hands to its select
+                logprobs = task.decoder.log_softmax(chain) if logprobs is None else logprobs
+                top = task.decoder.top_k(logprobs, PICK_BEAM + 1)
+                expected = (top, np.take_along_axis(logprobs, top, axis=-1))
+            else:
+                sums = np.zeros(3, np.float32)
+                chosen, _ = task.decoder.update(tokens, chain, sums, logprobs)
+                expected = (chosen[:, -1], sums)
+            got = pick(logits, tokens)
+            where = f"options {options}, round {r} of seed {seed} (conformance.checks.pick_problem, {slot})"
+            dtypes = tuple(np.asarray(g).dtype for g in got)
+            if dtypes != (np.int64, np.float32):
+                return f"{where}: dtypes {dtypes[0]}, {dtypes[1]}; expected int64, float32"
+            if np.shape(got[0]) != np.shape(expected[0]) or np.shape(got[1]) != np.shape(expected[1]):
+                return f"{where}: shapes {np.shape(got[0])}, {np.shape(got[1])}; expected {np.shape(expected[0])}"
+            if not np.array_equal(got[0], expected[0]):
+                return f"{where}: tokens {np.asarray(got[0]).tolist()}, expected {expected[0].tolist()}"
+            if np.asarray(got[1]).tobytes() != np.asarray(expected[1]).tobytes():
+                return (f"{where}: log-probabilities {np.asarray(got[1]).tolist()}, expected {expected[1].tolist()} "
+                        f"(bit for bit)")
             if not np.array_equal(logits, chain):
                 rows = sorted(set(np.argwhere(logits != chain)[:, 0].tolist()))
                 return f"{where}: the logits masked in place differ from the filters' in rows {rows}"

@@ -48,8 +48,10 @@ def list_table(out=sys.stdout) -> None:
     print(f"model: {len(MODEL_CASES)} cases", file=out)
     for cid in MODEL_CASES:
         tol = MODEL_TOL.get(cid)
-        what = "the filters' and GreedyDecoder's tokens and log-probabilities on the backend's ops, bit for bit" \
-            if cid == "model/greedy_pick" else "tokens equal to the reference's"
+        what = {"model/greedy_pick": "the filters' and GreedyDecoder's tokens and log-probabilities on the backend's "
+                                     "ops, bit for bit",
+                "model/beam_pick": "the filters' and BeamSearchDecoder's top tokens and log-probabilities on the "
+                                   "backend's ops, bit for bit"}.get(cid, "tokens equal to the reference's")
         print(f"    {cid}" + (f"  rtol {tol.rtol:g} -- {tol.reason}" if tol else f"  {what}"), file=out)
     print(f"{total + len(MODEL_CASES)} cases per backend", file=out)
 

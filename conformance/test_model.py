@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from whisperkit.conformance.cases import MODEL_TOL
-from whisperkit.conformance.checks import FALLBACK_REASON, NO_PICK_REASON, compare, greedy_pick_problem, worst_ratio
+from whisperkit.conformance.checks import FALLBACK_REASON, NO_PICK_REASON, compare, pick_problem, worst_ratio
 from whisperkit.conformance.plugin import NOT_RUN_PREFIX
 from whisperkit.conformance.selection import find_shared
 
@@ -75,17 +75,18 @@ def test_model(model_case, conformance, request):
     ref = _reference(conformance, Whisper, shared)
     model = _model_for(conformance, backend_name, Whisper, ref)
 
-    if case_id == "model/greedy_pick":  # the optional slot: the filters' and GreedyDecoder's values, bit for bit
-        if getattr(backend, "greedy_pick", None) is None:
-            _not_run(NO_PICK_REASON)
+    slot = case_id.removeprefix("model/")
+    if slot in NO_PICK_REASON:  # an optional slot: the filters' and token decoder's values, bit for bit
+        if getattr(backend, slot, None) is None:
+            _not_run(NO_PICK_REASON[slot])
         try:
-            problem = greedy_pick_problem(model)
+            problem = pick_problem(model, slot)
         except LookupError as exc:
             _not_run(str(exc))
         if problem:
             pytest.fail(f"{case_id} on backend {backend_name}: {problem}\n  reproduce:\n"
-                        f"    from whisperkit.conformance.checks import greedy_pick_problem\n"
-                        f"    greedy_pick_problem(Whisper('tiny.en', backend={backend_name!r}))", pytrace=False)
+                        f"    from whisperkit.conformance.checks import pick_problem\n"
+                        f"    pick_problem(Whisper('tiny.en', backend={backend_name!r}), {slot!r})", pytrace=False)
         return
 
     if case_id in CLIPS:

@@ -66,16 +66,17 @@ def test_numpy_reference_conforms(tmp_path):
     assert code == 0, out[-4000:]
     assert with_status(st, "failed", "error") == set()
     # ... but the cross-attention from the audio features, a slot the reference does not offer (`audio_fold`)
-    # and the optional greedy_pick slot, which the reference does not offer either
+    # and the optional greedy_pick and beam_pick slots, which the reference does not offer either
     not_run = with_status(st, "not run")  # float32 and int8 alike
-    assert FOLD_CASES and {c.split(":")[-1] for c in not_run} == FOLD_CASES | {PICK_CASE}
+    assert FOLD_CASES and {c.split(":")[-1] for c in not_run} == FOLD_CASES | PICK_CASES
     detail = {c: report["backends"]["numpy"]["cases"][c]["detail"] for c in not_run}
-    assert all(("offers no greedy_pick" if c == PICK_CASE else "offers no audio_fold") in d for c, d in detail.items())
+    assert all((f"offers no {c.removeprefix('model/')}" if c in PICK_CASES else "offers no audio_fold") in d
+               for c, d in detail.items())
     assert op_cases(*OPS) - FOLD_CASES <= with_status(st, "passed"), "every op case runs on the reference itself"
     model = {c for c in st if c.startswith("model/")}
-    assert len(model) == 5
+    assert len(model) == 6
     # shared data is beside the repository: the whole-model checks must have run, not been skipped
-    assert with_status({c: st[c] for c in model}, "passed") == model - {PICK_CASE}, \
+    assert with_status({c: st[c] for c in model}, "passed") == model - PICK_CASES, \
         {c: report["backends"]["numpy"]["cases"][c] for c in model}
     assert "whisperkit conformance: machine" in out and "backend under test: numpy" in out
 
@@ -84,8 +85,8 @@ def test_numpy_reference_conforms(tmp_path):
 #: the cases of decoder_step's `audio` (the contract), and the built-in backends whose float32 step offers it
 FOLD_CASES = {c.id for c in CASES.values() if c.params.get("fold")}
 FOLDING_BACKENDS = {"numba"}
-#: the check of the optional greedy_pick slot, and the built-in backends that offer it
-PICK_CASE = "model/greedy_pick"
+#: the checks of the optional greedy_pick and beam_pick slots, and the built-in backends that offer them
+PICK_CASES = {"model/greedy_pick", "model/beam_pick"}
 PICKING_BACKENDS = {"numba"}
 
 
@@ -109,8 +110,8 @@ def test_builtin_backend_conforms(tmp_path, name):
     assert with_status(float32, "fallback") == op_cases(*left)
     # the cross-attention from the audio features runs where the backend offers it (`audio_fold`), else is not run
     unfolded = set() if name in FOLDING_BACKENDS else FOLD_CASES
-    if name not in PICKING_BACKENDS:  # nor greedy_pick
-        unfolded = unfolded | {PICK_CASE}
+    if name not in PICKING_BACKENDS:  # nor the picks
+        unfolded = unfolded | PICK_CASES
     assert with_status(float32, "not run") == unfolded
     assert with_status(float32, "passed") == set(ALL_CASE_IDS) - op_cases(*left) - unfolded, \
         {c: s for c, s in float32.items() if s != "passed"}
@@ -298,9 +299,9 @@ def test_example_plugin_conforms_and_runs_the_model(tmp_path):
     assert code == 0, out[-4000:]
     st = statuses(report, "gelu_example")
     model = {c for c in st if c.startswith("model/")}
-    assert len(model) == 5
-    assert with_status(st, "passed") == op_cases("gelu") | model - {PICK_CASE}
-    assert with_status(st, "not run") >= {PICK_CASE}
+    assert len(model) == 6
+    assert with_status(st, "passed") == op_cases("gelu") | model - PICK_CASES
+    assert with_status(st, "not run") >= PICK_CASES
     assert with_status(st, "fallback") == op_cases(*OPS) - op_cases("gelu")
 
 

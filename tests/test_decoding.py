@@ -183,25 +183,39 @@ def test_beam_search_takes_top_k_and_logsumexp_from_the_backend(tiny_on):
     assert set(seen["logsumexp"]) == {(5, 51864 - tb)}
 
 
-def test_greedy_pick_only_where_it_reproduces_the_filters(tiny_on):
+def test_the_picks_only_where_they_reproduce_the_filters(tiny_on):
     """The decode loop takes the backend's greedy_pick (`whisperkit.contract.GREEDY_PICK`) for greedy decoding at
-    temperature 0 with decoding's own filters and the backend's own log_softmax and logsumexp; else its filters and
-    token decoder run (beams, sampling, a backend without the slot, an op that is not the backend's)."""
+    temperature 0, and its beam_pick (`BEAM_PICK`) for beam search, with decoding's own filters and the backend's own
+    log_softmax and logsumexp (and top_k, for beams); else its filters and token decoder run (sampling, a backend
+    without the slot, an op that is not the backend's)."""
     from whisperkit.decoding import DecodingOptions, DecodingTask
     numba_model, numpy_model = tiny_on("numba"), tiny_on("numpy")
     task = lambda model, **kw: DecodingTask(model.graph, model.tokenizer, DecodingOptions(**kw))  # noqa: E731
-    assert task(numba_model)._greedy_pick() is not None
-    assert task(numba_model, without_timestamps=True, suppress_tokens="")._greedy_pick() is not None
-    assert task(numba_model, beam_size=5)._greedy_pick() is None
-    assert task(numba_model, temperature=0.4)._greedy_pick() is None
-    assert task(numpy_model)._greedy_pick() is None
+    def picked(t):  # the shape of what its pick returns for 2 rows: greedy_pick's (2,), beam_pick's (2, beam + 1)
+        tokens = np.tile(t.initial_tokens, (2, 1)).astype(np.int64)
+        return np.shape(t._pick()(np.zeros((2, numba_model.dims.n_vocab), np.float32), tokens)[0])
+    assert picked(task(numba_model)) == (2,)
+    assert picked(task(numba_model, without_timestamps=True, suppress_tokens="")) == (2,)
+    assert picked(task(numba_model, beam_size=5)) == (2, 6)
+    assert picked(task(numba_model, beam_size=3, without_timestamps=True)) == (2, 4)
+    assert task(numba_model, temperature=0.4)._pick() is None
+    assert task(numba_model, temperature=0.4, best_of=3)._pick() is None
+    assert task(numpy_model)._pick() is None and task(numpy_model, beam_size=5)._pick() is None
     ops = numba_model.graph.ops
-    own = ops.logsumexp
-    ops.logsumexp = lambda x: own(x)
+    for op, options in (("logsumexp", {}), ("logsumexp", {"beam_size": 5}), ("top_k", {"beam_size": 5})):
+        own = getattr(ops, op)
+        setattr(ops, op, lambda *a, own=own: own(*a))
+        try:
+            assert task(numba_model, **options)._pick() is None, (op, options)
+        finally:
+            setattr(ops, op, own)
+    assert task(numba_model)._pick() is not None  # top_k is not one greedy_pick reproduces
+    own = ops.top_k
+    ops.top_k = lambda *a: own(*a)
     try:
-        assert task(numba_model)._greedy_pick() is None
+        assert task(numba_model)._pick() is not None
     finally:
-        ops.logsumexp = own
+        ops.top_k = own
 
 
 @pytest.mark.parametrize("suppress", ["99999", "-1,51864", "-2"])

@@ -354,9 +354,9 @@ def test_greedy_pick_conforms_and_its_check_catches_a_one_ulp_or_masking_slip(ti
     """numba's greedy_pick (`whisperkit.contract.GREEDY_PICK`) passes the conformance suite's check (decoding's filters
     and GreedyDecoder on numba's own ops, bit for bit: tokens, log-probabilities, masked logits, five option sets), and
     that check fails a pick one ulp off in its log-probability, or one that forgets the timestamp rules."""
-    from whisperkit.conformance.checks import greedy_pick_problem
+    from whisperkit.conformance.checks import pick_problem
     model = tiny_on("numba")
-    assert greedy_pick_problem(model) is None
+    assert pick_problem(model, "greedy_pick") is None
     real = type(model.graph.ops.backend).greedy_pick
 
     def one_ulp(self, logits, tokens, rules):
@@ -367,7 +367,39 @@ def test_greedy_pick_conforms_and_its_check_catches_a_one_ulp_or_masking_slip(ti
         return real(self, logits, tokens, rules._replace(timestamps=False))
 
     monkeypatch.setattr(type(model.graph.ops.backend), "greedy_pick", one_ulp)
-    problem = greedy_pick_problem(model, rounds=20)
+    problem = pick_problem(model, "greedy_pick", rounds=20)
     assert problem is not None and "log-probabilities" in problem
     monkeypatch.setattr(type(model.graph.ops.backend), "greedy_pick", no_timestamp_rules)
-    assert greedy_pick_problem(model, rounds=20) is not None  # tokens or masked logits, whichever differs first
+    assert pick_problem(model, "greedy_pick", rounds=20) is not None  # tokens or masked logits, whichever differs first
+
+
+def test_beam_pick_conforms_and_its_check_catches_a_tie_order_or_masking_slip(tiny_on, monkeypatch):
+    """numba's beam_pick (`whisperkit.contract.BEAM_PICK`) passes the conformance suite's check (decoding's filters,
+    then BeamSearchDecoder's log_softmax and top_k on numba's own ops, bit for bit: the top tokens in order, their
+    log-probabilities, masked logits), and that check fails a pick that breaks ties by the higher column, whose
+    log-probabilities are one ulp off, or that forgets the timestamp rules."""
+    from whisperkit.conformance.checks import pick_problem
+    model = tiny_on("numba")
+    assert pick_problem(model, "beam_pick") is None
+    real = type(model.graph.ops.backend).beam_pick
+
+    def higher_column_first(self, logits, tokens, rules, k):
+        top, lp = real(self, logits, tokens, rules, k)
+        for r in range(len(top)):  # among equal log-probabilities, the higher column first
+            order = np.lexsort((-top[r], -lp[r]))
+            top[r], lp[r] = top[r][order], lp[r][order]
+        return top, lp
+
+    def one_ulp(self, logits, tokens, rules, k):
+        top, lp = real(self, logits, tokens, rules, k)
+        return top, np.nextafter(lp, np.float32(0))
+
+    def no_timestamp_rules(self, logits, tokens, rules, k):
+        return real(self, logits, tokens, rules._replace(timestamps=False), k)
+
+    for mutant, says in ((higher_column_first, "tokens"), (one_ulp, "log-probabilities"), (no_timestamp_rules, "")):
+        monkeypatch.setattr(type(model.graph.ops.backend), "beam_pick", mutant)
+        problem = pick_problem(model, "beam_pick", rounds=30)
+        assert problem is not None and says in problem, (mutant.__name__, problem)
+
+

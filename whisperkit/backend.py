@@ -47,6 +47,9 @@ class Backend:
     #: Optional: a greedy step's logit filters and arg-max in one call, `greedy_pick(logits, tokens, rules)`
     #: (`whisperkit.contract.GREEDY_PICK`); None: the decode loop runs its filters and GreedyDecoder.
     greedy_pick: Callable | None = None
+    #: Optional: a beam step's logit filters, log_softmax and top_k in one call, `beam_pick(logits, tokens, rules, k)`
+    #: (`whisperkit.contract.BEAM_PICK`); None: the decode loop runs its filters and BeamSearchDecoder's ops.
+    beam_pick: Callable | None = None
 
     def unavailable_reason(self) -> str | None:
         """None when usable on this machine, else a sentence saying why not (missing library...).

@@ -309,12 +309,20 @@ _op(
 
 #: The optional `Backend.greedy_pick(logits, tokens, rules) -> (next_tokens, logprobs)`: one call for what a greedy
 #: (temperature 0) decoding step does after the decoder, when its logit filters are decoding's own.  logits: (rows,
-#: n_vocab) float32, masked in place; tokens: (rows, n) int64, the sequences so far; rules: `decoding.GreedyRules`
+#: n_vocab) float32, masked in place; tokens: (rows, n) int64, the sequences so far; rules: `decoding.PickRules`
 #: (sample_begin, the blank and suppressed token ids, whether timestamps are on, no_timestamps, timestamp_begin, eot,
 #: max_initial_timestamp_index or -1).  Returns the int64 arg-max of each row after SuppressBlank, SuppressTokens and
 #: ApplyTimestampRules, and its float32 log-probability: the very values those filters and GreedyDecoder compute with
 #: this backend's own log_softmax and logsumexp ops (the decode loop takes it only when both run on the backend).
 GREEDY_PICK = "greedy_pick"
+
+#: The optional `Backend.beam_pick(logits, tokens, rules, k) -> (top, logprobs)`: one call for what a beam-search
+#: step does after the decoder, when its logit filters are decoding's own.  logits, tokens and rules as greedy_pick's;
+#: k: the candidates per row (beam_size + 1).  Returns, per row, the columns of the k largest log-probabilities
+#: after SuppressBlank, SuppressTokens and ApplyTimestampRules, largest first and ties by lower column (int64, (rows,
+#: k)), and those log-probabilities (float32, (rows, k)): what BeamSearchDecoder takes from this backend's own
+#: log_softmax and top_k (the decode loop takes beam_pick only when those ops and logsumexp run on the backend).
+BEAM_PICK = "beam_pick"
 
 FINE_OPS = tuple(name for name, spec in OPS.items() if not spec.coarse)
 COARSE_OPS = tuple(name for name, spec in OPS.items() if spec.coarse)

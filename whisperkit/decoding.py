@@ -216,10 +216,10 @@ def detect_language(graph: "WhisperGraph", tokenizer: "Tokenizer", audio_feature
     return best, [dict(zip(codes, map(float, p))) for p in probs]
 
 
-class GreedyRules(NamedTuple):
-    """What a backend's greedy_pick (`whisperkit.contract.GREEDY_PICK`) applies: decoding's own logit filters as
-    data.  blank: SuppressBlank's ids (empty without it); suppress: SuppressTokens' (empty without it); timestamps:
-    ApplyTimestampRules on; no_timestamps and max_initial: -1 for none."""
+class PickRules(NamedTuple):
+    """What a backend's greedy_pick and beam_pick (`whisperkit.contract.GREEDY_PICK`, `BEAM_PICK`) apply: decoding's
+    own logit filters as data.  blank: SuppressBlank's ids (empty without it); suppress: SuppressTokens' (empty without
+    it); timestamps: ApplyTimestampRules on; no_timestamps and max_initial: -1 for none."""
     sample_begin: int
     blank: np.ndarray
     suppress: np.ndarray
@@ -268,15 +268,19 @@ class DecodingTask:
                                                self.graph.ops.logsumexp))
         return filters
 
-    def _greedy_pick(self) -> Callable | None:
-        """The backend's greedy_pick bound to this task's filters (`whisperkit.contract.GREEDY_PICK`), or None: the
-        filters and the token decoder then run as they are.  Only for greedy decoding at temperature 0 with decoding's
-        own filters, and only when log_softmax and logsumexp run on that backend (the values it must reproduce)."""
+    def _pick(self) -> Callable | None:
+        """The backend's greedy_pick or beam_pick bound to this task's filters and token decoder
+        (`whisperkit.contract.GREEDY_PICK`, `BEAM_PICK`): `pick(logits, tokens)` returns what the token decoder's
+        `take` appends.  None: the filters and the token decoder run as they are.  Only at
+        temperature 0, with decoding's own filters, and only when the ops whose values the pick reproduces run on
+        that backend: log_softmax and logsumexp, and top_k for beam search."""
         ops = self.graph.ops
-        pick = getattr(ops.backend, "greedy_pick", None)
-        if pick is None or type(self.decoder) is not GreedyDecoder or self.decoder.temperature != 0:
+        beam = type(self.decoder) is BeamSearchDecoder
+        if not beam and (type(self.decoder) is not GreedyDecoder or self.decoder.temperature != 0):
             return None
-        if any(getattr(getattr(ops, op), "__self__", None) is not ops.backend for op in ("log_softmax", "logsumexp")):
+        pick = getattr(ops.backend, "beam_pick" if beam else "greedy_pick", None)
+        reproduced = ("log_softmax", "logsumexp", "top_k") if beam else ("log_softmax", "logsumexp")
+        if pick is None or any(getattr(getattr(ops, op), "__self__", None) is not ops.backend for op in reproduced):
             return None
         kinds = [type(f) for f in self.logit_filters]
         if kinds != [k for k in (SuppressBlank, SuppressTokens, ApplyTimestampRules) if k in kinds]:
@@ -285,12 +289,15 @@ class DecodingTask:
         ids = lambda kind: np.asarray(getattr(by_kind.get(kind), "ids", ()), np.int64)  # noqa: E731
         rules_of = by_kind.get(ApplyTimestampRules)
         tk = self.tokenizer
-        rules = GreedyRules(
+        rules = PickRules(
             sample_begin=self.sample_begin, blank=ids(SuppressBlank), suppress=ids(SuppressTokens),
             timestamps=rules_of is not None, no_timestamps=-1 if tk.no_timestamps is None else tk.no_timestamps,
             timestamp_begin=tk.timestamp_begin, eot=tk.eot,
             max_initial=-1 if rules_of is None or rules_of.max_initial_timestamp_index is None
             else rules_of.max_initial_timestamp_index)
+        if beam:
+            k = self.decoder.beam_size + 1  # BeamSearchDecoder's candidates per row
+            return lambda logits, tokens: pick(logits, tokens, rules, k)
         return lambda logits, tokens: pick(logits, tokens, rules)
 
     @staticmethod
@@ -375,7 +382,7 @@ class DecodingTask:
         if tokens.shape[1] != self.sample_begin:  # sampling starts after the (padded) prompts
             self.sample_begin = tokens.shape[1]
             self.logit_filters = self._logit_filters()
-        pick = self._greedy_pick()
+        pick = self._pick()
         language = self.tokenizer.language or "en"
         if self.n_group > 1:
             tokens = np.repeat(tokens, self.n_group, axis=0)
@@ -402,9 +409,9 @@ class DecodingTask:
                 logits = np.ascontiguousarray(logits[:, -1])
             else:
                 logits = inference.logits(open_tokens)[:, -1]
-            if pick is not None:  # the filters and the arg-max in one backend call
-                chosen, current = pick(logits, open_tokens)
-                update = lambda rows, s: self.decoder.append(rows, chosen, current, s)  # noqa: E731
+            if pick is not None:  # the filters and the token choice in one backend call
+                picked = pick(logits, open_tokens)
+                update = lambda rows, s: self.decoder.take(rows, picked, s)  # noqa: E731
             else:
                 for f in self.logit_filters:
                     f.apply(logits, open_tokens)

@@ -73,6 +73,11 @@ class TokenDecoder:
         the log_softmax of these very logits, already computed (by a logit filter)."""
         raise NotImplementedError
 
+    def take(self, tokens: np.ndarray, picked: tuple, sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
+        """`update`, with the choice already made by a backend's pick (`whisperkit.contract.GREEDY_PICK`, `BEAM_PICK`)
+        on these very logits: `picked` is what it returned."""
+        raise NotImplementedError
+
     def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray):
         """Return candidate sequences per audio (list of lists of token arrays) and their sum logprobs."""
         raise NotImplementedError
@@ -94,6 +99,9 @@ class GreedyDecoder(TokenDecoder):
         logprobs = self.log_softmax(logits) if logprobs is None else logprobs
         current = logprobs[np.arange(logits.shape[0]), next_tokens]  # the chosen tokens' log-probabilities
         return self.append(tokens, next_tokens, current, sum_logprobs)
+
+    def take(self, tokens, picked, sum_logprobs):
+        return self.append(tokens, *picked, sum_logprobs)  # greedy_pick's (next tokens, their log-probabilities)
 
     def append(self, tokens, next_tokens, current, sum_logprobs):
         """`update` once the tokens are chosen (next_tokens, with their log-probabilities `current`; a backend's
@@ -133,14 +141,21 @@ class BeamSearchDecoder(TokenDecoder):
         self.source_indices = None
 
     def update(self, tokens, logits, sum_logprobs, logprobs=None):
+        logprobs = self.log_softmax(logits) if logprobs is None else logprobs
+        top = self.top_k(logprobs, self.beam_size + 1)  # the k best tokens of each row, best first
+        return self.select(tokens, top, np.take_along_axis(logprobs, top, axis=-1), sum_logprobs)
+
+    def take(self, tokens, picked, sum_logprobs):
+        return self.select(tokens, *picked, sum_logprobs)  # beam_pick's (top tokens, their log-probabilities)
+
+    def select(self, tokens, top, top_logprobs, sum_logprobs):
+        """`update` from each row's beam_size + 1 best tokens, best first (top, (rows, k)), and their
+        log-probabilities."""
         if tokens.shape[0] % self.beam_size != 0:
             raise ValueError(f"{tokens.shape[0]} rows is not a multiple of beam_size {self.beam_size}")
         n_audio = tokens.shape[0] // self.beam_size
         if self.finished is None:
             self.finished = [{} for _ in range(n_audio)]
-        logprobs = self.log_softmax(logits) if logprobs is None else logprobs
-        top = self.top_k(logprobs, self.beam_size + 1)  # the k best tokens of each row, best first
-        top_logprobs = np.take_along_axis(logprobs, top, axis=-1)
         # each candidate's score, a float32 sum as openai-whisper's, taken out to Python floats in one call
         cand_scores = (np.asarray(sum_logprobs, np.float32)[:, None] + top_logprobs).tolist()
         top_tokens = top.tolist()

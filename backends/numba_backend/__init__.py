@@ -128,12 +128,14 @@ def _hot_signatures():
     i = t.int64
     layer = (f[2], f[2], h[4], f[2], h[4], f[2]) * 3  # per kind of layer part: LN weight, bias; matrix (packed), bias
     views = t.Array(t.float32, 2, "A", readonly=True)  # encoder_stem's rows over overlapping memory
+    ids = t.Array(t.int64, 1, "C")
+    pick_args = (f[2], t.Array(t.int64, 2, "C"), i, ids, ids, t.boolean, i, i, i, i, f[2])  # then the picks' outputs
     return [
         (E.encoder_stem_kernel, (views, f[3], f[1], f[2], views, f[3], f[1], f[2], f[2], i, i)),
         (K.gelu_kernel, (f[1], f[1], i)),
         (K.log_softmax_kernel, (f[2], f[2], i)),
-        (K.greedy_pick_kernel, (f[2], t.Array(t.int64, 2, "C"), i, t.Array(t.int64, 1, "C"), t.Array(t.int64, 1, "C"),
-                                t.boolean, i, i, i, i, f[2], t.Array(t.int64, 1, "C"), f[1])),
+        (K.greedy_pick_kernel, pick_args + (t.Array(t.int64, 1, "C"), f[1])),
+        (K.beam_pick_kernel, pick_args + (t.Array(t.int64, 2, "C"), f[2], i)),
         (K.logsumexp_kernel, (f[2], f[1])),
         (K.top_k_kernel, (f[2], i, t.Array(t.int64, 2, "C"), i)),
         (E.encoder_layer_kernel, (f[2], i, i) + (f[1], f[1], f[3], f[1], f[3], f[1]) + (f[1], f[1], f[3], f[1], f[3], f[1])
@@ -578,6 +580,23 @@ class NumbaBackend(AttentionPair, Backend):
                                    rules.max_initial, np.empty((rows, max(n_vocab - rules.timestamp_begin, 0)), _F32),
                                    tok, lp)
         return tok, lp
+
+    def beam_pick(self, logits, tokens, rules, k):
+        """The optional slot of the decode loop (`whisperkit.contract.BEAM_PICK`): `_kernels.beam_pick_kernel`, one
+        call for a beam step's filters, log_softmax and top_k, where they made ~50 NumPy calls and wrote every
+        row's log-probabilities."""
+        x = f32c(logits)
+        rows, n_vocab = x.shape
+        k = int(k)
+        if not 1 <= k <= n_vocab:
+            raise ValueError(f"beam_pick: k must be in 1..{n_vocab} (the logits' columns); got {k}")
+        top = np.empty((rows, k), np.int64)
+        lp = np.empty((rows, k), _F32)
+        _kern().beam_pick_kernel(x, np.ascontiguousarray(tokens, np.int64), rules.sample_begin, rules.blank,
+                                 rules.suppress, rules.timestamps, rules.no_timestamps, rules.timestamp_begin, rules.eot,
+                                 rules.max_initial, np.empty((rows, max(n_vocab - rules.timestamp_begin, 0)), _F32),
+                                 top, lp, _nt())
+        return top, lp
 
     def logsumexp(self, x):
         x = np.asarray(x)

@@ -370,6 +370,13 @@ def row_exp_total(xr, m):
 
 
 @njit(cache=True)
+def row_lse(xr, m):
+    """log(sum(exp(xr - m))) of a row as every log-softmax here takes it: the float32 sum, its log in float64 rounded
+    once."""
+    return np.float32(np.log(np.float64(row_exp_total(xr, m))))
+
+
+@njit(cache=True)
 def log_softmax_rows(x, y, r0, r1):
     """y[r] = log_softmax(x[r]) for r0 <= r < r1 (the contract's op): a 16-lane max, the sum of exp(x - max) in
     16 lanes (`vexp_total16`), then y = (x - max) - log(sum).  -inf stays -inf (its exp is flushed to 0);
@@ -379,7 +386,7 @@ def log_softmax_rows(x, y, r0, r1):
         xr = x[r]
         yr = y[r]
         m = row_max(xr)
-        lse = np.float32(np.log(np.float64(row_exp_total(xr, m))))
+        lse = row_lse(xr, m)
         for j in range(n):
             yr[j] = (xr[j] - m) - lse
 
@@ -402,74 +409,107 @@ def first_index(xr, value):
 
 
 @njit(cache=True)
-def greedy_pick_kernel(x, tokens, sample_begin, blank, suppress, timestamps, no_ts, tb, eot, max_init, y, out_tok, out_lp):
-    """The backend's greedy_pick (whisperkit.contract.GREEDY_PICK): per row of the logits x (rows, n_vocab), in place,
-    the masks of decoding's SuppressBlank (`blank`, at the first sampled position), SuppressTokens (`suppress`) and,
-    when `timestamps`, ApplyTimestampRules; then the arg-max (the first of equal maxima, as NumPy's) and its
-    log-probability.  Every value is the one the filters and GreedyDecoder compute on this backend's ops: the
-    log-probabilities are `log_softmax_rows`' arithmetic (the log_softmax op's rows), computed only where read (y,
-    (rows, n_vocab - tb), holds the timestamps' columns), the timestamps' log-sum-exp is `logsumexp_kernel`'s
-    arithmetic on them, and a forced timestamp takes log_softmax again over the masked row.  The best text
-    log-probability is that of the best text logit ((x - max) - lse in float32 is monotone in x), and the chosen
-    token's is computed from its logit."""
-    rows, v = x.shape
-    n = tokens.shape[1]
+def filter_row(xr, tok, n, sample_begin, blank, suppress, timestamps, no_ts, tb, eot, max_init, ys):
+    """Decoding's logit filters on one row of logits xr (n_vocab,), in place, given its tokens so far tok[:n]: the
+    masks of SuppressBlank (`blank`, at the first sampled position), SuppressTokens (`suppress`) and, when
+    `timestamps`, ApplyTimestampRules, whose forced timestamp reads the row's log-probabilities.  Those are
+    `log_softmax_rows`' arithmetic, computed only where read (ys, (n_vocab - tb,), holds the timestamps'), the
+    timestamps' log-sum-exp is `logsumexp_kernel`'s arithmetic on them, and the best text log-probability is that
+    of the best text logit ((x - max) - lse in float32 is monotone in x).  Returns (known, max, lse): the row's
+    log_softmax pair when the filters computed it and left the row as it was; known is False when they computed
+    none, or a forced timestamp masked the row after (the caller computes it then)."""
+    v = xr.shape[0]
     first = n == sample_begin
-    for r in range(rows):
-        xr = x[r]
-        if first:
-            for t in blank:
-                xr[t] = -np.inf
-        for t in suppress:
+    if first:
+        for t in blank:
             xr[t] = -np.inf
-        forced = False
-        if timestamps:
-            if no_ts >= 0:
-                xr[no_ts] = -np.inf
-            last_ts = n - sample_begin >= 1 and tokens[r, n - 1] >= tb
-            penultimate_ts = n - sample_begin < 2 or tokens[r, n - 2] >= tb
-            if last_ts:
-                if penultimate_ts:  # a pair just closed: text must follow
-                    for j in range(tb, v):
-                        xr[j] = -np.inf
-                else:  # an opening timestamp: it cannot be followed by text
-                    for j in range(eot):
-                        xr[j] = -np.inf
-            latest = -1
-            for i in range(n - 1, sample_begin - 1, -1):
-                if tokens[r, i] >= tb:
-                    latest = tokens[r, i]
-                    break
-            if latest >= 0:  # no going backwards; after a closed pair, no zero-length segment either
-                for j in range(tb, min(v, latest if (last_ts and not penultimate_ts) else latest + 1)):
-                    xr[j] = -np.inf
-            if first:  # the first sampled token is a timestamp, no later than max_init
-                for j in range(tb):
-                    xr[j] = -np.inf
-                if max_init >= 0:
-                    for j in range(tb + max_init + 1, v):
-                        xr[j] = -np.inf
-            # log_softmax_rows' values, only where they are read: its max (the larger of the text's and the
-            # timestamps', exact), its sum, the timestamps' log-probabilities, and the text's best one, which is
-            # (max - m) - lse of the text's max logit (monotone); then the row's max is the arg-max's value
-            m_text = row_max(xr[:tb])
-            m = max(m_text, row_max(xr[tb:]))
-            lse = np.float32(np.log(np.float64(row_exp_total(xr, m))))
-            ts = y[r, :v - tb]
-            for j in range(v - tb):
-                ts[j] = (xr[tb + j] - m) - lse
-            mt = row_max(ts)
-            lse_ts = mt if mt == -np.inf else mt + np.float32(np.log(np.float64(row_exp_total(ts, mt))))
-            forced = lse_ts > (m_text - m) - lse
-            if forced:
-                for j in range(tb):
-                    xr[j] = -np.inf
-        if forced or not timestamps:
+    for t in suppress:
+        xr[t] = -np.inf
+    if not timestamps:
+        return False, np.float32(0.0), np.float32(0.0)
+    if no_ts >= 0:
+        xr[no_ts] = -np.inf
+    last_ts = n - sample_begin >= 1 and tok[n - 1] >= tb
+    penultimate_ts = n - sample_begin < 2 or tok[n - 2] >= tb
+    if last_ts:
+        if penultimate_ts:  # a pair just closed: text must follow
+            for j in range(tb, v):
+                xr[j] = -np.inf
+        else:  # an opening timestamp: it cannot be followed by text
+            for j in range(eot):
+                xr[j] = -np.inf
+    latest = -1
+    for i in range(n - 1, sample_begin - 1, -1):
+        if tok[i] >= tb:
+            latest = tok[i]
+            break
+    if latest >= 0:  # no going backwards; after a closed pair, no zero-length segment either
+        for j in range(tb, min(v, latest if (last_ts and not penultimate_ts) else latest + 1)):
+            xr[j] = -np.inf
+    if first:  # the first sampled token is a timestamp, no later than max_init
+        for j in range(tb):
+            xr[j] = -np.inf
+        if max_init >= 0:
+            for j in range(tb + max_init + 1, v):
+                xr[j] = -np.inf
+    # log_softmax_rows' values, only where they are read: its max (the larger of the text's and the timestamps',
+    # exact), its sum, the timestamps' log-probabilities, and the text's best one, (max - m) - lse of the best text
+    # logit
+    m_text = row_max(xr[:tb])
+    m = max(m_text, row_max(xr[tb:]))
+    lse = row_lse(xr, m)
+    for j in range(v - tb):
+        ys[j] = (xr[tb + j] - m) - lse
+    mt = row_max(ys)
+    lse_ts = mt if mt == -np.inf else mt + row_lse(ys, mt)
+    if lse_ts > (m_text - m) - lse:  # forced: a timestamp
+        for j in range(tb):
+            xr[j] = -np.inf
+        return False, m, lse
+    return True, m, lse
+
+
+@njit(cache=True)
+def greedy_pick_kernel(x, tokens, sample_begin, blank, suppress, timestamps, no_ts, tb, eot, max_init, y, out_tok, out_lp):
+    """The backend's greedy_pick (whisperkit.contract.GREEDY_PICK): per row of the logits x (rows, n_vocab),
+    `filter_row` in place (y, (rows, n_vocab - tb), its scratch), then the arg-max (the first of equal maxima, as
+    NumPy's) and its log-probability, computed from its logit: the values the filters and GreedyDecoder compute on
+    this backend's ops."""
+    n = tokens.shape[1]
+    for r in range(x.shape[0]):
+        xr = x[r]
+        known, m, lse = filter_row(xr, tokens[r], n, sample_begin, blank, suppress, timestamps, no_ts, tb, eot, max_init,
+                                   y[r])
+        if not known:
             m = row_max(xr)
-            lse = np.float32(np.log(np.float64(row_exp_total(xr, m))))
+            lse = row_lse(xr, m)
         best = first_index(xr, m)  # the first of equal maxima, as NumPy's arg-max
         out_tok[r] = best
         out_lp[r] = (xr[best] - m) - lse
+
+
+@njit(parallel=True, cache=True)
+def beam_pick_kernel(x, tokens, sample_begin, blank, suppress, timestamps, no_ts, tb, eot, max_init, y, out_tok, out_lp, nt):
+    """The backend's beam_pick (whisperkit.contract.BEAM_PICK): per row of the logits x (rows, n_vocab),
+    `filter_row` in place (y its scratch), then the k = out_tok.shape[1] best log-probabilities of the row, best
+    first, ties by lower column: `top_k_row` over log_softmax_rows' values (x - max) - lse, each computed where the
+    scan reads it, none stored.  The values BeamSearchDecoder takes from this backend's log_softmax and top_k.  The
+    rows split over `nt` threads (a beam step's 5)."""
+    n = tokens.shape[1]
+    k = out_tok.shape[1]
+    nt = max(1, min(nt, x.shape[0]))
+    rb = _blocks(x.shape[0], nt, 1)
+    for t in prange(nt):
+        for r in range(rb[t], rb[t + 1]):
+            xr = x[r]
+            known, m, lse = filter_row(xr, tokens[r], n, sample_begin, blank, suppress, timestamps, no_ts, tb, eot,
+                                       max_init, y[r])
+            if not known:
+                m = row_max(xr)
+                lse = row_lse(xr, m)
+            top_k_row(xr, k, out_tok[r], 256, m, lse)
+            for i in range(k):
+                out_lp[r, i] = (xr[out_tok[r, i]] - m) - lse
 
 
 @njit(parallel=True, cache=True)
@@ -488,21 +528,22 @@ def logsumexp_kernel(x, y):
     rule's rows are 1501 long, less than waking a second thread costs."""
     for r in range(x.shape[0]):
         m = row_max(x[r])
-        y[r] = m if m == -np.inf else m + np.float32(np.log(np.float64(row_exp_total(x[r], m))))
+        y[r] = m if m == -np.inf else m + row_lse(x[r], m)
 
 
 @njit(cache=True)
-def top_k_row(xr, k, out, chunk):
-    """out[:k] = the columns of the k largest values of xr, largest first, ties by lower column (the contract's
-    top_k).  The maximum of each block of `chunk` columns is a distinct element, so the k-th largest of those
-    maxima bounds the row's k-th largest from below: only blocks reaching it (and the ragged tail) are
-    scanned, in column order, into a sorted buffer that a later equal value never overtakes."""
+def top_k_row(xr, k, out, chunk, m, lse):
+    """out[:k] = the columns of the k largest values of (xr - m) - lse, largest first, ties by lower column (the
+    contract's top_k; m = lse = 0 gives xr's own values, bit for bit; beam_pick gives the log_softmax's).  That map
+    is monotone, so the maximum of each block of `chunk` columns is a distinct element and the k-th largest of those
+    maxima bounds the row's k-th largest from below: only blocks reaching it (and the ragged tail) are scanned, in
+    column order, into a sorted buffer that a later equal value never overtakes."""
     n = xr.shape[0]
     nc = n // chunk if chunk >= k and n // chunk >= k else 0  # 0: no bound, the whole row is the tail
     bound = -np.inf
     maxima = np.empty(nc, np.float32)
     for c in range(nc):
-        maxima[c] = vmax16(xr[c * chunk:(c + 1) * chunk], chunk // 16)
+        maxima[c] = (vmax16(xr[c * chunk:(c + 1) * chunk], chunk // 16) - m) - lse
     if nc:
         bound = np.sort(maxima)[nc - k]
     bv = np.empty(k, np.float32)
@@ -513,7 +554,7 @@ def top_k_row(xr, k, out, chunk):
             continue
         hi = (c + 1) * chunk if c < nc else n
         for j in range(c * chunk, hi):
-            v = xr[j]
+            v = (xr[j] - m) - lse
             if v < bound or (cnt == k and not v > bv[k - 1]):
                 continue
             p = cnt if cnt < k else k - 1
@@ -536,7 +577,7 @@ def top_k_kernel(x, k, out, nt):
     rb = _blocks(x.shape[0], nt, 1)
     for t in prange(nt):
         for r in range(rb[t], rb[t + 1]):
-            top_k_row(x[r], k, out[r], 256)
+            top_k_row(x[r], k, out[r], 256, np.float32(0.0), np.float32(0.0))
 
 
 @njit(cache=True, error_model="numpy")
