@@ -131,7 +131,8 @@ def test_decoder_step_paths_write_the_cache_in_place(audios, group, strided_cach
 @pytest.mark.parametrize("audios, group", [(1, 1), (2, 3)], ids=["greedy", "2audios_3beams"])
 def test_decoder_step_reads_the_cross_layout_it_made(audios, group):
     """The prepared step offers `cross_layout` (the contract): K as (n_layer, b_c, n_head, d_head, n_audio), V as
-    (n_layer, b_c, n_head, n_audio, d_head), each head's block the one of the arrays it was made from.  Given as
+    (n_layer, b_c, n_head, n_audio, d_head), each head's block the one of the arrays it was made from, the keys
+    scaled by the attention's 1/sqrt(d_head) = 1/8 (a power of two: `graphs.keys_scaled`, exact).  Given as
     `cross=`, the step gives the same bits as laying them out itself (cross=None)."""
     weights = _step_weights()
     got = Ops(ORT, REF).bind("decoder_step", **weights)
@@ -141,7 +142,7 @@ def test_decoder_step_reads_the_cross_layout_it_made(audios, group):
     kt, vh = got.w.cross_layout(*cross)
     assert kt.shape == (n_layer, audios, 6, 64, 1500) and vh.shape == (n_layer, audios, 6, 1500, 64)
     assert kt.flags.c_contiguous and vh.flags.c_contiguous and kt.dtype == vh.dtype == np.float32
-    np.testing.assert_array_equal(kt[3, audios - 1, 4], cross[0][3, audios - 1, :, 256:320].T)
+    np.testing.assert_array_equal(kt[3, audios - 1, 4], cross[0][3, audios - 1, :, 256:320].T * np.float32(0.125))
     np.testing.assert_array_equal(vh[2, 0, 5], cross[1][2, 0, :, 320:384])
     caches = [[np.zeros((n_layer, batch, 448, n), np.float32) for _ in range(2)] for _ in range(2)]
     for offset, n_q in ((0, 3), (3, 1), (4, 1)):

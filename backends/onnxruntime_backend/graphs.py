@@ -416,9 +416,19 @@ def attention_by_head(g: GraphBuilder, q: str, kt: str, vh: str, n_head: int, d_
     `attention_few_queries` (n_head times the FLOPs, a 6-wide B on 16 lanes) or MultiHeadAttention's copy of
     K and V into this layout at every call."""
     qh = split_heads(g, q, n_head, d_head, [0, 2, 1, 3])  # (b_c, n_head, n, d_head), small
-    scores = g.op("Mul", g.op("MatMul", qh, kt), g.const(d_head ** -0.5))  # (b_c, n_head, n, n_kv)
+    scores = g.op("MatMul", qh, kt)  # (b_c, n_head, n, n_kv)
+    if not keys_scaled(d_head):
+        scores = g.op("Mul", scores, g.const(d_head ** -0.5))
     out = g.op("MatMul", g.op("Softmax", scores, axis=-1), vh)  # (b_c, n_head, n, d_head)
     return g.op("Reshape", g.op("Transpose", out, perm=[0, 2, 1, 3]), g.const([0, 0, n_head * d_head], I64))
+
+
+def keys_scaled(d_head: int) -> bool:
+    """Whether `cross_by_head` scales the keys by the attention's 1/sqrt(d_head): when that is a power of two (d_head
+    64, every Whisper model), scaling a key or a score gives the same bits, and the step's scores are then a plain
+    MatMul, for which MLAS takes its one-row path (a MatMul fused with the scale was 2-3 times slower there: ~196 us
+    a layer against ~72 for the same bytes of V, one query row on tiny, stop 42's profile)."""
+    return math.frexp(d_head ** -0.5)[0] == 0.5
 
 
 def cross_by_head(n_head: int, cross_k, cross_v):
@@ -433,6 +443,8 @@ def cross_by_head(n_head: int, cross_k, cross_v):
         for b in range(b_c):  # 3.7 for the one 5-d transpose (its innermost stride is a whole row)
             for h in range(n_head):
                 kt[i, b, h] = cross_k[i, b, :, h * d_head:(h + 1) * d_head].T
+    if keys_scaled(d_head):
+        kt *= np.float32(d_head ** -0.5)  # exact: a power of two
     split = (n_layer, b_c, n_kv, n_head, d_head)
     vh = np.ascontiguousarray(np.asarray(cross_v, np.float32).reshape(split).transpose(0, 1, 3, 2, 4))
     return kt, vh
