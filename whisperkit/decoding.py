@@ -271,9 +271,9 @@ class DecodingTask:
     def _pick(self) -> Callable | None:
         """The backend's greedy_pick or beam_pick bound to this task's filters and token decoder
         (`whisperkit.contract.GREEDY_PICK`, `BEAM_PICK`): `pick(logits, tokens)` returns what the token decoder's
-        `take` appends.  None: the filters and the token decoder run as they are.  Only at
-        temperature 0, with decoding's own filters, and only when the ops whose values the pick reproduces run on
-        that backend: log_softmax and logsumexp, and top_k for beam search."""
+        `take` appends.  None: the filters and the token decoder run as they are.  Only at temperature 0, with
+        decoding's own filters, and only when the ops whose values the pick reproduces run on that backend:
+        log_softmax and logsumexp, and top_k for beam search."""
         ops = self.graph.ops
         beam = type(self.decoder) is BeamSearchDecoder
         if not beam and (type(self.decoder) is not GreedyDecoder or self.decoder.temperature != 0):
