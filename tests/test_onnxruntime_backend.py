@@ -132,7 +132,7 @@ def test_decoder_step_paths_write_the_cache_in_place(audios, group, strided_cach
 def test_decoder_step_reads_the_cross_layout_it_made(audios, group):
     """The prepared step offers `cross_layout` (the contract): K as (n_layer, b_c, n_head, d_head, n_audio), V as
     (n_layer, b_c, n_head, n_audio, d_head), each head's block the one of the arrays it was made from, the keys
-    scaled by the attention's 1/sqrt(d_head) = 1/8 (a power of two: `graphs.keys_scaled`, exact).  Given as
+    scaled by the attention's 1/sqrt(d_head) = 1/8 (a power of two, so exactly: `graphs.keys_scaled`).  Given as
     `cross=`, the step gives the same bits as laying them out itself (cross=None)."""
     weights = _step_weights()
     got = Ops(ORT, REF).bind("decoder_step", **weights)
