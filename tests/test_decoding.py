@@ -218,6 +218,27 @@ def test_the_picks_only_where_they_reproduce_the_filters(tiny_on):
         ops.top_k = own
 
 
+@pytest.mark.parametrize("beam_size", [None, 5], ids=["greedy", "beam5"])
+def test_a_transcription_with_the_picks_is_the_one_without(tiny_on, monkeypatch, beam_size):
+    """numba's greedy_pick and beam_pick change how a step's token is chosen, not what is chosen: osr (two windows,
+    the second prompted) transcribed with them and with the decode loop's filters and token decoders (the slot
+    hidden on the backend) gives the same tokens, timestamps and average log-probabilities, bit for bit."""
+    model = tiny_on("numba")
+    backend = model.graph.ops.backend
+    slot = "beam_pick" if beam_size else "greedy_pick"
+    calls = []
+    real = getattr(type(backend), slot)
+    monkeypatch.setattr(type(backend), slot, lambda self, *a: calls.append(1) or real(self, *a))
+    picked = model.transcribe(shared("audio", "osr_16k.wav"), beam_size=beam_size)
+    taken = len(calls)
+    assert taken > 100  # every step of both windows took it
+    monkeypatch.setattr(backend, slot, None, raising=False)  # the instance hides the slot: the loop runs its filters
+    plain = model.transcribe(shared("audio", "osr_16k.wav"), beam_size=beam_size)
+    assert len(calls) == taken and len(picked.segments) == len(plain.segments) > 1
+    for a, b in zip(picked.segments, plain.segments):
+        assert (a.tokens, a.start, a.end, a.avg_logprob) == (b.tokens, b.start, b.end, b.avg_logprob)
+
+
 @pytest.mark.parametrize("suppress", ["99999", "-1,51864", "-2"])
 def test_suppress_tokens_outside_the_vocabulary_is_one_clear_error(tiny_on, suppress):
     """A suppressed token id outside the vocabulary is refused when the decoding starts, naming the option (it used to
