@@ -401,5 +401,3 @@ def test_beam_pick_conforms_and_its_check_catches_a_tie_order_or_masking_slip(ti
         monkeypatch.setattr(type(model.graph.ops.backend), "beam_pick", mutant)
         problem = pick_problem(model, "beam_pick", rounds=30)
         assert problem is not None and says in problem, (mutant.__name__, problem)
-
-

@@ -568,17 +568,22 @@ class NumbaBackend(AttentionPair, Backend):
         _kern().log_softmax_kernel(rows, y, _nt())
         return y.reshape(x.shape)
 
+    @staticmethod
+    def _pick_args(x, tokens, rules) -> tuple:
+        """What both pick kernels take after the logits x: the token histories, the filters as data (`decoding.PickRules`)
+        and the scratch of the timestamps' log-probabilities, (rows, n_vocab - timestamp_begin)."""
+        rows, n_vocab = x.shape
+        return (np.ascontiguousarray(tokens, np.int64), rules.sample_begin, rules.blank, rules.suppress, rules.timestamps,
+                rules.no_timestamps, rules.timestamp_begin, rules.eot, rules.max_initial,
+                np.empty((rows, max(n_vocab - rules.timestamp_begin, 0)), _F32))
+
     def greedy_pick(self, logits, tokens, rules):
         """The optional slot of the decode loop (`whisperkit.contract.GREEDY_PICK`): `_kernels.greedy_pick_kernel`, one
         call where the filters and GreedyDecoder made ~40 NumPy calls, each after a step left the caches cold."""
         x = f32c(logits)
-        rows, n_vocab = x.shape
-        tok = np.empty(rows, np.int64)
-        lp = np.empty(rows, _F32)
-        _kern().greedy_pick_kernel(x, np.ascontiguousarray(tokens, np.int64), rules.sample_begin, rules.blank,
-                                   rules.suppress, rules.timestamps, rules.no_timestamps, rules.timestamp_begin, rules.eot,
-                                   rules.max_initial, np.empty((rows, max(n_vocab - rules.timestamp_begin, 0)), _F32),
-                                   tok, lp)
+        tok = np.empty(x.shape[0], np.int64)
+        lp = np.empty(x.shape[0], _F32)
+        _kern().greedy_pick_kernel(x, *self._pick_args(x, tokens, rules), tok, lp)
         return tok, lp
 
     def beam_pick(self, logits, tokens, rules, k):
@@ -592,10 +597,7 @@ class NumbaBackend(AttentionPair, Backend):
             raise ValueError(f"beam_pick: k must be in 1..{n_vocab} (the logits' columns); got {k}")
         top = np.empty((rows, k), np.int64)
         lp = np.empty((rows, k), _F32)
-        _kern().beam_pick_kernel(x, np.ascontiguousarray(tokens, np.int64), rules.sample_begin, rules.blank,
-                                 rules.suppress, rules.timestamps, rules.no_timestamps, rules.timestamp_begin, rules.eot,
-                                 rules.max_initial, np.empty((rows, max(n_vocab - rules.timestamp_begin, 0)), _F32),
-                                 top, lp, _nt())
+        _kern().beam_pick_kernel(x, *self._pick_args(x, tokens, rules), top, lp, _nt())
         return top, lp
 
     def logsumexp(self, x):
