@@ -353,7 +353,7 @@ def _embedding_rows(packed: np.ndarray, n_vocab: int):
 
 class _ThreadChoice:
     """Thread count of the one-token decode steps of one row count: every thread, or one, whichever has been
-    faster lately.  A step streams ~75 MB (tiny.en), more than one core's bandwidth brings in the time, so
+    faster lately.  A step streams 64-75 MB (tiny.en), more than one core's bandwidth brings in the time, so
     on an idle machine every thread wins; but its ~33 parallel regions each wait for the slowest thread,
     and on an oversubscribed machine a descheduled thread makes a region cost a time slice, where one
     thread is many times faster.  Both choices compute the same bits (decoder_step_kernel splits work

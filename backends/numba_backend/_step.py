@@ -1,9 +1,10 @@
 """The decoder step of the Numba backend: every layer, the final LayerNorm and the logits in one call.
 
-`decoder_step_kernel` reads ~75 MB per token for tiny.en, weights it cannot reuse, so every product is a
-GEMV-like pass (`gemvt`; `gemv_core` for attention's scores) that reads each weight once for all rows of the
-step, from float16 where the checkpoint's weights are float16 (half the bytes, the same products).  What Numba
-and LLVM cannot do here, and what is done instead:
+`decoder_step_kernel` reads ~64 MB per token for tiny.en (~75 MB when it reads the window's cross K/V rather than
+folding them: beams), weights it cannot reuse, so every product is a GEMV-like pass (`gemvt`; `gemv_core` for
+attention's scores) that reads each weight once for all rows of the step, from float16 where the checkpoint's
+weights are float16 (half the bytes, the same products).  What Numba and LLVM cannot do here, and what is done
+instead:
 * Numba has no float16 arithmetic on the CPU.  The weights are kept as uint16 bits, which the tiles bitcast to
   LLVM's ``half`` and extend (F16C's vcvtph2ps); ``widen(w)`` below is that float32 value.
 * LLVM's loop vectoriser stops at 256-bit vectors on this CPU family (its "prefer 256-bit" tuning), which
