@@ -194,6 +194,71 @@ class Fallback(Exception):
     """The dispatcher runs this op (for this case) on the reference, not on the backend under test."""
 
 
+# ---- the optional decoder_step `draft` and `head` (whisperkit.contract, decoder_step) ----------------------------------
+#: why the draft case is not run on a backend without them
+NO_DRAFT_REASON = ("offers no decoder_step `head` (optional: greedy decoding then steps one token at a time instead of "
+                   "drafting a few and verifying them together)")
+DRAFT_STEPS = 5  # one-token steps of the window checked as drafts
+
+
+def draft_problem(model, audio) -> str | None:
+    """The backend's decoder_step `draft` and `head` (the contract), as a greedy decoding of `model` takes them, on one
+    window of `audio`: the window decoded with speculative rounds (`decoding.SPECULATE`) and without gives the same
+    tokens and average log-probability, bit for bit; and over DRAFT_STEPS one-token steps after the prompt, each step
+    run plain and as a draft on caches of its own: head(the draft's hidden row) is the plain step's logits bit for bit,
+    the draft's columns hold them too (the others -inf or them), and head of the rows together gives each row's bits.
+    None when all hold, else what differs first; raises LookupError when the model's decoder has no `head`."""
+    from whisperkit import decoding
+    from whisperkit.decoding import DecodingOptions, DecodingTask, _draft_columns
+    dec = model.graph.decoder
+    if dec.head is None:
+        raise LookupError(NO_DRAFT_REASON)
+    saved = decoding.SPECULATE
+    try:
+        decoding.SPECULATE = 0
+        plain = model.decode(audio, temperature=0.0)
+        decoding.SPECULATE = 3
+        spec = model.decode(audio, temperature=0.0)
+    finally:
+        decoding.SPECULATE = saved
+    where = "conformance.checks.draft_problem"
+    if list(spec.tokens) != list(plain.tokens):
+        return f"{where}: speculative greedy tokens {list(spec.tokens)} differ from the plain loop's {list(plain.tokens)}"
+    if np.float64(spec.avg_logprob).tobytes() != np.float64(plain.avg_logprob).tobytes():
+        return f"{where}: avg_logprob {spec.avg_logprob!r} speculative, {plain.avg_logprob!r} plain (bit for bit)"
+    tok = model.tokenizer
+    features = np.asarray(plain.audio_features, np.float32)[None]
+    prompt = np.asarray([DecodingTask(model.graph, tok, DecodingOptions()).initial_tokens], np.int64)
+    caches = [model.graph.new_cache(features) for _ in range(2)]
+    for c in caches:
+        dec(prompt, c, 0)
+    seq = list(plain.tokens[:DRAFT_STEPS]) + [tok.eot] * max(0, DRAFT_STEPS - len(plain.tokens))
+    columns = _draft_columns(model.dims.n_vocab, tok.eot, decoding.DRAFT_TEXT)
+    outside = np.setdiff1d(np.arange(model.dims.n_vocab), columns)
+    hidden = np.empty((DRAFT_STEPS, model.dims.n_text_state), np.float32)
+    plain_rows = []
+    for j, t in enumerate([int(prompt[0, -1])] + seq[:-1]):
+        x = np.asarray([[t]], np.int64)
+        want = dec(x, caches[0], prompt.shape[1] - 1 + j)[0, -1]
+        drafted = dec(x, caches[1], prompt.shape[1] - 1 + j, None, draft=(columns, hidden[j:j + 1]))[0, -1]
+        got = dec.head(hidden[j:j + 1])[0]
+        at = f"{where}: step {j} after the prompt"
+        if got.dtype != np.float32 or got.shape != want.shape:
+            return f"{at}: head gave {got.dtype} {got.shape}, the step {want.dtype} {want.shape}"
+        if got.tobytes() != want.tobytes():
+            return f"{at}: head of the draft's hidden row differs from the plain step's logits in {int((got != want).sum())} columns"
+        if drafted[columns].tobytes() != want[columns].tobytes():
+            return f"{at}: the draft's logits differ from the plain step's in its own columns"
+        rest = drafted[outside]
+        if not np.all((rest == -np.inf) | (rest == want[outside])):
+            return f"{at}: the draft's other columns are neither -inf nor the step's logits"
+        plain_rows.append(want)
+    together = dec.head(hidden)
+    if together.tobytes() != np.stack(plain_rows).tobytes():
+        return f"{where}: head of {DRAFT_STEPS} rows together differs from the rows one at a time"
+    return None
+
+
 # ---- the optional greedy_pick and beam_pick slots (whisperkit.contract.GREEDY_PICK, BEAM_PICK) -----------------------
 #: why a pick case is not run on a backend without the slot
 NO_PICK_REASON = {"greedy_pick": "offers no greedy_pick (an optional slot: the decode loop runs its filters and GreedyDecoder)",

@@ -51,7 +51,9 @@ def list_table(out=sys.stdout) -> None:
         what = {"model/greedy_pick": "the filters' and GreedyDecoder's tokens and log-probabilities on the backend's "
                                      "ops, bit for bit",
                 "model/beam_pick": "the filters' and BeamSearchDecoder's top tokens and log-probabilities on the "
-                                   "backend's ops, bit for bit"}.get(cid, "tokens equal to the reference's")
+                                   "backend's ops, bit for bit",
+                "model/greedy_draft": "speculative greedy's tokens and log-probability those of the plain loop, and "
+                                      "decoder_step's draft and head the plain step's logits, bit for bit"}.get(cid, "tokens equal to the reference's")
         print(f"    {cid}" + (f"  rtol {tol.rtol:g} -- {tol.reason}" if tol else f"  {what}"), file=out)
     print(f"{total + len(MODEL_CASES)} cases per backend", file=out)
 

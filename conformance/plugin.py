@@ -37,7 +37,7 @@ def split_case(case_id: str) -> tuple[str, str]:
 
 
 MODEL_CASES = ("model/encoder_jfk", "model/logits_after_sot_jfk", "model/greedy_tokens_jfk", "model/greedy_tokens_pv_en",
-               "model/greedy_pick", "model/beam_pick")
+               "model/greedy_pick", "model/beam_pick", "model/greedy_draft")
 NOT_RUN_PREFIX = "not run: "
 ALL_CASE_IDS = tuple(CASES) + MODEL_CASES
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from whisperkit.conformance.cases import MODEL_TOL
-from whisperkit.conformance.checks import FALLBACK_REASON, NO_PICK_REASON, compare, pick_problem, worst_ratio
+from whisperkit.conformance.checks import (FALLBACK_REASON, NO_DRAFT_REASON, NO_PICK_REASON, compare, draft_problem,
+                                           pick_problem, worst_ratio)
 from whisperkit.conformance.plugin import NOT_RUN_PREFIX
 from whisperkit.conformance.selection import find_shared
 
@@ -87,6 +88,19 @@ def test_model(model_case, conformance, request):
             pytest.fail(f"{case_id} on backend {backend_name}: {problem}\n  reproduce:\n"
                         f"    from whisperkit.conformance.checks import pick_problem\n"
                         f"    pick_problem(Whisper('tiny.en', backend={backend_name!r}), {slot!r})", pytrace=False)
+        return
+
+    if slot == "greedy_draft":  # the optional decoder_step draft and head: a speculative window is the plain one
+        clip = shared / "audio" / "jfk_16k.wav"
+        if not clip.is_file():
+            _not_run(f"missing clip {clip}")
+        if model.graph.decoder.head is None:
+            _not_run(NO_DRAFT_REASON)
+        problem = draft_problem(model, str(clip))
+        if problem:
+            pytest.fail(f"{case_id} on backend {backend_name}: {problem}\n  reproduce:\n"
+                        f"    from whisperkit.conformance.checks import draft_problem\n"
+                        f"    draft_problem(Whisper('tiny.en', backend={backend_name!r}), {str(clip)!r})", pytrace=False)
         return
 
     if case_id in CLIPS:

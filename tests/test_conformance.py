@@ -70,11 +70,10 @@ def test_numpy_reference_conforms(tmp_path):
     not_run = with_status(st, "not run")  # float32 and int8 alike
     assert FOLD_CASES and {c.split(":")[-1] for c in not_run} == FOLD_CASES | PICK_CASES
     detail = {c: report["backends"]["numpy"]["cases"][c]["detail"] for c in not_run}
-    assert all((f"offers no {c.removeprefix('model/')}" if c in PICK_CASES else "offers no audio_fold") in d
-               for c, d in detail.items())
+    assert all(OFFERS_NO.get(c, "offers no audio_fold") in d for c, d in detail.items())
     assert op_cases(*OPS) - FOLD_CASES <= with_status(st, "passed"), "every op case runs on the reference itself"
     model = {c for c in st if c.startswith("model/")}
-    assert len(model) == 6
+    assert len(model) == 7
     # shared data is beside the repository: the whole-model checks must have run, not been skipped
     assert with_status({c: st[c] for c in model}, "passed") == model - PICK_CASES, \
         {c: report["backends"]["numpy"]["cases"][c] for c in model}
@@ -85,9 +84,13 @@ def test_numpy_reference_conforms(tmp_path):
 #: the cases of decoder_step's `audio` (the contract), and the built-in backends whose float32 step offers it
 FOLD_CASES = {c.id for c in CASES.values() if c.params.get("fold")}
 FOLDING_BACKENDS = {"numba"}
-#: the checks of the optional greedy_pick and beam_pick slots, and the built-in backends that offer them
-PICK_CASES = {"model/greedy_pick", "model/beam_pick"}
+#: the checks of the optional greedy_pick and beam_pick slots and decoder_step's draft and head, and the built-in
+#: backends that offer them
+PICK_CASES = {"model/greedy_pick", "model/beam_pick", "model/greedy_draft"}
 PICKING_BACKENDS = {"numba"}
+#: what a backend without them is told
+OFFERS_NO = {"model/greedy_pick": "offers no greedy_pick", "model/beam_pick": "offers no beam_pick",
+             "model/greedy_draft": "offers no decoder_step `head`"}
 
 
 @pytest.mark.parametrize("name", BUILTIN_BACKENDS)
@@ -299,7 +302,7 @@ def test_example_plugin_conforms_and_runs_the_model(tmp_path):
     assert code == 0, out[-4000:]
     st = statuses(report, "gelu_example")
     model = {c for c in st if c.startswith("model/")}
-    assert len(model) == 6
+    assert len(model) == 7
     assert with_status(st, "passed") == op_cases("gelu") | model - PICK_CASES
     assert with_status(st, "not run") >= PICK_CASES
     assert with_status(st, "fallback") == op_cases(*OPS) - op_cases("gelu")

@@ -246,3 +246,88 @@ def test_suppress_tokens_outside_the_vocabulary_is_one_clear_error(tiny_on, supp
     model = tiny_on("numba")
     with pytest.raises(ValueError, match="suppress_tokens: token -?[0-9]+ is outside the vocabulary"):
         DecodingTask(model.graph, model.tokenizer, DecodingOptions(suppress_tokens=suppress))
+
+
+def test_speculative_greedy_is_the_plain_loop(tiny_on, monkeypatch):
+    """Greedy decoding on a backend whose decoder_step offers `draft` and `head` (numba) drafts a few tokens and
+    verifies them together (`decoding.SPECULATE`): osr (two windows, the second prompted) and jfk transcribed so, with
+    rounds of 2, 3 and 4 steps, give the plain loop's tokens, timestamps and average log-probabilities, bit for bit;
+    and so does one window cut at every sample_len from 1 to 9 (the round cut where the plain loop stops)."""
+    from whisperkit import decoding
+    model = tiny_on("numba")
+    assert model.graph.decoder.head is not None
+    heads = []
+    real = model.graph.decoder.head
+    monkeypatch.setattr(model.graph.decoder, "head", lambda h: heads.append(h.shape[0]) or real(h))
+    results = {}
+    for rounds in (0, 3, 2, 4):
+        monkeypatch.setattr(decoding, "SPECULATE", rounds)
+        heads.clear()
+        results[rounds] = [model.transcribe(shared("audio", clip)) for clip in ("osr_16k.wav", "jfk_16k.wav")]
+        assert (len(heads) > 10 and max(heads) == rounds) if rounds else not heads  # the rounds ran, or none did
+    for rounds in (3, 2, 4):
+        for got, want in zip(results[rounds], results[0]):
+            assert len(got.segments) == len(want.segments) > 0
+            for a, b in zip(got.segments, want.segments):
+                assert (a.tokens, a.start, a.end, a.avg_logprob) == (b.tokens, b.start, b.end, b.avg_logprob)
+    for n in range(1, 10):
+        monkeypatch.setattr(decoding, "SPECULATE", 0)
+        want = model.decode(shared("audio", "jfk_16k.wav"), temperature=0.0, sample_len=n)
+        monkeypatch.setattr(decoding, "SPECULATE", 3)
+        got = model.decode(shared("audio", "jfk_16k.wav"), temperature=0.0, sample_len=n)
+        assert (got.tokens, got.avg_logprob) == (want.tokens, want.avg_logprob), n
+        assert len(got.tokens) <= n
+
+
+def test_speculation_is_greedy_at_temperature_0_on_one_row_only(tiny_on, monkeypatch):
+    """Beam search, sampling and a backend without `head` (numpy) decode as before: no head call."""
+    model = tiny_on("numba")
+    calls = []
+    real = model.graph.decoder.head
+    monkeypatch.setattr(model.graph.decoder, "head", lambda h: calls.append(1) or real(h))
+    model.decode(shared("audio", "jfk_16k.wav"), beam_size=5)
+    model.decode(shared("audio", "jfk_16k.wav"), temperature=0.5, best_of=2)
+    model.decode(shared("audio", "jfk_16k.wav"), temperature=0.5)
+    assert calls == []
+    model.decode(shared("audio", "jfk_16k.wav"), temperature=0.0)
+    assert calls
+    assert tiny_on("numpy").graph.decoder.head is None
+
+
+def test_draft_problem_finds_a_head_that_is_not_the_step(tiny_on, monkeypatch):
+    """The conformance check of decoder_step's draft and head (`checks.draft_problem`) fails a head whose logits are
+    one ulp off in one column, and a draft that computes none of its columns."""
+    from whisperkit.conformance.checks import draft_problem
+    model = tiny_on("numba")
+    clip = shared("audio", "jfk_16k.wav")
+    assert draft_problem(model, str(clip)) is None
+    real = model.graph.decoder.head
+
+    def off_by_one_ulp(h):
+        out = real(h)
+        out[:, 220] = np.nextafter(out[:, 220], np.float32(np.inf))
+        return out
+    monkeypatch.setattr(model.graph.decoder, "head", off_by_one_ulp)
+    assert "head" in draft_problem(model, str(clip))
+    monkeypatch.setattr(model.graph.decoder, "head", real)
+    step = model.graph.decoder.step
+    fn = step.fn
+    monkeypatch.setattr(step, "fn", lambda *a, draft=None, **k: fn(*a, **k) if draft is None else
+                        fn(*a, draft=(np.empty(0, np.int64), draft[1]), **k))
+    assert "own columns" in draft_problem(model, str(clip))
+
+
+def test_a_bad_draft_is_one_clear_error(tiny_on):
+    from whisperkit.decoding import DecodingOptions, DecodingTask
+    model = tiny_on("numba")
+    dec = model.graph.decoder
+    features = model.graph.embed_audio(np.zeros((80, 3000), np.float32))
+    cache = model.graph.new_cache(features)
+    prompt = np.asarray([DecodingTask(model.graph, model.tokenizer, DecodingOptions()).initial_tokens], np.int64)
+    n = model.dims.n_text_state
+    with pytest.raises(ValueError, match="draft columns must be a 1-d integer array"):
+        dec(prompt, cache, 0, None, draft=(np.asarray([model.dims.n_vocab]), np.empty((1, n), np.float32)))
+    with pytest.raises(ValueError, match=r"draft hidden must be a C-contiguous float32 \(1, 384\) array"):
+        dec(prompt, cache, 0, None, draft=(np.arange(10), np.empty((2, n), np.float32)))
+    with pytest.raises(ValueError, match=r"head: rows must be \(rows, 384\)"):
+        dec.head(np.zeros((1, 10), np.float32))

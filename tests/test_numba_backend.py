@@ -96,7 +96,8 @@ def _same_bits_at_one_thread_and_two(w, x, k, v, ck, cv, offset, cross):
         logits = np.empty((x.shape[0], w.n_vocab), np.float32)
         rows = np.arange(x.shape[0], dtype=np.int64) * x.shape[1] + x.shape[1] - 1
         kernels.decoder_step_kernel(np.ascontiguousarray(x.reshape(-1, x.shape[-1])), x.shape[1], w.n_head, kc, vc,
-                                    ck, cv, offset, np.zeros(x.shape[0], np.int64), *w.arrays, rows, logits, nt, *cross)
+                                    ck, cv, offset, np.zeros(x.shape[0], np.int64), *w.arrays, rows, logits, nt, *cross,
+                                    np.empty(0, np.int64), np.empty((0, x.shape[-1]), np.float32))
         results.append((logits, kc, vc))
     for a, b in zip(*results):
         assert np.array_equal(a, b)

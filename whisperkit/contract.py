@@ -303,6 +303,13 @@ _op(
     step whose query rows per audio (batch // batch_c * n_q) are at most `rows`.  The backend then computes the
     cross-attention from the features and the projections; the result is what the K/V split(linear(audio_features,
     cross_kv)) would give, within this op's tolerance.
+    draft (keyword): the prepared object may offer ``head(h) -> logits``: linear(h, logits_weight) (rows, n_vocab) of
+    final-LayerNormed rows h (rows, n_state), each row bit for bit what this op returns for the step that made it,
+    whatever the other rows.  A caller that has it may give ``draft=(columns, hidden)``: columns, a 1-d int64 array of
+    vocabulary ids (empty: no logits are read); hidden, a C-contiguous float32 (batch * len(positions), n_state)
+    array.  The backend writes layer_norm(x[:, positions], ln) into hidden, bit for bit the rows its logits come from,
+    and returns logits whose columns `columns` are this op's and whose others are -inf or this op's.  Greedy
+    decoding drafts tokens from a few columns and takes them from `head` (`decoding.DecodingTask._speculate`).
     """,
     coarse=True,
 )

@@ -9,6 +9,7 @@ The rules are openai-whisper's (whisper/decoding.py), so that tokens match it on
 """
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
@@ -58,6 +59,24 @@ class DecodingResult:
     no_speech_prob: float = np.nan
     temperature: float = np.nan
     compression_ratio: float = np.nan
+
+
+#: Steps a speculative greedy round drafts (`DecodingTask._speculate`); below 2, greedy decoding steps one token at a
+#: time.  A round costs its steps' layers and one pass over the logits weight for all of them.
+SPECULATE = 3
+#: The text ids of the draft vocabulary: the first ones (`DecodingTask._draft_columns`).
+DRAFT_TEXT = 8192
+_NO_COLUMNS = np.empty(0, np.int64)  # a draft step whose logits are not read
+
+
+@functools.lru_cache(maxsize=4)
+def _draft_columns(n_vocab: int, eot: int, n_text: int) -> np.ndarray:
+    """The vocabulary a draft step computes the logits of: the n_text first ids (BPE ranks: the most common pieces
+    come first) and every id from end-of-text on (the special tokens and the timestamps).  One array per vocabulary,
+    so that a backend converts it once."""
+    columns = np.concatenate([np.arange(min(n_text, eot)), np.arange(eot, n_vocab)]).astype(np.int64)
+    columns.flags.writeable = False
+    return columns
 
 
 class Inference:
@@ -393,6 +412,8 @@ class DecodingTask:
         sot_column = np.repeat([sot_at.index(s) for s in sot_rows], self.n_group)  # per decoder row
         sum_logprobs = np.zeros(tokens.shape[0], np.float32)
         no_speech_probs = [np.nan] * n_audio
+        speculate = (SPECULATE > 1 and pick is not None and self.graph.decoder.head is not None and tokens.shape[0] == 1
+                     and isinstance(self.decoder, GreedyDecoder) and self.options.temperature == 0 and pad is None)
         # Greedy/sampled rows are independent: rows that have ended (eot) leave the batch and their rows
         # of the KV cache are dropped, so a batch costs its open rows, not its longest row times its
         # size.  The tokens are those of the full computation (finished rows only ever append eot).
@@ -431,6 +452,9 @@ class DecodingTask:
                 inference.rearrange_kv_cache(self.decoder.source_indices)
             if completed or tokens.shape[-1] > self.n_ctx:
                 break
+            if i == 0 and speculate:  # the rest of the window drafted and verified a few tokens at a time
+                tokens = self._speculate(inference, tokens, sum_logprobs, pick, self.sample_len - 1)
+                break
             if independent_rows and len(active) > 1:  # (one open row that had ended would have completed)
                 still_open = tokens[active, -1] != self.tokenizer.eot
                 # Dropping rows copies the open rows' caches, cross K/V included (18 MB a row on tiny); a
@@ -440,6 +464,45 @@ class DecodingTask:
                     active = active[still_open]
         tokens, sum_lp = self.decoder.finalize(tokens, sum_logprobs)
         return self._results(audio_features, language, tokens, sum_lp, no_speech_probs, n_audio)
+
+    def _speculate(self, inference: Inference, tokens: np.ndarray, sum_logprobs: np.ndarray, pick: Callable,
+                   budget: int) -> np.ndarray:
+        """Greedy decoding of one row, from its second token on, a round at a time: SPECULATE one-token steps that
+        compute the logits of the draft vocabulary only (`_draft_columns`), each feeding the next with its pick there
+        (the draft), then the full logits of their final LayerNorm rows in one pass over the logits weight (the
+        contract's decoder_step `head`).  The tokens are picked from those full logits in order, as the plain loop picks
+        them, while each one equals the draft the next step was fed; the first that differs ends the round, and the
+        cache rows after it are written over by the next.  A step's layers are the plain step's, and `head` gives each
+        row the bits the step's own logits would, so the tokens and log-probabilities are the plain loop's.
+        Returns the tokens, at most `budget` more, stopping where the plain loop stops."""
+        decoder, eot, n_state = self.graph.decoder, self.tokenizer.eot, self.graph.dims.n_text_state
+        columns = _draft_columns(self.graph.dims.n_vocab, self.tokenizer.eot, DRAFT_TEXT)
+        hidden = np.empty((SPECULATE, n_state), np.float32)
+        while budget > 0:
+            offset, seq, drafts = inference.offset, tokens, []
+            k = min(SPECULATE, budget, self.n_ctx - offset)  # the plain loop's last step is at position n_ctx - 1
+            for j in range(k):  # a step per draft; the last one's logits are never read: it asks for none
+                last = j == k - 1
+                logits = decoder(seq[:, -1:], inference.cache, offset + j, None,
+                                 draft=(_NO_COLUMNS if last else columns, hidden[j:j + 1]))
+                if last:
+                    break
+                d = pick(np.ascontiguousarray(logits[:, -1]), seq)[0]  # the draft's token
+                drafts.append(int(d[0]))
+                seq = np.concatenate([seq, d[:, None]], axis=-1)
+                if d[0] == eot:  # nothing follows end-of-text
+                    k = j + 1
+                    break
+            full = decoder.head(hidden[:k])  # (k, n_vocab): the logits the plain steps would have computed
+            for j in range(k):
+                tokens, completed = self.decoder.take(tokens, pick(full[j:j + 1], tokens), sum_logprobs)
+                budget -= 1
+                if completed or tokens.shape[-1] > self.n_ctx:
+                    return tokens
+                if budget == 0 or j == len(drafts) or tokens[0, -1] != drafts[j]:
+                    break  # the next step was fed another token: its row and those after it are the next round's
+            inference.offset = tokens.shape[1] - 1
+        return tokens
 
     def _results(self, audio_features, language, tokens, sum_lp, no_speech_probs, n_audio) -> list[DecodingResult]:
         eot = self.tokenizer.eot

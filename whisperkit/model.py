@@ -282,6 +282,9 @@ class TextDecoder:
         self._fold = fold([(kv["weight"], kv["bias"]) for kv in
                            (layout.module_weights(t, DECODER, "cross_attn.kv", i) for i in range(dims.n_text_layer))]) \
             if fold is not None else None
+        # a backend that gives a step's final LayerNorm rows and the logits of a few columns, and the logits of such rows
+        # apart (the contract's decoder_step `draft` and `head`): greedy decoding drafts tokens and verifies them together
+        self.head = getattr(self.step.w, "head", None)
         if self._embedding_rows is not None:
             self.token_embedding = None
             if consume:
@@ -380,9 +383,11 @@ class TextDecoder:
             laid_out[0] = (k, v, self._cross_layout(k, v))
         return k, v
 
-    def __call__(self, tokens: np.ndarray, cache: KVCache, offset: int, logit_positions=None) -> np.ndarray:
+    def __call__(self, tokens: np.ndarray, cache: KVCache, offset: int, logit_positions=None, draft=None) -> np.ndarray:
         """tokens: (batch, n_q) at positions offset..offset+n_q-1.  Returns logits (batch, len(positions), n_vocab)
-        for the positions asked (indices into the n_q new tokens; default: the last one)."""
+        for the positions asked (indices into the n_q new tokens; default: the last one).  draft: (columns, hidden),
+        given only when `head` is not None: the contract's decoder_step `draft` (the logits of those columns, the others
+        -inf or computed; the final LayerNorm's rows written into hidden)."""
         n_q = tokens.shape[1]
         if offset + n_q > self.dims.n_text_ctx:
             raise ValueError(f"decoder context overflow: {offset + n_q} tokens > n_text_ctx {self.dims.n_text_ctx}")
@@ -394,6 +399,8 @@ class TextDecoder:
             at = np.where(at >= pad[:, None], at - pad[:, None], at)  # a row's real tokens count from its pad: (batch, n_q)
             more = {"pad": pad}
         x = self.embed(tokens, at)  # (batch, n_q, n_text_state)
+        if draft is not None:
+            more["draft"] = draft
         if cache.cross.foldable and cache.decode_group * n_q <= self._fold.rows:  # an audio's query rows: few
             return self.step(x, cache.k, cache.v, None, None, offset, positions, audio=cache.cross.folded(), **more)
         cross_k, cross_v = cache.cross.get()  # made first: making them lays them out

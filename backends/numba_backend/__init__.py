@@ -144,7 +144,7 @@ def _hot_signatures():
         (E.linear_rows_kernel, (f[2], f[3], f[1], f[2], i, i)),
         (S.decoder_step_kernel, (f[2], i, i, f[4], f[4], f[4], f[4], i, t.Array(t.int64, 1, "C")) + layer
          + (f[1], f[1], h[3], t.Array(t.int64, 1, "C"), f[2], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))
-         + (f[4], f[4], t.Array(t.uint16, 5, "C"), h[4], f[2])),
+         + (f[4], f[4], t.Array(t.uint16, 5, "C"), h[4], f[2], ids, f[2])),
         (S.pack_cross, (f[4], f[4], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))),
         (S.embedding_rows_kernel, (h[3], t.Array(t.int64, 1, "C"), i, f[2], f[2])),
     ]
@@ -392,6 +392,44 @@ class _ThreadChoice:
 
 
 _NO_CROSS = np.empty((0,) * 6, _F32)  # decoder_step_kernel's cross_kp, cross_vp when it folds
+_NO_DRAFT = np.empty(0, np.int64)  # decoder_step_kernel's draft_blocks and hidden of a step that is no draft
+_NO_HIDDEN = np.empty((0, 0), _F32)
+
+
+def _draft_blocks(w, draft, rows: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The contract's decoder_step `draft` = (columns, hidden) checked, as the kernel takes it: the blocks of 64 logits
+    (`_step.pack_blocks`) that hold the columns (one conversion per columns array: a decode loop gives the same one to
+    every step), and hidden."""
+    columns, hidden = draft
+    memos = w.shaped.setdefault("draft", {})  # id -> (columns, blocks): the object kept, so its id stays its own
+    memo = memos.get(id(columns))
+    if memo is None or memo[0] is not columns:
+        cols = np.asarray(columns)
+        if cols.ndim != 1 or cols.dtype.kind not in "iu" or (cols.size and (cols.min() < 0 or cols.max() >= w.n_vocab)):
+            raise ValueError(f"decoder_step: draft columns must be a 1-d integer array of ids in 0..{w.n_vocab - 1}")
+        if len(memos) >= 8:  # a decode loop has one or two: more are other loops' old ones
+            memos.clear()
+        memo = memos[id(columns)] = (columns, np.unique(cols.astype(np.int64) // w.arrays[-1].shape[2]))
+    if not (isinstance(hidden, np.ndarray) and hidden.dtype == _F32 and hidden.flags.c_contiguous
+            and hidden.shape == (rows, n)):
+        got = (getattr(hidden, "shape", None), getattr(hidden, "dtype", None))
+        raise ValueError(f"decoder_step: draft hidden must be a C-contiguous float32 ({rows}, {n}) array; got {got}")
+    return memo[1], hidden
+
+
+def _head(packed: np.ndarray, n_vocab: int):
+    """The contract's decoder_step `head` over the packed logits weight: the logits of final-LayerNormed rows, by
+    the kernel the step's own logits run (`_step.gemvt`; each row's bits whatever the other rows and threads)."""
+    gemvt = _step_kernels().gemvt
+
+    def head(h) -> np.ndarray:
+        h = f32c(h)
+        if h.ndim != 2 or h.shape[1] != packed.shape[1]:
+            raise ValueError(f"head: rows must be (rows, {packed.shape[1]}); got shape {h.shape}")
+        out = np.empty((h.shape[0], n_vocab), _F32)
+        gemvt(h, packed, None, out, out, False, _nt())
+        return out
+    return head
 #: decoder_step_kernel's fold arrays when it reads the cross K/V
 _NO_FOLD = (np.empty((0,) * 4, _F32), np.empty((0,) * 4, _F32), np.empty((0,) * 5, np.uint16),
             np.empty((0,) * 4, np.uint16), np.empty((0, 0), _F32))
@@ -659,6 +697,8 @@ class NumbaBackend(AttentionPair, Backend):
         x2 = rows_f32(x)
         y = np.empty_like(x2)
         if getattr(w, "int8", False):
+            if draft is not None:
+                raise ValueError("decoder_step: `draft` needs the prepared object's `head`, which an int8 step does not offer")
             _int8_kernels().mlp_int8_kernel(x2, *w.arrays, y, _ROW_BLOCK, _nt())
         else:
             _kern().mlp_kernel(x2, *group_arrays(w), y, _ROW_BLOCK, _nt())
@@ -768,6 +808,8 @@ class NumbaBackend(AttentionPair, Backend):
     @staticmethod
     def _decoder_call(x2, n_q, w, kc, vc, cross_k, cross_v, offset, bufs, y, nt):
         if getattr(w, "int8", False):
+            if draft is not None:
+                raise ValueError("decoder_step: `draft` needs the prepared object's `head`, which an int8 step does not offer")
             _int8_kernels().decoder_layer_int8_kernel(x2, n_q, w.n_head, kc, vc, f32c(cross_k), f32c(cross_v), offset,
                                                       *w.arrays, *bufs, y, _ATTN_BLOCK, w.dummy, nt)
             return
@@ -795,6 +837,7 @@ class NumbaBackend(AttentionPair, Backend):
         return SimpleNamespace(n_layer=len(g.layers), n_head=n_head, arrays=arrays,
                                audio_fold=lambda cross_kv: _audio_fold(cross_kv, n_head),
                                n_vocab=logits_weight.shape[0], embedding_rows=_embedding_rows(arrays[-1], logits_weight.shape[0]),
+                               head=_head(arrays[-1], logits_weight.shape[0]),
                                threads={},  # batch rows -> _ThreadChoice of the one-token steps
                                shaped={},  # decoder_step's arrays that depend only on the step's shape
                                # the contract's cross_layout: the window's keys and values by block and head (`_step.pack_cross`)
@@ -818,7 +861,7 @@ class NumbaBackend(AttentionPair, Backend):
                                threads={}, shaped={})
 
     def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None, cross=None,
-                     audio=None):
+                     audio=None, draft=None):
         x = np.asarray(x)
         b, n_q, n = x.shape
         offset, pos = check_step(k_cache, v_cache, w.n_layer, offset, n_q, positions)
@@ -843,7 +886,11 @@ class NumbaBackend(AttentionPair, Backend):
                 ck = cv = w.shaped[key] = np.empty((w.n_layer, xp.shape[0], xtp.shape[2], 0), _F32)  # their shapes only
         else:
             ck, cv = f32c(cross_k), f32c(cross_v)
-        logits = np.empty((len(pos_rows), w.n_vocab), _F32)
+        if draft is None:
+            logits, blocks, hidden = np.empty((len(pos_rows), w.n_vocab), _F32), _NO_DRAFT, _NO_HIDDEN
+        else:  # the contract's `draft`: the final LayerNorm's rows into `hidden`, the logits of the draft's columns only
+            blocks, hidden = _draft_blocks(w, draft, len(pos_rows), n)
+            logits = np.full((len(pos_rows), w.n_vocab), -np.inf, _F32)
         nt = _nt()
         tuner = w.threads.get(b) if n_q == 1 else None
         if tuner is None and n_q == 1 and nt > 1:
@@ -852,6 +899,8 @@ class NumbaBackend(AttentionPair, Backend):
             nt = tuner.pick(nt)
             t0 = time.perf_counter()
         if getattr(w, "int8", False):
+            if draft is not None:
+                raise ValueError("decoder_step: `draft` needs the prepared object's `head`, which an int8 step does not offer")
             _int8_kernels().decoder_step_int8_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, pad, *w.arrays, pos_rows,
                                                      logits, nt)
         else:  # the keys and values by block and head: laid out once per window by the caller (`cross`), else here
@@ -862,7 +911,7 @@ class NumbaBackend(AttentionPair, Backend):
                 kp, vp = cross if cross is not None else w.cross_layout(ck, cv)
                 fold = _NO_FOLD
             _step_kernels().decoder_step_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, pad, *w.arrays, pos_rows,
-                                                logits, nt, kp, vp, *fold)
+                                                logits, nt, kp, vp, *fold, blocks, hidden)
         if tuner is not None:
             tuner.record(nt, time.perf_counter() - t0)
         if not direct:

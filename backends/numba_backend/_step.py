@@ -443,6 +443,25 @@ def gemvt_par(x, wp, bias, res, out, act, nt):
         gemvt_block(x, wp, cb[p], cb[p + 1], bias, res, out, act)
 
 
+@njit(parallel=True, cache=True)
+def gemvt_list_par(x, wp, blocks, out, nt):
+    cb = _blocks(blocks.shape[0], nt, 1)
+    for p in prange(nt):
+        for i in range(cb[p], cb[p + 1]):
+            gemvt_range(x, wp, blocks[i], blocks[i] + 1, out)
+
+
+@njit(cache=True)
+def gemvt_list(x, wp, blocks, out, nt):
+    """`gemvt` without bias over the listed blocks of 64 outputs only (a draft step's vocabulary): the other columns
+    of out are left as they were."""
+    if nt == 1 or blocks.shape[0] < 2:
+        for i in range(blocks.shape[0]):
+            gemvt_range(x, wp, blocks[i], blocks[i] + 1, out)
+    else:
+        gemvt_list_par(x, wp, blocks, out, nt)
+
+
 @njit(cache=True)
 def gemvt(x, wp, bias, res, out, act, nt):
     """The step's GEMVs, from a weight packed by `pack_blocks`: out = x @ widen(w).T + bias (+ res unless res is out),
@@ -872,7 +891,7 @@ def step_limits(batch, n_q, offset, pad, batch_c, g_rows, n_audio):
 @njit(cache=True)
 def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offset, pad, ln1g, ln1b, wqkv, bqkv, wo, bo,
                         lncg, lncb, wcq, bcq, wco, bco, ln2g, ln2b, w1, b1, w2, b2, lnfg, lnfb, wlog, pos_rows,
-                        logits, nt, cross_kp, cross_vp, fold_xp, fold_xtp, fold_wkt, fold_wvp, fold_bv):
+                        logits, nt, cross_kp, cross_vp, fold_xp, fold_xtp, fold_wkt, fold_wvp, fold_bv, draft_blocks, hidden):
     """One decoding step (a few rows, or a prompt).  x: (batch * n_q, n) embedded tokens; caches
     (n_layer, batch, n_ctx, n) written in place at offset; pad (batch,): the contract's left padding per row;
     cross K/V (n_layer, batch_c, n_audio, n);
@@ -880,7 +899,10 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
     weight packed by `pack_blocks`; logits (len(pos_rows), n_vocab) of the rows pos_rows of the last layer's output;
     cross_kp, cross_vp: cross_k and cross_v packed by block and head (`pack_cross`), which the cross-attention reads.
     fold_*: the contract's `audio` (`fold_attn`'s arrays, the features' with a leading audio axis): when fold_xp has
-    rows, the cross-attention comes from the audio features and cross_k, cross_v give only their shapes."""
+    rows, the cross-attention comes from the audio features and cross_k, cross_v give only their shapes.
+    hidden: (len(pos_rows), n) for a draft step (the contract's decoder_step `draft`): the final LayerNorm's rows are
+    copied there and only the logits blocks draft_blocks (blocks of 64 vocabulary columns) are computed, the other
+    columns of `logits` left as the caller filled them; (0, n): every logit."""
     m, n = x.shape
     n_layer = wqkv.shape[0]
     batch = m // n_q
@@ -920,4 +942,8 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
     hl = np.empty((p, n), np.float32)
     for i in range(p):
         ln_rows(xa, pos_rows[i], pos_rows[i] + 1, lnfg, lnfb, hl, i)
-    gemvt(hl, wlog, None, logits, logits, False, nt)
+    if hidden.shape[0] > 0:
+        hidden[:, :] = hl
+        gemvt_list(hl, wlog, draft_blocks, logits, nt)
+    else:
+        gemvt(hl, wlog, None, logits, logits, False, nt)
