@@ -23,7 +23,7 @@ PROFILE_UNITS = {
     "encoder_windows": "count", "encoder_ms_per_window": "ms", "encoder_share": "fraction of wall",
     "decoder_steps": "count", "decoder_ms_per_step": "ms", "decoder_rows_per_step": "rows",
     "decoder_share": "fraction of wall", "decoder_prefill_calls": "count", "decoder_prefill_s": "s",
-    "cross_kv_s": "s", "other_share": "fraction of wall",
+    "cross_kv_s": "s", "other_share": "fraction of wall", "decoder_drafted_steps": "count", "decoder_head_s": "s",
 }
 
 

@@ -117,7 +117,7 @@ def long_records(long_results, clip: str = "long") -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ tables
 E2E_HEADERS = ["engine", "warm min (s)", "warm median (s)", "RTF", "encoder / window (ms)", "encoder share",
-               "decoder / step (ms)", "rows / step", "decoder share", "tokens = numpy"]
+               "decoder / token (ms)", "rows / step", "decoder share", "tokens = numpy"]
 
 
 def _pct(v):
@@ -398,9 +398,10 @@ def markdown(doc: dict, all_results, op_results, batch_results=(), long_results=
         f"Load average {m.get('loadavg_at_start')} at the start, on {m['usable_cores']} cores: the machine is shared, so "
         "absolute times are noisy. Compare ratios within one table; they come from interleaved runs.",
         "",
-        "RTF: warm min time / audio duration.  Encoder / window, decoder / step, rows / step and the shares are measured "
+        "RTF: warm min time / audio duration.  Encoder / window, decoder / token, rows / step and the shares are measured "
         "inside the fastest timed run (the graph's encoder and decoder timed as the decode loop calls them; a step is one "
-        "decoder call of one new token per row, logits included).  `× peer`: the peer's warm min time / this backend's "
+        "decoder call of one new token per row, logits included; decoder / token is the steps' time, with a speculative "
+        "greedy round's verification and the drafts it did not keep, over the tokens they decoded).  `× peer`: the peer's warm min time / this backend's "
         "(above 1: faster than the peer).  Peers run on the same weights (faster-whisper on the CTranslate2 directory, "
         "openai-whisper on a state dict built from our tensors).",
         "",

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # set on this project's machines, never on a user's
@@ -122,14 +123,18 @@ class Profile:
         self.encoder_windows = 0
         self.cross_kv_s = 0.0
         self.step_s = 0.0
-        self.steps = 0
+        self.steps = 0  # one-token decoder calls
         self.step_rows = 0
+        self.head_s = 0.0  # speculative greedy's verifications (the contract's decoder_step `head`)
+        self.rewritten = 0  # cache positions a later call wrote over: drafts a speculative round did not keep
+        self._ends = weakref.WeakKeyDictionary()  # cache -> the position after its last one-token call
         self.prefill_s = 0.0
         self.prefill_calls = 0
         self.attention_s = 0.0  # word timestamps: the pass with cross-attention weights
 
     def as_dict(self, wall_s: float) -> dict:
-        decoder_s = self.step_s + self.prefill_s + self.cross_kv_s + self.attention_s
+        decoder_s = self.step_s + self.head_s + self.prefill_s + self.cross_kv_s + self.attention_s
+        tokens = self.steps - self.rewritten  # the tokens the one-token steps decoded
         return {
             "encoder_windows": self.encoder_windows,
             "encoder_s": self.encoder_s,
@@ -137,9 +142,12 @@ class Profile:
             "encoder_share": self.encoder_s / wall_s if wall_s > 0 else None,
             "decoder_s": decoder_s,
             "decoder_share": decoder_s / wall_s if wall_s > 0 else None,
-            "decoder_steps": self.steps,
-            "decoder_ms_per_step": 1e3 * self.step_s / self.steps if self.steps else None,
+            # per decoded token: a speculative round's steps, its drafts that were not kept and its head count too
+            "decoder_steps": tokens,
+            "decoder_ms_per_step": 1e3 * (self.step_s + self.head_s) / tokens if tokens else None,
             "decoder_rows_per_step": self.step_rows / self.steps if self.steps else None,
+            "decoder_drafted_steps": self.steps,
+            "decoder_head_s": self.head_s,
             "decoder_prefill_calls": self.prefill_calls,
             "decoder_prefill_s": self.prefill_s,
             "cross_kv_s": self.cross_kv_s,
@@ -171,11 +179,15 @@ def instrument(graph, prof: Profile) -> None:
         prof.encoder_windows += int(args[0].shape[0])
 
     def on_decoder(dt, args):
-        tokens = args[0]  # (rows, n_new)
+        tokens, cache, offset = args[:3]  # (rows, n_new), the KV cache, the first new position
         if tokens.shape[1] == 1:
             prof.step_s += dt
             prof.steps += 1
             prof.step_rows += int(tokens.shape[0])
+            end = prof._ends.get(cache)
+            if end is not None and offset < end:  # a speculative round wrote over drafts it did not keep
+                prof.rewritten += end - offset
+            prof._ends[cache] = offset + 1
         else:
             prof.prefill_s += dt
             prof.prefill_calls += 1
@@ -197,8 +209,17 @@ def instrument(graph, prof: Profile) -> None:
         prof.attention_s += time.perf_counter() - t
         return out
 
+    head = decoder.head
+
+    def timed_head(*a, **k):
+        t = time.perf_counter()
+        out = head(*a, **k)
+        prof.head_s += time.perf_counter() - t
+        return out
+
     timed_decoder.set_audio = timed_set_audio
     timed_decoder.forward_with_cross_attention = timed_with_attention
+    timed_decoder.head = timed_head if head is not None else None
     graph.encoder = _Timed(graph.encoder, on_encoder)
     graph.decoder = timed_decoder
 

@@ -108,7 +108,7 @@ def test_markdown_tables(quick_run):
     detail = md.split("### End to end: jfk_16k.wav", 1)[1].split("###", 1)[0]
     rows = [ln for ln in detail.splitlines() if ln.startswith("| ")]
     header = next(ln for ln in rows if ln.startswith("| engine |"))
-    assert "decoder / step (ms)" in header and "encoder share" in header
+    assert "decoder / token (ms)" in header and "encoder share" in header
     numpy_row = next(ln for ln in rows if ln.startswith("| numpy |"))
     assert numpy_row.count("|") == header.count("|")
     assert re.search(r"\| numpy \| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d+ \| \d+ \| \d+% \|", numpy_row), numpy_row
@@ -376,3 +376,25 @@ def test_the_bench_profile_pays_the_cross_kv_of_every_transcription(tiny_on):
         graph.encoder, graph.decoder = encoder, decoder
     assert len(made) == 3 and len({id(c) for c in made}) == 3  # one window each, none taken from the run before
     assert all(c._folded is not None and c.k is None for c in made)  # greedy: folded steps, the K/V never made
+
+
+def test_the_bench_profile_counts_speculative_rounds_per_token(tiny_on):
+    """numba's greedy decoding drafts a few steps a round and verifies them with `head`: the profile counts the head's
+    time, and its tokens are the one-token calls less the positions a later round wrote over: the transcription's
+    token count (the calls are as many or more)."""
+    from helpers import shared
+    from whisperkit.bench.worker import Profile, instrument
+    model = tiny_on("numba")
+    graph = model.graph
+    encoder, decoder = graph.encoder, graph.decoder
+    prof = Profile()
+    instrument(graph, prof)
+    try:
+        result = model.transcribe(shared("audio", "jfk_16k.wav"), temperature=0.0)
+    finally:
+        graph.encoder, graph.decoder = encoder, decoder
+    p = prof.as_dict(1.0)
+    decoded = sum(len(s.tokens) for s in result.segments) + 1  # the window's tokens and its end-of-text
+    assert p["decoder_steps"] == decoded and p["decoder_drafted_steps"] == prof.steps >= decoded
+    assert p["decoder_head_s"] > 0
+    assert p["decoder_ms_per_step"] == pytest.approx(1e3 * (prof.step_s + prof.head_s) / decoded)
