@@ -62,10 +62,12 @@ class DecodingResult:
 
 
 #: Steps a speculative greedy round drafts (`DecodingTask._speculate`); below 2, greedy decoding steps one token at a
-#: time.  A round costs its steps' layers and one pass over the logits weight for all of them.
-SPECULATE = 3
-#: The text ids of the draft vocabulary: the first ones (`DecodingTask._draft_columns`).
-DRAFT_TEXT = 8192
+#: time.  A round costs its steps' layers and one pass over the logits weight for all of them; a longer one throws
+#: away more drafts after a miss (2 to 6 measured: docs/bench-results.md, issue 14, stop 43).
+SPECULATE = 4
+#: The text ids of the draft vocabulary: the first ones (`DecodingTask._draft_columns`).  More ids miss fewer tokens
+#: and cost every draft step their share of the logits weight (4096 to 16384 measured, the same place).
+DRAFT_TEXT = 12288
 _NO_COLUMNS = np.empty(0, np.int64)  # a draft step whose logits are not read
 
 
