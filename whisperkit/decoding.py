@@ -3,7 +3,10 @@
 * `Inference`      -- runs the decoder with its KV cache, feeding only the tokens it has not seen;
 * `LogitFilter`s   -- suppress tokens and enforce the timestamp grammar, in place on the logits;
 * `TokenDecoder`   -- picks the next tokens (greedy / sampling, beam search: whisperkit.token_decoders);
-* `SequenceRanker` -- picks the final sequence among candidates.
+* `SequenceRanker` -- picks the final sequence among candidates;
+* `DecodingTask._speculate` -- greedy decoding of one row a few drafted tokens at a time, verified together, where
+  the backend's decoder_step offers `draft` and `head` (the contract): the plain loop's tokens, in fewer passes over
+  the logits weight.
 
 The rules are openai-whisper's (whisper/decoding.py), so that tokens match it one for one.
 """

@@ -697,8 +697,6 @@ class NumbaBackend(AttentionPair, Backend):
         x2 = rows_f32(x)
         y = np.empty_like(x2)
         if getattr(w, "int8", False):
-            if draft is not None:
-                raise ValueError("decoder_step: `draft` needs the prepared object's `head`, which an int8 step does not offer")
             _int8_kernels().mlp_int8_kernel(x2, *w.arrays, y, _ROW_BLOCK, _nt())
         else:
             _kern().mlp_kernel(x2, *group_arrays(w), y, _ROW_BLOCK, _nt())
@@ -808,8 +806,6 @@ class NumbaBackend(AttentionPair, Backend):
     @staticmethod
     def _decoder_call(x2, n_q, w, kc, vc, cross_k, cross_v, offset, bufs, y, nt):
         if getattr(w, "int8", False):
-            if draft is not None:
-                raise ValueError("decoder_step: `draft` needs the prepared object's `head`, which an int8 step does not offer")
             _int8_kernels().decoder_layer_int8_kernel(x2, n_q, w.n_head, kc, vc, f32c(cross_k), f32c(cross_v), offset,
                                                       *w.arrays, *bufs, y, _ATTN_BLOCK, w.dummy, nt)
             return
@@ -889,6 +885,8 @@ class NumbaBackend(AttentionPair, Backend):
         if draft is None:
             logits, blocks, hidden = np.empty((len(pos_rows), w.n_vocab), _F32), _NO_DRAFT, _NO_HIDDEN
         else:  # the contract's `draft`: the final LayerNorm's rows into `hidden`, the logits of the draft's columns only
+            if getattr(w, "int8", False):
+                raise ValueError("decoder_step: `draft` needs the prepared object's `head`, which an int8 step does not offer")
             blocks, hidden = _draft_blocks(w, draft, len(pos_rows), n)
             logits = np.full((len(pos_rows), w.n_vocab), -np.inf, _F32)
         nt = _nt()
@@ -899,8 +897,6 @@ class NumbaBackend(AttentionPair, Backend):
             nt = tuner.pick(nt)
             t0 = time.perf_counter()
         if getattr(w, "int8", False):
-            if draft is not None:
-                raise ValueError("decoder_step: `draft` needs the prepared object's `head`, which an int8 step does not offer")
             _int8_kernels().decoder_step_int8_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, pad, *w.arrays, pos_rows,
                                                      logits, nt)
         else:  # the keys and values by block and head: laid out once per window by the caller (`cross`), else here

@@ -26,6 +26,9 @@ instead:
   in one strided pass per head (`phases.py`, stop 38).
 * The attention's exp runs in 16 lanes (`_kernels.exp_sum_inplace`); the scalar exp loop was most of a 5-row step's
   cross-attention (`attn_micro.py`, stop 38).
+* A draft step (the contract's decoder_step `draft`: speculative greedy decoding) computes only the logits blocks of
+  its draft vocabulary (`gemvt_list`) and hands back its final LayerNorm row; `head` runs the rows of a round through
+  the same `gemvt` as the step's logits, whose rows do not depend on each other.
 Prompts (n_q up to ~224 rows) run the same kernel, 6 rows of x a pass over a block still in L1/L2, so no
 float32 copy of the float16 weights is kept.
 """
