@@ -192,34 +192,21 @@ def instrument(graph, prof: Profile) -> None:
             prof.prefill_s += dt
             prof.prefill_calls += 1
 
+    def timed(fn, field: str):
+        """fn, its time added to the profile's `field`."""
+        def call(*a, **k):
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            setattr(prof, field, getattr(prof, field) + time.perf_counter() - t)
+            return out
+        return call
+
     decoder = graph.decoder
     timed_decoder = _Timed(decoder, on_decoder)
-    set_audio = decoder.set_audio
-    with_attention = decoder.forward_with_cross_attention
-
-    def timed_set_audio(*a, **k):
-        t = time.perf_counter()
-        out = set_audio(*a, **k)
-        prof.cross_kv_s += time.perf_counter() - t
-        return out
-
-    def timed_with_attention(*a, **k):
-        t = time.perf_counter()
-        out = with_attention(*a, **k)
-        prof.attention_s += time.perf_counter() - t
-        return out
-
-    head = decoder.head
-
-    def timed_head(*a, **k):
-        t = time.perf_counter()
-        out = head(*a, **k)
-        prof.head_s += time.perf_counter() - t
-        return out
-
-    timed_decoder.set_audio = timed_set_audio
-    timed_decoder.forward_with_cross_attention = timed_with_attention
-    timed_decoder.head = timed_head if head is not None else None
+    timed_decoder.set_audio = timed(decoder.set_audio, "cross_kv_s")
+    timed_decoder.forward_with_cross_attention = timed(decoder.forward_with_cross_attention, "attention_s")
+    # speculative greedy's verifications (None: the backend offers no head, and the decode loop then needs none)
+    timed_decoder.head = timed(decoder.head, "head_s") if decoder.head is not None else None
     graph.encoder = _Timed(graph.encoder, on_encoder)
     graph.decoder = timed_decoder
 
