@@ -392,6 +392,9 @@ class _ThreadChoice:
 
 
 _NO_CROSS = np.empty((0,) * 6, _F32)  # decoder_step_kernel's cross_kp, cross_vp when it folds
+#: decoder_step_kernel's fold arrays when it reads the cross K/V
+_NO_FOLD = (np.empty((0,) * 4, _F32), np.empty((0,) * 4, _F32), np.empty((0,) * 5, np.uint16),
+            np.empty((0,) * 4, np.uint16), np.empty((0, 0), _F32))
 _NO_DRAFT = np.empty(0, np.int64)  # decoder_step_kernel's draft_blocks and hidden of a step that is no draft
 _NO_HIDDEN = np.empty((0, 0), _F32)
 
@@ -430,9 +433,8 @@ def _head(packed: np.ndarray, n_vocab: int):
         gemvt(h, packed, None, out, out, False, _nt())
         return out
     return head
-#: decoder_step_kernel's fold arrays when it reads the cross K/V
-_NO_FOLD = (np.empty((0,) * 4, _F32), np.empty((0,) * 4, _F32), np.empty((0,) * 5, np.uint16),
-            np.empty((0,) * 4, np.uint16), np.empty((0, 0), _F32))
+
+
 #: the most query rows per audio (rows x new tokens) whose step folds the cross K/V projection into its
 #: cross-attention (`_step.fold_attn`): a greedy step, a multilingual prompt (3 tokens).  Its products grow with the
 #: rows (27.6 M multiply-adds a row on tiny) where the K/V's read does not: 5 beams read the K/V

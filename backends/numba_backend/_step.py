@@ -905,7 +905,7 @@ def decoder_step_kernel(x, n_q, n_head, k_cache, v_cache, cross_k, cross_v, offs
     rows, the cross-attention comes from the audio features and cross_k, cross_v give only their shapes.
     hidden: (len(pos_rows), n) for a draft step (the contract's decoder_step `draft`): the final LayerNorm's rows are
     copied there and only the logits blocks draft_blocks (blocks of 64 vocabulary columns) are computed, the other
-    columns of `logits` left as the caller filled them; (0, n): every logit."""
+    columns of `logits` left as the caller filled them; no rows: every logit."""
     m, n = x.shape
     n_layer = wqkv.shape[0]
     batch = m // n_q
