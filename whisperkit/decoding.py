@@ -417,8 +417,9 @@ class DecodingTask:
         sot_column = np.repeat([sot_at.index(s) for s in sot_rows], self.n_group)  # per decoder row
         sum_logprobs = np.zeros(tokens.shape[0], np.float32)
         no_speech_probs = [np.nan] * n_audio
-        speculate = (SPECULATE > 1 and pick is not None and self.graph.decoder.head is not None and tokens.shape[0] == 1
-                     and isinstance(self.decoder, GreedyDecoder) and self.options.temperature == 0 and pad is None)
+        # (a greedy pick is taken at temperature 0 only: `_pick`)
+        speculate = (SPECULATE > 1 and pick is not None and isinstance(self.decoder, GreedyDecoder)
+                     and self.graph.decoder.head is not None and tokens.shape[0] == 1 and pad is None)
         # Greedy/sampled rows are independent: rows that have ended (eot) leave the batch and their rows
         # of the KV cache are dropped, so a batch costs its open rows, not its longest row times its
         # size.  The tokens are those of the full computation (finished rows only ever append eot).

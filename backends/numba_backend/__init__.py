@@ -406,7 +406,7 @@ def _draft_blocks(w, draft, rows: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     columns, hidden = draft
     memos = w.shaped.setdefault("draft", {})  # id -> (columns, blocks): the object kept, so its id stays its own
     memo = memos.get(id(columns))
-    if memo is None or memo[0] is not columns:
+    if memo is None:
         cols = np.asarray(columns)
         if cols.ndim != 1 or cols.dtype.kind not in "iu" or (cols.size and (cols.min() < 0 or cols.max() >= w.n_vocab)):
             raise ValueError(f"decoder_step: draft columns must be a 1-d integer array of ids in 0..{w.n_vocab - 1}")

@@ -446,12 +446,18 @@ def gemvt_par(x, wp, bias, res, out, act, nt):
         gemvt_block(x, wp, cb[p], cb[p + 1], bias, res, out, act)
 
 
+@njit(cache=True)
+def _gemvt_listed(x, wp, blocks, i0, i1, out):
+    """The blocks blocks[i0:i1] of `gemvt_list`."""
+    for i in range(i0, i1):
+        gemvt_range(x, wp, blocks[i], blocks[i] + 1, out)
+
+
 @njit(parallel=True, cache=True)
 def gemvt_list_par(x, wp, blocks, out, nt):
     cb = _blocks(blocks.shape[0], nt, 1)
     for p in prange(nt):
-        for i in range(cb[p], cb[p + 1]):
-            gemvt_range(x, wp, blocks[i], blocks[i] + 1, out)
+        _gemvt_listed(x, wp, blocks, cb[p], cb[p + 1], out)
 
 
 @njit(cache=True)
@@ -459,8 +465,7 @@ def gemvt_list(x, wp, blocks, out, nt):
     """`gemvt` without bias over the listed blocks of 64 outputs only (a draft step's vocabulary): the other columns
     of out are left as they were."""
     if nt == 1 or blocks.shape[0] < 2:
-        for i in range(blocks.shape[0]):
-            gemvt_range(x, wp, blocks[i], blocks[i] + 1, out)
+        _gemvt_listed(x, wp, blocks, 0, blocks.shape[0], out)
     else:
         gemvt_list_par(x, wp, blocks, out, nt)
 
