@@ -85,7 +85,9 @@ class Case:
             bind,
             *(["fold = f.w.audio_fold(inp.audio[1])  # the contract's `audio`: the cross-attention from the features",
                "x, kc, vc, _, _, offset, positions = inp.args",
-               "out = f(x, kc, vc, None, None, offset, positions, audio=fold.layout(inp.audio[0]), **inp.kwargs)"]
+               "more = dict(audio=fold.layout(inp.audio[0])) if x.shape[0] // inp.audio[0].shape[0] * x.shape[1] <= fold.rows"
+               " else dict(cross=fold.cross(inp.audio[0]))  # more rows: the K/V's layout from the features",
+               "out = f(x, kc, vc, None, None, offset, positions, **more, **inp.kwargs)"]
               if self.params.get("fold") else [f"out = {call}"]),
             "inp = case.make()",
             bind.replace("ops", "ref").replace("f =", "g ="),
@@ -598,6 +600,11 @@ def _coarse_cases():
         ("tiny_audio_fold_2audios_1_off20", (2, 1, 20, (-1,), t, 6, 4), dict(fp16=True, fold=True)),
         ("tiny_audio_fold_1_off447", (1, 1, 447, (-1,), t, 6, 4), dict(fp16=True, fold=True)),
         ("base_audio_fold_1_off50", (1, 1, 50, (-1,), b, 8, 6), dict(n_vocab=51865, fp16=True, fold=True)),
+        # ... and more rows than a fold takes: the K/V's layout made from the features (the fold's `cross`): beams,
+        # two audios' beams, a beam search's prompt
+        ("tiny_audio_fold_beam5_1_off20", (5, 1, 20, (-1,), t, 6, 4), dict(cross_rows=1, fp16=True, fold=True)),
+        ("tiny_audio_fold_2audios_beam5_1_off7", (10, 1, 7, (-1,), t, 6, 4), dict(cross_rows=2, fp16=True, fold=True)),
+        ("tiny_audio_fold_beam5_prompt_40_off0", (5, 40, 0, (1, -1), t, 6, 4), dict(cross_rows=1, fp16=True, fold=True)),
     ]:
         bt, nq, off, pos, ns, nh, nl = args
         _case("decoder_step", name, _decoder_step(*args, **kw), x=(bt, nq, ns), offset=off, positions=pos, n_head=nh,

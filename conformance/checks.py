@@ -46,8 +46,9 @@ def _call(b: Bound, inp: Inputs):
 
 def _folded_call(b: Bound, inp: Inputs):
     """decoder_step called as the model calls it when the prepared step folds (the contract's `audio`): the layout of
-    the features instead of the cross K/V, which the case's reference call takes.  Raises Fallback (not run) when the
-    backend offers no fold for these weights, or its fold takes fewer query rows per audio than the case has."""
+    the features instead of the cross K/V, which the case's reference call takes; for more query rows per audio than
+    the fold takes, the fold's `cross`, the K/V's layout made from the features, with no K/V.  Raises Fallback (not
+    run) when the backend offers no fold for these weights, or its fold takes fewer rows and offers no `cross`."""
     features, cross_kv = inp.audio
     make = getattr(getattr(b.fn, "w", None), "audio_fold", None)
     fold = make(cross_kv) if make is not None else None
@@ -55,8 +56,11 @@ def _folded_call(b: Bound, inp: Inputs):
         raise Fallback(NO_FOLD_REASON)
     x, k_cache, v_cache, _, _, offset, positions = inp.args
     rows = x.shape[0] // features.shape[0] * x.shape[1]
-    if rows > fold.rows:
-        raise Fallback(f"folds at most {fold.rows} query rows per audio, the case has {rows}")
+    if rows > fold.rows:  # more rows read the K/V: laid out from the features where the fold offers it, as the model does
+        if getattr(fold, "cross", None) is None:
+            raise Fallback(f"folds at most {fold.rows} query rows per audio, the case has {rows}, and offers no `cross`")
+        laid = fold.cross(features)
+        return lambda b, inp: b.fn(x, k_cache, v_cache, None, None, offset, positions, cross=laid, **inp.kwargs)
     audio = fold.layout(features)
     return lambda b, inp: b.fn(x, k_cache, v_cache, None, None, offset, positions, audio=audio, **inp.kwargs)
 

@@ -1,5 +1,6 @@
 """The graph on the NumPy reference against openai-whisper's own numbers (../shared/golden)."""
 import numpy as np
+import pytest
 
 from helpers import shared
 
@@ -194,9 +195,10 @@ def test_cross_kv_are_kept_within_a_call_not_across_calls(tiny_on):
     model = tiny_on("numba")
     decoder = model.graph.decoder
     assert decoder._fold is not None
-    calls = []
-    first = decoder.cross_kv[0]
+    calls, laid = [], []
+    first, direct = decoder.cross_kv[0], decoder._fold.cross
     decoder.cross_kv[0] = lambda x: calls.append(x.shape) or first(x)
+    decoder._fold.cross = lambda x: laid.append(x.shape) or direct(x)
     try:
         feats = np.random.default_rng(3).standard_normal((1, 1500, 384)).astype(np.float32)
         model.graph.forget_audio()
@@ -209,28 +211,52 @@ def test_cross_kv_are_kept_within_a_call_not_across_calls(tiny_on):
         for _ in range(2):
             model.transcribe(shared("audio", "jfk_16k.wav"), temperature=0.0)
         assert not calls  # greedy: every step folds, the window never makes its K/V
+        assert not laid
         for _ in range(2):
             model.transcribe(shared("audio", "jfk_16k.wav"), temperature=0.0, beam_size=5)
-        assert len(calls) == 2  # 5 beams read the K/V: jfk is one window, one computation per transcription
+        # 5 beams read the K/V's layout, made from the features (the fold's `cross`): jfk is one window, one
+        # computation per transcription, and no K/V arrays
+        assert len(laid) == 2 and not calls
     finally:
-        decoder.cross_kv[0] = first
+        decoder.cross_kv[0], decoder._fold.cross = first, direct
 
 
-def test_a_long_prompt_makes_and_lays_out_the_cross_kv_once(tiny_on):
+def test_a_long_prompt_lays_out_the_cross_kv_once_from_the_features(tiny_on):
     """A greedy window's prompt of more rows than the fold takes (a later window, prompted with the text before it)
-    reads the K/V: they are made at that step and laid out with them, once (the step used to look for the layout before
-    making them, and laid them out a second time); the one-token steps after it fold."""
+    reads the K/V's layout: it is made at that step, once, from the features (the fold's `cross`), and no K/V arrays are
+    made; the one-token steps after it fold.  Once something makes the K/V (a word-timing pass), they are laid out
+    with them."""
     model = tiny_on("numba")
     decoder = model.graph.decoder
-    layout, calls = decoder._cross_layout, []
+    layout, direct, calls, laid = decoder._cross_layout, decoder._fold.cross, [], []
     decoder._cross_layout = lambda k, v: calls.append(k.shape) or layout(k, v)
+    decoder._fold.cross = lambda x: laid.append(x.shape) or direct(x)
     try:
         model.graph.forget_audio()
         cache = model.graph.new_cache(np.random.default_rng(4).standard_normal((1, 1500, 384)).astype(np.float32))
         prompt = np.arange(decoder._fold.rows + 6)[None, :] + 1000
         decoder(prompt, cache, 0)
-        assert len(calls) == 1
+        assert len(laid) == 1 and not calls and cache.cross.k is None
         decoder(np.array([[1000]]), cache, prompt.shape[1])
+        assert len(laid) == 1 and not calls
+        cache.cross.get()  # the K/V made: laid out with them, and the steps take that layout
         assert len(calls) == 1
+        decoder(prompt[:, :2], cache, 0)
+        assert len(calls) == 1 and len(laid) == 1
     finally:
-        decoder._cross_layout = layout
+        decoder._cross_layout, decoder._fold.cross = layout, direct
+
+
+@pytest.mark.parametrize("shape", [(1, 1500, 384), (2, 1500, 384), (1, 100, 384), (1, 7, 384)])
+def test_the_cross_layout_from_the_features_is_the_kv_layout_bit_for_bit(tiny_on, shape):
+    """numba's fold `cross` makes the K/V's layout from the features with the linear's own products (W_k's rows and the
+    features' swapped in each FMA, the same sums in the same order): what laying out the projected K/V gives, bit for
+    bit, so a beam search decodes as it did with the K/V (keys past the window's end are zeros in both)."""
+    decoder = tiny_on("numba").graph.decoder
+    feats = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    want = decoder._cross_layout(*decoder._project(feats, [None]))
+    got = decoder._fold.cross(feats)
+    assert got.n_keys == want.n_keys == shape[1]
+    for a, b in ((got.k, want.k), (got.v, want.v)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))

@@ -302,7 +302,10 @@ _op(
     n_audio_ctx, n_audio_state), and gives what it returned as ``audio=``, with cross_k = cross_v = None, to a
     step whose query rows per audio (batch // batch_c * n_q) are at most `rows`.  The backend then computes the
     cross-attention from the features and the projections; the result is what the K/V split(linear(audio_features,
-    cross_kv)) would give, within this op's tolerance.
+    cross_kv)) would give, within this op's tolerance.  A fold may also offer ``cross(audio_features) -> object``:
+    what ``cross_layout`` returns for those K/V, bit for bit, made without them.  A caller that has both may then give
+    a step of more rows (beams) ``cross=`` that object, with cross_k = cross_v = None, and make the K/V only if
+    something else needs them.
     draft (keyword): the prepared object may offer ``head(h) -> logits``: linear(h, logits_weight) (rows, n_vocab) of
     final-LayerNormed rows h (rows, n_state), each row bit for bit what this op returns for the step that made it,
     whatever the other rows.  A caller that has it may give ``draft=(columns, hidden)``: columns, a 1-d int64 array of

@@ -198,10 +198,12 @@ class CrossKV:
     a backend that folds the K/V projection into its steps' cross-attention (the contract's decoder_step `audio`)
     takes `folded` instead, and a greedy window then never makes them (3.5 GFLOP a window on tiny)."""
 
-    __slots__ = ("k", "v", "make", "_folded", "make_folded")
+    __slots__ = ("k", "v", "make", "_folded", "make_folded", "make_laid")
 
-    def __init__(self, k=None, v=None, make: Callable | None = None, make_folded: Callable | None = None):
+    def __init__(self, k=None, v=None, make: Callable | None = None, make_folded: Callable | None = None,
+                 make_laid: Callable | None = None):
         self.k, self.v, self.make, self._folded, self.make_folded = k, v, make, None, make_folded
+        self.make_laid = make_laid  # the backend's layout of the K/V from the features (the contract's fold `cross`)
 
     def get(self) -> tuple:
         if self.k is None and self.make is not None:
@@ -351,8 +353,9 @@ class TextDecoder:
         self._cross_memo = None  # the last window's go before this one's are made
         if self._fold is not None:  # the K/V when a step first needs them, from a copy kept for then
             features = np.array(audio_features, np.float32, copy=True)
-            laid_out, layout = cache.laid_out, self._fold.layout
-            cache.cross = CrossKV(make=lambda: self._project(features, laid_out), make_folded=lambda: layout(features))
+            laid_out, layout, direct = cache.laid_out, self._fold.layout, getattr(self._fold, "cross", None)
+            cache.cross = CrossKV(make=lambda: self._project(features, laid_out), make_folded=lambda: layout(features),
+                                  make_laid=(lambda: direct(features)) if direct and self._cross_layout else None)
             self._ready(cache)
         else:
             features = None
@@ -364,12 +367,25 @@ class TextDecoder:
 
     def _ready(self, cache: KVCache) -> None:
         """What the cache's steps will read, made with the window rather than in a step: the features' layout when its
-        steps fold (few rows per audio), else the K/V (beams); what a later step needs besides is made then."""
+        steps fold (few rows per audio), else the K/V's layout (beams); what a later step needs besides is made then."""
         if self._fold is not None:
             if cache.decode_group <= self._fold.rows:
                 cache.cross.folded()
+            elif cache.cross.make_laid is not None:
+                self._laid_from_features(cache)
             else:
                 cache.cross.get()
+
+    @staticmethod
+    def _laid_from_features(cache: KVCache):
+        """The backend's layout of the window's K/V, made straight from the features while no K/V arrays exist (the
+        contract's fold `cross`); None when the K/V were made (a word-timing pass, rows leaving a batch)."""
+        if cache.cross.k is not None or cache.cross.make_laid is None:
+            return None
+        laid = cache.laid_out[0]
+        if laid is None or laid[0] is not None:
+            laid = cache.laid_out[0] = (None, None, cache.cross.make_laid())
+        return laid[2]
 
     def _project(self, features: np.ndarray, laid_out: list) -> tuple[np.ndarray, np.ndarray]:
         """The window's cross K/V, and the backend's layout of them into `laid_out` (the window's, not its first step's)."""
@@ -403,6 +419,9 @@ class TextDecoder:
             more["draft"] = draft
         if cache.cross.foldable and cache.decode_group * n_q <= self._fold.rows:  # an audio's query rows: few
             return self.step(x, cache.k, cache.v, None, None, offset, positions, audio=cache.cross.folded(), **more)
+        laid = self._laid_from_features(cache)
+        if laid is not None:  # a layout made from the features: no K/V arrays (3.5 GFLOP to make them, 18 MB on tiny)
+            return self.step(x, cache.k, cache.v, None, None, offset, positions, cross=laid, **more)
         cross_k, cross_v = cache.cross.get()  # made first: making them lays them out
         if self._cross_layout is not None:
             laid = cache.laid_out[0]  # identity, not equality: KVCache replaces its cross arrays, never rewrites them

@@ -16,6 +16,7 @@ import functools
 import importlib.metadata
 import importlib.util
 import time
+from typing import NamedTuple
 from types import SimpleNamespace
 
 import numpy as np
@@ -146,6 +147,7 @@ def _hot_signatures():
          + (f[1], f[1], h[3], t.Array(t.int64, 1, "C"), f[2], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))
          + (f[4], f[4], t.Array(t.uint16, 5, "C"), h[4], f[2], ids, f[2])),
         (S.pack_cross, (f[4], f[4], i, t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))),
+        (S.project_cross, (f[3], f[4], f[3], f[2], h[4], f[2], t.Array(t.float32, 6, "C"), t.Array(t.float32, 6, "C"))),
         (S.embedding_rows_kernel, (h[3], t.Array(t.int64, 1, "C"), i, f[2], f[2])),
     ]
 
@@ -444,9 +446,10 @@ FOLD_ROWS = 4
 def _audio_fold(cross_kv, n_head):
     """The contract's decoder_step `audio_fold`: given every layer's cross K/V projection (weight (2 n, n_a), bias),
     W_k^T per head and W_v packed as float16 bits, b_v float32; None when a weight is not exactly float16 (the
-    kernel takes float16 bits only) or the audio width is not a multiple of the packing block."""
+    kernel takes float16 bits only) or the audio width is not a multiple of the packing block.  Its `cross` lays a
+    beam window's K/V out from the features with W_k (float32) and the same W_v (`_step.project_cross`)."""
     pack = _step_kernels().pack_blocks
-    wkt, wvp, bv = [], [], []
+    wkt, wvp, bv, wk, bk = [], [], [], [], []
     for weight, bias in cross_kv:
         half = exact_float16(weight)
         n = half.shape[0] // 2 if half is not None else 0
@@ -457,16 +460,38 @@ def _audio_fold(cross_kv, n_head):
         wkt.append(np.stack([pack(np.ascontiguousarray(bits[h * dh:(h + 1) * dh].T)) for h in range(n_head)]))
         wvp.append(pack(np.ascontiguousarray(bits[n:])))
         bv.append(f32c(np.asarray(bias)[n:]))
+        wk.append(half[:n].astype(np.float32))
+        bk.append(f32c(np.asarray(bias)[:n]))
     folded = (np.stack(wkt), np.stack(wvp), np.stack(bv))
+    wk, bk = np.stack(wk), np.stack(bk)
+
+    def packed(x):
+        return np.stack([pack(x[b]) for b in range(x.shape[0])])
 
     def layout(audio_features):
         """(batch_c, n_audio, n_a) -> the features packed as a weight of n_audio outputs and transposed, per audio,
         then the folded weights: what decoder_step takes as `audio`."""
         x = f32c(audio_features)
-        return (np.stack([pack(x[b]) for b in range(x.shape[0])]),
-                np.stack([pack(np.ascontiguousarray(x[b].T)) for b in range(x.shape[0])])) + folded
+        return (packed(x), np.stack([pack(np.ascontiguousarray(x[b].T)) for b in range(x.shape[0])])) + folded
 
-    return SimpleNamespace(rows=FOLD_ROWS, layout=layout)
+    def cross(audio_features):
+        """(batch_c, n_audio, n_a) -> what `cross_layout` gives for the K/V of these features, bit for bit."""
+        x = f32c(audio_features)
+        n_layer, (batch, n_keys, _), p = wk.shape[0], x.shape, _step_kernels().PACK_BLOCK
+        shape = (n_layer, batch, -(-n_keys // p), n_head)
+        kout, vout = np.empty(shape + (wk.shape[1] // n_head, p), _F32), np.empty(shape + (p, wk.shape[1] // n_head), _F32)
+        _step_kernels().project_cross(x, packed(x), wk, bk, folded[1], folded[2], kout, vout)
+        return CrossLayout(kout, vout, n_keys)
+
+    return SimpleNamespace(rows=FOLD_ROWS, layout=layout, cross=cross)
+
+
+class CrossLayout(NamedTuple):
+    """The contract's cross layout of the numba step: the keys and values by block and head (`_step.pack_cross`), and
+    the window's key count (the blocks pad it), which a step over a layout with no K/V arrays takes its shape from."""
+    k: np.ndarray
+    v: np.ndarray
+    n_keys: int
 
 
 class NumbaBackend(AttentionPair, Backend):
@@ -839,8 +864,8 @@ class NumbaBackend(AttentionPair, Backend):
                                threads={},  # batch rows -> _ThreadChoice of the one-token steps
                                shaped={},  # decoder_step's arrays that depend only on the step's shape
                                # the contract's cross_layout: the window's keys and values by block and head (`_step.pack_cross`)
-                               cross_layout=lambda cross_k, cross_v: _step_kernels().cross_layout(f32c(cross_k), f32c(cross_v),
-                                                                                                  n_head))
+                               cross_layout=lambda cross_k, cross_v: CrossLayout(
+                                   *_step_kernels().cross_layout(f32c(cross_k), f32c(cross_v), n_head), cross_k.shape[2]))
 
     def prepare_decoder_step_int8(self, layers, ln_weight, ln_bias, logits_weight):
         """The layers' linears in the contract's int8 (`_int8.pack_int8`, stacked per kind over the layers); the
@@ -882,6 +907,11 @@ class NumbaBackend(AttentionPair, Backend):
             ck = cv = w.shaped.get(key)
             if ck is None:
                 ck = cv = w.shaped[key] = np.empty((w.n_layer, xp.shape[0], xtp.shape[2], 0), _F32)  # their shapes only
+        elif cross_k is None:  # a layout made from the features (the fold's `cross`): the K/V's shapes only
+            key = (cross.k.shape[1], cross.n_keys)
+            ck = cv = w.shaped.get(key)
+            if ck is None:
+                ck = cv = w.shaped[key] = np.empty((w.n_layer, cross.k.shape[1], cross.n_keys, 0), _F32)
         else:
             ck, cv = f32c(cross_k), f32c(cross_v)
         if draft is None:
@@ -906,7 +936,7 @@ class NumbaBackend(AttentionPair, Backend):
                 kp = vp = _NO_CROSS
                 fold = audio
             else:
-                kp, vp = cross if cross is not None else w.cross_layout(ck, cv)
+                kp, vp = (cross if cross is not None else w.cross_layout(ck, cv))[:2]
                 fold = _NO_FOLD
             _step_kernels().decoder_step_kernel(x2, n_q, w.n_head, kc, vc, ck, cv, offset, pad, *w.arrays, pos_rows,
                                                 logits, nt, kp, vp, *fold, blocks, hidden)

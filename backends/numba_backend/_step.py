@@ -767,6 +767,40 @@ def cross_layout(cross_k: np.ndarray, cross_v: np.ndarray, n_head: int) -> tuple
     return kout, vout
 
 
+@njit(parallel=True, cache=True)
+def project_cross(x, xp, wk, bk, wvp, bv, kout, vout):
+    """`cross_layout` of the window's K/V made straight from the audio features (the fold's `cross`): no K/V arrays,
+    no packing pass.  x: (batch, n_keys, n_a) float32; xp: x[b] packed as a weight of n_keys outputs (the fold's
+    layout); wk: (n_layer, n, n_a) float32, W_k; bk: (n_layer, n); wvp: (n_layer, heads, n_a, PACK_BLOCK), W_v packed
+    (`pack_blocks`: a block of 64 outputs is one head's); bv: (n_layer, n).  kout[l, b, k, h] = W_k rows of head h
+    against key block k of xp, so each key is the product the K/V linear makes with W_k's rows and x's row swapped in
+    every FMA (the same products, summed in the same order: pack_cross's values, bit for bit); vout[l, b, k, h] = the
+    block's rows of x against W_v's block h, as the linear makes them; then the biases, as its epilogue adds them."""
+    n_layer, batch, nb, n_head, dh, p = kout.shape
+    n_keys = x.shape[1]
+    for t in prange(n_layer * batch * nb):
+        li, b, k = t // (batch * nb), (t // nb) % batch, t % nb
+        k0 = k * p
+        rows = min(p, n_keys - k0)
+        for h in range(n_head):
+            kblk = kout[li, b, k, h]
+            _gemvt_rows(wk[li, h * dh:(h + 1) * dh], xp[b], k, kblk, 0)
+            for d in range(dh):
+                bias = bk[li, h * dh + d]
+                for j in range(rows):
+                    kblk[d, j] = kblk[d, j] + bias
+                for j in range(rows, p):
+                    kblk[d, j] = np.float32(0.0)
+            vblk = vout[li, b, k, h]
+            _gemvt_rows(x[b, k0:k0 + rows], wvp[li], h, vblk, 0)
+            for j in range(rows):
+                for d in range(dh):
+                    vblk[j, d] = vblk[j, d] + bv[li, h * dh + d]
+            for j in range(rows, p):
+                for d in range(dh):
+                    vblk[j, d] = np.float32(0.0)
+
+
 #: Keys per partial block of attention.  The blocks are fixed by the key count alone, and merged in order,
 #: so the result does not depend on the number of threads that computed them.
 ATTN_PART_KEYS = 256
