@@ -382,10 +382,9 @@ class TextDecoder:
         contract's fold `cross`); None when the K/V were made (a word-timing pass, rows leaving a batch)."""
         if cache.cross.k is not None or cache.cross.make_laid is None:
             return None
-        laid = cache.laid_out[0]
-        if laid is None or laid[0] is not None:
-            laid = cache.laid_out[0] = (None, None, cache.cross.make_laid())
-        return laid[2]
+        if cache.laid_out[0] is None:
+            cache.laid_out[0] = (None, None, cache.cross.make_laid())
+        return cache.laid_out[0][2]
 
     def _project(self, features: np.ndarray, laid_out: list) -> tuple[np.ndarray, np.ndarray]:
         """The window's cross K/V, and the backend's layout of them into `laid_out` (the window's, not its first step's)."""

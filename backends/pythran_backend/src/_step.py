@@ -67,7 +67,8 @@ def _mv16_five(w, b, s, li, x, y, rp, pc, pv):
     five rows of x are 20 sums, so each vector of x or of the weight is loaded once for four or five FMAs; each sum
     is the one _mv16 makes, bit for bit (`pylog.py`, stop 44: the logits of five rows 2.9-3.4 ms -> 2.8 ms).  A
     function of its own: with a block of five and one of four in one function, GCC vectorised only the first one's
-    sums (a 4-row step took ten times as long)."""
+    sums (a 4-row step took ten times as long).  Its widening is _mv16's, written out again: as a helper taking the
+    products as a function argument, a one-row call took 4.5 times as long (stop 44)."""
     n = x.shape[1]
     n_out = w.shape[1]
     #omp parallel for schedule(static)
