@@ -477,13 +477,21 @@ def _audio_fold(cross_kv, n_head):
     def cross(audio_features):
         """(batch_c, n_audio, n_a) -> what `cross_layout` gives for the K/V of these features, bit for bit."""
         x = f32c(audio_features)
-        n_layer, (batch, n_keys, _), p = wk.shape[0], x.shape, _step_kernels().PACK_BLOCK
-        shape = (n_layer, batch, -(-n_keys // p), n_head)
-        kout, vout = np.empty(shape + (wk.shape[1] // n_head, p), _F32), np.empty(shape + (p, wk.shape[1] // n_head), _F32)
+        kout, vout = _step_kernels().cross_arrays(wk.shape[0], x.shape[0], x.shape[1], wk.shape[1], n_head)
         _step_kernels().project_cross(x, packed(x), wk, bk, folded[1], folded[2], kout, vout)
-        return CrossLayout(kout, vout, n_keys)
+        return CrossLayout(kout, vout, x.shape[1])
 
     return SimpleNamespace(rows=FOLD_ROWS, layout=layout, cross=cross)
+
+
+def _kv_shapes(w, batch_c: int, n_audio: int) -> np.ndarray:
+    """What decoder_step_kernel takes as cross_k and cross_v when it reads no K/V arrays (it folds them, or reads a
+    layout made from the features): their shapes only, one empty array per shape."""
+    key = (batch_c, n_audio)
+    shapes = w.shaped.get(key)
+    if shapes is None:
+        shapes = w.shaped[key] = np.empty((w.n_layer, batch_c, n_audio, 0), _F32)
+    return shapes
 
 
 class CrossLayout(NamedTuple):
@@ -903,15 +911,9 @@ class NumbaBackend(AttentionPair, Backend):
             kc, vc = f32c(k_cache), f32c(v_cache)
         if audio is not None:  # the contract's `audio`: the cross-attention from the features (`_step.fold_attn`)
             xp, xtp = audio[:2]  # and the folded weights (`_audio_fold`)
-            key = (xp.shape[0], xtp.shape[2])
-            ck = cv = w.shaped.get(key)
-            if ck is None:
-                ck = cv = w.shaped[key] = np.empty((w.n_layer, xp.shape[0], xtp.shape[2], 0), _F32)  # their shapes only
-        elif cross_k is None:  # a layout made from the features (the fold's `cross`): the K/V's shapes only
-            key = (cross.k.shape[1], cross.n_keys)
-            ck = cv = w.shaped.get(key)
-            if ck is None:
-                ck = cv = w.shaped[key] = np.empty((w.n_layer, cross.k.shape[1], cross.n_keys, 0), _F32)
+            ck = cv = _kv_shapes(w, xp.shape[0], xtp.shape[2])
+        elif cross_k is None:  # a layout made from the features (the fold's `cross`)
+            ck = cv = _kv_shapes(w, cross.k.shape[1], cross.n_keys)
         else:
             ck, cv = f32c(cross_k), f32c(cross_v)
         if draft is None:

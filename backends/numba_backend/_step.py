@@ -757,12 +757,16 @@ def pack_cross(ck, cv, n_head, kout, vout):
                         vblk[j, d] = np.float32(0.0)
 
 
+def cross_arrays(n_layer: int, batch: int, n_keys: int, n: int, n_head: int) -> tuple[np.ndarray, np.ndarray]:
+    """Empty keys and values in `pack_cross`'s layout, for K/V of (n_layer, batch, n_keys, n)."""
+    shape = (n_layer, batch, -(-n_keys // PACK_BLOCK), n_head)
+    return (np.empty(shape + (n // n_head, PACK_BLOCK), np.float32),
+            np.empty(shape + (PACK_BLOCK, n // n_head), np.float32))
+
+
 def cross_layout(cross_k: np.ndarray, cross_v: np.ndarray, n_head: int) -> tuple[np.ndarray, np.ndarray]:
     """(n_layer, batch_c, n_audio, n) float32 C twice -> the keys and values by block and head, `pack_cross`'s layout."""
-    n_layer, batch, n_keys, n = cross_k.shape
-    shape = (n_layer, batch, -(-n_keys // PACK_BLOCK), n_head)
-    kout = np.empty(shape + (n // n_head, PACK_BLOCK), np.float32)
-    vout = np.empty(shape + (PACK_BLOCK, n // n_head), np.float32)
+    kout, vout = cross_arrays(*cross_k.shape, n_head)
     pack_cross(cross_k, cross_v, n_head, kout, vout)
     return kout, vout
 
