@@ -160,7 +160,7 @@ def test_leftovers_of_killed_writers_are_removed_and_nothing_else(tmp_path):
     (dict(output_format="docx"), ["unknown format 'docx'", "srt"]),
 ])
 def test_bad_arguments_are_one_clear_error_before_ray_starts(tmp_path, kwargs, fragments):
-    from whisperkit.distributed import transcribe_dataset
+    from whisperkit.distributed import transcribe_dataset  # in this process: Ray is never imported
     from whisperkit.errors import WhisperkitError
     with pytest.raises(WhisperkitError) as err:
         transcribe_dataset(shared("audio", "jfk.flac"), tmp_path, **kwargs)
@@ -223,6 +223,18 @@ def test_cli_refuses_what_ray_mode_cannot_do_with_one_clear_error(tmp_path, args
 
 
 # --- a real two-node cluster on this machine -------------------------------------------------------------------
+def transcribe_dataset(*args, **kwargs):
+    """whisperkit.distributed.transcribe_dataset in a fresh process (spawned, so it inherits this one's environment,
+    the cluster's token included): its report, or the error it raised.  A Ray driver leaves its native threads
+    running after ray.shutdown() (9 of them, seen with ray 2.60) and replaces faulthandler's SIGSEGV handler, so
+    one in the test process could take down, silently, tests that run long after it."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from whisperkit.distributed import transcribe_dataset as job
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(job, *args, **kwargs).result()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -318,6 +330,7 @@ def cluster():
             else:
                 os.environ[k] = v
         c.stop()
+        assert "ray" not in sys.modules, "a Ray driver ran in the test process (see transcribe_dataset above)"
         assert not _processes_of(c.sessions), "processes of the test cluster left running"
         assert not [cmd for cmd in _processes_of(None).values() if c.temp_dir in cmd]
 
@@ -357,7 +370,6 @@ def _assert_same_result(got: dict, want: dict, name: str) -> None:
 
 def test_two_node_cluster_gives_the_one_process_tokens_and_reports_the_corrupt_file(cluster, tmp_path):
     from whisperkit import load_model
-    from whisperkit.distributed import transcribe_dataset
     clips = _clips_dir(tmp_path / "clips", damaged=True)
     report = transcribe_dataset(clips, tmp_path / "out", address=cluster.address, threads_per_actor=1, progress=False)
     assert report.counts == dict(transcribed=len(CLIPS) + 1, skipped=0, failed=1, pending=0)
@@ -386,7 +398,6 @@ def test_two_node_cluster_gives_the_one_process_tokens_and_reports_the_corrupt_f
 
 def test_files_transcribed_together_with_batch_size_give_the_one_process_tokens_at_temperature_0(cluster, tmp_path):
     from whisperkit import load_model
-    from whisperkit.distributed import transcribe_dataset
     clips = _clips_dir(tmp_path / "clips", ["jfk.flac", "pv_en.wav", "osr_8k.wav"])
     report = transcribe_dataset(clips, tmp_path / "out", address=cluster.address, batch_size=2, temperature=0.0,
                                 progress=False)
@@ -398,14 +409,12 @@ def test_files_transcribed_together_with_batch_size_give_the_one_process_tokens_
 
 
 def test_an_actor_needing_more_cpus_than_a_node_has_is_one_clear_error(cluster, tmp_path):
-    from whisperkit.distributed import transcribe_dataset
     from whisperkit.errors import WhisperkitError
     with pytest.raises(WhisperkitError, match=r"threads_per_actor=2: no node has 2 CPUs .*nodes have 1, 1 CPUs"):
         transcribe_dataset(shared("audio", "jfk.flac"), tmp_path, address=cluster.address, threads_per_actor=2)
 
 
 def test_a_model_that_does_not_load_on_the_actors_is_one_clear_error(cluster, tmp_path):
-    from whisperkit.distributed import transcribe_dataset
     from whisperkit.errors import WhisperkitError
     with pytest.raises(WhisperkitError) as err:
         transcribe_dataset(_clips_dir(tmp_path / "clips", ["pv_en.wav"], corrupt=False), tmp_path / "out",
@@ -451,7 +460,6 @@ def test_cli_on_the_cluster_runs_the_actors_in_int8(cluster, tmp_path):
 
 
 def test_a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing(cluster, tmp_path):
-    from whisperkit.distributed import transcribe_dataset
     from whisperkit.distributed.plan import TMP_PREFIX
     clips = tmp_path / "clips"
     clips.mkdir()

@@ -98,6 +98,36 @@ def test_kv_cache_reorder_moves_only_the_filled_prefix_of_rows_that_change():
     np.testing.assert_array_equal(c.v[:, :, 5:], v0[:, :, 5:])
 
 
+def test_kv_cache_reorder_copies_from_where_rows_part_and_gives_the_full_copy():
+    """A beam search's prompt (spread_from) and the steps its beams shared are not copied again when rows move: the
+    caches after random steps and reorders are those of copying every filled position, and a prompt position
+    changed behind the cache's back stays changed."""
+    from types import SimpleNamespace
+
+    from whisperkit.model import KVCache
+
+    dims = SimpleNamespace(n_text_layer=2, n_text_ctx=40, n_text_state=3)
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        c, one = KVCache(dims, batch=6, group=3), KVCache(dims, batch=2)
+        one.k[:, :, :4], one.v[:, :, :4] = rng.standard_normal((2, 2, 4, 3)), rng.standard_normal((2, 2, 4, 3))
+        c.spread_from(one, 4)  # two audios' prompts of 4 tokens, three beams each
+        full_k, full_v = c.k.copy(), c.v.copy()
+        for filled in range(5, 30):
+            c.wrote(filled - 1)  # a step writes one position of every row
+            c.k[:, :, filled - 1] = full_k[:, :, filled - 1] = rng.standard_normal((2, 6, 3))
+            c.v[:, :, filled - 1] = full_v[:, :, filled - 1] = rng.standard_normal((2, 6, 3))
+            # beams move within their audio's rows, often to the best one
+            index = np.concatenate([a * 3 + rng.choice(3, 3, p=[0.6, 0.3, 0.1]) for a in range(2)])
+            c.reorder(index, filled)
+            full_k[:, :, :filled], full_v[:, :, :filled] = full_k[:, index, :filled], full_v[:, index, :filled]
+            np.testing.assert_array_equal(c.k, full_k, err_msg=f"trial {trial}, {filled} filled")
+            np.testing.assert_array_equal(c.v, full_v, err_msg=f"trial {trial}, {filled} filled")
+    c.k[:, 0, 2] = 7.0  # behind the cache's back: the prompt is known to be equal in every row of an audio
+    c.reorder(np.array([0, 0, 0, 3, 4, 5]), 29)
+    assert (c.k[:, 0, 2] == 7.0).all() and (c.k[:, 1:3, 2] != 7.0).all()
+
+
 def test_kv_cache_select_keeps_the_caches_c_contiguous():
     """Rows leaving a batch must not leave caches a backend has to copy at every later step."""
     from whisperkit.model import KVCache

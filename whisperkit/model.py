@@ -132,6 +132,12 @@ class KVCache:
         #: None, or int64 (batch,): row b's first pad[b] positions are left padding (prompts of different
         #: lengths in one batch; the contract's decoder_step `pad`).
         self.pad: np.ndarray | None = None
+        #: int64 (batch, n_text_ctx): which computation wrote each row's position.  Rows holding the same id at a
+        #: position hold the same keys and values there (one of them was copied from the other, or both from a
+        #: common prompt), so `reorder` copies only from the first position where a moving row's ids differ.
+        self.lineage = np.zeros((batch, dims.n_text_ctx), np.int64)
+        self._next_id = 1
+        self._fresh_from = 0  # positions from here on were written since `lineage` was last set
 
     @property
     def cross_k(self) -> np.ndarray | None:
@@ -149,16 +155,36 @@ class KVCache:
     def cross_v(self, a: np.ndarray | None) -> None:
         self.cross = CrossKV(self.cross.get()[0], a)
 
+    def wrote(self, offset: int) -> None:
+        """A step writes positions offset.. of every row (TextDecoder): each row its own values."""
+        self._fresh_from = min(self._fresh_from, offset)
+
+    def _stamp(self, filled: int) -> np.ndarray:
+        """`lineage`, with a new id for each row and position written since it was last set."""
+        lo = self._fresh_from
+        if lo < filled:
+            count = self.lineage.shape[0] * (filled - lo)
+            self.lineage[:, lo:filled] = np.arange(self._next_id, self._next_id + count).reshape(-1, filled - lo)
+            self._next_id += count
+        self._fresh_from = self.lineage.shape[1]
+        return self.lineage
+
     def reorder(self, index: np.ndarray, filled: int) -> None:
         """Select/reorder the batch rows (beam search): row i becomes old row index[i].  Beams only move
-        within their own audio's group of rows, so the shared cross K/V stays as it is.  Only the
-        `filled` positions of the self-attention cache of the rows that change are copied, in place."""
+        within their own audio's group of rows, so the shared cross K/V stays as it is.  Of the rows that
+        change, the self-attention cache is copied in place from the first of the `filled` positions where a
+        row and its source differ (`lineage`: the prompt, and what beams decoded before they parted, stay)."""
         index = np.asarray(index)
         moved = np.flatnonzero(index != np.arange(len(index)))
         if moved.size:
             src = index[moved]
-            for cache in (self.k, self.v):
-                cache[:, moved, :filled] = cache[:, src, :filled]  # the right side is a copy: rows may swap
+            lineage = self._stamp(filled)
+            differ = np.flatnonzero((lineage[moved, :filled] != lineage[src, :filled]).any(axis=0))
+            if differ.size:
+                start = differ[0]
+                for cache in (self.k, self.v):
+                    cache[:, moved, start:filled] = cache[:, src, start:filled]  # the right side is a copy: rows may swap
+            lineage[moved] = lineage[src]
             if self.pad is not None:
                 self.pad = self.pad[index]
 
@@ -176,6 +202,11 @@ class KVCache:
         for j in range(self.group):
             self.k[:, j::self.group, :filled] = one.k[:, :, :filled]
             self.v[:, j::self.group, :filled] = one.v[:, :, :filled]
+        n_audio = self.k.shape[1] // self.group  # the rows of an audio share one id per position
+        ids = np.arange(self._next_id, self._next_id + n_audio * filled).reshape(n_audio, filled)
+        self.lineage[:, :filled] = np.repeat(ids, self.group, axis=0)
+        self._next_id += n_audio * filled
+        self._fresh_from = self.lineage.shape[1]  # nothing past `filled` is written yet
 
     def select(self, rows: np.ndarray, filled: int | None = None) -> None:
         """Keep only these batch rows, in self-attention and cross-attention alike (rows leaving a batch).
@@ -188,6 +219,7 @@ class KVCache:
         filled = self.k.shape[2] if filled is None else filled
         self.k, self.v = compact_rows(self.k, rows, filled), compact_rows(self.v, rows, filled)
         self.cross_k, self.cross_v = compact_rows(self.cross_k, rows), compact_rows(self.cross_v, rows)
+        self.lineage = self.lineage[rows]
         if self.pad is not None:
             self.pad = self.pad[rows]
 
@@ -407,6 +439,7 @@ class TextDecoder:
         if offset + n_q > self.dims.n_text_ctx:
             raise ValueError(f"decoder context overflow: {offset + n_q} tokens > n_text_ctx {self.dims.n_text_ctx}")
         positions = (-1,) if logit_positions is None else tuple(int(p) for p in logit_positions)
+        cache.wrote(offset)
         at, more = slice(offset, offset + n_q), {}
         if cache.pad is not None and cache.pad.any():  # left-padded rows (DecodingTask checked Ops.padded_steps)
             pad = np.ascontiguousarray(cache.pad, np.int64)
