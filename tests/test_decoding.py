@@ -248,13 +248,15 @@ def test_suppress_tokens_outside_the_vocabulary_is_one_clear_error(tiny_on, supp
         DecodingTask(model.graph, model.tokenizer, DecodingOptions(suppress_tokens=suppress))
 
 
-def test_speculative_greedy_is_the_plain_loop(tiny_on, monkeypatch):
-    """Greedy decoding on a backend whose decoder_step offers `draft` and `head` (numba) drafts a few tokens and
-    verifies them together (`decoding.SPECULATE`): osr (two windows, the second prompted) and jfk transcribed so, with
-    rounds of 2, 3 and 4 steps, give the plain loop's tokens, timestamps and average log-probabilities, bit for bit;
-    and so does one window cut at every sample_len from 1 to 9 (the round cut where the plain loop stops)."""
+@pytest.mark.parametrize("backend", ["numba", "pythran"])
+def test_speculative_greedy_is_the_plain_loop(tiny_on, monkeypatch, backend):
+    """Greedy decoding on a backend whose decoder_step offers `draft` and `head` (numba, with its greedy_pick; pythran,
+    whose drafts are picked by the loop's own filters and GreedyDecoder) drafts a few tokens and verifies them together
+    (`decoding.SPECULATE`): osr (two windows, the second prompted) and jfk transcribed so, with rounds of 2, 3 and 4
+    steps, give the plain loop's tokens, timestamps and average log-probabilities, bit for bit; and so does one window
+    cut at every sample_len from 1 to 9 (the round cut where the plain loop stops)."""
     from whisperkit import decoding
-    model = tiny_on("numba")
+    model = tiny_on(backend)
     assert model.graph.decoder.head is not None
     heads = []
     real = model.graph.decoder.head

@@ -68,6 +68,41 @@ def test_step_float16_weights_widen_exactly():
         assert np.array_equal(a, b)
 
 
+def test_draft_and_head_give_the_one_row_steps_logits_bit_for_bit():
+    """The contract's decoder_step `draft` and `head` on the float16 step: a draft step's final LayerNorm row gives,
+    through head, the plain one-row step's logits; its draft columns hold them, the others are -inf; head of several
+    rows gives each row's bits; and a draft of more than one row, or on a float32 step, is one clear error."""
+    rng = np.random.default_rng(3)
+    case = _step_case(rng, n_vocab=300)
+    w = PT.prepare_decoder_step(**case)
+    columns = np.array([0, 5, 31, 32, 77, 299], np.int64)  # blocks 0, 1, 2 and 9 of 32
+    rows, plain = [], []
+    for t in range(4):
+        x = rng.standard_normal((1, 1, 64)).astype(np.float32)
+        a, b = _caches(np.random.default_rng(t), 2, 1, 1, 64), _caches(np.random.default_rng(t), 2, 1, 1, 64)
+        want = PT.decoder_step(x, w, *a, 5, (-1,))[0, -1]
+        hidden = np.empty((1, 64), np.float32)
+        got = PT.decoder_step(x, w, *b, 5, (-1,), draft=(columns, hidden))[0, -1]
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])  # the same caches written
+        assert w.head(hidden)[0].tobytes() == want.tobytes()
+        assert got[columns].tobytes() == want[columns].tobytes()
+        others = np.setdiff1d(np.arange(300), columns)
+        assert np.all((got[others] == -np.inf) | (got[others] == want[others])) and np.isinf(got[others]).any()
+        rows.append(hidden[0].copy())
+        plain.append(want)
+    assert w.head(np.stack(rows)).tobytes() == np.stack(plain).tobytes()
+    x2 = rng.standard_normal((2, 1, 64)).astype(np.float32)
+    with pytest.raises(ValueError, match="a draft step is one row of one position here"):
+        PT.decoder_step(x2, w, *_caches(rng, 2, 2, 1, 64), 5, (-1,), draft=(columns, np.empty((2, 64), np.float32)))
+    with pytest.raises(ValueError, match="draft columns must be a 1-d integer array of ids in 0..299"):
+        PT.decoder_step(x2[:1], w, *_caches(rng, 2, 1, 1, 64), 5, (-1,), draft=(np.array([300]), np.empty((1, 64), np.float32)))
+    case["logits_weight"] = case["logits_weight"] + np.float32(1e-7)  # not float16: a float32 step, no head
+    w32 = PT.prepare_decoder_step(**case)
+    assert not w32.fp16 and getattr(w32, "head", None) is None
+    with pytest.raises(ValueError, match="`draft` needs the prepared object's `head`"):
+        PT.decoder_step(x2[:1], w32, *_caches(rng, 2, 1, 1, 64), 5, (-1,), draft=(columns, np.empty((1, 64), np.float32)))
+
+
 def test_every_finite_float16_widens_to_its_float32():
     """The step kernel's widening of float16 bits, alone: a logits weight holding every finite float16 bit
     pattern (both signs, every exponent, zeros and subnormals through the patch list), read one column at a

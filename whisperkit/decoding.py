@@ -324,6 +324,21 @@ class DecodingTask:
             return lambda logits, tokens: pick(logits, tokens, rules, k)
         return lambda logits, tokens: pick(logits, tokens, rules)
 
+    def _filtered_pick(self) -> Callable:
+        """What the loop does without a backend's pick at temperature 0, as one `pick(logits, tokens)` for `take`: the
+        filters in place, then GreedyDecoder's arg-max and its log-probability (the last filter's log_softmax, or the
+        decoder's)."""
+        filters, decoder = self.logit_filters, self.decoder
+
+        def pick(logits, tokens):
+            for f in filters:
+                f.apply(logits, tokens)
+            logprobs = filters[-1].logprobs if filters else None
+            next_tokens = logits.argmax(axis=-1)
+            logprobs = decoder.log_softmax(logits) if logprobs is None else logprobs
+            return next_tokens, logprobs[np.arange(logits.shape[0]), next_tokens]
+        return pick
+
     @staticmethod
     def _verify_options(o: DecodingOptions) -> DecodingOptions:
         if o.beam_size is not None and o.best_of is not None:
@@ -417,8 +432,8 @@ class DecodingTask:
         sot_column = np.repeat([sot_at.index(s) for s in sot_rows], self.n_group)  # per decoder row
         sum_logprobs = np.zeros(tokens.shape[0], np.float32)
         no_speech_probs = [np.nan] * n_audio
-        # (a greedy pick is taken at temperature 0 only: `_pick`)
-        speculate = (SPECULATE > 1 and pick is not None and isinstance(self.decoder, GreedyDecoder)
+        # (a greedy pick is taken at temperature 0 only: `_pick`, `_filtered_pick`)
+        speculate = (SPECULATE > 1 and isinstance(self.decoder, GreedyDecoder) and self.decoder.temperature == 0
                      and self.graph.decoder.head is not None and tokens.shape[0] == 1 and pad is None)
         # Greedy/sampled rows are independent: rows that have ended (eot) leave the batch and their rows
         # of the KV cache are dropped, so a batch costs its open rows, not its longest row times its
@@ -459,7 +474,8 @@ class DecodingTask:
             if completed or tokens.shape[-1] > self.n_ctx:
                 break
             if i == 0 and speculate:  # the rest of the window drafted and verified a few tokens at a time
-                tokens = self._speculate(inference, tokens, sum_logprobs, pick, self.sample_len - 1)
+                tokens = self._speculate(inference, tokens, sum_logprobs, pick or self._filtered_pick(),
+                                         self.sample_len - 1)
                 break
             if independent_rows and len(active) > 1:  # (one open row that had ended would have completed)
                 still_open = tokens[active, -1] != self.tokenizer.eot

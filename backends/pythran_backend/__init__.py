@@ -16,6 +16,14 @@ widens them exactly with integer vector code (a bit shuffle, plus a side list fo
 bit-identical to the float32 kernel.  That widening costs four vector instructions per 16 weights where
 vcvtph2ps costs one: a greedy step's GEMVs are bound by the core here, not by memory.
 
+Greedy decoding speculates here as on numba (the contract's decoder_step `draft` and `head`, float16 steps only): a
+draft step computes the logits of the blocks holding the draft vocabulary (27 % of tiny's), and `head` the full logits
+of a round's rows in one pass over the logits weight, which the widening, not memory, bounds (`_step.head16`: 1.6-1.9
+ms for one row, 3.0-3.3 for four).  A one-row step's logits and head's come from the same row-by-row kernel
+(`_mv16_list`), so they are the same bits; steps of more rows (beams) keep their faster multi-row kernels, whose sums
+may round otherwise, so a draft is one row.  pythran has no greedy_pick: the decode loop picks the drafts with its own
+filters and GreedyDecoder.
+
 encoder_stem is left to the reference, whose composition runs this backend's own conv1d and gelu: 12.8-13.0 ms a tiny
 window.  Fusing the stem bought onnxruntime 0.3 ms of its 10.2 (one graph against its conv1d and gelu ops); numba's
 stem gained 3 ms only by running both convolutions on its packed-weight tiles, which Pythran does not have
@@ -107,6 +115,8 @@ BLOCK_ROWS = 512
 #: decoder_step runs the whole-step kernel (GEMV-style projections) up to this many rows (batch * n_q);
 #: above (long prompts), layer by layer with the GEMMs on NumPy's BLAS, whose sgemm is slow for few rows.
 STEP_ROWS_MAX = 64
+#: Logits per work item of the step kernel (`_step.BLK`): a draft step computes the blocks that hold its columns.
+DRAFT_BLOCK = 32
 #: An int8 linear of up to this many rows runs the int8 kernel (`_step.linear8`: exact int32 block sums); above
 #: (the encoder, prompts, cross K/V), one float32 GEMM on NumPy's BLAS of the activations quantized and
 #: dequantized (`_kernels.int8_rows_dequant`) and the weight dequantized for that call: the same values up to
@@ -497,9 +507,12 @@ class PythranBackend(Backend):
         lnw, lnb, biases, final = _step_vectors(g, logits)
         arrays = (lnw, lnb, *[a for pair in zip(stacks, biases) for a in pair], *final, *patches)
         logits_args = (*final, patches[0][-1], *patches[1:])
-        return SimpleNamespace(n_head=g.layers[0].n_head, fine=fine, arrays=arrays, fp16=fp16,
-                               kernel=S.step16 if fp16 else S.step32, logits=S.logits16 if fp16 else S.logits32,
-                               logits_args=logits_args)
+        w = SimpleNamespace(n_head=g.layers[0].n_head, fine=fine, arrays=arrays, fp16=fp16,
+                            kernel=S.step16 if fp16 else S.step32, logits=S.logits16 if fp16 else S.logits32,
+                            logits_args=logits_args, n_vocab=logits.shape[0], drafts={})
+        if fp16:  # the contract's `head` (speculative greedy decoding): the one-row step's logits of final-LN rows
+            w.head = _head(final[2], final[3], (patches[0][-1], *patches[1:]))
+        return w
 
     def prepare_decoder_step_int8(self, layers, ln_weight, ln_bias, logits_weight):
         """The layers in the contract's int8: the step kernel's int8 stacks (n_layer, n_out, n_in) per kind, and the
@@ -529,12 +542,24 @@ class PythranBackend(Backend):
                                kernel=S.step8 if half is not None else S.step8f,
                                logits=S.logits16 if half is not None else S.logits32, logits_args=(*final, rps[-1], pc, pv))
 
-    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None):
+    def decoder_step(self, x, w, k_cache, v_cache, cross_k, cross_v, offset, positions, pad=None, draft=None):
         x = np.asarray(x)
         b, n_q, d = x.shape
         offset, pos = check_step(k_cache, v_cache, len(w.fine), offset, n_q, positions)
         pos = np.array(pos, np.int64)
         direct = all(c.dtype == np.float32 and c.flags.c_contiguous for c in (k_cache, v_cache))
+        if draft is not None:  # the contract's `draft`: the final LayerNorm's row into hidden, a few columns' logits
+            if getattr(w, "head", None) is None:
+                raise ValueError("decoder_step: `draft` needs the prepared object's `head`, which only a step on float16 "
+                                 "weights offers here")
+            if b * len(pos) != 1 or not direct:
+                raise ValueError(f"decoder_step: a draft step is one row of one position here (its logits are head16's "
+                                 f"one-row sums) on float32 C-contiguous caches; got {b} rows, {len(pos)} positions")
+            blocks, hidden = _draft_blocks(w, draft, d)
+            rows_pad = np.zeros(b, np.int64) if pad is None else np.ascontiguousarray(pad, np.int64)
+            logits = S.step16d(f32c(x).reshape(n_q, d), n_q, b // cross_k.shape[1], offset, rows_pad, w.n_head, pos,
+                               *w.arrays, k_cache, v_cache, f32c(cross_k), f32c(cross_v), blocks, hidden)
+            return logits.reshape(1, 1, -1)
         if b * n_q <= STEP_ROWS_MAX and direct:
             rows_pad = np.zeros(b, np.int64) if pad is None else np.ascontiguousarray(pad, np.int64)
             logits = w.kernel(f32c(x).reshape(b * n_q, d), n_q, b // cross_k.shape[1], offset, rows_pad, w.n_head, pos,
@@ -545,6 +570,39 @@ class PythranBackend(Backend):
             h = self.decoder_layer(h, lw, k_cache[i], v_cache[i], cross_k[i], cross_v[i], offset, pad)
         h = np.ascontiguousarray(h[:, pos], dtype=np.float32).reshape(b * len(pos), d)
         return w.logits(h, *w.logits_args).reshape(b, len(pos), -1)
+
+
+def _head(wlog: np.ndarray, blog: np.ndarray, patches: tuple):
+    """The contract's decoder_step `head` of a float16 step (`_step.head16`): each row's logits those of the one-row
+    step that made it, bit for bit."""
+    rp, pc, pv = patches
+
+    def head(h) -> np.ndarray:
+        h = f32c(h)
+        if h.ndim != 2 or h.shape[1] != wlog.shape[2]:
+            raise ValueError(f"head: rows must be (rows, {wlog.shape[2]}); got shape {h.shape}")
+        return S.head16(h, wlog, blog, rp, pc, pv)
+    return head
+
+
+def _draft_blocks(w, draft, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The contract's decoder_step `draft` = (columns, hidden) checked, as step16d takes them: the blocks of
+    `_step.BLK` logits that hold the columns (once per columns array: a decode loop gives the same one to every
+    step), and hidden."""
+    columns, hidden = draft
+    memo = w.drafts.get(id(columns))  # id -> (columns, blocks): the object kept, so its id stays its own
+    if memo is None:
+        cols = np.asarray(columns)
+        if cols.ndim != 1 or cols.dtype.kind not in "iu" or (cols.size and (cols.min() < 0 or cols.max() >= w.n_vocab)):
+            raise ValueError(f"decoder_step: draft columns must be a 1-d integer array of ids in 0..{w.n_vocab - 1}")
+        if len(w.drafts) >= 8:  # a decode loop has one or two: more are other loops' old ones
+            w.drafts.clear()
+        memo = w.drafts[id(columns)] = (columns, np.unique(cols.astype(np.int64) // DRAFT_BLOCK))
+    if not (isinstance(hidden, np.ndarray) and hidden.dtype == np.float32 and hidden.flags.c_contiguous
+            and hidden.shape == (1, n)):
+        got = (getattr(hidden, "shape", None), getattr(hidden, "dtype", None))
+        raise ValueError(f"decoder_step: draft hidden must be a C-contiguous float32 (1, {n}) array; got {got}")
+    return memo[1], hidden
 
 
 @hookimpl

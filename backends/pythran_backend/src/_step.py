@@ -254,6 +254,52 @@ def _mv16(w, b, s, li, x, y, rp, pc, pv):
                         y[i, o0 + c] = t + b[li, o0 + c]
 
 
+def _mv16_list(w, b, li, x, y, rp, pc, pv, blocks):
+    """_mv16 over the blocks of BLK outputs listed in `blocks` only (the other columns of y are left as they are),
+    each row of x alone: every row's sums are those of a one-row call, bit for bit, whatever the other rows and the
+    listed blocks.  The logits of a one-row step, a draft step's and `head16`'s come from here, so that a draft's
+    final LayerNorm row gives, through head16, the logits its plain step gives (the contract's decoder_step `draft`
+    and `head`).  A weight row group is widened once for all rows."""
+    nr, n = x.shape
+    n_out = w.shape[1]
+    #omp parallel for schedule(static)
+    for bi in range(blocks.shape[0]):
+        blk = blocks[bi]
+        buf = np.empty(4 * n, np.float32)
+        bits = buf.view(np.uint32)
+        o1 = min(n_out, blk * BLK + BLK)
+        for o0 in range(blk * BLK, o1, 4):
+            nb = min(4, o1 - o0)
+            for c in range(nb):
+                for k in range(n):
+                    u = np.uint32(np.int32(np.int16(w[li, o0 + c, k])))  # _mv16's widening
+                    bits[c * n + k] = ((u << np.uint32(13)) & np.uint32(0x8fffe000)) + np.uint32(0x38000000)
+                for p in range(rp[li, o0 + c], rp[li, o0 + c + 1]):
+                    bits[c * n + pc[p]] = pv[p]
+            for i in range(nr):
+                if nb == 4:
+                    t0 = np.float32(0.)
+                    t1 = np.float32(0.)
+                    t2 = np.float32(0.)
+                    t3 = np.float32(0.)
+                    for k in range(n):
+                        xk = x[i, k]
+                        t0 += xk * buf[k]
+                        t1 += xk * buf[n + k]
+                        t2 += xk * buf[2 * n + k]
+                        t3 += xk * buf[3 * n + k]
+                    y[i, o0] = t0 + b[li, o0]
+                    y[i, o0 + 1] = t1 + b[li, o0 + 1]
+                    y[i, o0 + 2] = t2 + b[li, o0 + 2]
+                    y[i, o0 + 3] = t3 + b[li, o0 + 3]
+                else:
+                    for c in range(nb):
+                        t = np.float32(0.)
+                        for k in range(n):
+                            t += x[i, k] * buf[c * n + k]
+                        y[i, o0 + c] = t + b[li, o0 + c]
+
+
 def _quant_rows(x, bs):
     """The contract's int8 activations (quantize_rows_int8) of the rows x (R, n): int8 (R, n) and the
     scales (R, n // bs) of its blocks of bs inputs."""
@@ -470,6 +516,14 @@ def _step(mv, mvl, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv,
           wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, scs, kc, vc, ck, cv):
     """The layers' projections through mv, the logits through mvl; scs: the int8 scales of the six kinds of
     matrices (_mv8), unused by the float kernels."""
+    sel = _layers(mv, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+                  wfc1, bfc1, wfc2, bfc2, rps, pc, pv, scs, kc, vc, ck, cv)
+    return _logits(mvl, sel, lnfw, lnfb, wlog, blog, rps[6], pc, pv)
+
+
+def _layers(mv, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+            wfc1, bfc1, wfc2, bfc2, rps, pc, pv, scs, kc, vc, ck, cv):
+    """Every layer of the step; returns the rows at the positions `pos` of each row, before the final LayerNorm."""
     nr, d = x.shape
     h = x.copy()  # the residual stream
     t = np.empty((nr, d), np.float32)
@@ -499,7 +553,7 @@ def _step(mv, mvl, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv,
     for r in range(nr // nq * n_pos):
         for j in range(d):
             sel[r, j] = h[r // n_pos * nq + pos[r % n_pos], j]
-    return _logits(mvl, sel, lnfw, lnfb, wlog, blog, rps[6], pc, pv)
+    return sel
 
 
 def _logits(mv, x, lnfw, lnfb, wlog, blog, rp, pc, pv):
@@ -534,8 +588,41 @@ def step16(x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, b
            wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv):
     """step32 on matrices stored as float16 bits (uint16), widened exactly in the kernels; rps: the patch
     row pointers of _mv16 for each matrix (qkv, out, cross_q, cross_out, fc1, fc2, logits), (n_layer, n_out + 1)."""
-    return _step(_mv16, _mv16, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq,
-                 wco, bco, wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, [bqkv] * 6, kc, vc, ck, cv)
+    sel = _layers(_mv16, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq,
+                  wco, bco, wfc1, bfc1, wfc2, bfc2, rps, pc, pv, [bqkv] * 6, kc, vc, ck, cv)
+    if sel.shape[0] == 1:  # head16's sums (a greedy step's): its draft's row then gives these logits through head16
+        hs = np.empty_like(sel)
+        _ln(sel, lnfw, lnfb, 0, hs)
+        logits = np.empty((1, wlog.shape[1]), np.float32)
+        _mv16_list(wlog, blog, 0, hs, logits, rps[6], pc, pv, np.arange((wlog.shape[1] + BLK - 1) // BLK))
+        return logits
+    return _logits(_mv16, sel, lnfw, lnfb, wlog, blog, rps[6], pc, pv)
+
+
+#pythran export step16d(float32[:,:] order(C), int, int, int, int[:], int, int[:], float32[:,:] order(C), float32[:,:] order(C),
+#       uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C),
+#       float32[:,:] order(C), float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C),
+#       int32[:,:] list, int32[:], uint32[:], float32[:,:,:,:], float32[:,:,:,:], float32[:,:,:,:], float32[:,:,:,:],
+#       int[:], float32[:,:] order(C))
+def step16d(x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq, wco, bco,
+            wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv, blocks, hidden):
+    """step16 of one row as a draft (the contract's decoder_step `draft`): the final LayerNorm's row into hidden
+    (1, d), and the logits of the blocks of BLK columns `blocks` only, the other columns -inf."""
+    sel = _layers(_mv16, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq,
+                  wco, bco, wfc1, bfc1, wfc2, bfc2, rps, pc, pv, [bqkv] * 6, kc, vc, ck, cv)
+    _ln(sel, lnfw, lnfb, 0, hidden)
+    logits = np.full((1, wlog.shape[1]), -np.inf, np.float32)
+    _mv16_list(wlog, blog, 0, hidden, logits, rps[6], pc, pv, blocks)
+    return logits
+
+
+#pythran export head16(float32[:,:] order(C), uint16[:,:,:], float32[:,:] order(C), int32[:,:] order(C), int32[:], uint32[:])
+def head16(h, wlog, blog, rp, pc, pv):
+    """The logits of final-LayerNormed rows h (rows, d) (the contract's decoder_step `head`): each row's are those
+    of the one-row step16 that made it, bit for bit."""
+    logits = np.empty((h.shape[0], wlog.shape[1]), np.float32)
+    _mv16_list(wlog, blog, 0, h, logits, rp, pc, pv, np.arange((wlog.shape[1] + BLK - 1) // BLK))
+    return logits
 
 
 #pythran export logits32(float32[:,:] order(C), float32[:,:] order(C), float32[:,:] order(C), float32[:,:,:],
