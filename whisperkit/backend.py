@@ -312,6 +312,27 @@ def check_step(k_cache, v_cache, n_layer: int, offset: int, n_q: int, positions)
     return offset, [p % n_q for p in pos]
 
 
+def draft_blocks(memos: dict, draft, n_vocab: int, block: int, rows: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The contract's decoder_step `draft` = (columns, hidden) checked, for a kernel that computes logits by blocks of
+    `block` columns: the sorted blocks that hold the columns, and hidden ((rows, n) float32 C).  The blocks are made
+    once per columns array (a decode loop gives the same one to every step) and kept in `memos`, the prepared step's:
+    id -> (columns, blocks), the object kept so that its id stays its own."""
+    columns, hidden = draft
+    memo = memos.get(id(columns))
+    if memo is None:
+        cols = np.asarray(columns)
+        if cols.ndim != 1 or cols.dtype.kind not in "iu" or (cols.size and (cols.min() < 0 or cols.max() >= n_vocab)):
+            raise ValueError(f"decoder_step: draft columns must be a 1-d integer array of ids in 0..{n_vocab - 1}")
+        if len(memos) >= 8:  # a decode loop has one or two: more are other loops' old ones
+            memos.clear()
+        memo = memos[id(columns)] = (columns, np.unique(cols.astype(np.int64) // block))
+    if not (isinstance(hidden, np.ndarray) and hidden.dtype == np.float32 and hidden.flags.c_contiguous
+            and hidden.shape == (rows, n)):
+        got = (getattr(hidden, "shape", None), getattr(hidden, "dtype", None))
+        raise ValueError(f"decoder_step: draft hidden must be a C-contiguous float32 ({rows}, {n}) array; got {got}")
+    return memo[1], hidden
+
+
 def weight_matrices(weights: dict):
     """Every 2-d array among the weights of an op (the layers' of decoder_step too): what a backend checks when
     its kernels take only some widths (int8's blocks of 16)."""

@@ -21,8 +21,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import (AttentionPair, Backend, Linear, MlpWeights, Norm, check_kv_step, check_stem, check_step, exact_float16, f32c, f32c_group, group_arrays,
-                                hookimpl, rows_f32, weight_group, weight_matrices)
+from whisperkit.backend import (AttentionPair, Backend, Linear, MlpWeights, Norm, check_kv_step, check_stem, check_step, draft_blocks, exact_float16, f32c, f32c_group,
+                                group_arrays, hookimpl, rows_f32, weight_group, weight_matrices)
 from whisperkit.threads import short_blas_spin
 
 def _installed(dist: str) -> str | None:
@@ -399,27 +399,6 @@ _NO_FOLD = (np.empty((0,) * 4, _F32), np.empty((0,) * 4, _F32), np.empty((0,) * 
             np.empty((0,) * 4, np.uint16), np.empty((0, 0), _F32))
 _NO_DRAFT = np.empty(0, np.int64)  # decoder_step_kernel's draft_blocks and hidden of a step that is no draft
 _NO_HIDDEN = np.empty((0, 0), _F32)
-
-
-def _draft_blocks(w, draft, rows: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The contract's decoder_step `draft` = (columns, hidden) checked, as the kernel takes it: the blocks of 64 logits
-    (`_step.pack_blocks`) that hold the columns (one conversion per columns array: a decode loop gives the same one to
-    every step), and hidden."""
-    columns, hidden = draft
-    memos = w.shaped.setdefault("draft", {})  # id -> (columns, blocks): the object kept, so its id stays its own
-    memo = memos.get(id(columns))
-    if memo is None:
-        cols = np.asarray(columns)
-        if cols.ndim != 1 or cols.dtype.kind not in "iu" or (cols.size and (cols.min() < 0 or cols.max() >= w.n_vocab)):
-            raise ValueError(f"decoder_step: draft columns must be a 1-d integer array of ids in 0..{w.n_vocab - 1}")
-        if len(memos) >= 8:  # a decode loop has one or two: more are other loops' old ones
-            memos.clear()
-        memo = memos[id(columns)] = (columns, np.unique(cols.astype(np.int64) // w.arrays[-1].shape[2]))
-    if not (isinstance(hidden, np.ndarray) and hidden.dtype == _F32 and hidden.flags.c_contiguous
-            and hidden.shape == (rows, n)):
-        got = (getattr(hidden, "shape", None), getattr(hidden, "dtype", None))
-        raise ValueError(f"decoder_step: draft hidden must be a C-contiguous float32 ({rows}, {n}) array; got {got}")
-    return memo[1], hidden
 
 
 def _head(packed: np.ndarray, n_vocab: int):
@@ -921,7 +900,8 @@ class NumbaBackend(AttentionPair, Backend):
         else:  # the contract's `draft`: the final LayerNorm's rows into `hidden`, the logits of the draft's columns only
             if getattr(w, "int8", False):
                 raise ValueError("decoder_step: `draft` needs the prepared object's `head`, which an int8 step does not offer")
-            blocks, hidden = _draft_blocks(w, draft, len(pos_rows), n)
+            blocks, hidden = draft_blocks(w.shaped.setdefault("draft", {}), draft, w.n_vocab, w.arrays[-1].shape[2],
+                                          len(pos_rows), n)
             logits = np.full((len(pos_rows), w.n_vocab), -np.inf, _F32)
         nt = _nt()
         tuner = w.threads.get(b) if n_q == 1 else None

@@ -51,8 +51,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from whisperkit.backend import (Backend, check_kv_step, check_step, exact_float16, f32c, hookimpl, map_group, rows_f32,
-                                weight_group)
+from whisperkit.backend import (Backend, check_kv_step, check_step, draft_blocks, exact_float16, f32c, hookimpl, map_group,
+                                rows_f32, weight_group)
 from whisperkit.contract import INT8_OPS, LAYER_NORM_EPS, int8_block, quantize_int8
 from whisperkit.model import padded_self_attention
 from whisperkit.threads import get_num_threads, numpy_openblas, short_blas_spin
@@ -555,7 +555,7 @@ class PythranBackend(Backend):
             if b * len(pos) != 1 or not direct:
                 raise ValueError(f"decoder_step: a draft step is one row of one position here (its logits are head16's "
                                  f"one-row sums) on float32 C-contiguous caches; got {b} rows, {len(pos)} positions")
-            blocks, hidden = _draft_blocks(w, draft, d)
+            blocks, hidden = draft_blocks(w.drafts, draft, w.n_vocab, DRAFT_BLOCK, 1, d)
             rows_pad = np.zeros(b, np.int64) if pad is None else np.ascontiguousarray(pad, np.int64)
             logits = S.step16d(f32c(x).reshape(n_q, d), n_q, b // cross_k.shape[1], offset, rows_pad, w.n_head, pos,
                                *w.arrays, k_cache, v_cache, f32c(cross_k), f32c(cross_v), blocks, hidden)
@@ -583,26 +583,6 @@ def _head(wlog: np.ndarray, blog: np.ndarray, patches: tuple):
             raise ValueError(f"head: rows must be (rows, {wlog.shape[2]}); got shape {h.shape}")
         return S.head16(h, wlog, blog, rp, pc, pv)
     return head
-
-
-def _draft_blocks(w, draft, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The contract's decoder_step `draft` = (columns, hidden) checked, as step16d takes them: the blocks of
-    `_step.BLK` logits that hold the columns (once per columns array: a decode loop gives the same one to every
-    step), and hidden."""
-    columns, hidden = draft
-    memo = w.drafts.get(id(columns))  # id -> (columns, blocks): the object kept, so its id stays its own
-    if memo is None:
-        cols = np.asarray(columns)
-        if cols.ndim != 1 or cols.dtype.kind not in "iu" or (cols.size and (cols.min() < 0 or cols.max() >= w.n_vocab)):
-            raise ValueError(f"decoder_step: draft columns must be a 1-d integer array of ids in 0..{w.n_vocab - 1}")
-        if len(w.drafts) >= 8:  # a decode loop has one or two: more are other loops' old ones
-            w.drafts.clear()
-        memo = w.drafts[id(columns)] = (columns, np.unique(cols.astype(np.int64) // DRAFT_BLOCK))
-    if not (isinstance(hidden, np.ndarray) and hidden.dtype == np.float32 and hidden.flags.c_contiguous
-            and hidden.shape == (1, n)):
-        got = (getattr(hidden, "shape", None), getattr(hidden, "dtype", None))
-        raise ValueError(f"decoder_step: draft hidden must be a C-contiguous float32 (1, {n}) array; got {got}")
-    return memo[1], hidden
 
 
 @hookimpl
