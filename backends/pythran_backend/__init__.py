@@ -20,7 +20,7 @@ Greedy decoding speculates here as on numba (the contract's decoder_step `draft`
 draft step computes the logits of the blocks holding the draft vocabulary (27 % of tiny's), and `head` the full logits
 of a round's rows in one pass over the logits weight, which the widening, not memory, bounds (`_step.head16`: 1.6-1.9
 ms for one row, 3.0-3.3 for four).  A one-row step's logits and head's come from the same row-by-row kernel
-(`_mv16_list`), so they are the same bits; steps of more rows (beams) keep their faster multi-row kernels, whose sums
+(`_mv16_blocks`, each row alone), so they are the same bits; steps of more rows (beams) keep their faster multi-row kernels, whose sums
 may round otherwise, so a draft is one row.  pythran has no greedy_pick: the decode loop picks the drafts with its own
 filters and GreedyDecoder.
 

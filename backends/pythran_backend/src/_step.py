@@ -190,14 +190,24 @@ def _mv16(w, b, s, li, x, y, rp, pc, pv):
     pv[p] (bits) for p in rp[li, o] .. rp[li, o + 1] - 1.  Weight rows are widened four at a time, so that
     the rows of x left over from the blocks of four (all of them, in a greedy step) run four independent
     sums, not one chain of dependent FMAs."""
-    nr, n = x.shape
+    nr = x.shape[0]
     if nr == 5:
         _mv16_five(w, b, s, li, x, y, rp, pc, pv)
         return
+    _mv16_blocks(w, b, li, x, y, rp, pc, pv, np.arange((w.shape[1] + BLK - 1) // BLK), nr - nr % 4)
+
+
+def _mv16_blocks(w, b, li, x, y, rp, pc, pv, blocks, n4):
+    """_mv16 over the blocks of BLK outputs listed in `blocks` (the other columns of y are left as they are): the
+    first n4 rows of x (a multiple of four) four at a time, the others each alone.  A row alone gets the sums of a
+    one-row call whatever the other rows and the listed blocks: a one-row step's logits, a draft step's (its listed
+    blocks) and head16's (n4 = 0) are the same bits, so a draft's final LayerNorm row gives through head16 the logits
+    its plain step gives (the contract's decoder_step `draft` and `head`)."""
+    nr, n = x.shape
     n_out = w.shape[1]
-    n4 = nr - nr % 4
     #omp parallel for schedule(static)
-    for blk in range((n_out + BLK - 1) // BLK):
+    for bi in range(blocks.shape[0]):
+        blk = blocks[bi]
         buf = np.empty(4 * n, np.float32)
         bits = buf.view(np.uint32)
         o1 = min(n_out, blk * BLK + BLK)
@@ -231,52 +241,6 @@ def _mv16(w, b, s, li, x, y, rp, pc, pv):
                     y[i + 2, o] = s2 + bo
                     y[i + 3, o] = s3 + bo
             for i in range(n4, nr):
-                if nb == 4:
-                    t0 = np.float32(0.)
-                    t1 = np.float32(0.)
-                    t2 = np.float32(0.)
-                    t3 = np.float32(0.)
-                    for k in range(n):
-                        xk = x[i, k]
-                        t0 += xk * buf[k]
-                        t1 += xk * buf[n + k]
-                        t2 += xk * buf[2 * n + k]
-                        t3 += xk * buf[3 * n + k]
-                    y[i, o0] = t0 + b[li, o0]
-                    y[i, o0 + 1] = t1 + b[li, o0 + 1]
-                    y[i, o0 + 2] = t2 + b[li, o0 + 2]
-                    y[i, o0 + 3] = t3 + b[li, o0 + 3]
-                else:
-                    for c in range(nb):
-                        t = np.float32(0.)
-                        for k in range(n):
-                            t += x[i, k] * buf[c * n + k]
-                        y[i, o0 + c] = t + b[li, o0 + c]
-
-
-def _mv16_list(w, b, li, x, y, rp, pc, pv, blocks):
-    """_mv16 over the blocks of BLK outputs listed in `blocks` only (the other columns of y are left as they are),
-    each row of x alone: every row's sums are those of a one-row call, bit for bit, whatever the other rows and the
-    listed blocks.  The logits of a one-row step, a draft step's and `head16`'s come from here, so that a draft's
-    final LayerNorm row gives, through head16, the logits its plain step gives (the contract's decoder_step `draft`
-    and `head`).  A weight row group is widened once for all rows."""
-    nr, n = x.shape
-    n_out = w.shape[1]
-    #omp parallel for schedule(static)
-    for bi in range(blocks.shape[0]):
-        blk = blocks[bi]
-        buf = np.empty(4 * n, np.float32)
-        bits = buf.view(np.uint32)
-        o1 = min(n_out, blk * BLK + BLK)
-        for o0 in range(blk * BLK, o1, 4):
-            nb = min(4, o1 - o0)
-            for c in range(nb):
-                for k in range(n):
-                    u = np.uint32(np.int32(np.int16(w[li, o0 + c, k])))  # _mv16's widening
-                    bits[c * n + k] = ((u << np.uint32(13)) & np.uint32(0x8fffe000)) + np.uint32(0x38000000)
-                for p in range(rp[li, o0 + c], rp[li, o0 + c + 1]):
-                    bits[c * n + pc[p]] = pv[p]
-            for i in range(nr):
                 if nb == 4:
                     t0 = np.float32(0.)
                     t1 = np.float32(0.)
@@ -588,15 +552,8 @@ def step16(x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, b
            wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, kc, vc, ck, cv):
     """step32 on matrices stored as float16 bits (uint16), widened exactly in the kernels; rps: the patch
     row pointers of _mv16 for each matrix (qkv, out, cross_q, cross_out, fc1, fc2, logits), (n_layer, n_out + 1)."""
-    sel = _layers(_mv16, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq,
-                  wco, bco, wfc1, bfc1, wfc2, bfc2, rps, pc, pv, [bqkv] * 6, kc, vc, ck, cv)
-    if sel.shape[0] == 1:  # head16's sums (a greedy step's): its draft's row then gives these logits through head16
-        hs = np.empty_like(sel)
-        _ln(sel, lnfw, lnfb, 0, hs)
-        logits = np.empty((1, wlog.shape[1]), np.float32)
-        _mv16_list(wlog, blog, 0, hs, logits, rps[6], pc, pv, np.arange((wlog.shape[1] + BLK - 1) // BLK))
-        return logits
-    return _logits(_mv16, sel, lnfw, lnfb, wlog, blog, rps[6], pc, pv)
+    return _step(_mv16, _mv16, x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, bout, wcq, bcq,
+                 wco, bco, wfc1, bfc1, wfc2, bfc2, lnfw, lnfb, wlog, blog, rps, pc, pv, [bqkv] * 6, kc, vc, ck, cv)
 
 
 #pythran export step16d(float32[:,:] order(C), int, int, int, int[:], int, int[:], float32[:,:] order(C), float32[:,:] order(C),
@@ -612,7 +569,7 @@ def step16d(x, nq, group, offset, pad, n_head, pos, lnw, lnb, wqkv, bqkv, wout, 
                   wco, bco, wfc1, bfc1, wfc2, bfc2, rps, pc, pv, [bqkv] * 6, kc, vc, ck, cv)
     _ln(sel, lnfw, lnfb, 0, hidden)
     logits = np.full((1, wlog.shape[1]), -np.inf, np.float32)
-    _mv16_list(wlog, blog, 0, hidden, logits, rps[6], pc, pv, blocks)
+    _mv16_blocks(wlog, blog, 0, hidden, logits, rps[6], pc, pv, blocks, 0)
     return logits
 
 
@@ -621,7 +578,7 @@ def head16(h, wlog, blog, rp, pc, pv):
     """The logits of final-LayerNormed rows h (rows, d) (the contract's decoder_step `head`): each row's are those
     of the one-row step16 that made it, bit for bit."""
     logits = np.empty((h.shape[0], wlog.shape[1]), np.float32)
-    _mv16_list(wlog, blog, 0, h, logits, rp, pc, pv, np.arange((wlog.shape[1] + BLK - 1) // BLK))
+    _mv16_blocks(wlog, blog, 0, h, logits, rp, pc, pv, np.arange((wlog.shape[1] + BLK - 1) // BLK), 0)
     return logits
 
 
