@@ -225,9 +225,9 @@ def test_cli_refuses_what_ray_mode_cannot_do_with_one_clear_error(tmp_path, args
 # --- a real two-node cluster on this machine -------------------------------------------------------------------
 def transcribe_dataset(*args, **kwargs):
     """whisperkit.distributed.transcribe_dataset in a fresh process (spawned, so it inherits this one's environment,
-    the cluster's token included): its report, or the error it raised.  A Ray driver leaves its native threads
-    running after ray.shutdown() (9 of them, seen with ray 2.60) and replaces faulthandler's SIGSEGV handler, so
-    one in the test process could take down, silently, tests that run long after it."""
+    the cluster's token included): its report, or the error it raised.  A Ray driver leaves native threads running
+    after ray.shutdown() (8 more than before ray.init, seen with ray 2.60) and replaces faulthandler's SIGSEGV
+    handler, so one in the test process could take down, silently, tests that run long after it."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from whisperkit.distributed import transcribe_dataset as job
