@@ -325,18 +325,14 @@ class DecodingTask:
         return lambda logits, tokens: pick(logits, tokens, rules)
 
     def _filtered_pick(self) -> Callable:
-        """What the loop does without a backend's pick at temperature 0, as one `pick(logits, tokens)` for `take`: the
-        filters in place, then GreedyDecoder's arg-max and its log-probability (the last filter's log_softmax, or the
-        decoder's)."""
+        """What the loop does without a backend's pick, as one `pick(logits, tokens)` for `take`: the filters in place,
+        then GreedyDecoder's choice (given the last filter's log_softmax, as `update` is)."""
         filters, decoder = self.logit_filters, self.decoder
 
         def pick(logits, tokens):
             for f in filters:
                 f.apply(logits, tokens)
-            logprobs = filters[-1].logprobs if filters else None
-            next_tokens = logits.argmax(axis=-1)
-            logprobs = decoder.log_softmax(logits) if logprobs is None else logprobs
-            return next_tokens, logprobs[np.arange(logits.shape[0]), next_tokens]
+            return decoder.choose(logits, filters[-1].logprobs if filters else None)
         return pick
 
     @staticmethod

@@ -91,14 +91,17 @@ class GreedyDecoder(TokenDecoder):
         self.temperature, self.eot, self.rng, self.log_softmax = temperature, eot, rng, log_softmax
 
     def update(self, tokens, logits, sum_logprobs, logprobs=None):
+        return self.append(tokens, *self.choose(logits, logprobs), sum_logprobs)
+
+    def choose(self, logits, logprobs=None):
+        """The next token of every row of the (filtered) logits and its log-probability; `logprobs` as in `update`."""
         if self.temperature == 0:
             next_tokens = logits.argmax(axis=-1)
         else:  # Gumbel-max: argmax(logits / T + Gumbel noise) samples softmax(logits / T)
             noise = self.rng.gumbel(size=logits.shape).astype(np.float32)
             next_tokens = (logits / np.float32(self.temperature) + noise).argmax(axis=-1)
         logprobs = self.log_softmax(logits) if logprobs is None else logprobs
-        current = logprobs[np.arange(logits.shape[0]), next_tokens]  # the chosen tokens' log-probabilities
-        return self.append(tokens, next_tokens, current, sum_logprobs)
+        return next_tokens, logprobs[np.arange(logits.shape[0]), next_tokens]  # the chosen tokens' log-probabilities
 
     def take(self, tokens, picked, sum_logprobs):
         return self.append(tokens, *picked, sum_logprobs)  # greedy_pick's (next tokens, their log-probabilities)
