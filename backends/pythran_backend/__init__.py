@@ -555,15 +555,13 @@ class PythranBackend(Backend):
             if b * len(pos) != 1 or not direct:
                 raise ValueError(f"decoder_step: a draft step is one row of one position here (its logits are head16's "
                                  f"one-row sums) on float32 C-contiguous caches; got {b} rows, {len(pos)} positions")
-            blocks, hidden = draft_blocks(w.drafts, draft, w.n_vocab, DRAFT_BLOCK, 1, d)
+            kernel, more = S.step16d, draft_blocks(w.drafts, draft, w.n_vocab, DRAFT_BLOCK, 1, d)
+        else:
+            kernel, more = (w.kernel if b * n_q <= STEP_ROWS_MAX and direct else None), ()
+        if kernel is not None:
             rows_pad = np.zeros(b, np.int64) if pad is None else np.ascontiguousarray(pad, np.int64)
-            logits = S.step16d(f32c(x).reshape(n_q, d), n_q, b // cross_k.shape[1], offset, rows_pad, w.n_head, pos,
-                               *w.arrays, k_cache, v_cache, f32c(cross_k), f32c(cross_v), blocks, hidden)
-            return logits.reshape(1, 1, -1)
-        if b * n_q <= STEP_ROWS_MAX and direct:
-            rows_pad = np.zeros(b, np.int64) if pad is None else np.ascontiguousarray(pad, np.int64)
-            logits = w.kernel(f32c(x).reshape(b * n_q, d), n_q, b // cross_k.shape[1], offset, rows_pad, w.n_head, pos,
-                              *w.arrays, k_cache, v_cache, f32c(cross_k), f32c(cross_v))
+            logits = kernel(f32c(x).reshape(b * n_q, d), n_q, b // cross_k.shape[1], offset, rows_pad, w.n_head, pos,
+                            *w.arrays, k_cache, v_cache, f32c(cross_k), f32c(cross_v), *more)
             return logits.reshape(b, len(pos), -1)
         h = x
         for i, lw in enumerate(w.fine):  # the layers write the caches through these views
