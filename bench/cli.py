@@ -11,7 +11,7 @@ from pathlib import Path
 from whisperkit.contract import compute_type_name
 
 from .engines import engine_name, split_engine
-from .machine import default_audio, default_threads, find_shared_audio, thread_env
+from .machine import default_audio, default_threads, find_shared_audio, read_bandwidth, thread_env
 
 EPILOG = """examples:
   whisperkit-bench --backend all --native-blas --cli     # the figures of the README
@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                             ref_tokens = ref_worker.call("transcribe", audio=str(p), beam=beam)["tokens"]
                             bar.update(1)
                         all_results.append(e2e.run_clip(workers, kinds, p, durations[p], beam, runs=args.runs,
-                                                        warmup=args.warmup, ref_tokens=ref_tokens, progress=bar))
+                                                        warmup=args.warmup, ref_tokens=ref_tokens, progress=bar,
+                                                        probe=read_bandwidth))
             if args.batch:
                 from .batch import BatchResult, file_set
                 files = file_set([(p.name, p) for p in extra_clips], args.batch)

@@ -43,6 +43,7 @@ class ClipResult:
     n_tokens: int | None = None
     tokens_equal_ref: bool | None = None
     profile: dict | None = None  # of the fastest timed run (ours only)
+    host_gbps: list[float] = field(default_factory=list)  # the host's read bandwidth before each timed round
     cold: dict | None = None
     error: str | None = None
 
@@ -80,6 +81,8 @@ class ClipResult:
             "n_tokens": (self.n_tokens, "count"),
             "tokens_equal_ref": (self.tokens_equal_ref, "bool"),
             "worker_pids": (sorted(self.pids), "pids of the processes the timed runs ran in"),
+            "host_read_gbps_min": (min(self.host_gbps) if self.host_gbps else None, "GB/s"),
+            "host_read_gbps_max": (max(self.host_gbps) if self.host_gbps else None, "GB/s"),
         }
         if self.kind == "backend":
             out.update({k: (p.get(k), unit) for k, unit in PROFILE_UNITS.items()})
@@ -110,9 +113,11 @@ def cold_start(spec: str, audio: Path, model: str, threads: int, env: dict, ct2_
 
 
 def run_clip(workers: dict, kinds: dict, clip: Path, duration: float, beam: int, *, runs: int, warmup: int,
-             ref_tokens: list[int] | None, progress=None) -> list[ClipResult]:
+             ref_tokens: list[int] | None, progress=None, probe=None) -> list[ClipResult]:
     """Every engine's warm figures on one clip in one decoding mode.  `workers`: engine name -> Worker.
-    Round r visits the engines in an order rotated by r, so drift in machine speed hits everyone alike."""
+    Round r visits the engines in an order rotated by r, so drift in machine speed hits everyone alike.
+    `probe()`: the host's read bandwidth (`machine.read_bandwidth`), taken before each timed round while the
+    workers wait, and kept with every engine's figures of the clip."""
     names = list(workers)
     results = {n: ClipResult(n, kinds[n], clip.name, duration, beam) for n in names}
     tokens: dict[str, list[int]] = {}
@@ -140,7 +145,10 @@ def run_clip(workers: dict, kinds: dict, clip: Path, duration: float, beam: int,
         for n in names:
             timed(n)
             step(f"{n} warm-up")
+    host: list[float] = []
     for r in range(runs):
+        if probe is not None:
+            host.append(probe())
         k = r % len(names) if names else 0
         for n in names[k:] + names[:k]:
             reply = timed(n)
@@ -153,6 +161,8 @@ def run_clip(workers: dict, kinds: dict, clip: Path, duration: float, beam: int,
 
     if ref_tokens is None:
         ref_tokens = tokens.get(REFERENCE)
+    for res in results.values():
+        res.host_gbps = list(host)
     for n, toks in tokens.items():
         results[n].n_tokens = len(toks)
         results[n].tokens_equal_ref = None if ref_tokens is None else toks == ref_tokens

@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 #: Environment variables that size the thread pools of child processes (read at library load time).
@@ -120,6 +121,24 @@ def _blas() -> str:
         return f"{b.get('name', '?')} {b.get('version', '')}".strip()
     except Exception:
         return "?"
+
+
+def read_bandwidth(mib: int = 96, threads: int = 2, reps: int = 3) -> float:
+    """The host's read bandwidth now, in GB/s: `threads` threads OR-reducing a share each of a `mib` MiB array, larger
+    than the L3, so every byte comes from memory (NumPy releases the GIL in the reduction); the best of `reps`.  The
+    machine is shared, and this moves with what its other tenants take: so do the memory-bound figures of a run (a
+    decode step streams 30-75 MB), which is why the end-to-end tables give it beside them."""
+    from concurrent.futures import ThreadPoolExecutor
+    import numpy as np
+    a = np.ones((mib << 20) // 8, np.uint64)
+    parts = np.array_split(a, max(1, threads))
+    best = 0.0
+    with ThreadPoolExecutor(len(parts)) as pool:
+        for _ in range(reps):
+            t = time.perf_counter()
+            list(pool.map(np.bitwise_or.reduce, parts))
+            best = max(best, a.nbytes / (time.perf_counter() - t) / 1e9)
+    return best
 
 
 def machine_info() -> dict:

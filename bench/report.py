@@ -330,6 +330,10 @@ def render(doc: dict, all_results, op_results, table=text_table, heading=lambda 
             continue
         c = clip_results[0]
         parts.append(heading(3, f"End to end: {c.clip} ({c.duration_s:.1f} s of audio), {c.mode}"))
+        if c.host_gbps:
+            parts.append("Host read bandwidth before each timed round: "
+                         + ", ".join(f"{g:.1f}" for g in c.host_gbps) + " GB/s (`bench.machine.read_bandwidth`; the "
+                         "machine is shared, and the memory-bound figures move with it).")
         parts.append(table(*e2e_rows(clip_results, peers_present)))
     if any(r.cold for cr in all_results for r in cr):
         parts.append(heading(3, "Cold start (fresh process, greedy)"))

@@ -53,6 +53,9 @@ def test_json_has_every_figure(quick_run):
         assert figures["n_tokens"] > 0 and figures["decoder_rows_per_step"] == 1  # greedy: one row per step
         assert figures["encoder_windows"] == 1  # 11 s of audio: one window
         assert figures["encoder_share"] + figures["decoder_share"] <= 1.0
+        # the host's read bandwidth before the clip's timed round (one: --quick), the same for every engine
+        assert 0 < figures["host_read_gbps_min"] == figures["host_read_gbps_max"]
+    assert len({r["value"] for r in e2e if r["figure"] == "host_read_gbps_min"}) == 1
     assert {r["mode"] for r in e2e} == {"greedy"}  # --quick: greedy only
     assert doc["roofline"]["sgemm_gflops"] > 0 and doc["roofline"]["copy_gbs"] > 0
     ops = [r for r in doc["records"] if r["section"] == "ops"]
@@ -109,6 +112,7 @@ def test_markdown_tables(quick_run):
     rows = [ln for ln in detail.splitlines() if ln.startswith("| ")]
     header = next(ln for ln in rows if ln.startswith("| engine |"))
     assert "decoder / token (ms)" in header and "encoder share" in header
+    assert re.search(r"Host read bandwidth before each timed round: \d+\.\d GB/s", detail)
     numpy_row = next(ln for ln in rows if ln.startswith("| numpy |"))
     assert numpy_row.count("|") == header.count("|")
     assert re.search(r"\| numpy \| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d+ \| \d+ \| \d+% \|", numpy_row), numpy_row
@@ -263,6 +267,7 @@ def test_batch_markdown_and_terminal(batch_run):
     section = md.split("### Batch throughput", 1)[1]
     rows = [ln for ln in section.splitlines() if ln.startswith("| ")]
     assert rows[0].startswith("| engine | batch | files |")
+    assert re.search(r"Host read bandwidth before each timed round: \d+\.\d GB/s", detail)
     numpy_row = next(ln for ln in rows if ln.startswith("| numpy |"))
     assert numpy_row.count("|") == rows[0].count("|")
     assert re.search(r"\| numpy \| 2 \| 2 \| \d+\.\d \| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d \| \d+\.\d \| \d+\.\d\d× \| yes \|", numpy_row), numpy_row
