@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                             bar.update(1)
                         all_results.append(e2e.run_clip(workers, kinds, p, durations[p], beam, runs=args.runs,
                                                         warmup=args.warmup, ref_tokens=ref_tokens, progress=bar,
-                                                        probe=read_bandwidth))
+                                                        probe=lambda: read_bandwidth(threads=threads)))
             if args.batch:
                 from .batch import BatchResult, file_set
                 files = file_set([(p.name, p) for p in extra_clips], args.batch)

@@ -123,15 +123,15 @@ def _blas() -> str:
         return "?"
 
 
-def read_bandwidth(mib: int = 96, threads: int = 2, reps: int = 3) -> float:
-    """The host's read bandwidth now, in GB/s: `threads` threads OR-reducing a share each of a `mib` MiB array, larger
-    than the L3, so every byte comes from memory (NumPy releases the GIL in the reduction); the best of `reps`.  The
-    machine is shared, and this moves with what its other tenants take: so do the memory-bound figures of a run (a
-    decode step streams 30-75 MB), which is why the end-to-end tables give it beside them."""
+def read_bandwidth(mib: int = 96, threads: int | None = None, reps: int = 3) -> float:
+    """The host's read bandwidth now, in GB/s: `threads` threads (default `default_threads()`) OR-reducing a share
+    each of a `mib` MiB array, larger than the L3, so every byte comes from memory (NumPy releases the GIL in the
+    reduction); the best of `reps`.  The machine is shared, and this moves with what its other tenants take: so do the
+    memory-bound figures of a run (a decode step streams 30-75 MB), which is why the end-to-end tables give it."""
     from concurrent.futures import ThreadPoolExecutor
     import numpy as np
     a = np.ones((mib << 20) // 8, np.uint64)
-    parts = np.array_split(a, max(1, threads))
+    parts = np.array_split(a, max(1, threads or default_threads()))
     best = 0.0
     with ThreadPoolExecutor(len(parts)) as pool:
         for _ in range(reps):
