@@ -215,6 +215,9 @@ def _emit_exp(builder, x, flush):
 #: factor e^-70 only appears for x < -11, where |gelu(x)| < 1e-29 (its products with fc2 would be denormal).
 SOFTMAX_FLUSH = -50.0
 GELU_FLUSH = -70.0
+#: attention_weights returns the probabilities themselves, which no product follows: they are flushed only where
+#: they fall below the contract's absolute tolerance for them (1e-37 > e^-85.2)
+PROB_FLUSH = -86.0
 
 
 def _hsum16(builder, v):
@@ -263,7 +266,7 @@ def vmax16(typingctx, a, n16):
     return types.float32(a, n16), codegen
 
 
-def _exp_sum_codegen(aty, store):
+def _exp_sum_codegen(aty, store, flush=SOFTMAX_FLUSH):
     def codegen(context, builder, sig, args):
         base = _base(context, builder, aty, args[0])
         undef = ir.Constant(_VF, ir.Undefined)
@@ -272,7 +275,7 @@ def _exp_sum_codegen(aty, store):
         acc = cgutils.alloca_once_value(builder, ir.Constant(_VF, None))
         with cgutils.for_range(builder, args[1]) as loop:
             p = _vptr(builder, base, loop.index)
-            e = _emit_exp(builder, builder.fsub(builder.load(p, align=4), mv), SOFTMAX_FLUSH)
+            e = _emit_exp(builder, builder.fsub(builder.load(p, align=4), mv), flush)
             if store:
                 builder.store(e, p, align=4)
             builder.store(builder.fadd(builder.load(acc), e), acc)
@@ -284,6 +287,12 @@ def _exp_sum_codegen(aty, store):
 def vexp_sum16(typingctx, a, n16, m):
     """a[j] = exp(a[j] - m) for j < 16 * n16, in place; returns their sum."""
     return types.float32(a, n16, m), _exp_sum_codegen(a, True)
+
+
+@intrinsic
+def vexp_prob16(typingctx, a, n16, m):
+    """`vexp_sum16` flushed below PROB_FLUSH rather than SOFTMAX_FLUSH (attention_weights' probabilities)."""
+    return types.float32(a, n16, m), _exp_sum_codegen(a, True, PROB_FLUSH)
 
 
 @intrinsic
@@ -641,13 +650,22 @@ def exp_row(s, length):
 
 
 @njit(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
-def softmax_row(s, length, total):
-    """In place over s[:length]; s[length:total] (masked or not computed) set to 0."""
+def softmax_row(s, length, total, probs):
+    """In place over s[:length]; s[length:total] (masked or not computed) set to 0.  probs: the probabilities are the
+    output (attention_weights), flushed below PROB_FLUSH; else below SOFTMAX_FLUSH, as P V needs."""
     n16 = length // 16
     m = vmax16(s, n16) if n16 > 0 else s[0]
     for j in range(16 * n16, length):
         m = max(m, s[j])
-    tot = exp_sum_inplace(s[:length], m)
+    if probs:
+        tot = vexp_prob16(s, n16, m)
+        for j in range(16 * n16, length):
+            d = s[j] - m
+            e = exp_f32(d) if d >= PROB_FLUSH else np.float32(0.0)
+            s[j] = e
+            tot += e
+    else:
+        tot = exp_sum_inplace(s[:length], m)
     inv = np.float32(1.0) / tot
     for j in range(length):
         s[j] *= inv
@@ -793,7 +811,7 @@ def attn_task(qp, q_bs, q_rs, kp, k_bs, k_rs, vp, v_bs, v_rs, op, o_bs, o_rs,
        kp + 4 * (b * k_bs + h * d_head), k_rs, F0, s.ctypes.data, s_rs)
     for i in range(rows):
         length = min(n_kv, offset + r0 + i + 1) if causal else n_kv
-        softmax_row(s[i], length, n_kv)
+        softmax_row(s[i], length, n_kv, op == 0)
     if op != 0:
         mm(NO_T, rows, d_head, n_cols, F1, s.ctypes.data, s_rs, vp + 4 * (b * v_bs + h * d_head), v_rs,
            F0, op + 4 * (b * o_bs + r0 * o_rs + h * d_head), o_rs)

@@ -182,7 +182,7 @@ def _attend_head(q, k, v, out, bi, h, dh, causal, offset):
     for r in range(0, n_q, rows):
         n = min(rows, n_q - r)
         sc = np.matmul(q[bi, r:r + n, cs], kt, out=bufs[0][:n])
-        K.softmax_rows_(sc, np.float32(dh ** -0.5), causal, offset + r)
+        K.softmax_rows_(sc, np.float32(dh ** -0.5), causal, offset + r, False)
         out[bi, r:r + n, cs] = np.matmul(sc, vh, out=bufs[1][:n])
 
 
@@ -408,7 +408,7 @@ class PythranBackend(Backend):
             for h in range(n_head):
                 cs = slice(h * dh, (h + 1) * dh)
                 np.matmul(q[bi, :, cs], k[bi, :, cs].T, out=p[bi, h])
-                K.softmax_rows_(p[bi, h], np.float32(dh ** -0.5), bool(causal), int(offset))
+                K.softmax_rows_(p[bi, h], np.float32(dh ** -0.5), bool(causal), int(offset), True)
         return p
 
     # ---- coarse ops: the fine kernels with fused epilogues, weights re-laid out once ---------

@@ -220,10 +220,12 @@ def attention_rows(q, k, v, n_head, causal, offset):
     return out
 
 
-#pythran export softmax_rows_(float32[:,:], float32, bool, int)
-def softmax_rows_(s, scale, causal, first):
+#pythran export softmax_rows_(float32[:,:], float32, bool, int, bool)
+def softmax_rows_(s, scale, causal, first, probs):
     """s <- softmax(scale * s) over each row, in place (many query rows, between two GEMMs).
-    causal: row i sits at absolute position first + i and keeps columns j <= first + i, the rest 0."""
+    causal: row i sits at absolute position first + i and keeps columns j <= first + i, the rest 0.
+    probs: the probabilities are the output (attention_weights), which no product follows: flushed only below
+    e^-86, under the contract's absolute tolerance for them (1e-37), rather than `_exp_flushed`'s e^-50."""
     n, m = s.shape
     #omp parallel for schedule(static)
     for i in range(n):
@@ -231,7 +233,8 @@ def softmax_rows_(s, scale, causal, first):
         mx = np.max(s[i, :end])
         tot = 0.
         for j in range(end):
-            e = _exp_flushed((s[i, j] - mx) * scale)
+            d = (s[i, j] - mx) * scale
+            e = (np.exp(d) if d >= -86. else np.float32(0.)) if probs else _exp_flushed(d)
             s[i, j] = e
             tot += e
         inv = np.float32(1. / tot)
