@@ -624,15 +624,16 @@ def gemm_wt(a, r0, r1, w, c0, c1, out, beta):
 
 
 @njit(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
-def exp_sum_inplace(xr, m):
+def exp_sum_inplace(xr, m, probs=False):
     """xr[j] = exp(xr[j] - m) in place over a 1-D contiguous row, 16 lanes (`vexp_sum16`) then the tail, flushed to 0
-    below SOFTMAX_FLUSH as the lanes are; returns their sum."""
+    below SOFTMAX_FLUSH as the lanes are (below PROB_FLUSH if probs: `vexp_prob16`); returns their sum."""
     n = xr.shape[0]
     n16 = n // 16
-    tot = vexp_sum16(xr, n16, m)
+    tot = vexp_prob16(xr, n16, m) if probs else vexp_sum16(xr, n16, m)
+    lo = PROB_FLUSH if probs else SOFTMAX_FLUSH
     for j in range(16 * n16, n):
         d = xr[j] - m
-        e = exp_f32(d) if d >= SOFTMAX_FLUSH else np.float32(0.0)
+        e = exp_f32(d) if d >= lo else np.float32(0.0)
         xr[j] = e
         tot += e
     return tot
@@ -657,15 +658,7 @@ def softmax_row(s, length, total, probs):
     m = vmax16(s, n16) if n16 > 0 else s[0]
     for j in range(16 * n16, length):
         m = max(m, s[j])
-    if probs:
-        tot = vexp_prob16(s, n16, m)
-        for j in range(16 * n16, length):
-            d = s[j] - m
-            e = exp_f32(d) if d >= PROB_FLUSH else np.float32(0.0)
-            s[j] = e
-            tot += e
-    else:
-        tot = exp_sum_inplace(s[:length], m)
+    tot = exp_sum_inplace(s[:length], m, probs)
     inv = np.float32(1.0) / tot
     for j in range(length):
         s[j] *= inv
