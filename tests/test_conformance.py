@@ -59,6 +59,37 @@ def test_each_case_is_seeded_from_its_own_id():
     assert len({c.seed for c in CASES.values()}) == len(CASES)
 
 
+def test_a_case_made_again_has_the_same_bits_in_memory_of_its_own():
+    """make() hands the reference a copy of what it built for the backend: same bits, no array shared (a backend
+    writes its KV cache in place), and a third make() draws the same again."""
+    import numpy as np
+    from whisperkit.conformance.checks import same_bits
+    case = CASES["decoder_step/tiny_1_off3"]
+
+    def arrays(inp):
+        found = []
+        def walk(v):
+            if isinstance(v, np.ndarray):
+                found.append(v)
+            elif isinstance(v, (tuple, list)):
+                for x in v:
+                    walk(x)
+            elif isinstance(v, dict):
+                for x in v.values():
+                    walk(x)
+        walk((inp.args, inp.kwargs, inp.weights, inp.audio))
+        return found
+
+    first = case.make()
+    first.args[1][...] = 0.0  # what a step writing the whole cache would leave
+    second, third = case.make(), case.make()
+    a, b, c = arrays(first), arrays(second), arrays(third)
+    assert len(a) == len(b) == len(c) > 5
+    assert not any(np.shares_memory(x, y) for x, y in zip(a, b))
+    assert all(same_bits(y, z) for y, z in zip(b, c))
+    assert not same_bits(a[1], b[1])
+
+
 # --- the reference passes ----------------------------------------------------------------------------------
 def test_numpy_reference_conforms(tmp_path):
     code, report, out = run_suite(tmp_path, "--backend", "numpy")
