@@ -227,6 +227,7 @@ def softmax_rows_(s, scale, causal, first, probs):
     probs: the probabilities are the output (attention_weights), which no product follows: flushed only below
     e^-86, under the contract's absolute tolerance for them (1e-37), rather than `_exp_flushed`'s e^-50."""
     n, m = s.shape
+    floor = -86. if probs else -50.  # _exp_flushed's floor unless the probabilities are the output
     #omp parallel for schedule(static)
     for i in range(n):
         end = min(first + i + 1, m) if causal else m
@@ -234,7 +235,7 @@ def softmax_rows_(s, scale, causal, first, probs):
         tot = 0.
         for j in range(end):
             d = (s[i, j] - mx) * scale
-            e = (np.exp(d) if d >= -86. else np.float32(0.)) if probs else _exp_flushed(d)
+            e = np.exp(d) if d >= floor else np.float32(0.)
             s[i, j] = e
             tot += e
         inv = np.float32(1. / tot)
