@@ -177,12 +177,18 @@ def bias_(y, b):
             y[i, j] += b[j]
 
 
+#: the shifted score below which a softmax's exp is flushed to 0 (`_exp_flushed`), and the lower one for
+#: probabilities that are an op's output (attention_weights: e^-86 is under the contract's 1e-37 for them)
+SOFTMAX_FLOOR = -50.
+PROB_FLOOR = -86.
+
+
 def _exp_flushed(d):
     """exp(d) of a softmax's shifted score d <= 0, or 0 under -50: a probability under e^-50 (the row's largest
     is 1) changes no float32 output, and exp() would make it denormal there; denormals cost microcode assists
     here and in the P.V product after (real encoder scores: 45 ms a layer's attention, against 25 ms on random
     ones).  numba flushes alike (its SOFTMAX_FLUSH).  The softmaxes of _step.py use it too."""
-    return np.exp(d) if d >= -50. else np.float32(0.)
+    return np.exp(d) if d >= SOFTMAX_FLOOR else np.float32(0.)
 
 
 #pythran export attention_rows(float32[:,:,:], float32[:,:,:], float32[:,:,:], int, bool, int)
@@ -227,7 +233,7 @@ def softmax_rows_(s, scale, causal, first, probs):
     probs: the probabilities are the output (attention_weights), which no product follows: flushed only below
     e^-86, under the contract's absolute tolerance for them (1e-37), rather than `_exp_flushed`'s e^-50."""
     n, m = s.shape
-    floor = -86. if probs else -50.  # _exp_flushed's floor unless the probabilities are the output
+    floor = PROB_FLOOR if probs else SOFTMAX_FLOOR
     #omp parallel for schedule(static)
     for i in range(n):
         end = min(first + i + 1, m) if causal else m
